@@ -1,0 +1,130 @@
+"""Memory-lean per-token log-probabilities and final-hidden-state capture.
+
+A causal LM's forward builds ``[N, L, V]`` logits, and a naive ``log_softmax`` + ``gather`` keeps another
+``[N, L, V]`` fp32 tensor alive for the backward. Here the backbone runs as usual, and the output head is applied
+chunk by chunk over the sequence: each chunk computes ``logit[label] − logsumexp(logits)`` in fp32 under
+non-reentrant activation checkpointing, so only ``[N, chunk, V]`` logits exist at any time, forward or backward.
+
+:func:`enable_token_scoring` patches the *instance* forward of a model so that wrappers (DDP, FSDP, DeepSpeed,
+PEFT) keep working: ``model(input_ids, attention_mask, score_tokens=True)`` returns :class:`TokenScores` instead
+of logits; without ``score_tokens`` the forward (and so ``generate``) is the original one.
+"""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from torch.utils.checkpoint import checkpoint
+
+
+@dataclass
+class TokenScores:
+    """Output of a scoring forward over ``N`` rows of length ``L``.
+
+    Attributes:
+        token_logps: ``[N, L-1]`` fp32, ``log p(input_ids[:, t+1] | input_ids[:, :t+1])``.
+        hidden: ``[N, L-1, d]`` final post-norm hidden states at positions ``0..L-2`` (the states that predict
+            each token), in the model's dtype, with grad; ``None`` unless ``return_hidden=True``.
+    """
+
+    token_logps: torch.Tensor
+    hidden: torch.Tensor | None = None
+
+
+@dataclass(frozen=True)
+class OutputHead:
+    """How a model turns final hidden states into logits: ``softcap(scale · head(h))``."""
+
+    module: nn.Module
+    logit_scale: float = 1.0
+    softcap: float | None = None
+
+    def logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        """``[..., d]`` hidden → ``[..., V]`` fp32 logits."""
+        logits = self.module(hidden).float()
+        if self.logit_scale != 1.0:
+            logits = logits * self.logit_scale
+        if self.softcap is not None:
+            logits = torch.tanh(logits / self.softcap) * self.softcap
+        return logits
+
+
+def output_head(model: nn.Module) -> OutputHead:
+    """The output head of a Hugging Face causal LM, with the final-logit scaling/softcapping of its config."""
+    config = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
+    scale = getattr(config, "logit_scale", None)
+    return OutputHead(
+        module=model.get_output_embeddings(),
+        logit_scale=1.0 if scale is None else float(scale),
+        softcap=getattr(config, "final_logit_softcapping", None),
+    )
+
+
+def _chunk_logps(hidden: torch.Tensor, labels: torch.Tensor, head: OutputHead) -> torch.Tensor:
+    logits = head.logits(hidden)
+    picked = logits.gather(-1, labels.unsqueeze(-1)).squeeze(-1)
+    return picked - torch.logsumexp(logits, dim=-1)
+
+
+def logps_from_hidden(hidden: torch.Tensor, labels: torch.Tensor, head: OutputHead,
+                      chunk_size: int = 256) -> torch.Tensor:
+    """Per-token log-probs ``[N, T]`` (fp32) of ``labels`` ``[N, T]`` given aligned hidden states ``[N, T, d]``.
+
+    At most ``[N, chunk_size, V]`` logits are alive at once; when gradients are needed each chunk is
+    recomputed in the backward (non-reentrant checkpoint) instead of being stored.
+    """
+    pieces = []
+    for start in range(0, hidden.shape[1], chunk_size):
+        h = hidden[:, start:start + chunk_size]
+        y = labels[:, start:start + chunk_size]
+        if torch.is_grad_enabled() and (h.requires_grad or any(p.requires_grad for p in head.module.parameters())):
+            pieces.append(checkpoint(_chunk_logps, h, y, head, use_reentrant=False))
+        else:
+            pieces.append(_chunk_logps(h, y, head))
+    return torch.cat(pieces, dim=1)
+
+
+def backbone(model: nn.Module) -> nn.Module:
+    """The decoder stack of a causal LM (``model.model`` for Llama-style models)."""
+    prefix = getattr(model, "base_model_prefix", "model")
+    module = getattr(model, prefix, None)
+    if module is None or module is model:
+        raise TypeError(f"{type(model).__name__} exposes no backbone under `{prefix}`; tokenweight needs a "
+                        "Hugging Face *ForCausalLM model")
+    return module
+
+
+def enable_token_scoring(model: nn.Module, chunk_size: int = 256) -> nn.Module:
+    """Patch ``model.forward`` (this instance only) to accept ``score_tokens=True``; returns ``model``.
+
+    ``model(input_ids, attention_mask, score_tokens=True, return_hidden=False)`` runs the backbone once and
+    returns :class:`TokenScores`. Idempotent.
+    """
+    if getattr(model, "_tokenweight_scoring", False):
+        return model
+    original_forward = model.forward
+
+    @functools.wraps(type(model).forward)
+    def forward(*args, score_tokens: bool = False, return_hidden: bool = False, **kwargs):
+        if not score_tokens:
+            return original_forward(*args, **kwargs)
+        input_ids = kwargs["input_ids"] if "input_ids" in kwargs else args[0]
+        kwargs.pop("input_ids", None)
+        kwargs["use_cache"] = False
+        outputs = backbone(model)(input_ids, *args[1:], **kwargs)
+        hidden = outputs.last_hidden_state[:, :-1]
+        token_logps = logps_from_hidden(hidden, input_ids[:, 1:], output_head(model), chunk_size)
+        return TokenScores(token_logps=token_logps, hidden=hidden if return_hidden else None)
+
+    model.forward = forward
+    model._tokenweight_scoring = True
+    return model
+
+
+def naive_token_logps(logits: torch.Tensor, input_ids: torch.Tensor) -> torch.Tensor:
+    """Reference implementation: ``log_softmax(logits[:, :-1]).gather(input_ids[:, 1:])`` → ``[N, L-1]``."""
+    logps = torch.log_softmax(logits[:, :-1].float(), dim=-1)
+    return logps.gather(-1, input_ids[:, 1:].unsqueeze(-1)).squeeze(-1)

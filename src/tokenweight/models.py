@@ -1,0 +1,44 @@
+"""Loading the policy, the frozen reference and the tokenizer (hub ids and local folders alike)."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerBase
+
+_DTYPES = {"auto": "auto", "float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def load_tokenizer(path: str) -> PreTrainedTokenizerBase:
+    """The tokenizer at ``path``, with a pad token (the EOS token when it has none)."""
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    if tokenizer.pad_token is None:
+        if tokenizer.eos_token is None:
+            raise ValueError(f"tokenizer of {path} has neither a pad nor an EOS token; set one")
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def load_causal_lm(path: str, dtype: str = "auto", attn_implementation: str | None = None) -> nn.Module:
+    """A causal LM from a hub id or a folder written by ``save_pretrained``."""
+    if dtype not in _DTYPES:
+        raise ValueError(f"config key `model_dtype`: {dtype!r} is not one of {sorted(_DTYPES)}")
+    kwargs = {"dtype": _DTYPES[dtype]}
+    if attn_implementation:
+        kwargs["attn_implementation"] = attn_implementation
+    return AutoModelForCausalLM.from_pretrained(path, **kwargs)
+
+
+def freeze(model: nn.Module) -> nn.Module:
+    """Eval mode, no gradients: the reference model."""
+    model.eval()
+    for parameter in model.parameters():
+        parameter.requires_grad_(False)
+    return model
+
+
+def disable_dropout(model: nn.Module) -> None:
+    """Set every dropout probability to 0 (DPO's default, as in TRL)."""
+    for module in model.modules():
+        if isinstance(module, nn.Dropout):
+            module.p = 0.0

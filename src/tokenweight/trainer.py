@@ -1,0 +1,129 @@
+"""The token-weighted preference trainer: a ``transformers.Trainer`` whose ``compute_loss`` wires the pieces.
+
+One step (see DESIGN.md): weights from the scheme (before the forward, or after it from the policy's hidden
+states) → policy per-token log-probs → reference per-token log-probs (no grad) → pair loss (+ scheme extras).
+Everything else — accelerate, DDP/FSDP/DeepSpeed, gradient accumulation, checkpointing, logging backends — is
+``transformers.Trainer``'s.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+
+import torch
+from torch import nn
+from transformers import Trainer
+
+from tokenweight.config import TokenweightConfig
+from tokenweight.data import PreferenceCollator
+from tokenweight.logps import enable_token_scoring
+from tokenweight.models import disable_dropout, freeze
+from tokenweight.objectives import pair_loss, weight_statistics
+from tokenweight.weights import LossContext, WeightingInputs, build_scheme, check_weights
+
+
+class TokenweightTrainer(Trainer):
+    """Train ``model`` against the frozen ``ref_model`` with the scheme named by ``args.weighting``.
+
+    ``train_dataset`` / ``eval_dataset`` are tokenized preference datasets
+    (:func:`tokenweight.data.tokenize_preference_dataset`).
+    """
+
+    def __init__(self, model: nn.Module, ref_model: nn.Module, args: TokenweightConfig, train_dataset=None,
+                 eval_dataset=None, processing_class=None, data_collator=None, **kwargs):
+        if ref_model is None or ref_model is model:
+            raise ValueError("TokenweightTrainer needs a separate frozen reference model (ref_model)")
+        if args.disable_dropout:
+            disable_dropout(model)
+            disable_dropout(ref_model)
+        enable_token_scoring(model, args.logps_chunk_size)
+        enable_token_scoring(freeze(ref_model), args.logps_chunk_size)
+        if data_collator is None:
+            if processing_class is None:
+                raise ValueError("give processing_class (the tokenizer) or a data_collator")
+            data_collator = PreferenceCollator(pad_token_id=processing_class.pad_token_id)
+        super().__init__(model=model, args=args, train_dataset=train_dataset, eval_dataset=eval_dataset,
+                         processing_class=processing_class, data_collator=data_collator, **kwargs)
+        # Our loss is a mean over the micro-batch: let the Trainer scale it for gradient accumulation.
+        self.model_accepts_loss_kwargs = False
+        self.scheme = build_scheme(args.weighting, args)
+        self.beta = args.effective_beta
+        self.ref_model = self._prepare_reference(ref_model)
+        self._metrics = {"train": defaultdict(list), "eval": defaultdict(list)}
+
+    def _prepare_reference(self, ref_model: nn.Module) -> nn.Module:
+        if self.is_deepspeed_enabled or self.is_fsdp_enabled:
+            return self.accelerator.prepare_model(ref_model, evaluation_mode=True)
+        return ref_model.to(self.accelerator.device)
+
+    # ------------------------------------------------------------------------------------------ the loss
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        mode = "train" if model.training else "eval"
+        completion_mask = inputs["completion_mask"]
+        loss_mask = completion_mask[:, 1:].bool()
+        scheme = self.scheme
+        weighting_inputs = WeightingInputs(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"],
+                                           completion_mask=completion_mask, loss_mask=loss_mask, batch=inputs,
+                                           model=model)
+        want_hidden = scheme.needs_hidden_states or scheme.needs_hidden_for_loss
+        if not scheme.needs_hidden_states:
+            token_weights = scheme.compute(weighting_inputs)
+        policy = model(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"], score_tokens=True,
+                       return_hidden=want_hidden)
+        if scheme.needs_hidden_states:
+            weighting_inputs.hidden = policy.hidden.detach()
+            token_weights = scheme.compute(weighting_inputs)
+        weights = token_weights.weights.detach()
+        check_weights(weights, loss_mask, scheme.name)
+        with torch.no_grad():
+            ref = self.ref_model(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"],
+                                 score_tokens=True, return_hidden=scheme.needs_hidden_for_loss)
+        context = LossContext(model=model, ref_model=self.ref_model, inputs=weighting_inputs,
+                              policy_logps=policy.token_logps, ref_logps=ref.token_logps, weights=weights,
+                              policy_hidden=policy.hidden if want_hidden else None, ref_hidden=ref.hidden)
+        metrics = dict(token_weights.metrics)
+        offset = scheme.margin_offset(context)
+        if offset is not None:
+            offset, offset_metrics = offset
+            metrics.update(offset_metrics)
+        result = pair_loss(policy.token_logps, ref.token_logps, weights, loss_mask, self.beta, self.args.loss_type,
+                           self.args.label_smoothing, offset=offset)
+        loss = result.loss
+        extra = scheme.extra_loss(context)
+        if extra is not None:
+            extra_loss, extra_metrics = extra
+            loss = loss + extra_loss
+            metrics.update(extra_metrics)
+        if not torch.isfinite(loss):
+            rows = inputs.get("row_index")
+            raise FloatingPointError(f"non-finite loss ({loss.item()}) with weighting={scheme.name!r} on dataset "
+                                     f"rows {rows.tolist() if rows is not None else '?'}")
+        metrics.update(result.metrics)
+        metrics.update(weight_statistics(weights, loss_mask))
+        self._record(mode, metrics)
+        return (loss, {"per_pair": result.per_pair}) if return_outputs else loss
+
+    def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
+        inputs = self._prepare_inputs(inputs)
+        with torch.no_grad():
+            loss = self.compute_loss(model, inputs)
+        return loss.detach(), None, None
+
+    # ------------------------------------------------------------------------------------------ metrics
+
+    def _record(self, mode: str, metrics: dict[str, float]) -> None:
+        """Average ``metrics`` over processes and keep them until the next ``log``."""
+        names = sorted(metrics)
+        values = torch.tensor([float(metrics[k]) for k in names], device=self.accelerator.device)
+        values = self.accelerator.reduce(values, reduction="mean")
+        for name, value in zip(names, values.tolist()):
+            self._metrics[mode][name].append(value)
+
+    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        mode = "eval" if any(k.startswith("eval_") for k in logs) else "train"
+        prefix = "eval_" if mode == "eval" else ""
+        for name, values in self._metrics[mode].items():
+            logs[prefix + name] = sum(values) / len(values)
+        self._metrics[mode].clear()
+        super().log(logs, start_time)

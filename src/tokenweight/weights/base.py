@@ -1,0 +1,148 @@
+"""The weighting-scheme interface and its registry.
+
+Every scheme turns one collated preference batch into per-token weights ω (see DESIGN.md):
+
+    Δ = Σ_i ω_c,i (log π_θ − log π_ref)(y_c,i) − Σ_j ω_r,j (log π_θ − log π_ref)(y_r,j)
+
+Alignment convention used across the library ("shifted" tensors, length ``L - 1``): index ``t`` refers to the
+token ``input_ids[:, t + 1]``; ``token_logps[:, t] = log p(input_ids[:, t + 1] | input_ids[:, : t + 1])``;
+``hidden[:, t]`` is the final (post-norm) hidden state at position ``t``, i.e. the state that *predicts* token
+``t + 1``; ``loss_mask[:, t] = completion_mask[:, t + 1]``. Rows ``[0, B)`` are the chosen responses and rows
+``[B, 2B)`` the rejected responses of the same pairs.
+
+Adding a scheme = one file in ``weights/`` that subclasses :class:`WeightingScheme`, decorated with
+:func:`register_scheme`, plus one import line in ``weights/__init__.py``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import torch
+from torch import nn
+
+
+@dataclass
+class WeightingInputs:
+    """What a scheme may look at for one batch of ``B`` pairs (``2B`` rows, chosen then rejected).
+
+    Attributes:
+        input_ids: ``[2B, L]`` token ids, right padded.
+        attention_mask: ``[2B, L]`` 1 on real tokens.
+        completion_mask: ``[2B, L]`` 1 on completion (response) tokens, EOS included.
+        loss_mask: ``[2B, L-1]`` bool, ``completion_mask[:, 1:]`` (shifted alignment).
+        batch: the full collated batch (extra columns such as ``token_weights`` or ``row_index``).
+        model: the policy model (possibly wrapped by accelerate/DDP/FSDP).
+        hidden: ``[2B, L-1, d]`` detached fp32-or-model-dtype final hidden states in shifted alignment, only for
+            schemes with ``needs_hidden_states = True`` (``None`` otherwise).
+    """
+
+    input_ids: torch.Tensor
+    attention_mask: torch.Tensor
+    completion_mask: torch.Tensor
+    loss_mask: torch.Tensor
+    batch: dict[str, Any]
+    model: nn.Module | None = None
+    hidden: torch.Tensor | None = None
+
+
+@dataclass
+class TokenWeights:
+    """A scheme's output: ``weights`` is ``[2B, L-1]``, detached, exactly 0 where ``loss_mask`` is False.
+
+    ``metrics`` holds scheme-specific scalars to log (e.g. ``otpo/iterations``); the generic weight statistics
+    (``weights/mean`` …) are computed by the trainer for every scheme.
+    """
+
+    weights: torch.Tensor
+    metrics: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass
+class LossContext:
+    """What a scheme's extra loss term may use (TI-DPO's TDPO2 KL and triplet loss).
+
+    Attributes:
+        model, ref_model: policy (trainable) and frozen reference (``ref_model`` is ``None`` when reference
+            log-probs come from a cache).
+        inputs: the :class:`WeightingInputs` of the batch.
+        policy_logps: ``[2B, L-1]`` per-token log-probs of the policy, with grad.
+        ref_logps: ``[2B, L-1]`` per-token log-probs of the reference, no grad.
+        policy_hidden / ref_hidden: ``[2B, L-1, d]`` final hidden states (policy with grad), only when the scheme
+            sets ``needs_hidden_states``; ``None`` otherwise.
+        weights: ``[2B, L-1]`` the scheme's token weights for this batch.
+    """
+
+    model: nn.Module
+    ref_model: nn.Module | None
+    inputs: WeightingInputs
+    policy_logps: torch.Tensor
+    ref_logps: torch.Tensor
+    weights: torch.Tensor
+    policy_hidden: torch.Tensor | None = None
+    ref_hidden: torch.Tensor | None = None
+
+
+class WeightingScheme:
+    """Base class of a weighting scheme.
+
+    The trainer calls :meth:`compute` *before* the policy forward when ``needs_hidden_states`` is False (so a
+    scheme may run its own passes without two graphs alive at once), and *after* it otherwise, with
+    ``inputs.hidden`` filled. ``args`` is the :class:`~tokenweight.config.TokenweightConfig` of the run.
+    """
+
+    name: ClassVar[str] = ""
+    needs_hidden_states: ClassVar[bool] = False
+    #: True when :meth:`extra_loss` / :meth:`margin_offset` need ``LossContext.policy_hidden/ref_hidden`` even
+    #: though the weights themselves are computed before the forward (TI-DPO's TDPO2 KL term).
+    needs_hidden_for_loss: ClassVar[bool] = False
+
+    def __init__(self, args: Any = None):
+        self.args = args
+
+    def compute(self, inputs: WeightingInputs) -> TokenWeights:
+        raise NotImplementedError
+
+    def margin_offset(self, ctx: LossContext) -> tuple[torch.Tensor, dict[str, float]] | None:
+        """A ``[B]`` term subtracted from the margin Δ inside the pair loss (TDPO2's α(K_l − sg K_w)), with
+        metrics; ``None``: no offset."""
+        return None
+
+    def extra_loss(self, ctx: LossContext) -> tuple[torch.Tensor, dict[str, float]] | None:
+        """A scalar term added to the mean pair loss (TI-DPO's γ·triplet), with metrics; ``None``: no term."""
+        return None
+
+
+SCHEMES: dict[str, type[WeightingScheme]] = {}
+
+
+def register_scheme(cls: type[WeightingScheme]) -> type[WeightingScheme]:
+    """Class decorator adding a scheme to :data:`SCHEMES` under ``cls.name``."""
+    if not cls.name:
+        raise ValueError(f"{cls.__name__} must set a non-empty `name` to be registered")
+    if cls.name in SCHEMES and SCHEMES[cls.name] is not cls:
+        raise ValueError(f"weighting scheme {cls.name!r} is already registered by {SCHEMES[cls.name].__name__}")
+    SCHEMES[cls.name] = cls
+    return cls
+
+
+def build_scheme(name: str, args: Any = None) -> WeightingScheme:
+    """Instantiate the registered scheme ``name``; an unknown name is an error listing the known ones."""
+    if name not in SCHEMES:
+        raise ValueError(f"unknown weighting scheme {name!r} (config key `weighting`); known: {sorted(SCHEMES)}")
+    return SCHEMES[name](args)
+
+
+def check_weights(weights: torch.Tensor, loss_mask: torch.Tensor, scheme: str) -> None:
+    """Raise if ``weights`` ``[2B, L-1]`` is misshaped, non-finite, negative, or non-zero outside ``loss_mask``."""
+    if weights.shape != loss_mask.shape:
+        raise ValueError(f"scheme {scheme!r} returned weights of shape {tuple(weights.shape)}, "
+                         f"expected {tuple(loss_mask.shape)}")
+    bad_rows = (~torch.isfinite(weights)).any(dim=1).nonzero().flatten().tolist()
+    if bad_rows:
+        raise FloatingPointError(f"scheme {scheme!r} produced non-finite token weights in batch rows {bad_rows}")
+    if (weights < 0).any():
+        raise ValueError(f"scheme {scheme!r} produced negative token weights")
+    if (weights.masked_fill(loss_mask, 0) != 0).any():
+        raise ValueError(f"scheme {scheme!r} put weight outside the completion tokens")
