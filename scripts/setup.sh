@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# One-time set-up of a fresh machine: a virtual environment in .venv with tokenweight and its test extras.
+# Without a GPU it pins the CPU build of PyTorch (torch==2.13.0); with one (nvidia-smi works) it installs
+# PyTorch's default CUDA build. Set TORCH_SPEC to choose another torch requirement (e.g. TORCH_SPEC="torch==2.8.0").
+# Re-running is cheap: nothing is reinstalled while pyproject.toml and this script are unchanged.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+python=${PYTHON:-python3}
+stamp=.venv/.setup-stamp
+want=$(cat pyproject.toml scripts/setup.sh | sha256sum | cut -d' ' -f1)
+if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ] && [ -x .venv/bin/tokenweight ]; then
+  exit 0
+fi
+[ -x .venv/bin/python ] || "$python" -m venv .venv
+.venv/bin/python -m pip install --quiet --upgrade pip
+if [ -z "${TORCH_SPEC:-}" ]; then
+  if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; then
+    TORCH_SPEC="torch"
+  else
+    TORCH_SPEC="torch==2.13.0"   # CPU build on machines without a GPU
+  fi
+fi
+echo "setup: installing $TORCH_SPEC"
+.venv/bin/python -m pip install --quiet "$TORCH_SPEC"
+echo "setup: installing tokenweight with its test extras"
+.venv/bin/python -m pip install --quiet -e ".[test]"
+echo "$want" > "$stamp"
+echo "setup: done (.venv)"

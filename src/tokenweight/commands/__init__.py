@@ -1,0 +1,1 @@
+"""CLI sub-commands other than ``train``; each module defines ``register(subparsers)``."""

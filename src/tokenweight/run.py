@@ -1,0 +1,125 @@
+"""``tokenweight train``: load models and data, train, and report held-out metrics before and after."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import datasets
+import torch
+from rich.console import Console
+from rich.table import Table
+from transformers import set_seed
+
+from tokenweight.config import TokenweightConfig
+from tokenweight.data import load_preference_split, tokenize_preference_dataset
+from tokenweight.evaluate import preference_report, score_pairs
+from tokenweight.models import load_causal_lm, load_tokenizer
+
+logger = logging.getLogger(__name__)
+
+#: Settings of the built-in default (KeyFact tiny model on KeyFact data), applied under the recipe and the flags.
+KEYFACT_DEFAULTS = {
+    "output_dir": "outputs/keyfact-default",
+    "learning_rate": 5e-4,
+    "lr_scheduler_type": "constant",
+    "num_train_epochs": 2,
+    "per_device_train_batch_size": 16,
+    "beta": 0.1,
+    "max_length": 128,
+    "logging_steps": 8,
+    "save_strategy": "no",
+    "report_to": "none",
+    "seed": 0,
+}
+
+
+def prepare_data(config: TokenweightConfig, tokenizer) -> tuple[datasets.Dataset, datasets.Dataset | None,
+                                                                 datasets.Dataset | None]:
+    """Tokenized train and eval datasets, and the raw eval split (for generation metrics)."""
+    if config.dataset_name is None:
+        from tokenweight.keyfact import build_keyfact
+        splits = build_keyfact(facts_path=config.keyfact_facts, n_train=config.keyfact_train_size,
+                               n_eval=config.keyfact_eval_size, chosen_longer=config.keyfact_chosen_longer,
+                               label_noise=config.keyfact_label_noise, seed=config.keyfact_seed)
+        train_raw, eval_raw = splits["train"], splits["eval"]
+    else:
+        train_raw = load_preference_split(config.dataset_name, config.dataset_split)
+        eval_raw = load_preference_split(config.dataset_name, config.eval_split) if config.eval_split else None
+    limits = {"max_length": config.max_length, "max_prompt_length": config.max_prompt_length}
+    train, _ = tokenize_preference_dataset(train_raw, tokenizer, name="train", **limits)
+    evaluation = None
+    if eval_raw is not None:
+        evaluation, _ = tokenize_preference_dataset(eval_raw, tokenizer, name="eval", **limits)
+    return train, evaluation, eval_raw
+
+
+def resolve_model_path(config: TokenweightConfig) -> str:
+    """The policy's path; builds (or reuses from the cache) the KeyFact base model for the built-in default."""
+    if config.model_name_or_path is not None:
+        if config.dataset_name is None:
+            raise ValueError("config key `dataset_name` is required when `model_name_or_path` is given "
+                             "(name neither for the built-in KeyFact default)")
+        return config.model_name_or_path
+    if config.dataset_name is not None:
+        raise ValueError("config key `model_name_or_path` is required when `dataset_name` is given "
+                         "(name neither for the built-in KeyFact default)")
+    from tokenweight.keyfact import keyfact_base_model
+    return str(keyfact_base_model(seed=config.keyfact_seed, facts_path=config.keyfact_facts))
+
+
+def held_out_metrics(model, ref_model, tokenizer, eval_tokenized, eval_raw, config, keyfact: bool) -> dict:
+    """``pref_acc``/``logp_acc``/``margin`` on the eval pairs, plus KeyFact's ``key_acc``/``key_margin``/
+    ``gen_len`` for the built-in task."""
+    scores = score_pairs(model, ref_model, eval_tokenized, tokenizer.pad_token_id,
+                         batch_size=config.per_device_eval_batch_size)
+    metrics = preference_report(scores, config.effective_beta)
+    if keyfact:
+        from tokenweight.keyfact import keyfact_metrics
+        metrics.update(keyfact_metrics(model, tokenizer, eval_raw))
+    return metrics
+
+
+def run_training(config: TokenweightConfig) -> dict:
+    """Train as configured; returns (and writes to ``output_dir/results.json``) the before/after metrics."""
+    from tokenweight.trainer import TokenweightTrainer
+
+    set_seed(config.seed)
+    keyfact = config.dataset_name is None
+    model_path = resolve_model_path(config)
+    tokenizer = load_tokenizer(model_path)
+    train, evaluation, eval_raw = prepare_data(config, tokenizer)
+    if config.weighting == "attention":
+        from tokenweight.attention import attach_attention_weights
+        train = attach_attention_weights(config, model_path, tokenizer, train)
+    policy = load_causal_lm(model_path, config.model_dtype, config.attn_implementation)
+    reference = load_causal_lm(config.ref_model_name_or_path or model_path, config.model_dtype,
+                               config.attn_implementation)
+    trainer = TokenweightTrainer(model=policy, ref_model=reference, args=config, train_dataset=train,
+                                 eval_dataset=evaluation, processing_class=tokenizer)
+    results = {"weighting": config.weighting, "model": model_path}
+    if evaluation is not None and trainer.is_world_process_zero():
+        results["before"] = held_out_metrics(trainer.model, trainer.ref_model, tokenizer, evaluation, eval_raw,
+                                             config, keyfact)
+    trainer.train()
+    trainer.save_model()
+    trainer.save_state()
+    if evaluation is not None and trainer.is_world_process_zero():
+        results["after"] = held_out_metrics(trainer.model, trainer.ref_model, tokenizer, evaluation, eval_raw,
+                                            config, keyfact)
+        print_results(results)
+    if trainer.is_world_process_zero():
+        Path(config.output_dir, "results.json").write_text(json.dumps(results, indent=2))
+    return results
+
+
+def print_results(results: dict) -> None:
+    """A before/after table of the held-out metrics on the terminal."""
+    table = Table(title=f"held-out metrics (weighting={results['weighting']})")
+    table.add_column("metric")
+    table.add_column("reference (before)", justify="right")
+    table.add_column("trained (after)", justify="right")
+    for name in results["after"]:
+        table.add_row(name, f"{results['before'].get(name, float('nan')):.4f}", f"{results['after'][name]:.4f}")
+    Console().print(table)
