@@ -35,9 +35,8 @@ KEYFACT_DEFAULTS = {
 }
 
 
-def prepare_data(config: TokenweightConfig, tokenizer) -> tuple[datasets.Dataset, datasets.Dataset | None,
-                                                                 datasets.Dataset | None]:
-    """Tokenized train and eval datasets, and the raw eval split (for generation metrics)."""
+def load_raw_splits(config: TokenweightConfig) -> tuple[datasets.Dataset, datasets.Dataset | None]:
+    """The raw train split and the raw eval split (``None`` without ``eval_split``); KeyFact by default."""
     if config.dataset_name is None:
         from tokenweight.keyfact import build_keyfact
         splits = build_keyfact(facts_path=config.keyfact_facts, n_train=config.keyfact_train_size,
@@ -47,12 +46,37 @@ def prepare_data(config: TokenweightConfig, tokenizer) -> tuple[datasets.Dataset
     else:
         train_raw = load_preference_split(config.dataset_name, config.dataset_split)
         eval_raw = load_preference_split(config.dataset_name, config.eval_split) if config.eval_split else None
-    limits = {"max_length": config.max_length, "max_prompt_length": config.max_prompt_length}
-    train, _ = tokenize_preference_dataset(train_raw, tokenizer, name="train", **limits)
-    evaluation = None
-    if eval_raw is not None:
-        evaluation, _ = tokenize_preference_dataset(eval_raw, tokenizer, name="eval", **limits)
-    return train, evaluation, eval_raw
+    return train_raw, eval_raw
+
+
+def tokenize_split(config: TokenweightConfig, tokenizer, raw: datasets.Dataset, name: str) -> datasets.Dataset:
+    """Validate and tokenize one split under the config's length limits."""
+    tokenized, _ = tokenize_preference_dataset(raw, tokenizer, max_length=config.max_length,
+                                               max_prompt_length=config.max_prompt_length, name=name)
+    return tokenized
+
+
+def tokenize_with_attention_weights(config: TokenweightConfig, model_path: str, tokenizer,
+                                    train_raw: datasets.Dataset) -> datasets.Dataset:
+    """The tokenized train split carrying AttentionPO weights as ``chosen_weights``/``rejected_weights``.
+
+    The frozen initial model judges the untruncated pairs once (main process first; the others then load the
+    cache), the weights are attached to the raw rows, and tokenization validates and truncates them with the
+    completions. The cache folder defaults to ``output_dir/attention-weights``.
+    """
+    from accelerate import PartialState
+
+    from tokenweight.attention import ensure_attention_cache
+
+    if config.attention_weights is None:
+        config.attention_weights = str(Path(config.output_dir, "attention-weights"))
+    full, _ = tokenize_preference_dataset(train_raw, tokenizer, name="train (judge input)")
+    with PartialState().main_process_first():
+        cached = ensure_attention_cache(config, model_path, tokenizer, full)
+    weighted = train_raw.select(full["row_index"])
+    weighted = weighted.add_column("chosen_weights", cached.chosen_weights)
+    weighted = weighted.add_column("rejected_weights", cached.rejected_weights)
+    return tokenize_split(config, tokenizer, weighted, "train")
 
 
 def resolve_model_path(config: TokenweightConfig) -> str:
@@ -89,10 +113,12 @@ def run_training(config: TokenweightConfig) -> dict:
     keyfact = config.dataset_name is None
     model_path = resolve_model_path(config)
     tokenizer = load_tokenizer(model_path)
-    train, evaluation, eval_raw = prepare_data(config, tokenizer)
+    train_raw, eval_raw = load_raw_splits(config)
     if config.weighting == "attention":
-        from tokenweight.attention import attach_attention_weights
-        train = attach_attention_weights(config, model_path, tokenizer, train)
+        train = tokenize_with_attention_weights(config, model_path, tokenizer, train_raw)
+    else:
+        train = tokenize_split(config, tokenizer, train_raw, "train")
+    evaluation = tokenize_split(config, tokenizer, eval_raw, "eval") if eval_raw is not None else None
     policy = load_causal_lm(model_path, config.model_dtype, config.attn_implementation)
     reference = load_causal_lm(config.ref_model_name_or_path or model_path, config.model_dtype,
                                config.attn_implementation)

@@ -1,0 +1,104 @@
+"""The attention weight cache: fingerprint refusal naming the part, resumable precompute (spec §8.1)."""
+
+import pytest
+from attention_fixtures import CONVERSATIONAL_ROWS, STANDARD_ROWS, make_bpe_tokenizer, make_judge, tokenized
+
+from tokenweight.attention import (CacheMismatchError, JudgeSettings, attention_weights, cache_fingerprint,
+                                   load_attention_weights, precompute_attention_weights)
+from tokenweight.attention.cache import read_manifest, shard_path
+from tokenweight.attention.judge import default_template
+
+
+@pytest.fixture(scope="module")
+def setup():
+    tokenizer = make_bpe_tokenizer()
+    return tokenizer, make_judge(len(tokenizer)), tokenized(STANDARD_ROWS + CONVERSATIONAL_ROWS, tokenizer)
+
+
+def _fingerprint(model, tokenizer, rows, **settings):
+    return cache_fingerprint(model, tokenizer, rows, JudgeSettings(**settings).resolved(model))
+
+
+def test_precompute_writes_shards_equal_to_in_memory_weights(setup, tmp_path):
+    tokenizer, model, rows = setup
+    result = precompute_attention_weights(model, tokenizer, rows, tmp_path, shard_size=2, progress=False)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["manifest.json"] + [f"shard-0000{i}.safetensors"
+                                                                              for i in range(3)]
+    assert read_manifest(tmp_path)["complete"] and result.stats.pairs == len(rows)
+    for row, got, want in zip(rows, zip(result.chosen_weights, result.rejected_weights),
+                              attention_weights(model, tokenizer, rows)):
+        assert len(got[0]) == len(row["chosen_ids"]) and len(got[1]) == len(row["rejected_ids"])
+        assert got[0] == pytest.approx(want["chosen_weights"], abs=1e-6)
+        assert got[1] == pytest.approx(want["rejected_weights"], abs=1e-6)
+    loaded = load_attention_weights(tmp_path, _fingerprint(model, tokenizer, rows))
+    assert loaded.chosen_weights == result.chosen_weights
+
+
+def test_mismatched_fingerprint_is_refused_naming_the_part(setup, tmp_path):
+    tokenizer, model, rows = setup
+    precompute_attention_weights(model, tokenizer, rows, tmp_path, progress=False)
+    other_tokenizer = make_bpe_tokenizer()
+    other_tokenizer.chat_template = other_tokenizer.chat_template.replace("\n", "\n\n")
+    changed = {
+        "model": _fingerprint(make_judge(len(tokenizer), seed=1), tokenizer, rows),
+        "tokenizer": _fingerprint(model, other_tokenizer, rows),
+        "dataset": _fingerprint(model, tokenizer, rows[:-1] + [{**rows[-1], "chosen_ids": rows[-1]["chosen_ids"][1:]}]),
+        "template": _fingerprint(model, tokenizer, rows, template=default_template().replace("impartial", "fair")),
+        "layers": _fingerprint(model, tokenizer, rows, layers=[0]),
+        "settings": _fingerprint(model, tokenizer, rows, eos_weight=1.0),
+    }
+    for part, expected in changed.items():
+        with pytest.raises(CacheMismatchError, match=rf"computed for a different {part} \("):
+            load_attention_weights(tmp_path, expected)
+    with pytest.raises(CacheMismatchError, match="different layers"):
+        precompute_attention_weights(model, tokenizer, rows, tmp_path, layers=[0], progress=False)
+    load_attention_weights(tmp_path, _fingerprint(model, tokenizer, rows, layers=[-1], batch_size=1))  # same cache
+
+
+def test_interrupted_precompute_resumes_without_redoing_shards(setup, tmp_path):
+    tokenizer, model, rows = setup
+    reference = precompute_attention_weights(model, tokenizer, rows, tmp_path / "whole", shard_size=2,
+                                             progress=False)
+
+    def crash_after_first(index):
+        if index == 0:
+            raise KeyboardInterrupt("simulated interruption")
+
+    folder = tmp_path / "resumed"
+    with pytest.raises(KeyboardInterrupt):
+        precompute_attention_weights(model, tokenizer, rows, folder, shard_size=2, progress=False,
+                                     on_shard_written=crash_after_first)
+    assert not read_manifest(folder)["complete"]
+    with pytest.raises(FileNotFoundError, match="unfinished"):
+        load_attention_weights(folder, _fingerprint(model, tokenizer, rows))
+    first_shard = shard_path(folder, 0).stat()
+    written = []
+    resumed = precompute_attention_weights(model, tokenizer, rows, folder, shard_size=5, progress=False,
+                                           on_shard_written=written.append)
+    assert written == [1, 2]  # shard 0 was kept (and the stored shard size of 2 was used)
+    assert shard_path(folder, 0).stat().st_mtime_ns == first_shard.st_mtime_ns
+    assert shard_path(folder, 0).stat().st_ino == first_shard.st_ino
+    assert resumed.chosen_weights == reference.chosen_weights
+    assert resumed.rejected_weights == reference.rejected_weights
+    assert resumed.stats == reference.stats
+    assert not [p for p in folder.iterdir() if ".tmp-" in p.name]
+
+
+def test_ensure_attention_cache_computes_then_loads(setup, tmp_path):
+    import datasets
+
+    from tokenweight.attention import ensure_attention_cache
+    from tokenweight.config import TokenweightConfig
+    from tokenweight.data import tokenize_preference_dataset
+
+    tokenizer, model, _ = setup
+    model.save_pretrained(tmp_path / "judge")
+    dataset, _ = tokenize_preference_dataset(datasets.Dataset.from_list(STANDARD_ROWS), tokenizer)
+    args = TokenweightConfig(output_dir=str(tmp_path / "run"), attention_weights=str(tmp_path / "weights"),
+                             attention_layers=[0, 1], model_dtype="float32", report_to=[])
+    computed = ensure_attention_cache(args, str(tmp_path / "judge"), tokenizer, dataset)
+    assert [len(w) for w in computed.chosen_weights] == [len(ids) for ids in dataset["chosen_ids"]]
+    want = attention_weights(model, tokenizer, list(dataset), layers=[0, 1])
+    assert [w["rejected_weights"] for w in want] == [pytest.approx(w, abs=1e-6) for w in computed.rejected_weights]
+    loaded = ensure_attention_cache(args, str(tmp_path / "judge"), tokenizer, dataset)  # from the cache
+    assert loaded.chosen_weights == computed.chosen_weights
