@@ -59,6 +59,9 @@ class TokenweightConfig(TrainingArguments):
     tidpo_anchor_top_p: float | None = field(default=None, metadata={"help": "Anchor sampling top-p (0.95)."})
     tidpo_anchor_temperature: float | None = field(default=None, metadata={"help": "Anchor temperature (0.8)."})
     tidpo_anchor_max_new_tokens: int | None = field(default=None, metadata={"help": "Anchor length cap (64)."})
+    tidpo_on_failure: str | None = field(default=None, metadata={
+        "help": "raise (default) on a non-finite attribution/KL/triplet; count: drop that part for the step and "
+                "count it in tidpo/*_failures."})
     # ---------------------------------------------------------------- AttentionPO
     attention_weights: str | None = field(default=None, metadata={
         "help": "Folder of precomputed attention weights (computed there first when missing)."})

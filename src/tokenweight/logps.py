@@ -88,7 +88,10 @@ def logps_from_hidden(hidden: torch.Tensor, labels: torch.Tensor, head: OutputHe
 
 
 def backbone(model: nn.Module) -> nn.Module:
-    """The decoder stack of a causal LM (``model.model`` for Llama-style models)."""
+    """The decoder stack of a causal LM (``model.model`` for Llama-style models); PEFT wrappers are looked
+    through (their adapters live inside the wrapped model's layers)."""
+    if hasattr(model, "get_base_model"):
+        model = model.get_base_model()
     prefix = getattr(model, "base_model_prefix", "model")
     module = getattr(model, prefix, None)
     if module is None or module is model:

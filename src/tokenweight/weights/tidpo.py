@@ -1,0 +1,133 @@
+"""``tidpo``: token-importance guided DPO (spec tidpo.md §9) — attribution weights, TDPO2 KL, triplet loss.
+
+Contract with the trainer (one step, ``B`` pairs, ``2B`` rows):
+
+1. :meth:`TIDPOScheme.compute` runs **before** the policy forward (``needs_hidden_states = False``): its own
+   attribution pass (eval mode, input-embedding gradient only) gives the detached weights ``[2B, L-1]`` (mean 1
+   over the span, 0 outside the completion), so the attribution graph is gone before the main graph exists.
+2. ``needs_hidden_for_loss`` (True when the TDPO2 KL weight α > 0): the trainer fills ``LossContext.policy_hidden``
+   (with grad) and ``LossContext.ref_hidden``.
+3. :meth:`TIDPOScheme.margin_offset` returns ``(offset [B], metrics)`` with
+   ``offset = α · (K(y_l) − stopgrad K(y_w))``; the objective **subtracts it from Δ** before the pair loss, giving
+   TDPO2's ``−log σ(β · (Δ − offset))``. ``None`` when α = 0 (the paper's pure Eq. 12).
+4. :meth:`TIDPOScheme.extra_loss` returns ``(γ · L_triplet, metrics)`` to **add** to the loss; ``None`` when
+   γ = 0 (no anchor is generated).
+
+Failures (non-finite attribution, KL or triplet distances) raise :class:`FloatingPointError` naming the rows. With
+``tidpo_on_failure = "count"`` they are instead counted in ``tidpo/{attribution,kl,triplet}_failures`` (logged
+every step, 0 when nothing failed) and that part is dropped for the step: prior-only weights, no KL offset, no
+triplet term.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from accelerate.utils import extract_model_from_parallel
+from torch import nn
+
+from tokenweight.logps import output_head
+from tokenweight.tidpo.anchor import anchor_token_logps, sample_anchors
+from tokenweight.tidpo.attribution import tidpo_weights
+from tokenweight.tidpo.kl import tdpo_kl
+from tokenweight.tidpo.presets import resolve_tidpo_settings
+from tokenweight.tidpo.triplet import left_align, triplet_loss
+from tokenweight.weights.base import LossContext, TokenWeights, WeightingInputs, WeightingScheme, register_scheme
+
+
+def special_token_ids(model: nn.Module) -> tuple[int, int | list[int]]:
+    """``(pad_token_id, eos_token_id)`` from the model's generation config or config (pad defaults to EOS)."""
+    configs = [getattr(model, "generation_config", None), model.config]
+    eos = next((c.eos_token_id for c in configs if getattr(c, "eos_token_id", None) is not None), None)
+    if eos is None:
+        raise ValueError("TI-DPO anchors need the model's `eos_token_id` (set model.config.eos_token_id)")
+    pad = next((c.pad_token_id for c in configs if getattr(c, "pad_token_id", None) is not None), None)
+    return (eos if isinstance(eos, int) else eos[0]) if pad is None else pad, eos
+
+
+@register_scheme
+class TIDPOScheme(WeightingScheme):
+    name = "tidpo"
+    needs_hidden_states = False
+    needs_hidden_for_loss = True
+
+    def __init__(self, args: Any = None):
+        super().__init__(args)
+        self.settings = resolve_tidpo_settings(args)
+        self.needs_hidden_for_loss = self.settings.kl_alpha > 0
+
+    def _count_or_raise(self, error: FloatingPointError) -> float:
+        if self.settings.on_failure == "raise":
+            raise error
+        return 1.0
+
+    def compute(self, inputs: WeightingInputs) -> TokenWeights:
+        """Weights ``[2B, L-1]`` (shifted: the weight of token ``t + 1`` at index ``t``) and ``tidpo/`` metrics."""
+        s = self.settings
+        model = extract_model_from_parallel(inputs.model)
+        batch = (model, inputs.input_ids, inputs.attention_mask, inputs.completion_mask)
+        failures = 0.0
+        try:
+            weights, metrics = tidpo_weights(*batch, lam=s.lam, sigma_div=s.sigma_div, span=s.span)
+        except FloatingPointError as error:
+            failures = self._count_or_raise(error)
+            weights, metrics = tidpo_weights(*batch, lam=0.0, sigma_div=s.sigma_div, span=s.span)
+        metrics["tidpo/attribution_failures"] = failures
+        return TokenWeights(weights=weights[:, 1:] * inputs.loss_mask, metrics=metrics)
+
+    def margin_offset(self, ctx: LossContext) -> tuple[torch.Tensor, dict[str, float]] | None:
+        """``(α · (K(y_l) − sg K(y_w)) [B], metrics)``, to be subtracted from Δ; ``None`` when α = 0."""
+        alpha = self.settings.kl_alpha
+        if alpha == 0:
+            return None
+        if ctx.policy_hidden is None or ctx.ref_hidden is None or ctx.ref_model is None:
+            raise ValueError("TI-DPO's TDPO2 KL (`tidpo_kl_alpha` > 0) needs a reference model and the final hidden "
+                             "states of both models in the LossContext")
+        heads = (output_head(extract_model_from_parallel(ctx.model)),
+                 output_head(extract_model_from_parallel(ctx.ref_model)))
+        try:
+            kl = tdpo_kl(ctx.policy_hidden, ctx.ref_hidden, *heads, ctx.inputs.loss_mask)
+        except FloatingPointError as error:
+            failures = self._count_or_raise(error)
+            zeros = torch.zeros(ctx.policy_hidden.shape[0] // 2, device=ctx.policy_hidden.device)
+            return zeros, {"tidpo/kl_chosen": 0.0, "tidpo/kl_rejected": 0.0, "tidpo/kl_term": 0.0,
+                           "tidpo/kl_failures": failures}
+        kl_chosen, kl_rejected = kl.chunk(2)
+        offset = alpha * (kl_rejected - kl_chosen.detach())
+        return offset, {"tidpo/kl_chosen": kl_chosen.mean().item(), "tidpo/kl_rejected": kl_rejected.mean().item(),
+                        "tidpo/kl_term": offset.mean().item(), "tidpo/kl_failures": 0.0}
+
+    def extra_loss(self, ctx: LossContext) -> tuple[torch.Tensor, dict[str, float]] | None:
+        """``(γ · L_triplet, metrics)`` with an anchor sampled from the current policy; ``None`` when γ = 0."""
+        s = self.settings
+        if s.gamma == 0:
+            return None
+        if ctx.ref_model is None:
+            raise ValueError("TI-DPO's triplet loss (`tidpo_gamma` > 0) needs a reference model to score anchors")
+        policy = extract_model_from_parallel(ctx.model)
+        reference = extract_model_from_parallel(ctx.ref_model)
+        inputs = ctx.inputs
+        pairs = inputs.input_ids.shape[0] // 2
+        pad_token_id, eos_token_id = special_token_ids(policy)
+        anchor = sample_anchors(
+            policy, inputs.input_ids[:pairs], inputs.attention_mask[:pairs], inputs.completion_mask[:pairs],
+            pad_token_id=pad_token_id, eos_token_id=eos_token_id, top_k=s.anchor_top_k, top_p=s.anchor_top_p,
+            temperature=s.anchor_temperature, max_new_tokens=s.anchor_max_new_tokens,
+            max_length=getattr(self.args, "max_length", None))
+        policy_anchor = anchor_token_logps(policy, anchor)
+        with torch.no_grad():
+            ref_anchor = anchor_token_logps(reference, anchor)
+        anchor_ratios, anchor_len = left_align(policy_anchor - ref_anchor, anchor.completion_mask[:, 1:])
+        ratios, lengths = left_align(ctx.policy_logps - ctx.ref_logps, inputs.loss_mask)
+        metrics = {"tidpo/anchor_len": anchor.anchor_lengths.float().mean().item()}
+        try:
+            loss, dist_pos, dist_neg = triplet_loss(anchor_ratios, ratios[:pairs], ratios[pairs:], anchor_len,
+                                                    lengths[:pairs], lengths[pairs:], s.margin)
+        except FloatingPointError as error:
+            metrics["tidpo/triplet_failures"] = self._count_or_raise(error)
+            metrics.update({"tidpo/triplet_loss": 0.0, "tidpo/dist_pos": 0.0, "tidpo/dist_neg": 0.0})
+            return torch.zeros((), device=policy_anchor.device), metrics
+        metrics.update({"tidpo/triplet_loss": loss.item(), "tidpo/dist_pos": dist_pos.mean().item(),
+                        "tidpo/dist_neg": dist_neg.mean().item(), "tidpo/triplet_failures": 0.0})
+        return s.gamma * loss, metrics

@@ -1,0 +1,137 @@
+"""The ``tidpo`` scheme: shifted weights, the TDPO2 margin offset and the γ·triplet term against oracles."""
+
+import copy
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+from conftest import make_model
+from tidpo_oracles import EOS, PAD, UNIQUE_TOKEN, VOCAB, make_batch, naive_kl, naive_triplet
+from tokenweight.logps import backbone, logps_from_hidden, output_head
+from tokenweight.tidpo.anchor import sample_anchors
+from tokenweight.tidpo.attribution import tidpo_weights
+from tokenweight.tidpo.presets import CONFIG_FIELDS
+from tokenweight.weights.base import SCHEMES, LossContext, WeightingInputs, build_scheme, check_weights
+from tokenweight.weights.tidpo import TIDPOScheme
+
+PROMPTS, COMPLETIONS = [3, 5, 2, 4], [4, 2, 6, 3]  # pairs (0, 2) and (1, 3)
+
+
+def config(**fields):
+    return SimpleNamespace(**{"tidpo_preset": "paper", "max_length": None,
+                              **{key: None for key in CONFIG_FIELDS.values()}, **fields})
+
+
+def weighting_inputs(model, ids=None):
+    batch = make_batch(PROMPTS, COMPLETIONS)
+    ids = batch[0] if ids is None else ids
+    return WeightingInputs(input_ids=ids, attention_mask=batch[1], completion_mask=batch[2],
+                           loss_mask=batch[2][:, 1:].bool(), batch={}, model=model)
+
+
+def scored(model, inputs, grad):
+    with torch.set_grad_enabled(grad):
+        hidden = backbone(model)(inputs.input_ids, attention_mask=inputs.attention_mask).last_hidden_state[:, :-1]
+        return logps_from_hidden(hidden, inputs.input_ids[:, 1:], output_head(model)), hidden
+
+
+def loss_context(policy, ref, inputs):
+    policy_logps, policy_hidden = scored(policy, inputs, grad=True)
+    ref_logps, ref_hidden = scored(ref, inputs, grad=False)
+    return LossContext(model=policy, ref_model=ref, inputs=inputs, policy_logps=policy_logps, ref_logps=ref_logps,
+                       weights=inputs.loss_mask.float(), policy_hidden=policy_hidden, ref_hidden=ref_hidden)
+
+
+@pytest.fixture(scope="module")
+def models():
+    return make_model(VOCAB, seed=1, initializer_range=0.2), make_model(VOCAB, seed=2, initializer_range=0.2)
+
+
+def test_registered_and_flags():
+    assert SCHEMES["tidpo"] is TIDPOScheme
+    scheme = build_scheme("tidpo", config())
+    assert not scheme.needs_hidden_states and scheme.needs_hidden_for_loss
+    assert not build_scheme("tidpo", config(tidpo_kl_alpha=0.0)).needs_hidden_for_loss
+
+
+def test_compute_returns_shifted_weights(models):
+    inputs = weighting_inputs(models[0])
+    result = build_scheme("tidpo", config()).compute(inputs)
+    unshifted, _ = tidpo_weights(models[0], inputs.input_ids, inputs.attention_mask, inputs.completion_mask)
+    torch.testing.assert_close(result.weights, unshifted[:, 1:] * inputs.loss_mask)
+    check_weights(result.weights, inputs.loss_mask, "tidpo")
+    torch.testing.assert_close(result.weights.sum(1), inputs.loss_mask.sum(1).float())  # mean 1, response span
+    assert result.metrics["tidpo/attribution_failures"] == 0.0 and "tidpo/weight_on_last_token" in result.metrics
+
+
+def test_margin_offset_is_alpha_kl_difference_with_stopgrad_on_chosen(models):
+    policy, ref = models
+    inputs = weighting_inputs(policy)
+    ctx = loss_context(policy, ref, inputs)
+    offset, metrics = build_scheme("tidpo", config(tidpo_kl_alpha=0.3)).margin_offset(ctx)
+    with torch.no_grad():
+        kl = naive_kl(policy(inputs.input_ids, attention_mask=inputs.attention_mask).logits[:, :-1],
+                      ref(inputs.input_ids, attention_mask=inputs.attention_mask).logits[:, :-1], inputs.loss_mask)
+    torch.testing.assert_close(offset.double(), 0.3 * (kl[2:] - kl[:2]), rtol=1e-5, atol=1e-6)
+    assert metrics["tidpo/kl_term"] == pytest.approx(offset.mean().item())
+    (grad,) = torch.autograd.grad(offset.sum(), ctx.policy_hidden)
+    assert (grad[:2] == 0).all() and (grad[2:].abs().sum(-1)[inputs.loss_mask[2:]] > 0).all()
+    assert build_scheme("tidpo", config(tidpo_kl_alpha=0.0)).margin_offset(ctx) is None
+
+
+def test_triplet_term_equals_independent_recomputation(models):
+    policy, ref = models
+    inputs = weighting_inputs(policy)
+    ctx = loss_context(policy, ref, inputs)
+    scheme = build_scheme("tidpo", config(tidpo_gamma=0.5, tidpo_margin=0.2))
+    torch.manual_seed(7)
+    loss, metrics = scheme.extra_loss(ctx)
+
+    torch.manual_seed(7)
+    anchor = sample_anchors(policy, inputs.input_ids[:2], inputs.attention_mask[:2], inputs.completion_mask[:2],
+                            pad_token_id=PAD, eos_token_id=EOS)
+
+    def row_ratios(ids, completion):
+        """Log-ratios of one unpadded row's completion tokens, full-logit forwards."""
+        logps = [torch.log_softmax(m(ids[None]).logits[0, :-1].float(), -1).gather(-1, ids[1:, None])[:, 0]
+                 for m in (policy, ref)]
+        return (logps[0] - logps[1].detach())[completion[1:].bool()]
+
+    legs = []
+    for source, rows in ((anchor, range(2)), (inputs, range(2)), (inputs, range(2, 4))):
+        legs.append([row_ratios(source.input_ids[r][source.attention_mask[r].bool()],
+                                source.completion_mask[r][source.attention_mask[r].bool()]) for r in rows])
+    expected = 0.5 * naive_triplet(*legs, margin=0.2)
+    torch.testing.assert_close(loss, expected, rtol=1e-5, atol=1e-6)
+    assert metrics["tidpo/anchor_len"] == anchor.anchor_lengths.float().mean().item()
+    grads = torch.autograd.grad(loss, [p for p in policy.parameters()], allow_unused=True)
+    naive_grads = torch.autograd.grad(expected, [p for p in policy.parameters()], allow_unused=True)
+    for got, want in zip(grads, naive_grads):
+        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-6)
+    assert build_scheme("tidpo", config(tidpo_gamma=0.0)).extra_loss(ctx) is None
+
+
+def test_policy_equal_reference_triplet_is_gamma_margin_with_zero_gradient(models):
+    policy = models[0]
+    ref = copy.deepcopy(policy)
+    ctx = loss_context(policy, ref, weighting_inputs(policy))
+    loss, metrics = build_scheme("tidpo", config()).extra_loss(ctx)  # paper: γ 0.1, margin 0.01
+    assert loss.item() == pytest.approx(0.1 * 0.01) and metrics["tidpo/triplet_loss"] == pytest.approx(0.01)
+    for grad in torch.autograd.grad(loss, list(policy.parameters()), allow_unused=True):
+        assert grad is None or torch.equal(grad, torch.zeros_like(grad))
+
+
+def test_nan_attribution_raises_or_is_counted():
+    model = make_model(VOCAB, seed=1)
+    ids = make_batch(PROMPTS, COMPLETIONS)[0]
+    ids[3, 1] = UNIQUE_TOKEN
+    with torch.no_grad():
+        model.get_input_embeddings().weight[UNIQUE_TOKEN] = float("nan")
+    inputs = weighting_inputs(model, ids)
+    with pytest.raises(FloatingPointError, match=r"rows \[3\]"):
+        build_scheme("tidpo", config()).compute(inputs)
+    counted = build_scheme("tidpo", config(tidpo_on_failure="count")).compute(inputs)
+    prior, _ = tidpo_weights(model, ids, inputs.attention_mask, inputs.completion_mask, lam=0.0)
+    torch.testing.assert_close(counted.weights, prior[:, 1:] * inputs.loss_mask)
+    assert counted.metrics["tidpo/attribution_failures"] == 1.0
