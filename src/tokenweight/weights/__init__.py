@@ -2,7 +2,7 @@
 
 from tokenweight.weights.base import (SCHEMES, LossContext, TokenWeights, WeightingInputs, WeightingScheme,
                                       build_scheme, check_weights, register_scheme)
-from tokenweight.weights import attention, column, tidpo, uniform  # noqa: F401  (registration)
+from tokenweight.weights import attention, column, otpo, tidpo, uniform  # noqa: F401  (registration)
 
 __all__ = ["SCHEMES", "LossContext", "TokenWeights", "WeightingInputs", "WeightingScheme", "build_scheme",
            "check_weights", "register_scheme"]

@@ -1,0 +1,136 @@
+"""The batched unbalanced Sinkhorn against POT's stabilized solver and a float64 log-domain reference."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from otpo_oracles import log_domain_unbalanced, pot_unbalanced
+from tokenweight.sinkhorn import mass_exponents, unbalanced_sinkhorn
+
+LENGTHS = [(17, 12), (9, 20), (20, 20), (1, 6)]  # (rows, columns) valid per pair
+
+
+def random_problem(seed: int = 0, lengths=LENGTHS):
+    """Costs in (0, 1] ``[B, 20, 20]`` with left-aligned valid blocks of the given sizes (garbage elsewhere)."""
+    generator = torch.Generator().manual_seed(seed)
+    batch, n, m = len(lengths), max(r for r, _ in lengths), max(c for _, c in lengths)
+    cost = torch.rand(batch, n, m, generator=generator) * 0.9 + 0.05
+    row_mask = torch.arange(n)[None, :] < torch.tensor([r for r, _ in lengths])[:, None]
+    col_mask = torch.arange(m)[None, :] < torch.tensor([c for _, c in lengths])[:, None]
+    cost = cost.masked_fill(~(row_mask[:, :, None] & col_mask[:, None, :]), 123.0)
+    return cost, row_mask, col_mask
+
+
+def pot_masses(cost, row_mask, col_mask, reg, reg_m):
+    """POT on each pair's valid block, float64: ([row masses], [column masses], [iterations])."""
+    rows, cols, iterations = [], [], []
+    for b in range(cost.shape[0]):
+        n, m = int(row_mask[b].sum()), int(col_mask[b].sum())
+        plan, count = pot_unbalanced(cost[b, :n, :m].double().numpy(), np.ones(n), np.ones(m), reg, reg_m)
+        rows.append(plan.sum(1))
+        cols.append(plan.sum(0))
+        iterations.append(count)
+    return rows, cols, iterations
+
+
+def assert_masses_close(result, rows, cols, row_mask, col_mask, rtol):
+    for b, (row, col) in enumerate(zip(rows, cols)):
+        n, m = len(row), len(col)
+        np.testing.assert_allclose(result.row_mass[b, :n].double().numpy(), row, rtol=rtol)
+        np.testing.assert_allclose(result.col_mass[b, :m].double().numpy(), col, rtol=rtol)
+        assert result.total_mass[b].item() == pytest.approx(row.sum(), rel=rtol)
+    assert (result.row_mass[~row_mask] == 0).all() and (result.col_mass[~col_mask] == 0).all()
+
+
+@pytest.mark.parametrize("method", ["auto", "log"])
+@pytest.mark.parametrize("reg", [1.0, 0.1])
+@pytest.mark.parametrize("reg_m", [0.2, (0.2, 0.7), (float("inf"), 0.3)])
+def test_matches_pot(method, reg, reg_m):
+    cost, row_mask, col_mask = random_problem()
+    result = unbalanced_sinkhorn(cost, row_mask, col_mask, reg=reg, reg_m=reg_m, method=method)
+    rows, cols, iterations = pot_masses(cost, row_mask, col_mask, reg, reg_m)
+    assert result.method == ("scaling" if method == "auto" else "log")
+    assert_masses_close(result, rows, cols, row_mask, col_mask, rtol=1e-5)
+    assert result.converged.all()
+    assert all(abs(ours - pot) <= 10 for ours, pot in zip(result.iterations.tolist(), iterations))
+
+
+def test_iteration_counts_equal_pot_at_official_settings():
+    cost, row_mask, col_mask = random_problem(seed=1)
+    for reg in (1.0, 0.1):
+        result = unbalanced_sinkhorn(cost, row_mask, col_mask, reg=reg, reg_m=0.2)
+        assert result.iterations.tolist() == pot_masses(cost, row_mask, col_mask, reg, 0.2)[2]
+
+
+def test_small_reg_uses_log_domain_and_matches_float64_reference():
+    cost, row_mask, col_mask = random_problem(seed=2)
+    result = unbalanced_sinkhorn(cost, row_mask, col_mask, reg=0.01, reg_m=0.2)
+    assert result.method == "log"
+    assert torch.isfinite(result.row_mass).all() and torch.isfinite(result.col_mass).all()
+    for b, (n, m) in enumerate(LENGTHS):
+        rows, cols, _ = log_domain_unbalanced(cost[b, :n, :m].double().numpy(), 0.01, 0.2, 0.2)
+        np.testing.assert_allclose(result.row_mass[b, :n].double().numpy(), rows, rtol=2e-5)
+        np.testing.assert_allclose(result.col_mass[b, :m].double().numpy(), cols, rtol=2e-5)
+
+
+def test_scaling_and_log_forms_agree_and_pairs_freeze_independently():
+    cost, row_mask, col_mask = random_problem(seed=3)
+    # with a loose mass constraint the pairs stop at different iterations (131 or 141, 71, 101, 21)
+    scaling = unbalanced_sinkhorn(cost, row_mask, col_mask, reg=0.1, reg_m=2.0, method="scaling")
+    log = unbalanced_sinkhorn(cost, row_mask, col_mask, reg=0.1, reg_m=2.0, method="log")
+    torch.testing.assert_close(scaling.row_mass, log.row_mass, rtol=2e-6, atol=0)
+    assert (scaling.iterations - log.iterations).abs().max() <= 10  # fp32 rounding near the threshold
+    assert len(set(scaling.iterations.tolist())) == len(LENGTHS)
+    # each pair solved alone stops after the same iterations and gives the same masses as inside the batch
+    for b in range(len(LENGTHS)):
+        alone = unbalanced_sinkhorn(cost[b:b + 1], row_mask[b:b + 1], col_mask[b:b + 1], reg=0.1, reg_m=2.0)
+        assert alone.iterations.item() == scaling.iterations[b].item()
+        torch.testing.assert_close(alone.row_mass[0], scaling.row_mass[b], rtol=1e-6, atol=0)
+
+
+def test_plan_is_consistent_with_masses():
+    cost, row_mask, col_mask = random_problem(seed=4)
+    for method in ("scaling", "log"):
+        result = unbalanced_sinkhorn(cost, row_mask, col_mask, reg=0.5, reg_m=0.2, method=method, return_plan=True)
+        valid = row_mask[:, :, None] & col_mask[:, None, :]
+        assert (result.plan[~valid] == 0).all()
+        torch.testing.assert_close(result.plan.sum(2), result.row_mass, rtol=1e-5, atol=1e-7)
+        torch.testing.assert_close(result.plan.sum(1), result.col_mass, rtol=1e-5, atol=1e-7)
+
+
+def test_dtypes():
+    cost, row_mask, col_mask = random_problem(seed=5)
+    assert unbalanced_sinkhorn(cost.bfloat16(), row_mask, col_mask, 1.0, 0.2).row_mass.dtype == torch.float32
+    result64 = unbalanced_sinkhorn(cost.double(), row_mask, col_mask, 1.0, 0.2)
+    assert result64.row_mass.dtype == torch.float64
+    rows, _, _ = pot_masses(cost, row_mask, col_mask, 1.0, 0.2)
+    np.testing.assert_allclose(result64.row_mass[0, :17].numpy(), rows[0], rtol=1e-9)
+
+
+def test_automatic_form_follows_the_cost_range():
+    cost, row_mask, col_mask = random_problem(seed=6)
+    assert unbalanced_sinkhorn(cost * 10, row_mask, col_mask, reg=1.0, reg_m=0.2).method == "scaling"
+    assert unbalanced_sinkhorn(cost * 30, row_mask, col_mask, reg=1.0, reg_m=0.2).method == "log"
+    with pytest.raises(ValueError, match="method='log'"):
+        unbalanced_sinkhorn(cost * 100, row_mask, col_mask, reg=1.0, reg_m=0.2, method="scaling")
+
+
+def test_errors_name_the_pair():
+    cost, row_mask, col_mask = random_problem(seed=7)
+    empty = row_mask.clone()
+    empty[2] = False
+    with pytest.raises(ValueError, match=r"pairs \[2\] have no valid row"):
+        unbalanced_sinkhorn(cost, empty, col_mask, 1.0, 0.2)
+    nan_cost = cost.clone()
+    nan_cost[1, 0, 0] = math.nan
+    with pytest.raises(ValueError, match=r"pairs \[1\] have a non-finite cost"):
+        unbalanced_sinkhorn(nan_cost, row_mask, col_mask, 1.0, 0.2)
+    nan_cost[1, 0, 0] = 0.5
+    nan_cost[1, -1, -1] = math.nan  # outside pair 1's valid block: ignored
+    unbalanced_sinkhorn(nan_cost, row_mask, col_mask, 1.0, 0.2)
+    with pytest.raises(ValueError, match="reg_m"):
+        mass_exponents(1.0, (0.1, 0.2, 0.3))
+    with pytest.raises(ValueError, match="reg must"):
+        mass_exponents(0.0, 0.2)
