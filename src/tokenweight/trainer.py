@@ -52,8 +52,11 @@ class TokenweightTrainer(Trainer):
         self._metrics = {"train": defaultdict(list), "eval": defaultdict(list)}
 
     def _prepare_reference(self, ref_model: nn.Module) -> nn.Module:
-        if self.is_deepspeed_enabled or self.is_fsdp_enabled:
-            return self.accelerator.prepare_model(ref_model, evaluation_mode=True)
+        """DeepSpeed: an inference engine with the run's ZeRO stage (ZeRO-3 partitions the reference too).
+        DDP and FSDP: a full frozen copy on each process's device (it needs no gradient synchronisation)."""
+        if self.is_deepspeed_enabled:
+            return _deepspeed_inference_engine(ref_model, self.accelerator.state.deepspeed_plugin.deepspeed_config,
+                                               self.args)
         return ref_model.to(self.accelerator.device)
 
     # ------------------------------------------------------------------------------------------ the loss
@@ -127,3 +130,24 @@ class TokenweightTrainer(Trainer):
             logs[prefix + name] = sum(values) / len(values)
         self._metrics[mode].clear()
         super().log(logs, start_time)
+
+
+def _deepspeed_inference_engine(model: nn.Module, train_config: dict, args: TokenweightConfig) -> nn.Module:
+    """Wrap the frozen ``model`` in a DeepSpeed engine without optimizer, keeping ZeRO-3 partitioning when the
+    training run uses it (other stages: no partitioning is needed for a model without optimizer state)."""
+    import copy
+
+    import deepspeed
+
+    config = copy.deepcopy(train_config)
+    config.pop("optimizer", None)
+    config.pop("scheduler", None)
+    zero = config.setdefault("zero_optimization", {})
+    if zero.get("stage") != 3:
+        zero["stage"] = 0
+    config["train_micro_batch_size_per_gpu"] = args.per_device_train_batch_size
+    config["gradient_accumulation_steps"] = args.gradient_accumulation_steps
+    config.pop("train_batch_size", None)
+    engine, *_ = deepspeed.initialize(model=model, config=config)
+    engine.eval()
+    return engine

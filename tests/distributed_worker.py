@@ -1,0 +1,74 @@
+"""A short CPU training run of ``TokenweightTrainer`` for ``tests/test_distributed.py``.
+
+Run once under ``accelerate launch --multi_gpu --num_processes 2`` (with ``use_cpu`` the processes join a gloo
+group) and once as a plain single process with ``--grad_accum 2``. Every process writes the dataset rows of each of
+its micro-batches to ``OUT/rows_rank{r}.json``; the main process writes the trained parameters to
+``OUT/params.pt``.
+
+    python tests/distributed_worker.py OUT --grad_accum 2
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import datasets
+import torch
+
+sys.path.insert(0, str(Path(__file__).parent))
+from conftest import make_model, make_tokenizer, standard_rows  # noqa: E402
+
+from tokenweight.config import TokenweightConfig  # noqa: E402
+from tokenweight.data import tokenize_preference_dataset  # noqa: E402
+from tokenweight.trainer import TokenweightTrainer  # noqa: E402
+
+
+class RowRecorder:
+    """Collator wrapper remembering the ``row_index`` of every micro-batch."""
+
+    def __init__(self, collator):
+        self.collator = collator
+        self.rows: list[list[int]] = []
+
+    def __call__(self, rows):
+        batch = self.collator(rows)
+        self.rows.append(batch["row_index"].tolist())
+        return batch
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("out", type=Path)
+    parser.add_argument("--grad_accum", type=int, default=1)
+    parser.add_argument("--batch", type=int, default=2)
+    parser.add_argument("--steps", type=int, default=3)
+    cli = parser.parse_args()
+
+    tokenizer = make_tokenizer()
+    dataset, _ = tokenize_preference_dataset(datasets.Dataset.from_list(standard_rows(12)), tokenizer,
+                                             max_length=None)
+    args = TokenweightConfig(output_dir=str(cli.out / "run"), use_cpu=True, report_to=[], save_strategy="no",
+                             disable_tqdm=True, max_steps=cli.steps, per_device_train_batch_size=cli.batch,
+                             gradient_accumulation_steps=cli.grad_accum, train_sampling_strategy="sequential",
+                             learning_rate=1e-2, lr_scheduler_type="constant", optim="adamw_torch",
+                             weight_decay=0.0, max_grad_norm=1.0, logging_steps=1, beta=0.1, seed=0,
+                             max_length=None)
+    trainer = TokenweightTrainer(make_model(len(tokenizer), seed=0), make_model(len(tokenizer), seed=1), args,
+                                 train_dataset=dataset, processing_class=tokenizer)
+    recorder = RowRecorder(trainer.data_collator)
+    trainer.data_collator = recorder
+    trainer.train()
+
+    cli.out.mkdir(parents=True, exist_ok=True)
+    rank, world = trainer.accelerator.process_index, trainer.accelerator.num_processes
+    (cli.out / f"rows_rank{rank}.json").write_text(json.dumps({"world_size": world, "rows": recorder.rows}))
+    if trainer.accelerator.is_main_process:
+        model = trainer.accelerator.unwrap_model(trainer.model)
+        torch.save({name: p.detach().clone() for name, p in model.named_parameters()}, cli.out / "params.pt")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,121 @@
+"""The chunked per-token log-prob head against the naive ``log_softmax`` + ``gather`` over full logits: values and
+gradients, divisible and ragged chunkings, Gemma2's final-logit softcapping, and the patched model forward."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from conftest import make_model
+from torch import nn
+
+from tokenweight.logps import OutputHead, enable_token_scoring, logps_from_hidden, naive_token_logps, output_head
+
+TOL = 1e-6
+
+
+def max_error(ours: torch.Tensor, reference: torch.Tensor) -> float:
+    """Max abs difference, relative to the reference's largest magnitude when that exceeds 1 (fp32 sums of many
+    terms differ in the last bits with the summation order)."""
+    return (ours - reference).abs().max().item() / max(1.0, reference.abs().max().item())
+
+
+def naive_logps_from_hidden(hidden: torch.Tensor, labels: torch.Tensor, head: OutputHead) -> torch.Tensor:
+    """``[N, T]`` log-probs through full ``[N, T, V]`` logits."""
+    return torch.log_softmax(head.logits(hidden), dim=-1).gather(-1, labels.unsqueeze(-1)).squeeze(-1)
+
+
+def random_inputs(seed: int, rows: int = 3, length: int = 12, dim: int = 16, vocab: int = 50):
+    generator = torch.Generator().manual_seed(seed)
+    hidden = torch.randn(rows, length, dim, generator=generator)
+    labels = torch.randint(0, vocab, (rows, length), generator=generator)
+    torch.manual_seed(seed)
+    head = nn.Linear(dim, vocab, bias=False)
+    return hidden, labels, head
+
+
+def values_and_grads(function, hidden, labels, head: OutputHead, upstream):
+    """Log-probs of ``function`` and the gradients of ``Σ upstream · logps`` w.r.t. hidden and head weight."""
+    hidden = hidden.clone().requires_grad_()
+    head.module.zero_grad()
+    logps = function(hidden, labels, head)
+    (logps * upstream).sum().backward()
+    return logps.detach(), hidden.grad, head.module.weight.grad.clone()
+
+
+@pytest.mark.parametrize("chunk_size", [4, 5, 12, 64])
+@pytest.mark.parametrize("softcap", [None, 3.0])
+def test_chunked_head_matches_naive(chunk_size, softcap):
+    hidden, labels, linear = random_inputs(seed=chunk_size)
+    head = OutputHead(module=linear, logit_scale=1.5, softcap=softcap)
+    upstream = torch.randn(labels.shape, generator=torch.Generator().manual_seed(99))
+    chunked = values_and_grads(lambda h, y, o: logps_from_hidden(h, y, o, chunk_size), hidden, labels, head, upstream)
+    naive = values_and_grads(naive_logps_from_hidden, hidden, labels, head, upstream)
+    for ours, reference, what in zip(chunked, naive, ("values", "d hidden", "d head weight")):
+        assert max_error(ours, reference) < TOL, what
+
+
+def test_chunked_head_without_grad_builds_no_graph():
+    hidden, labels, linear = random_inputs(seed=1)
+    with torch.no_grad():
+        logps = logps_from_hidden(hidden, labels, OutputHead(linear), chunk_size=5)
+    assert not logps.requires_grad
+    assert logps.shape == labels.shape and logps.dtype == torch.float32
+
+
+def tiny_gemma2(vocab: int = 60):
+    from transformers import Gemma2Config, Gemma2ForCausalLM
+    torch.manual_seed(0)
+    config = Gemma2Config(vocab_size=vocab, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                          num_attention_heads=4, num_key_value_heads=2, head_dim=8, max_position_embeddings=64,
+                          final_logit_softcapping=2.0, attn_logit_softcapping=50.0, sliding_window=16,
+                          pad_token_id=0, attn_implementation="eager")
+    return Gemma2ForCausalLM(config).eval()
+
+
+def batch_with_padding(vocab: int, rows: int = 3, length: int = 11):
+    generator = torch.Generator().manual_seed(5)
+    input_ids = torch.randint(1, vocab, (rows, length), generator=generator)
+    attention_mask = torch.ones_like(input_ids)
+    attention_mask[1, 7:] = 0
+    attention_mask[2, 4:] = 0
+    return input_ids.masked_fill(attention_mask == 0, 0), attention_mask
+
+
+@pytest.mark.parametrize("build", [lambda: make_model(70), tiny_gemma2], ids=["llama", "gemma2-softcap"])
+@pytest.mark.parametrize("chunk_size", [3, 10, 256])
+def test_patched_forward_matches_model_logits(build, chunk_size):
+    """``score_tokens=True`` equals ``naive_token_logps(model(...).logits)``; gradients w.r.t. every parameter too."""
+    model = build()
+    reference = build()
+    reference.load_state_dict(model.state_dict())
+    enable_token_scoring(model, chunk_size)
+    assert enable_token_scoring(model, chunk_size) is model  # idempotent
+    input_ids, attention_mask = batch_with_padding(model.config.vocab_size)
+    valid = attention_mask[:, 1:].float()
+
+    scores = model(input_ids=input_ids, attention_mask=attention_mask, score_tokens=True, return_hidden=True)
+    outputs = reference(input_ids=input_ids, attention_mask=attention_mask, output_hidden_states=True)
+    naive = naive_token_logps(outputs.logits, input_ids)
+    assert max_error(scores.token_logps * valid, naive * valid) < TOL
+    assert torch.equal(scores.hidden, outputs.hidden_states[-1][:, :-1])
+
+    (scores.token_logps * valid).sum().backward()
+    (naive * valid).sum().backward()
+    for (name, ours), theirs in zip(model.named_parameters(), reference.parameters()):
+        assert max_error(ours.grad, theirs.grad) < TOL, name
+
+
+def test_softcap_is_read_from_the_config():
+    model = tiny_gemma2()
+    head = output_head(model)
+    assert head.softcap == 2.0 and head.module is model.lm_head
+    assert output_head(make_model(20)).softcap is None
+
+
+def test_plain_forward_is_unchanged():
+    model = make_model(40)
+    input_ids, attention_mask = batch_with_padding(40)
+    before = model(input_ids=input_ids, attention_mask=attention_mask).logits
+    enable_token_scoring(model, chunk_size=4)
+    after = model(input_ids=input_ids, attention_mask=attention_mask).logits
+    assert torch.equal(before, after)
