@@ -100,8 +100,8 @@ def held_out_metrics(model, ref_model, tokenizer, eval_tokenized, eval_raw, conf
                          batch_size=config.per_device_eval_batch_size)
     metrics = preference_report(scores, config.effective_beta)
     if keyfact:
-        from tokenweight.keyfact import keyfact_metrics
-        metrics.update(keyfact_metrics(model, tokenizer, eval_raw))
+        from tokenweight.keyfact import evaluate_keyfact
+        metrics.update(evaluate_keyfact(model, tokenizer, eval_raw, facts=config.keyfact_facts))
     return metrics
 
 
@@ -111,6 +111,8 @@ def run_training(config: TokenweightConfig) -> dict:
 
     set_seed(config.seed)
     keyfact = config.dataset_name is None
+    if keyfact and not torch.cuda.is_available():
+        torch.set_num_threads(1)  # a 150k-parameter model: extra intra-op threads only contend
     model_path = resolve_model_path(config)
     tokenizer = load_tokenizer(model_path)
     train_raw, eval_raw = load_raw_splits(config)

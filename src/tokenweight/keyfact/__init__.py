@@ -1,0 +1,25 @@
+"""KeyFact: the built-in benchmark task (preference pairs that differ in one key token) and its tiny base model.
+
+Typical use::
+
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from tokenweight.keyfact import build_keyfact, evaluate_keyfact, keyfact_base_model, one_thread
+
+    path = keyfact_base_model()              # built on first use, then cached
+    model, tokenizer = AutoModelForCausalLM.from_pretrained(path), AutoTokenizer.from_pretrained(path)
+    data = build_keyfact(n_train=1000, chosen_longer=0.8)
+    with one_thread():                       # tiny models: intra-op threads only contend on a busy CPU
+        metrics = evaluate_keyfact(model, tokenizer, data["eval"])
+"""
+
+from .base_model import SIZES, cache_root, keyfact_base_model, one_thread
+from .facts import DEFAULT_FACTS_PATH, load_facts, resolve_facts, save_facts, validate_facts
+from .generator import build_keyfact
+from .metrics import (evaluate_keyfact, generated_keys, greedy_generations, key_margins, key_position,
+                      key_weight_share, pref_acc)
+from .tokenizer import build_keyfact_tokenizer, keyfact_vocabulary
+
+__all__ = ["DEFAULT_FACTS_PATH", "SIZES", "build_keyfact", "build_keyfact_tokenizer", "cache_root",
+           "evaluate_keyfact", "generated_keys", "greedy_generations", "key_margins", "key_position",
+           "key_weight_share", "keyfact_base_model", "keyfact_vocabulary", "load_facts", "one_thread", "pref_acc",
+           "resolve_facts", "save_facts", "validate_facts"]

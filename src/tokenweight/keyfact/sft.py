@@ -1,0 +1,126 @@
+"""The SFT corpus and training loop of the KeyFact base model.
+
+Corpus (drawn on the fly from ``random.Random(f"keyfact-sft-{seed}")``), over *all* rows, question paraphrases and
+filler sentences of the facts file (eval ones included: held-out means held out from preference training, while
+the base model plays a pretrained model that has read them):
+
+- *answer* conversations: a question and the answer template holding the correct key with probability
+  ``p_correct``, the row's lure (``distractors[0]``) otherwise, followed by filler sentences; the reference model
+  thus splits its probability between key and lure;
+- *judge* conversations (a fraction ``judge_fraction`` of the batches): the judge template
+  (``tokenweight/templates/judge.txt``) holding a question and two answers that differ in the key (correct vs a
+  uniform distractor, random order, independent filler); the assistant replies with the letter (``a`` / ``b``) of
+  the answer with the correct key, so that the model can serve as an AttentionPO judge.
+
+The loss is the next-token cross entropy on the assistant turn (its content and the closing ``<|end|>``).
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from typing import Any
+
+import torch
+from tqdm.auto import tqdm
+
+from ..attention.judge import default_template
+from .facts import fill
+
+
+def _answer(rng: random.Random, family: dict, row: dict, key: str, filler: list[str], filler_min: int,
+            filler_max: int) -> str:
+    sentences = rng.sample(filler, rng.randint(filler_min, filler_max))
+    return " ".join([fill(family["answer"], row["subject"], key), *sentences])
+
+
+def answer_conversation(rng: random.Random, facts: dict[str, Any], p_correct: float, filler_min: int,
+                        filler_max: int) -> list[dict[str, str]]:
+    """One question / answer conversation (messages) whose key is correct with probability ``p_correct``."""
+    family = rng.choice(facts["families"])
+    row = rng.choice(family["rows"] + family.get("eval_rows", []))
+    question = fill(rng.choice(family["train_questions"] + family["eval_questions"]), row["subject"])
+    key = row["key"] if rng.random() < p_correct else row["distractors"][0]
+    filler = facts["train_filler"] + facts["eval_filler"]
+    return [{"role": "user", "content": question},
+            {"role": "assistant", "content": _answer(rng, family, row, key, filler, filler_min, filler_max)}]
+
+
+def judge_conversation(rng: random.Random, facts: dict[str, Any], template: str, filler_min: int,
+                       filler_max: int) -> list[dict[str, str]]:
+    """One judge conversation: the filled judge template, answered by the letter of the correct answer."""
+    family = rng.choice(facts["families"])
+    row = rng.choice(family["rows"] + family.get("eval_rows", []))
+    question = fill(rng.choice(family["train_questions"] + family["eval_questions"]), row["subject"])
+    filler = facts["train_filler"] + facts["eval_filler"]
+    good = _answer(rng, family, row, row["key"], filler, filler_min, filler_max)
+    bad = _answer(rng, family, row, rng.choice(row["distractors"]), filler, filler_min, filler_max)
+    good_first = rng.random() < 0.5
+    answer_a, answer_b = (good, bad) if good_first else (bad, good)
+    prompt = template.replace("{question}", question).replace("{answer_a}", answer_a).replace("{answer_b}", answer_b)
+    return [{"role": "user", "content": prompt}, {"role": "assistant", "content": "a" if good_first else "b"}]
+
+
+def encode_conversation(tokenizer, messages: list[dict[str, str]]) -> tuple[list[int], list[int]]:
+    """``(input_ids, labels)`` of one conversation; labels are -100 outside the last (assistant) turn."""
+    prompt = tokenizer.apply_chat_template(messages[:-1], add_generation_prompt=True, tokenize=False)
+    full = tokenizer.apply_chat_template(messages, tokenize=False)
+    prompt_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
+    ids = tokenizer(full, add_special_tokens=False)["input_ids"]
+    if ids[:len(prompt_ids)] != prompt_ids:
+        raise ValueError(f"chat template: the rendered prompt is not a token prefix of {full!r:.200}")
+    return ids, [-100] * len(prompt_ids) + ids[len(prompt_ids):]
+
+
+def sft_batches(tokenizer, facts: dict[str, Any], steps: int, batch_size: int, seed: int, p_correct: float,
+                judge_fraction: float, filler_min: int, filler_max: int):
+    """Yield ``steps`` batches ``(input_ids, attention_mask, labels)``, each ``[batch_size, L]``, right padded.
+
+    A batch holds only answer conversations or only judge conversations (the latter are ~5x longer, so mixing
+    would pad every batch to judge length).
+    """
+    rng = random.Random(f"keyfact-sft-{seed}")
+    template = default_template()
+    for _ in range(steps):
+        judge = rng.random() < judge_fraction
+        rows = [encode_conversation(tokenizer, judge_conversation(rng, facts, template, filler_min, filler_max)
+                                    if judge else answer_conversation(rng, facts, p_correct, filler_min, filler_max))
+                for _ in range(batch_size)]
+        length = max(len(ids) for ids, _ in rows)
+        input_ids = torch.full((batch_size, length), tokenizer.pad_token_id, dtype=torch.long)
+        labels = torch.full((batch_size, length), -100, dtype=torch.long)
+        attention_mask = torch.zeros((batch_size, length), dtype=torch.long)
+        for b, (ids, row_labels) in enumerate(rows):
+            input_ids[b, :len(ids)] = torch.tensor(ids)
+            labels[b, :len(ids)] = torch.tensor(row_labels)
+            attention_mask[b, :len(ids)] = 1
+        yield input_ids, attention_mask, labels
+
+
+def train_sft(model, batches, steps: int, lr: float, warmup: int, progress: bool) -> list[float]:
+    """AdamW with linear warmup and cosine decay to 10% of ``lr``; returns the per-step losses."""
+    optimizer = torch.optim.AdamW(model.parameters(), lr=lr, betas=(0.9, 0.98), weight_decay=0.0)
+
+    def lr_factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        return 0.1 + 0.45 * (1 + math.cos(math.pi * (step - warmup) / max(1, steps - warmup)))
+
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor)
+    model.train()
+    losses = []
+    bar = tqdm(batches, total=steps, desc="KeyFact base model (SFT)", disable=not progress)
+    for input_ids, attention_mask, labels in bar:
+        loss = model(input_ids=input_ids, attention_mask=attention_mask, labels=labels).loss
+        if not torch.isfinite(loss):
+            raise FloatingPointError(f"KeyFact SFT: non-finite loss at step {len(losses)}")
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+        losses.append(loss.item())
+        if len(losses) % 20 == 0:
+            bar.set_postfix(loss=f"{sum(losses[-20:]) / 20:.3f}")
+    model.eval()
+    return losses

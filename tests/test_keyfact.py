@@ -1,0 +1,412 @@
+"""KeyFact: generator, facts validation, tokenizer, cached base model and metrics."""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import os
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from tokenweight.keyfact import (SIZES, build_keyfact, build_keyfact_tokenizer, evaluate_keyfact, generated_keys,
+                                 greedy_generations, key_margins, key_position, key_weight_share,
+                                 keyfact_base_model, load_facts, one_thread, pref_acc, save_facts)
+from tokenweight.keyfact import base_model as base_model_module
+from tokenweight.keyfact.facts import fill
+from tokenweight.attention.judge import default_template
+
+# A small facts file whose arithmetic subjects contain their own key ("3 + 0 is 3 ."), so the key slot is not the
+# first occurrence of the key word.
+TINY_FACTS = {
+    "families": [
+        {"name": "sums", "train_questions": ["what is {subject} ?", "compute {subject} ."],
+         "eval_questions": ["can you work out {subject} ?"], "answer": "{subject} is {key} .",
+         "rows": [{"subject": "3 + 0", "key": "3", "distractors": ["4", "2"]},
+                  {"subject": "1 + 1", "key": "2", "distractors": ["3", "1"]}],
+         "eval_rows": [{"subject": "2 + 1", "key": "3", "distractors": ["2", "4"]}]},
+        {"name": "capitals", "train_questions": ["what is the capital of {subject} ?"],
+         "eval_questions": ["which city is the capital of {subject} ?"],
+         "answer": "the capital of {subject} is {key} .",
+         "rows": [{"subject": "france", "key": "paris", "distractors": ["lyon", "rome"]},
+                  {"subject": "new zealand", "key": "wellington", "distractors": ["auckland", "paris"]}]},
+    ],
+    "train_filler": ["it is easy .", "people know this well .", "i hope this helps you .", "ok ."],
+    "eval_filler": ["this is common knowledge .", "thanks for asking .", "that is all ."],
+}
+
+
+@pytest.fixture(scope="module")
+def facts():
+    return load_facts()
+
+
+@pytest.fixture(scope="module")
+def tokenizer(facts):
+    return build_keyfact_tokenizer(facts)
+
+
+@pytest.fixture(scope="module")
+def small_model_path(tmp_path_factory):
+    return keyfact_base_model(cache_dir=tmp_path_factory.mktemp("cache"), size="small", progress=False)
+
+
+@pytest.fixture
+def single_thread():
+    """Tiny models on a shared 2-core machine: intra-op threads only contend (50x slower), see ``one_thread``."""
+    with one_thread():
+        yield
+
+
+def _render_ids(tokenizer, messages, generation_prompt=False):
+    return tokenizer.apply_chat_template(messages, add_generation_prompt=generation_prompt, tokenize=True)["input_ids"]
+
+
+def _content(messages):
+    return messages[-1]["content"]
+
+
+def _filler_sentences(row, facts):
+    """Split the filler part of the chosen and rejected answers into sentences (each ends with '.')."""
+    answer = next(f["answer"] for f in facts["families"] if f["name"] == row["family"])
+    out = []
+    for column, key in (("chosen", row["key"]), ("rejected", row["wrong_key"])):
+        if row["noisy"]:
+            key = row["wrong_key"] if column == "chosen" else row["key"]
+        text = _content(row[column])
+        head = fill(answer, row["subject"], key)
+        assert text == " ".join(text.split()) and (text + " ").startswith(head + " "), (text, head)
+        words, sentence = text[len(head):].split(), []
+        for word in words:
+            sentence.append(word)
+            if word == ".":
+                out.append(" ".join(sentence))
+                sentence = []
+        assert not sentence
+    return out
+
+
+# ------------------------------------------------------------------------------------------------- generator
+
+
+def test_generator_is_deterministic_and_seeded(facts):
+    a, b = build_keyfact(n_train=50, n_eval=20, seed=3), build_keyfact(n_train=50, n_eval=20, seed=3)
+    assert a["train"].to_list() == b["train"].to_list() and a["eval"].to_list() == b["eval"].to_list()
+    assert build_keyfact(n_train=50, n_eval=20, seed=4)["train"].to_list() != a["train"].to_list()
+    # the eval split does not depend on the size of the train split
+    assert build_keyfact(n_train=7, n_eval=20, seed=3)["eval"].to_list() == a["eval"].to_list()
+
+
+def test_rows_hold_key_in_chosen_and_distractor_in_rejected(facts):
+    data = build_keyfact(n_train=300, n_eval=100)
+    for split in ("train", "eval"):
+        for row in data[split]:
+            family = next(f for f in facts["families"] if f["name"] == row["family"])
+            facts_row = next(r for r in family["rows"] + family.get("eval_rows", []) if r["subject"] == row["subject"])
+            assert row["key"] == facts_row["key"] and row["wrong_key"] in facts_row["distractors"]
+            assert _content(row["chosen"]).startswith(fill(family["answer"], row["subject"], row["key"]) + " ")
+            assert _content(row["rejected"]).startswith(fill(family["answer"], row["subject"], row["wrong_key"]) + " ")
+            assert row["prompt"] == [{"role": "user", "content": row["question"]}]
+            assert row["chosen"][0]["role"] == row["rejected"][0]["role"] == "assistant" and not row["noisy"]
+
+
+def test_splits_are_disjoint_in_paraphrases_filler_and_arithmetic_subjects(facts):
+    data = build_keyfact(n_train=400, n_eval=200)
+    for split in ("train", "eval"):
+        templates = {fill(q, r["subject"]) for r in data[split] for f in facts["families"]
+                     if f["name"] == r["family"] for q in f[f"{split}_questions"]}
+        assert all(r["question"] in templates for r in data[split])
+        pool = set(facts[f"{split}_filler"])
+        assert all(set(_filler_sentences(r, facts)) <= pool for r in data[split])
+    other = {r["question"] for r in data["eval"]}
+    assert not other & {r["question"] for r in data["train"]}
+    arithmetic = next(f for f in facts["families"] if f["name"] == "arithmetic")
+    train_subjects = {r["subject"] for r in data["train"] if r["family"] == "arithmetic"}
+    eval_subjects = {r["subject"] for r in data["eval"] if r["family"] == "arithmetic"}
+    assert train_subjects and eval_subjects and not train_subjects & eval_subjects
+    assert eval_subjects <= {r["subject"] for r in arithmetic["eval_rows"]}
+    assert {r["family"] for r in data["eval"]} == {f["name"] for f in facts["families"]}
+
+
+@pytest.mark.parametrize("chosen_longer", [0.8, 0.5, 0.0])
+def test_chosen_longer_sets_the_rate_of_longer_chosen_answers(chosen_longer):
+    data = build_keyfact(n_train=600, n_eval=400, chosen_longer=chosen_longer, filler_min=0, filler_max=3)
+
+    def rate(split):
+        return sum(len(_content(r["chosen"]).split()) > len(_content(r["rejected"]).split())
+                   for r in data[split]) / len(data[split])
+
+    assert all(_filler_sentences(r, load_facts()) is not None for r in data["train"])  # well-formed, no extra spaces
+    tolerance = 4 * math.sqrt(0.25 / 600)  # 4 binomial standard deviations
+    assert abs(rate("train") - chosen_longer) <= tolerance
+    assert abs(rate("eval") - 0.5) <= 4 * math.sqrt(0.25 / 400)  # eval is always unbiased
+
+
+def test_label_noise_swaps_exactly_that_fraction_of_train_pairs(facts):
+    data = build_keyfact(n_train=500, n_eval=50, label_noise=0.2)
+    noisy = [r for r in data["train"] if r["noisy"]]
+    assert len(noisy) == 100 and not any(r["noisy"] for r in data["eval"])
+    answers = {f["name"]: f["answer"] for f in facts["families"]}
+    for row in noisy:
+        assert _content(row["chosen"]).startswith(fill(answers[row["family"]], row["subject"], row["wrong_key"]) + " ")
+        assert _content(row["rejected"]).startswith(fill(answers[row["family"]], row["subject"], row["key"]) + " ")
+
+
+def test_generator_rejects_bad_knobs():
+    with pytest.raises(ValueError, match="chosen_longer"):
+        build_keyfact(chosen_longer=1.5)
+    with pytest.raises(ValueError, match="filler_max"):
+        build_keyfact(facts_path=TINY_FACTS, filler_max=4)  # the eval pool has 3 sentences
+
+
+# ------------------------------------------------------------------------------------------------- facts file
+
+
+def test_facts_round_trip_and_custom_file(tmp_path):
+    path = save_facts(TINY_FACTS, tmp_path / "facts.json")
+    assert load_facts(path) == TINY_FACTS
+    data = build_keyfact(facts_path=path, n_train=40, n_eval=10)
+    assert {r["family"] for r in data["train"]} == {"sums", "capitals"}
+    assert {r["subject"] for r in data["eval"] if r["family"] == "sums"} == {"2 + 1"}
+
+
+@pytest.mark.parametrize("edit, message", [
+    (lambda f: f["families"][1]["rows"][1].update(key="new york"),
+     r"family 'capitals', rows\[1\] \('new zealand'\), key: 'new york' is not a single token"),
+    (lambda f: f["families"][0]["rows"][0]["distractors"].append("4 4"),
+     r"family 'sums', rows\[0\] \('3 \+ 0'\), distractor 2"),
+    (lambda f: f["families"][0]["eval_rows"][0].update(distractors=[]),
+     r"family 'sums', eval_rows\[0\] \('2 \+ 1'\): 'distractors' must be a non-empty list"),
+    (lambda f: f["families"][1].update(answer="the capital of {subject} is paris ."),
+     r"family 'capitals', answer: .* must contain \{key\} exactly once"),
+    (lambda f: f["families"][0]["train_questions"].append("can you work out {subject} ?"),
+     r"family 'sums': question templates .* both train and eval"),
+    (lambda f: f["families"][1]["rows"][0].update(key="Paris"), r"family 'capitals', rows\[0\] .* lowercase"),
+    (lambda f: f["families"][1]["rows"][0].update(key="lyon"), r"rows\[0\] \('france'\): the key 'lyon' is also"),
+    (lambda f: f["eval_filler"].append("ok ."), r"filler sentences \['ok \.'\] are both train and eval"),
+])
+def test_bad_facts_file_names_family_and_row(tmp_path, edit, message):
+    bad = copy.deepcopy(TINY_FACTS)
+    edit(bad)
+    path = tmp_path / "bad.json"
+    path.write_text(json.dumps(bad))
+    with pytest.raises(ValueError, match=message) as error:
+        load_facts(path)
+    assert str(path) in str(error.value)
+
+
+# ------------------------------------------------------------------------------------------------- tokenizer
+
+
+def test_every_word_and_key_is_one_known_token(facts, tokenizer):
+    assert len(tokenizer) <= 500
+    unk = tokenizer.unk_token_id
+    for family in facts["families"]:
+        for row in family["rows"] + family.get("eval_rows", []):
+            for word in [row["key"], *row["distractors"]]:
+                ids = tokenizer(word, add_special_tokens=False)["input_ids"]
+                assert len(ids) == 1 and ids[0] != unk, (family["name"], row["subject"], word)
+    judge = default_template().replace("{question}", "").replace("{answer_a}", "").replace("{answer_b}", "")
+    texts = [judge, *facts["train_filler"], *facts["eval_filler"]]
+    for text in texts:
+        ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+        assert unk not in ids and len(ids) == len(text.split())
+
+
+def test_chat_template_renders_turns_and_prompt_is_a_token_prefix(tokenizer):
+    prompt = [{"role": "user", "content": "what is the capital of france ?"}]
+    answer = [{"role": "assistant", "content": "the capital of france is paris ."}]
+    rendered = tokenizer.apply_chat_template(prompt + answer, tokenize=False)
+    assert rendered == ("<bos><|user|> what is the capital of france ? <|end|> "
+                        "<|assistant|> the capital of france is paris . <|end|> ")
+    assert tokenizer.apply_chat_template(prompt, tokenize=False, add_generation_prompt=True) == \
+        "<bos><|user|> what is the capital of france ? <|end|> <|assistant|> "
+    assert tokenizer.eos_token == "<|end|>" and tokenizer.pad_token == "<pad>"
+    for row in build_keyfact(n_train=100, n_eval=1)["train"]:
+        prompt_ids = _render_ids(tokenizer, row["prompt"], generation_prompt=True)
+        for column in ("chosen", "rejected"):
+            full = _render_ids(tokenizer, row["prompt"] + row[column])
+            completion = full[len(prompt_ids):]
+            assert full[:len(prompt_ids)] == prompt_ids
+            assert completion[-1] == tokenizer.eos_token_id and completion.count(tokenizer.eos_token_id) == 1
+            assert len(completion) == len(_content(row[column]).split()) + 1
+
+
+# ------------------------------------------------------------------------------------------------- base model
+
+
+def test_small_base_model_saves_reloads_and_is_deterministic(small_model_path, facts, single_thread):
+    settings = base_model_module._build_settings("small", 0, 0.5, 0.1, 1, 3, facts)
+    fresh, _, losses = base_model_module._train(settings, facts, progress=False)
+    assert all(math.isfinite(loss) for loss in losses)
+    model = AutoModelForCausalLM.from_pretrained(small_model_path)
+    tokenizer = AutoTokenizer.from_pretrained(small_model_path)
+    row = build_keyfact(n_train=1, n_eval=1)["train"][0]
+    ids = torch.tensor([_render_ids(tokenizer, row["prompt"] + row["chosen"])])
+    with torch.no_grad():
+        assert torch.equal(model(ids).logits, fresh(ids).logits)
+    assert model.config.num_hidden_layers == SIZES["small"]["num_hidden_layers"]
+    assert model.generation_config.eos_token_id == tokenizer.eos_token_id == tokenizer.convert_tokens_to_ids("<|end|>")
+    assert tokenizer.chat_template == build_keyfact_tokenizer(facts).chat_template
+    assert json.loads((small_model_path / "keyfact_build.json").read_text())["size"] == "small"
+
+
+def test_base_model_is_cached(small_model_path, monkeypatch):
+    weights = small_model_path / "model.safetensors"
+    mtime = weights.stat().st_mtime_ns
+    monkeypatch.setattr(base_model_module, "_train", lambda *a, **k: pytest.fail("retrained a cached model"))
+    start = time.perf_counter()
+    assert keyfact_base_model(cache_dir=small_model_path.parent, size="small", progress=False) == small_model_path
+    assert time.perf_counter() - start < 1.0 and weights.stat().st_mtime_ns == mtime
+    monkeypatch.setenv("TOKENWEIGHT_CACHE", str(small_model_path.parent))
+    assert keyfact_base_model(size="small", progress=False) == small_model_path
+
+
+def test_settings_change_the_cache_folder_and_failed_builds_leave_nothing(tmp_path, monkeypatch):
+    real_train = base_model_module._train
+
+    def train_then_break_saving(*args, **kwargs):
+        model, tokenizer, losses = real_train(*args, **kwargs)
+
+        def broken(path, **_):
+            (Path(path) / "partial").write_text("x")
+            raise OSError("disk full")
+
+        tokenizer.save_pretrained = broken
+        return model, tokenizer, losses
+
+    monkeypatch.setattr(base_model_module, "_train", train_then_break_saving)
+    with pytest.raises(OSError, match="disk full"):
+        keyfact_base_model(cache_dir=tmp_path, size="small", seed=1, progress=False)
+    assert os.listdir(tmp_path) == []
+    monkeypatch.setattr(base_model_module, "_train", real_train)
+    a = keyfact_base_model(cache_dir=tmp_path, size="small", seed=1, progress=False)
+    b = keyfact_base_model(cache_dir=tmp_path, size="small", seed=1, p_correct=0.9, progress=False)
+    assert a != b and a.name.startswith("keyfact-small-") and sorted(os.listdir(tmp_path)) == sorted([a.name, b.name])
+
+
+# ------------------------------------------------------------------------------------------------- metrics
+
+
+def _tiny_rows(label_noise=0.0):
+    return list(build_keyfact(facts_path=TINY_FACTS, n_train=30, n_eval=10, label_noise=label_noise)["train"])
+
+
+def test_key_position_points_at_the_key_slot_not_the_first_occurrence(tokenizer):
+    rows = _tiny_rows(label_noise=0.3)
+    assert any(r["subject"] == "3 + 0" for r in rows) and any(r["noisy"] for r in rows)
+    for row in rows:
+        prompt_ids = _render_ids(tokenizer, row["prompt"], generation_prompt=True)
+        full = _render_ids(tokenizer, row["prompt"] + row["chosen"])
+        completion = full[len(prompt_ids):]
+        position = key_position(tokenizer, row, TINY_FACTS)
+        # oracle: the answer template's word index of {key}, with the subject's words in place
+        answer = next(f["answer"] for f in TINY_FACTS["families"] if f["name"] == row["family"])
+        words = answer.replace("{subject}", row["subject"]).split()
+        assert position == words.index("{key}")
+        expected = row["wrong_key"] if row["noisy"] else row["key"]
+        assert completion[position] == tokenizer.convert_tokens_to_ids(expected)
+    row = next(r for r in rows if r["subject"] == "3 + 0")
+    assert key_position(tokenizer, row, TINY_FACTS) == 4  # "3 + 0 is [3] ."
+
+
+def test_key_weight_share_and_pref_acc_by_hand():
+    weights = torch.tensor([[1.0, 2.0, 1.0, 0.0], [0.5, 0.5, 0.5, 0.5]])
+    assert torch.allclose(key_weight_share(weights, [1, 3]), torch.tensor([0.5, 0.25]))
+    with pytest.raises(ValueError, match=r"rows \[1\]"):
+        key_weight_share(torch.tensor([[1.0, 0.0], [0.0, 0.0]]), [0, 0])
+    assert pref_acc(torch.tensor([1.0, -1.0, 0.5, 2.0]), torch.tensor([0.0, 0.0, 0.5, 1.0])) == 0.5
+
+
+class _ScriptedModel(torch.nn.Module):
+    """A stand-in whose ``generate`` appends a fixed continuation per row (the prompt width is respected)."""
+
+    def __init__(self, continuations):
+        super().__init__()
+        self.weight = torch.nn.Parameter(torch.zeros(1))
+        self.continuations, self.served = continuations, 0
+
+    def generate(self, input_ids, attention_mask, max_new_tokens, **_):
+        assert (attention_mask[:, -1] == 1).all()  # left padded
+        new = [c[:max_new_tokens] for c in self.continuations[self.served:self.served + input_ids.shape[0]]]
+        self.served += input_ids.shape[0]
+        width = max(len(c) for c in new)
+        return torch.cat([input_ids, torch.tensor([c + [0] * (width - len(c)) for c in new])], dim=1)
+
+
+def test_generated_keys_and_lengths_by_hand(tokenizer):
+    rows = [r for r in _tiny_rows() if r["family"] == "capitals"][:3]
+    end = tokenizer.eos_token_id
+
+    def ids(text):
+        return tokenizer(text, add_special_tokens=False)["input_ids"]
+
+    answer = "the capital of {subject} is {key} ."
+    answers = [fill(answer, rows[0]["subject"], rows[0]["key"]) + " i hope this helps you .",
+               fill(answer, rows[1]["subject"], rows[1]["wrong_key"]),
+               "this is easy to remember . i hope this helps you . many people"]
+    # row 2 runs past max_new_tokens without EOS and is cut there
+    model = _ScriptedModel([ids(answers[0]) + [end], ids(answers[1]) + [end], ids(answers[2] + " it is")])
+    generations = greedy_generations(model, tokenizer, rows, max_new_tokens=len(ids(answers[2])), batch_size=2)
+    assert generations == [ids(a) for a in answers]
+    assert tokenizer.unk_token_id not in sum(generations, [])
+    keys = generated_keys(tokenizer, rows, generations, TINY_FACTS)
+    assert keys == [rows[0]["key"], rows[1]["wrong_key"], None]
+
+
+def _manual_greedy(model, ids, eos, max_new_tokens):
+    out = []
+    for _ in range(max_new_tokens):
+        with torch.no_grad():
+            token = model(torch.tensor([ids + out])).logits[0, -1].argmax().item()
+        if token == eos:
+            break
+        out.append(token)
+    return out
+
+
+def test_metrics_match_unbatched_oracles(tmp_path, single_thread):
+    # a small model on the tiny facts learns the answer format in ~100 steps, so key_acc is not trivially 0
+    path = keyfact_base_model(cache_dir=tmp_path, size="small", facts_path=TINY_FACTS, progress=False)
+    model, tokenizer = AutoModelForCausalLM.from_pretrained(path), AutoTokenizer.from_pretrained(path)
+    data = build_keyfact(facts_path=TINY_FACTS, n_train=12, n_eval=12)
+    rows, facts = list(data["train"]) + list(data["eval"]), TINY_FACTS
+    margins = key_margins(model, tokenizer, rows, facts, batch_size=5)
+    lengths, correct, formatted = [], 0, 0
+    for row, margin in zip(rows, margins):
+        # oracle margin: one unpadded forward over prompt + chosen completion, read at the key slot
+        prompt_ids = _render_ids(tokenizer, row["prompt"], generation_prompt=True)
+        full = _render_ids(tokenizer, row["prompt"] + row["chosen"])
+        slot = len(prompt_ids) + key_position(tokenizer, row, facts)
+        with torch.no_grad():
+            logps = torch.log_softmax(model(torch.tensor([full])).logits[0, slot - 1].double(), dim=-1)
+        family = next(f for f in facts["families"] if f["name"] == row["family"])
+        facts_row = next(r for r in family["rows"] + family.get("eval_rows", []) if r["subject"] == row["subject"])
+        token = tokenizer.convert_tokens_to_ids
+        expected = logps[token(facts_row["key"])] - max(logps[token(d)] for d in facts_row["distractors"])
+        assert margin.item() == pytest.approx(expected.item(), abs=1e-4)
+        generated = _manual_greedy(model, prompt_ids, tokenizer.eos_token_id, 14)
+        lengths.append(len(generated))
+        expected_words = fill(family["answer"], row["subject"], row["key"]).split()
+        words = tokenizer.decode(generated).split()
+        slot_word = len(fill(family["answer"].split("{key}")[0], row["subject"]).split())
+        correct += words[:slot_word + 1] == expected_words[:slot_word + 1]
+        formatted += words[:slot_word] == expected_words[:slot_word] and len(words) > slot_word
+    metrics = evaluate_keyfact(model, tokenizer, rows, facts, max_new_tokens=14, batch_size=5)
+    assert 0 < correct < len(rows)
+    assert metrics["gen_len"] == pytest.approx(sum(lengths) / len(rows))
+    assert metrics["key_acc"] == pytest.approx(correct / len(rows))
+    assert metrics["key_format_rate"] == pytest.approx(formatted / len(rows))
+    assert metrics["key_margin"] == pytest.approx(margins.mean().item(), abs=1e-6)
+    assert metrics["gen_truncated_rate"] == pytest.approx(sum(n == 14 for n in lengths) / len(rows))
+
+
+def test_one_thread_restores_the_thread_count():
+    before = torch.get_num_threads()
+    with one_thread():
+        assert torch.get_num_threads() == 1
+    assert torch.get_num_threads() == before
