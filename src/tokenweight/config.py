@@ -81,6 +81,8 @@ class TokenweightConfig(TrainingArguments):
         "help": "Probability that the chosen answer has more filler (0.8: verbosity trap)."})
     keyfact_label_noise: float = field(default=0.0, metadata={"help": "Fraction of swapped training pairs."})
     keyfact_seed: int = field(default=0, metadata={"help": "KeyFact data and base-model seed."})
+    keyfact_model_size: str = field(default="default", metadata={
+        "help": "KeyFact base model size: default, or small (seconds to build; for tests)."})
 
     def __post_init__(self):
         if self.output_dir is None:

@@ -90,7 +90,8 @@ def resolve_model_path(config: TokenweightConfig) -> str:
         raise ValueError("config key `model_name_or_path` is required when `dataset_name` is given "
                          "(name neither for the built-in KeyFact default)")
     from tokenweight.keyfact import keyfact_base_model
-    return str(keyfact_base_model(seed=config.keyfact_seed, facts_path=config.keyfact_facts))
+    return str(keyfact_base_model(seed=config.keyfact_seed, size=config.keyfact_model_size,
+                                  facts_path=config.keyfact_facts))
 
 
 def held_out_metrics(model, ref_model, tokenizer, eval_tokenized, eval_raw, config, keyfact: bool) -> dict:
