@@ -1,4 +1,5 @@
-"""Held-out preference evaluation: implicit-reward accuracy and margins of a policy against its reference.
+"""Held-out evaluation: implicit-reward accuracy and margins (unweighted and under a scheme's weights), generation
+statistics, reward-model win rate, and AlpacaEval / Arena-Hard exports of generations.
 
 The implicit reward of a response is r = β·Σ_t (log π_θ − log π_ref)(y_t) over its completion tokens
 (unweighted, so that every scheme is judged by the same yardstick). ``pref_acc`` counts a pair as won when
@@ -8,7 +9,10 @@ r(chosen) > r(rejected) and half won on a tie, so a policy equal to its referenc
 
 from __future__ import annotations
 
+import json
+import time
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -17,6 +21,7 @@ from tqdm.auto import tqdm
 
 from tokenweight.data import PreferenceCollator
 from tokenweight.logps import enable_token_scoring
+from tokenweight.weights import TokenWeights, WeightingInputs, WeightingScheme, check_weights
 
 
 @dataclass
@@ -79,3 +84,234 @@ def preference_report(scores: PairScores, beta: float) -> dict[str, float]:
         "logp_acc": (scores.policy_chosen > scores.policy_rejected).float().mean().item(),
         "margin": (reward_c - reward_r).mean().item(),
     }
+
+
+# ----------------------------------------------------------------------------------------------- scheme weights
+
+
+def scheme_token_weights(scheme: WeightingScheme, model: nn.Module, batch: dict[str, torch.Tensor]) -> TokenWeights:
+    """The scheme's token weights on one collated batch, computed as the trainer does.
+
+    ``batch`` is a :class:`~tokenweight.data.PreferenceCollator` output (``[2B, L]`` tensors, chosen rows then
+    rejected rows) on the model's device; ``model`` has :func:`~tokenweight.logps.enable_token_scoring` applied.
+    Schemes with ``needs_hidden_states`` get the detached final hidden states of a scoring forward first.
+    Returns :class:`TokenWeights` whose ``weights`` are ``[2B, L-1]`` (shifted alignment), checked.
+    """
+    loss_mask = batch["completion_mask"][:, 1:].bool()
+    inputs = WeightingInputs(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                             completion_mask=batch["completion_mask"], loss_mask=loss_mask, batch=batch, model=model)
+    if scheme.needs_hidden_states:
+        with torch.no_grad():
+            inputs.hidden = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                                  score_tokens=True, return_hidden=True).hidden
+    result = scheme.compute(inputs)
+    result.weights = result.weights.detach()
+    check_weights(result.weights, loss_mask, scheme.name)
+    return result
+
+
+def pair_token_weights(scheme: WeightingScheme, model: nn.Module, dataset, pad_token_id: int, batch_size: int = 8,
+                       progress: bool = True) -> list[tuple[list[float], list[float]]]:
+    """Per tokenized pair, the scheme's weights of its chosen and of its rejected completion tokens, in completion
+    order (EOS included; entry ``k`` belongs to ``chosen_ids[k]`` / ``rejected_ids[k]``)."""
+    loader = DataLoader(dataset, batch_size=batch_size, collate_fn=PreferenceCollator(pad_token_id=pad_token_id))
+    device = next(model.parameters()).device
+    was_training = model.training
+    enable_token_scoring(model).eval()
+    out = []
+    for batch in tqdm(loader, desc=f"token weights ({scheme.name})", disable=not progress, leave=False):
+        batch = {k: v.to(device) for k, v in batch.items()}
+        weights = scheme_token_weights(scheme, model, batch).weights.float().cpu()
+        mask = batch["completion_mask"][:, 1:].bool().cpu()
+        rows = [w[m].tolist() for w, m in zip(weights, mask)]
+        pairs = len(rows) // 2
+        out.extend(zip(rows[:pairs], rows[pairs:]))
+    model.train(was_training)
+    return out
+
+
+def add_attention_columns(dataset, judge: nn.Module, tokenizer, config) -> "datasets.Dataset":
+    """``dataset`` (tokenized) with AttentionPO ``chosen_weights``/``rejected_weights`` computed in memory by the
+    frozen ``judge`` (the reference), using the config keys ``attention_layers``, ``attention_template`` (a file),
+    ``attention_eos_weight``, ``attention_max_length`` and ``attention_batch_size``."""
+    from tokenweight.attention import attention_weights
+
+    template = Path(config.attention_template).read_text(encoding="utf-8") if config.attention_template else None
+    rows = list(dataset)
+    weights = attention_weights(judge, tokenizer, rows, layers=config.attention_layers, template=template,
+                                eos_weight=config.attention_eos_weight, max_length=config.attention_max_length,
+                                batch_size=config.attention_batch_size)
+    for column in ("chosen_weights", "rejected_weights"):
+        if column in dataset.column_names:
+            dataset = dataset.remove_columns(column)
+        dataset = dataset.add_column(column, [w[column] for w in weights])
+    return dataset
+
+
+@dataclass
+class WeightedScores:
+    """Per-pair weighted log-ratio sums ``Σ_t ω_t (log π_θ − log π_ref)(y_t)``, each ``[P]``."""
+
+    chosen: torch.Tensor
+    rejected: torch.Tensor
+
+
+def score_weighted_pairs(model: nn.Module, ref_model: nn.Module, scheme: WeightingScheme, dataset,
+                         pad_token_id: int, batch_size: int = 8, progress: bool = True) -> WeightedScores:
+    """Weighted log-ratio sums of every tokenized pair under ``scheme``'s weights (trainer-like forward)."""
+    loader = DataLoader(dataset, batch_size=batch_size, collate_fn=PreferenceCollator(pad_token_id=pad_token_id))
+    device = next(model.parameters()).device
+    training = [m.training for m in (model, ref_model)]
+    for m in (model, ref_model):
+        enable_token_scoring(m).eval()
+    chosen, rejected = [], []
+    for batch in tqdm(loader, desc=f"weighted scoring ({scheme.name})", disable=not progress, leave=False):
+        batch = {k: v.to(device) for k, v in batch.items()}
+        weights = scheme_token_weights(scheme, model, batch).weights
+        with torch.no_grad():
+            ratios = [m(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], score_tokens=True)
+                      .token_logps for m in (model, ref_model)]
+        mask = batch["completion_mask"][:, 1:].float()
+        weighted = ((ratios[0] - ratios[1]) * mask * weights.float()).sum(dim=1).cpu()
+        c, r = weighted.chunk(2)
+        chosen.append(c)
+        rejected.append(r)
+    for m, was_training in zip((model, ref_model), training):
+        m.train(was_training)
+    return WeightedScores(torch.cat(chosen), torch.cat(rejected))
+
+
+def weighted_preference_report(scores: WeightedScores, beta: float) -> dict[str, float]:
+    """``weighted_pref_acc`` (ties count half) and ``weighted_margin`` (β units) of :class:`WeightedScores`."""
+    reward_c, reward_r = beta * scores.chosen, beta * scores.rejected
+    won = (reward_c > reward_r).float() + 0.5 * (reward_c == reward_r).float()
+    return {"weighted_pref_acc": won.mean().item(), "weighted_margin": (reward_c - reward_r).mean().item()}
+
+
+# ----------------------------------------------------------------------------------------------- generation
+
+
+@torch.no_grad()
+def generate_completions(model: nn.Module, prompt_ids: list[list[int]], pad_token_id: int, eos_token_id: int,
+                         max_new_tokens: int = 64, do_sample: bool = False, temperature: float = 1.0,
+                         top_p: float = 1.0, batch_size: int = 16, seed: int = 0,
+                         progress: bool = True) -> list[list[int]]:
+    """Completions of each prompt (token ids, left-padded batches), cut before the first EOS.
+
+    Greedy unless ``do_sample``; sampling is seeded with ``seed``. A completion without EOS keeps all
+    ``max_new_tokens`` tokens.
+    """
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    sampling = {"do_sample": True, "temperature": temperature, "top_p": top_p, "top_k": 0} if do_sample else \
+        {"do_sample": False}
+    generator_state = torch.random.get_rng_state()
+    torch.manual_seed(seed)
+    completions = []
+    for start in tqdm(range(0, len(prompt_ids), batch_size), desc="generating", disable=not progress, leave=False):
+        chunk = prompt_ids[start:start + batch_size]
+        width = max(len(p) for p in chunk)
+        input_ids = torch.tensor([[pad_token_id] * (width - len(p)) + list(p) for p in chunk], device=device)
+        attention_mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in chunk], device=device)
+        output = model.generate(input_ids=input_ids, attention_mask=attention_mask, max_new_tokens=max_new_tokens,
+                                eos_token_id=eos_token_id, pad_token_id=pad_token_id, **sampling)
+        for new in output[:, width:].tolist():
+            completions.append(new[:new.index(eos_token_id)] if eos_token_id in new else new)
+    torch.random.set_rng_state(generator_state)
+    model.train(was_training)
+    return completions
+
+
+def distinct_n(completions: list[list[int]], n: int) -> float:
+    """Corpus distinct-n: distinct n-grams over all n-grams of all completions (0 when there are none)."""
+    grams = [tuple(c[i:i + n]) for c in completions for i in range(len(c) - n + 1)]
+    return len(set(grams)) / len(grams) if grams else 0.0
+
+
+def generation_stats(completions: list[list[int]], max_new_tokens: int) -> dict[str, float]:
+    """``gen_len`` (mean tokens before EOS), ``gen_truncated_rate`` (hit ``max_new_tokens``), ``distinct_1/2``."""
+    if not completions:
+        raise ValueError("generation_stats: no completions")
+    return {"gen_len": sum(len(c) for c in completions) / len(completions),
+            "gen_truncated_rate": sum(len(c) >= max_new_tokens for c in completions) / len(completions),
+            "distinct_1": distinct_n(completions, 1), "distinct_2": distinct_n(completions, 2)}
+
+
+# ----------------------------------------------------------------------------------------------- reward model
+
+
+def reward_text(tokenizer, prompt: str | list[dict], completion: str) -> str:
+    """What the reward model reads: the chat-rendered conversation (conversational prompt) or prompt + answer."""
+    if isinstance(prompt, list):
+        if tokenizer.chat_template is None:
+            raise ValueError("the reward model's tokenizer has no chat template; it cannot read conversational rows")
+        return tokenizer.apply_chat_template(prompt + [{"role": "assistant", "content": completion}], tokenize=False)
+    joiner = "" if not prompt or prompt[-1].isspace() or completion[:1].isspace() else " "
+    return prompt + joiner + completion
+
+
+@torch.no_grad()
+def reward_scores(reward_model: nn.Module, tokenizer, prompts: list, completions: list[str], batch_size: int = 8,
+                  progress: bool = True) -> torch.Tensor:
+    """``[N]`` scalar rewards (logit 0 of an ``AutoModelForSequenceClassification``) of each prompt/completion."""
+    if reward_model.config.pad_token_id is None:
+        raise ValueError("the reward model's config has no pad_token_id (needed to find each row's last token)")
+    texts = [reward_text(tokenizer, p, c) for p, c in zip(prompts, completions, strict=True)]
+    device = next(reward_model.parameters()).device
+    was_training = reward_model.training
+    reward_model.eval()
+    scores = []
+    for start in tqdm(range(0, len(texts), batch_size), desc="reward model", disable=not progress, leave=False):
+        ids = [list(tokenizer(t, add_special_tokens=False)["input_ids"]) for t in texts[start:start + batch_size]]
+        width = max(len(i) for i in ids)
+        pad = reward_model.config.pad_token_id
+        input_ids = torch.tensor([i + [pad] * (width - len(i)) for i in ids], device=device)
+        attention_mask = torch.tensor([[1] * len(i) + [0] * (width - len(i)) for i in ids], device=device)
+        scores.append(reward_model(input_ids=input_ids, attention_mask=attention_mask).logits[:, 0].float().cpu())
+    reward_model.train(was_training)
+    return torch.cat(scores)
+
+
+def win_rate(policy_scores: torch.Tensor, baseline_scores: torch.Tensor) -> float:
+    """Fraction of prompts where the policy's reward beats the baseline's (ties count half)."""
+    return ((policy_scores > baseline_scores).float() + 0.5 * (policy_scores == baseline_scores).float()).mean().item()
+
+
+# ----------------------------------------------------------------------------------------------- exports
+
+
+def instruction_text(prompt: str | list[dict]) -> str:
+    """The instruction of a prompt: the string itself, or the content of its last user message."""
+    if isinstance(prompt, str):
+        return prompt
+    users = [m["content"] for m in prompt if m["role"] == "user"]
+    if not users:
+        raise ValueError(f"conversational prompt without a user message: {prompt!r:.120}")
+    return users[-1]
+
+
+def export_alpacaeval(path: str | Path, instructions: list[str], outputs: list[str], generator: str) -> Path:
+    """Write AlpacaEval's model-outputs JSON: ``[{"instruction", "output", "generator"}]``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    records = [{"instruction": i, "output": o, "generator": generator}
+               for i, o in zip(instructions, outputs, strict=True)]
+    path.write_text(json.dumps(records, indent=2, ensure_ascii=False))
+    return path
+
+
+def export_arena_hard(path: str | Path, question_ids: list[str], outputs: list[str], model_id: str) -> Path:
+    """Write Arena-Hard's answer JSONL: one ``{"question_id", "answer_id", "model_id", "model", "choices":
+    [{"index": 0, "turns": [{"content"}]}], "tstamp"}`` per line (``model_id`` and ``model`` for both the old
+    and the new arena-hard-auto readers)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    stamp = time.time()
+    with path.open("w", encoding="utf-8") as handle:
+        for question_id, output in zip(question_ids, outputs, strict=True):
+            record = {"question_id": str(question_id), "answer_id": f"{model_id}-{question_id}",
+                      "model_id": model_id, "model": model_id,
+                      "choices": [{"index": 0, "turns": [{"content": output}]}], "tstamp": stamp}
+            handle.write(json.dumps(record, ensure_ascii=False) + "\n")
+    return path

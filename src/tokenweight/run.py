@@ -22,9 +22,9 @@ logger = logging.getLogger(__name__)
 #: Settings of the built-in default (KeyFact tiny model on KeyFact data), applied under the recipe and the flags.
 KEYFACT_DEFAULTS = {
     "output_dir": "outputs/keyfact-default",
-    "learning_rate": 5e-4,
+    "learning_rate": 2e-4,
     "lr_scheduler_type": "constant",
-    "num_train_epochs": 2,
+    "num_train_epochs": 4,
     "per_device_train_batch_size": 16,
     "beta": 0.1,
     "max_length": 128,
