@@ -92,13 +92,7 @@ def main(argv: list[str] | None = None) -> int:
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
     subparsers.add_parser("train", help="train a policy (tokenweight train --help for every flag)", add_help=False)
     for name in _COMMAND_MODULES:
-        try:
-            module = importlib.import_module(name)
-        except ModuleNotFoundError as error:
-            if error.name != name:
-                raise
-            continue
-        module.register(subparsers)
+        importlib.import_module(name).register(subparsers)
     if argv and argv[0] == "train":
         return _train(argv[1:])
     args = parser.parse_args(argv)

@@ -1,0 +1,77 @@
+"""What the ``eval``, ``weights`` and ``bench`` commands share: model/data flags, the run config, held-out pairs."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import datasets
+
+from tokenweight.config import TokenweightConfig
+
+
+def add_source_arguments(parser: argparse.ArgumentParser, model_required: bool = False) -> None:
+    """Flags naming the model, the data and the scheme settings (``--config`` recipe)."""
+    parser.add_argument("--model_name_or_path", required=model_required,
+                        help="policy (hub id or local folder)" + ("" if model_required else
+                                                                  "; default: the built-in KeyFact base model"))
+    parser.add_argument("--dataset_name", help="preference data (hub id, local file or folder); "
+                                               "default: the built-in KeyFact task")
+    parser.add_argument("--config", help="YAML recipe (as for `tokenweight train`): scheme settings such as "
+                                         "otpo_reg, tidpo_preset, attention_layers, beta, max_length, keyfact_*")
+    parser.add_argument("--weighting", help="weighting scheme (a registered name)")
+    parser.add_argument("--max_length", type=int, help="max prompt + completion tokens (default: the config's)")
+    parser.add_argument("--batch_size", type=int, default=8, help="pairs per forward (default 8)")
+
+
+def build_config(args: argparse.Namespace, **overrides) -> TokenweightConfig:
+    """The :class:`TokenweightConfig` of the command: the ``--config`` recipe, then the flags, then ``overrides``."""
+    from tokenweight.cli import read_recipe
+
+    values = read_recipe(args.config) if getattr(args, "config", None) else {}
+    for key in ("model_name_or_path", "dataset_name", "weighting", "max_length", "ref_model_name_or_path"):
+        if getattr(args, key, None) is not None:
+            values[key] = getattr(args, key)
+    values.setdefault("output_dir", "outputs/tokenweight-eval")
+    values.update(report_to="none", **overrides)
+    if values.get("dataset_name") is None:
+        values.setdefault("max_length", 128)
+    return TokenweightConfig(**values)
+
+
+def keyfact_model_path(config: TokenweightConfig) -> str:
+    """The cached KeyFact base model of the config's ``keyfact_seed`` / ``keyfact_facts`` (built on first use)."""
+    from tokenweight.keyfact import keyfact_base_model
+
+    return str(keyfact_base_model(seed=config.keyfact_seed, facts_path=config.keyfact_facts))
+
+
+def load_pairs(config: TokenweightConfig, tokenizer, split: str, limit: int | None = None,
+               ) -> tuple[datasets.Dataset, datasets.Dataset]:
+    """``(tokenized, raw)`` pairs of ``split`` (KeyFact: ``train`` or ``eval``), at most ``limit`` of them.
+
+    ``tokenized`` rows carry ``row_index`` into ``raw`` (rows whose prompt fills ``max_length`` are dropped).
+    """
+    from tokenweight.data import load_preference_split, tokenize_preference_dataset
+
+    if config.dataset_name is None:
+        from tokenweight.keyfact import build_keyfact
+        if split not in ("train", "eval"):
+            raise ValueError(f"the built-in KeyFact task has the splits 'train' and 'eval', not {split!r}")
+        sizes = {"n_train": config.keyfact_train_size, "n_eval": config.keyfact_eval_size}
+        if limit is not None:
+            sizes["n_train" if split == "train" else "n_eval"] = limit
+        raw = build_keyfact(facts_path=config.keyfact_facts, chosen_longer=config.keyfact_chosen_longer,
+                            label_noise=config.keyfact_label_noise, seed=config.keyfact_seed, **sizes)[split]
+    else:
+        raw = load_preference_split(config.dataset_name, split)
+        if limit is not None:
+            raw = raw.select(range(min(limit, len(raw))))
+    tokenized, _ = tokenize_preference_dataset(raw, tokenizer, max_length=config.max_length,
+                                               max_prompt_length=config.max_prompt_length, name=split)
+    return tokenized, raw
+
+
+def model_label(path: str) -> str:
+    """A short name for a model path (its folder name)."""
+    return Path(path).name or str(path)

@@ -1,0 +1,120 @@
+"""``tokenweight weights``: look at the token weights a scheme gives a few pairs, as the trainer computes them —
+a colour heatmap on the terminal and one self-contained HTML report (OTPO: with each pair's transport plan)."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import numpy as np
+import torch
+from rich.console import Console
+
+from tokenweight.commands.common import add_source_arguments, build_config, keyfact_model_path, load_pairs
+
+EXAMPLES = """examples:
+  tokenweight weights --weighting otpo --num_pairs 4 --output otpo.html     # built-in KeyFact model and task
+  tokenweight weights --weighting attention --config recipes/attentionpo.yaml --output attention.html
+  tokenweight weights --model_name_or_path Qwen/Qwen2.5-0.5B-Instruct --dataset_name trl-lib/ultrafeedback_binarized \\
+      --weighting tidpo --num_pairs 2 --max_length 512 --output tidpo.html
+"""
+
+#: Config keys shown in the report header for every scheme, and per scheme prefix.
+_COMMON_SETTINGS = ("weighting", "beta", "loss_type", "max_length")
+
+
+def register(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "weights", help="token-weight heatmaps of a scheme on a few pairs (terminal + HTML)", description=__doc__,
+        epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_source_arguments(parser)
+    parser.add_argument("--split", default="train", help="split to take the pairs from (default train)")
+    parser.add_argument("--num_pairs", type=int, default=4, help="pairs to show (default 4)")
+    parser.add_argument("--output", default="weights.html", help="HTML report (default weights.html)")
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from tokenweight.viz import html_report, terminal_heatmap
+
+    config = build_config(args)
+    if args.model_name_or_path is None and config.dataset_name is not None:
+        raise ValueError("--model_name_or_path is required with --dataset_name (name neither for KeyFact)")
+    model_path = args.model_name_or_path or keyfact_model_path(config)
+    views = weight_views(config, model_path, args.split, args.num_pairs, args.batch_size)
+    settings = scheme_settings(config, model_path, args.split)
+    terminal_heatmap(views, header=" · ".join(f"{k}={v}" for k, v in settings.items()))
+    Path(args.output).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.output).write_text(html_report(views, settings), encoding="utf-8")
+    Console().print(f"wrote {args.output}")
+    return 0
+
+
+def scheme_settings(config, model_path: str, split: str) -> dict:
+    """The config keys that shape the weights: the common ones and those with the scheme's prefix."""
+    prefix = f"{config.weighting}_"
+    settings = {"model": model_path, "dataset": config.dataset_name or "keyfact", "split": split}
+    settings.update({k: getattr(config, k) for k in _COMMON_SETTINGS})
+    settings["beta"] = config.effective_beta
+    settings.update({k: v for k, v in vars(config).items() if k.startswith(prefix)})
+    return settings
+
+
+def weight_views(config, model_path: str, split: str, num_pairs: int, batch_size: int = 8) -> list:
+    """:class:`~tokenweight.viz.PairView` of the first ``num_pairs`` pairs of ``split`` under ``config.weighting``,
+    with the (frozen, eval-mode) model at ``model_path`` as policy — and as judge for AttentionPO."""
+    from tokenweight.evaluate import add_attention_columns, pair_token_weights
+    from tokenweight.models import load_causal_lm, load_tokenizer
+    from tokenweight.viz import PairView, token_texts
+    from tokenweight.weights import build_scheme
+
+    tokenizer = load_tokenizer(model_path)
+    model = load_causal_lm(model_path, config.model_dtype, config.attn_implementation).eval()
+    pairs, _ = load_pairs(config, tokenizer, split, num_pairs)
+    if config.weighting == "attention":
+        pairs = add_attention_columns(pairs, model, tokenizer, config)
+    scheme = build_scheme(config.weighting, config)
+    weights = pair_token_weights(scheme, model, pairs, tokenizer.pad_token_id, batch_size)
+    plans = otpo_plans(config, model, pairs, tokenizer.pad_token_id) if config.weighting == "otpo" else None
+    views = []
+    for index, (row, (chosen, rejected)) in enumerate(zip(pairs, weights)):
+        views.append(PairView(index=index, prompt=tokenizer.decode(row["prompt_ids"], skip_special_tokens=True),
+                              chosen_tokens=token_texts(tokenizer, row["chosen_ids"]), chosen_weights=chosen,
+                              rejected_tokens=token_texts(tokenizer, row["rejected_ids"]), rejected_weights=rejected,
+                              plan=None if plans is None else plans[index]))
+    return views
+
+
+@torch.no_grad()
+def otpo_plans(config, model, pairs, pad_token_id: int) -> list[np.ndarray]:
+    """OTPO's transport plan of each pair, ``[n_chosen, n_rejected]``, scaled like the weights (``τ Γ / ‖Γ‖₁``, so
+    its row sums are the chosen weights and its column sums the rejected weights).
+
+    ``tokenweight.otpo`` returns only the plan's marginals, so the plan is recomputed here from its cost
+    (:func:`~tokenweight.otpo.otpo_cost`) and the batched solver (``unbalanced_sinkhorn(return_plan=True)``), one
+    pair at a time, with the states packed exactly as the ``otpo`` scheme packs them.
+    """
+    from tokenweight.data import PreferenceCollator
+    from tokenweight.logps import enable_token_scoring
+    from tokenweight.otpo import otpo_cost
+    from tokenweight.sinkhorn import unbalanced_sinkhorn
+    from tokenweight.weights.otpo import pack_left
+
+    enable_token_scoring(model)
+    device = next(model.parameters()).device
+    collate = PreferenceCollator(pad_token_id=pad_token_id)
+    plans = []
+    for row in pairs:
+        batch = {k: v.to(device) for k, v in collate([row]).items()}
+        hidden = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], score_tokens=True,
+                       return_hidden=True).hidden
+        mask = batch["completion_mask"][:, 1:].bool()
+        chosen, chosen_mask, _ = pack_left(hidden[:1], mask[:1])
+        rejected, rejected_mask, _ = pack_left(hidden[1:], mask[1:])
+        cost = otpo_cost(chosen, rejected, chosen_mask, rejected_mask)
+        result = unbalanced_sinkhorn(cost, chosen_mask, rejected_mask, reg=config.otpo_reg, reg_m=config.otpo_reg_m,
+                                     return_plan=True)
+        budget = min(int(chosen_mask.sum()), int(rejected_mask.sum()))
+        plan = result.plan[0] * budget / result.total_mass[0]
+        plans.append(plan[chosen_mask[0]][:, rejected_mask[0]].cpu().numpy())
+    return plans
