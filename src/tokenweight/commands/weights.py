@@ -14,7 +14,7 @@ from tokenweight.commands.common import add_source_arguments, build_config, keyf
 
 EXAMPLES = """examples:
   tokenweight weights --weighting otpo --num_pairs 4 --output otpo.html     # built-in KeyFact model and task
-  tokenweight weights --weighting attention --config recipes/attentionpo.yaml --output attention.html
+  tokenweight weights --weighting attention --output attention.html   # the reference judges the pairs in memory
   tokenweight weights --model_name_or_path Qwen/Qwen2.5-0.5B-Instruct --dataset_name trl-lib/ultrafeedback_binarized \\
       --weighting tidpo --num_pairs 2 --max_length 512 --output tidpo.html
 """
