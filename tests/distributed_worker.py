@@ -5,7 +5,10 @@ group) and once as a plain single process with ``--grad_accum 2``. Every process
 its micro-batches to ``OUT/rows_rank{r}.json``; the main process writes the trained parameters to
 ``OUT/params.pt``.
 
-    python tests/distributed_worker.py OUT --grad_accum 2
+    python tests/distributed_worker.py OUT --grad_accum 2 [--weighting otpo]
+
+TI-DPO runs without its triplet term (anchors are sampled, so ranks and a single process would draw different
+ones); its attribution pass and TDPO2 KL term are exercised.
 """
 
 from __future__ import annotations
@@ -45,6 +48,7 @@ def main() -> None:
     parser.add_argument("--grad_accum", type=int, default=1)
     parser.add_argument("--batch", type=int, default=2)
     parser.add_argument("--steps", type=int, default=3)
+    parser.add_argument("--weighting", default="uniform")
     cli = parser.parse_args()
 
     tokenizer = make_tokenizer()
@@ -55,7 +59,7 @@ def main() -> None:
                              gradient_accumulation_steps=cli.grad_accum, train_sampling_strategy="sequential",
                              learning_rate=1e-2, lr_scheduler_type="constant", optim="adamw_torch",
                              weight_decay=0.0, max_grad_norm=1.0, logging_steps=1, beta=0.1, seed=0,
-                             max_length=None)
+                             max_length=None, weighting=cli.weighting, tidpo_gamma=0.0)
     trainer = TokenweightTrainer(make_model(len(tokenizer), seed=0), make_model(len(tokenizer), seed=1), args,
                                  train_dataset=dataset, processing_class=tokenizer)
     recorder = RowRecorder(trainer.data_collator)
@@ -68,6 +72,8 @@ def main() -> None:
     if trainer.accelerator.is_main_process:
         model = trainer.accelerator.unwrap_model(trainer.model)
         torch.save({name: p.detach().clone() for name, p in model.named_parameters()}, cli.out / "params.pt")
+    trainer.accelerator.wait_for_everyone()
+    trainer.accelerator.end_training()  # destroys the process group: gloo threads otherwise abort at shutdown
 
 
 if __name__ == "__main__":

@@ -15,6 +15,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 
 WORKER = Path(__file__).with_name("distributed_worker.py")
@@ -33,12 +34,13 @@ def run(command: list[str]) -> None:
     assert result.returncode == 0, f"{' '.join(command)} failed:\n{result.stderr[-4000:]}"
 
 
-def test_two_process_ddp_equals_single_process_gradient_accumulation(tmp_path):
+@pytest.mark.parametrize("weighting", ["uniform", "otpo", "tidpo"])
+def test_two_process_ddp_equals_single_process_gradient_accumulation(tmp_path, weighting):
     ddp, single = tmp_path / "ddp", tmp_path / "single"
     run([str(ACCELERATE), "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
          "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(free_port()),
-         str(WORKER), str(ddp)])
-    run([sys.executable, str(WORKER), str(single), "--grad_accum", "2"])
+         str(WORKER), str(ddp), "--weighting", weighting])
+    run([sys.executable, str(WORKER), str(single), "--grad_accum", "2", "--weighting", weighting])
 
     rank0, rank1 = (json.loads((ddp / f"rows_rank{r}.json").read_text()) for r in (0, 1))
     assert rank0["world_size"] == rank1["world_size"] == 2  # really distributed

@@ -140,6 +140,8 @@ def run_training(config: TokenweightConfig) -> dict:
         print_results(results)
     if trainer.is_world_process_zero():
         Path(config.output_dir, "results.json").write_text(json.dumps(results, indent=2))
+    trainer.accelerator.wait_for_everyone()
+    trainer.accelerator.end_training()  # closes trackers and the process group, for a clean multi-process exit
     return results
 
 
