@@ -71,10 +71,10 @@ def otpo_cost(chosen_hidden: torch.Tensor, rejected_hidden: torch.Tensor, chosen
     center = ((chosen.sum(dim=1) + rejected.sum(dim=1)) / counts[:, None])[:, None, :]
     chosen.sub_(center).masked_fill_(~chosen_mask[:, :, None], 0.0)
     rejected.sub_(center).masked_fill_(~rejected_mask[:, :, None], 0.0)
-    rejected_squares = torch.linalg.vecdot(rejected, rejected)[:, None, :]
+    rejected_squares = rejected.norm(dim=2).square_()[:, None, :]
     with _ieee_fp32_matmul():  # TF32 (e.g. `--tf32 true`) would ruin near-zero distances
         squared = torch.baddbmm(rejected_squares, chosen, rejected.transpose(1, 2), alpha=-2.0)
-    dist = squared.add_(torch.linalg.vecdot(chosen, chosen)[:, :, None]).clamp_min_(0.0).sqrt_()
+    dist = squared.add_(chosen.norm(dim=2).square_()[:, :, None]).clamp_min_(0.0).sqrt_()
     valid = chosen_mask[:, :, None] & rejected_mask[:, None, :]
     largest_norm = torch.maximum(chosen_norms.amax(dim=1), rejected_norms.amax(dim=1))
     normaliser = torch.maximum(dist.masked_fill(~valid, 0.0).amax(dim=(1, 2)), largest_norm) + 1e-6
