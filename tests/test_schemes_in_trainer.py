@@ -77,3 +77,25 @@ def test_tokenweight_train_end_to_end_on_small_keyfact(tmp_path, monkeypatch, we
     assert (out / "model.safetensors").exists()
     if weighting == "attention":
         assert (out / "attention-weights").is_dir()
+
+
+@pytest.mark.parametrize("weighting", ["uniform", "otpo", "tidpo"])
+def test_activation_checkpointing_gives_the_same_loss_and_gradients(tokenizer, weighting):
+    """Non-reentrant activation checkpointing changes memory, not numbers (TI-DPO's input gradients included)."""
+    dataset, _ = tokenize_preference_dataset(datasets.Dataset.from_list(standard_rows(4)), tokenizer)
+    results = []
+    for checkpointing in (False, True):
+        config = TokenweightConfig(output_dir="/tmp/tw-test", use_cpu=True, report_to="none", beta=0.1,
+                                   weighting=weighting, tidpo_gamma=0.0, activation_checkpointing=checkpointing,
+                                   activation_checkpointing_kwargs={"use_reentrant": False})
+        model = make_model(len(tokenizer), seed=1)
+        trainer = TokenweightTrainer(model, make_model(len(tokenizer), seed=2), config, processing_class=tokenizer)
+        if checkpointing:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        model.train()
+        loss = trainer.compute_loss(trainer.model, PreferenceCollator(tokenizer.pad_token_id)(list(dataset)))
+        loss.backward()
+        results.append((loss.item(), {n: p.grad.clone() for n, p in model.named_parameters()}))
+    (loss_plain, grads_plain), (loss_ckpt, grads_ckpt) = results
+    assert loss_ckpt == pytest.approx(loss_plain, abs=1e-6)
+    assert max((grads_plain[n] - grads_ckpt[n]).abs().max().item() for n in grads_plain) < 1e-6
