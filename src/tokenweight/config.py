@@ -40,6 +40,10 @@ class TokenweightConfig(TrainingArguments):
         "help": "DPO temperature β. Default 0.1 (TI-DPO: from the preset)."})
     loss_type: str = field(default="sigmoid", metadata={"help": "Pair loss: sigmoid (DPO), ipo or hinge."})
     label_smoothing: float = field(default=0.0, metadata={"help": "cDPO label smoothing (sigmoid loss only)."})
+    precompute_ref_log_probs: bool = field(default=False, metadata={
+        "help": "Score the data once with the reference before training and free it (not with TI-DPO's KL term)."})
+    precompute_ref_batch_size: int | None = field(default=None, metadata={
+        "help": "Pairs per reference forward of the precompute (default: per_device_eval_batch_size)."})
     disable_dropout: bool = field(default=True, metadata={"help": "Turn dropout off in policy and reference."})
     logps_chunk_size: int = field(default=256, metadata={
         "help": "Sequence chunk of the memory-lean log-prob head (smaller: less memory)."})

@@ -273,28 +273,35 @@ def _truncate(tokens: dict, max_length: int | None, max_prompt_length: int | Non
 # ----------------------------------------------------------------------------------------------- collator
 
 
+#: Per-completion-token float columns a row may carry (``chosen_<name>`` / ``rejected_<name>``, one value per
+#: completion token) and the ``[2B, L]`` batch tensor the collator lays each out as.
+TOKEN_COLUMNS = {"weights": "token_weights", "ref_logps": "ref_token_logps"}
+
+
 @dataclass
 class PreferenceCollator:
     """Stack ``B`` tokenized pairs into one right-padded ``[2B, L]`` batch: chosen rows, then rejected rows.
 
     Returns ``input_ids`` and ``attention_mask`` ``[2B, L]``, ``completion_mask`` ``[2B, L]`` (1 on completion
-    tokens), ``row_index`` ``[B]`` and, when the rows carry weight columns, ``token_weights`` ``[2B, L]`` (the
-    weight of each completion token at its position, 0 on prompt and padding).
+    tokens) and ``row_index`` ``[B]``. Rows carrying per-token columns (:data:`TOKEN_COLUMNS`) also give
+    ``token_weights`` (dataset or cached weights) and/or ``ref_token_logps`` (precomputed reference log-probs)
+    ``[2B, L]``: each completion token's value at its position, 0 on prompt and padding.
     """
 
     pad_token_id: int
     pad_to_multiple_of: int | None = None
 
     def __call__(self, rows: list[dict]) -> dict[str, torch.Tensor]:
-        sequences, completion, weights = [], [], []
-        with_weights = "chosen_weights" in rows[0]
+        present = [name for name in TOKEN_COLUMNS if f"chosen_{name}" in rows[0]]
+        sequences, completion = [], []
+        values = {name: [] for name in present}
         for side in ("chosen", "rejected"):
             for row in rows:
                 prompt, answer = row["prompt_ids"], row[f"{side}_ids"]
                 sequences.append(list(prompt) + list(answer))
                 completion.append([0] * len(prompt) + [1] * len(answer))
-                if with_weights:
-                    weights.append([0.0] * len(prompt) + list(row[f"{side}_weights"]))
+                for name in present:
+                    values[name].append([0.0] * len(prompt) + list(row[f"{side}_{name}"]))
         length = max(len(s) for s in sequences)
         if self.pad_to_multiple_of:
             length = -(-length // self.pad_to_multiple_of) * self.pad_to_multiple_of
@@ -304,8 +311,8 @@ class PreferenceCollator:
             "completion_mask": _pad(completion, length, 0, torch.long),
             "row_index": torch.tensor([row.get("row_index", -1) for row in rows], dtype=torch.long),
         }
-        if with_weights:
-            batch["token_weights"] = _pad(weights, length, 0.0, torch.float32)
+        for name in present:
+            batch[TOKEN_COLUMNS[name]] = _pad(values[name], length, 0.0, torch.float32)
         return batch
 
 

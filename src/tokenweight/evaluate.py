@@ -40,7 +40,9 @@ class PairScores:
 @torch.no_grad()
 def score_pairs(model: nn.Module, ref_model: nn.Module | None, dataset, pad_token_id: int, batch_size: int = 8,
                 progress: bool = True) -> PairScores:
-    """Score every tokenized pair of ``dataset`` under ``model`` and ``ref_model`` (``None``: the policy itself)."""
+    """Score every tokenized pair of ``dataset`` under ``model`` and ``ref_model``. With ``ref_model=None`` the
+    reference log-probs come from the dataset's precomputed ``chosen_ref_logps``/``rejected_ref_logps`` columns
+    when present, else the policy serves as its own reference."""
     collator = PreferenceCollator(pad_token_id=pad_token_id)
     loader = DataLoader(dataset, batch_size=batch_size, collate_fn=collator)
     device = next(model.parameters()).device
@@ -55,11 +57,13 @@ def score_pairs(model: nn.Module, ref_model: nn.Module | None, dataset, pad_toke
         for name, m in zip(("policy", "ref"), models):
             out = m(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], score_tokens=True)
             sums[name].append((out.token_logps * mask).sum(dim=1).cpu())
+        if ref_model is None and "ref_token_logps" in batch:
+            sums["ref"].append((batch["ref_token_logps"][:, 1:] * mask).sum(dim=1).cpu())
         sums["len"].append(mask.sum(dim=1).cpu())
     for m, was_training in zip(models, training):
         m.train(was_training)
     policy, lengths = torch.cat(sums["policy"]), torch.cat(sums["len"])
-    ref = torch.cat(sums["ref"]) if ref_model is not None else policy
+    ref = torch.cat(sums["ref"]) if sums["ref"] else policy
 
     def halves(x):  # each batch is [chosen rows; rejected rows]: undo that interleaving per batch
         chosen, rejected = [], []

@@ -129,14 +129,14 @@ def run_training(config: TokenweightConfig) -> dict:
                                  eval_dataset=evaluation, processing_class=tokenizer)
     results = {"weighting": config.weighting, "model": model_path}
     if evaluation is not None and trainer.is_world_process_zero():
-        results["before"] = held_out_metrics(trainer.model, trainer.ref_model, tokenizer, evaluation, eval_raw,
-                                             config, keyfact)
+        results["before"] = held_out_metrics(trainer.model, trainer.ref_model, tokenizer, trainer.eval_dataset,
+                                             eval_raw, config, keyfact)
     trainer.train()
     trainer.save_model()
     trainer.save_state()
     if evaluation is not None and trainer.is_world_process_zero():
-        results["after"] = held_out_metrics(trainer.model, trainer.ref_model, tokenizer, evaluation, eval_raw,
-                                            config, keyfact)
+        results["after"] = held_out_metrics(trainer.model, trainer.ref_model, tokenizer, trainer.eval_dataset,
+                                            eval_raw, config, keyfact)
         print_results(results)
     if trainer.is_world_process_zero():
         Path(config.output_dir, "results.json").write_text(json.dumps(results, indent=2))

@@ -16,7 +16,7 @@ from transformers import Trainer
 
 from tokenweight.config import TokenweightConfig
 from tokenweight.data import PreferenceCollator
-from tokenweight.logps import enable_token_scoring
+from tokenweight.logps import TokenScores, enable_token_scoring
 from tokenweight.models import disable_dropout, freeze
 from tokenweight.objectives import pair_loss, weight_statistics
 from tokenweight.weights import LossContext, WeightingInputs, build_scheme, check_weights
@@ -29,26 +29,36 @@ class TokenweightTrainer(Trainer):
     (:func:`tokenweight.data.tokenize_preference_dataset`).
     """
 
-    def __init__(self, model: nn.Module, ref_model: nn.Module, args: TokenweightConfig, train_dataset=None,
+    def __init__(self, model: nn.Module, ref_model: nn.Module | None, args: TokenweightConfig, train_dataset=None,
                  eval_dataset=None, processing_class=None, data_collator=None, **kwargs):
-        if ref_model is None or ref_model is model:
+        if ref_model is model:
             raise ValueError("TokenweightTrainer needs a separate frozen reference model (ref_model)")
-        if args.disable_dropout:
-            disable_dropout(model)
-            disable_dropout(ref_model)
-        enable_token_scoring(model, args.logps_chunk_size)
-        enable_token_scoring(freeze(ref_model), args.logps_chunk_size)
+        scheme = build_scheme(args.weighting, args)
         if data_collator is None:
             if processing_class is None:
                 raise ValueError("give processing_class (the tokenizer) or a data_collator")
             data_collator = PreferenceCollator(pad_token_id=processing_class.pad_token_id)
+        if args.disable_dropout:
+            disable_dropout(model)
+        enable_token_scoring(model, args.logps_chunk_size)
+        if ref_model is not None:
+            if args.disable_dropout:
+                disable_dropout(ref_model)
+            enable_token_scoring(freeze(ref_model), args.logps_chunk_size)
+        if args.precompute_ref_log_probs:
+            train_dataset, eval_dataset = _with_reference_logps(ref_model, args, scheme, data_collator,
+                                                                train_dataset, eval_dataset)
+            ref_model = None  # no longer needed: free its memory
+        elif ref_model is None:
+            raise ValueError("TokenweightTrainer needs a frozen reference model (ref_model), unless "
+                             "precompute_ref_log_probs=True and the datasets carry the reference log-probs")
         super().__init__(model=model, args=args, train_dataset=train_dataset, eval_dataset=eval_dataset,
                          processing_class=processing_class, data_collator=data_collator, **kwargs)
         # Our loss is a mean over the micro-batch: let the Trainer scale it for gradient accumulation.
         self.model_accepts_loss_kwargs = False
-        self.scheme = build_scheme(args.weighting, args)
+        self.scheme = scheme
         self.beta = args.effective_beta
-        self.ref_model = self._prepare_reference(ref_model)
+        self.ref_model = None if ref_model is None else self._prepare_reference(ref_model)
         self._metrics = {"train": defaultdict(list), "eval": defaultdict(list)}
 
     def _prepare_reference(self, ref_model: nn.Module) -> nn.Module:
@@ -79,9 +89,7 @@ class TokenweightTrainer(Trainer):
             token_weights = scheme.compute(weighting_inputs)
         weights = token_weights.weights.detach()
         check_weights(weights, loss_mask, scheme.name)
-        with torch.no_grad():
-            ref = self.ref_model(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"],
-                                 score_tokens=True, return_hidden=scheme.needs_hidden_for_loss)
+        ref = self._reference_scores(inputs, scheme.needs_hidden_for_loss)
         context = LossContext(model=model, ref_model=self.ref_model, inputs=weighting_inputs,
                               policy_logps=policy.token_logps, ref_logps=ref.token_logps, weights=weights,
                               policy_hidden=policy.hidden if want_hidden else None, ref_hidden=ref.hidden)
@@ -107,6 +115,17 @@ class TokenweightTrainer(Trainer):
         self._record(mode, metrics)
         return (loss, {"per_pair": result.per_pair}) if return_outputs else loss
 
+    def _reference_scores(self, inputs: dict, return_hidden: bool) -> TokenScores:
+        """The reference's per-token log-probs ``[2B, L-1]``: precomputed in the batch, or a no-grad forward."""
+        if "ref_token_logps" in inputs:
+            return TokenScores(token_logps=inputs["ref_token_logps"][:, 1:].float())
+        if self.ref_model is None:
+            raise ValueError(f"batch of dataset rows {inputs['row_index'].tolist()} carries no precomputed reference "
+                             "log-probs and the trainer has no reference model")
+        with torch.no_grad():
+            return self.ref_model(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"],
+                                  score_tokens=True, return_hidden=return_hidden)
+
     def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
         inputs = self._prepare_inputs(inputs)
         with torch.no_grad():
@@ -130,6 +149,26 @@ class TokenweightTrainer(Trainer):
             logs[prefix + name] = sum(values) / len(values)
         self._metrics[mode].clear()
         super().log(logs, start_time)
+
+
+def _with_reference_logps(ref_model, args: TokenweightConfig, scheme, collator, train_dataset, eval_dataset):
+    """Train and eval datasets carrying ``chosen_ref_logps``/``rejected_ref_logps`` (computed where missing)."""
+    from tokenweight.reference import precompute_reference_logps
+
+    if scheme.needs_hidden_for_loss:
+        raise ValueError(f"precompute_ref_log_probs=True cannot serve weighting={scheme.name!r}: its loss needs the "
+                         "reference's hidden states at every step (TI-DPO: set tidpo_kl_alpha=0 to drop the KL term)")
+    datasets_out = []
+    for name, dataset in (("train", train_dataset), ("eval", eval_dataset)):
+        if dataset is not None and "chosen_ref_logps" not in dataset.column_names:
+            if ref_model is None:
+                raise ValueError(f"precompute_ref_log_probs=True: the {name} dataset has no reference log-probs and "
+                                 "no reference model was given to compute them")
+            dataset = precompute_reference_logps(ref_model.to(args.device), dataset, collator.pad_token_id,
+                                                 args.precompute_ref_batch_size or args.per_device_eval_batch_size,
+                                                 name=name)
+        datasets_out.append(dataset)
+    return tuple(datasets_out)
 
 
 def _deepspeed_inference_engine(model: nn.Module, train_config: dict, args: TokenweightConfig) -> nn.Module:
