@@ -99,3 +99,28 @@ def test_activation_checkpointing_gives_the_same_loss_and_gradients(tokenizer, w
     (loss_plain, grads_plain), (loss_ckpt, grads_ckpt) = results
     assert loss_ckpt == pytest.approx(loss_plain, abs=1e-6)
     assert max((grads_plain[n] - grads_ckpt[n]).abs().max().item() for n in grads_plain) < 1e-6
+
+
+def test_lora_policy_starts_as_the_full_model_and_trains_only_adapters(tokenizer):
+    """A PEFT (LoRA) policy goes through the same patched forward: at initialisation its loss equals the plain
+    model's, and a step changes only adapter weights."""
+    from tokenweight.models import add_lora_adapters
+
+    dataset, _ = tokenize_preference_dataset(datasets.Dataset.from_list(standard_rows(4)), tokenizer)
+    batch = PreferenceCollator(tokenizer.pad_token_id)(list(dataset))
+    config = TokenweightConfig(output_dir="/tmp/tw-test", use_cpu=True, report_to="none", beta=0.1,
+                               weighting="otpo")
+    plain = TokenweightTrainer(make_model(len(tokenizer), seed=1), make_model(len(tokenizer), seed=2), config,
+                               processing_class=tokenizer)
+    lora_model = add_lora_adapters(make_model(len(tokenizer), seed=1), r=4, alpha=8)
+    lora = TokenweightTrainer(lora_model, make_model(len(tokenizer), seed=2), config, processing_class=tokenizer)
+    assert lora.compute_loss(lora.model, batch).item() == pytest.approx(
+        plain.compute_loss(plain.model, batch).item(), abs=1e-6)
+    before = {n: p.detach().clone() for n, p in lora_model.named_parameters()}
+    optimizer = torch.optim.SGD([p for p in lora_model.parameters() if p.requires_grad], lr=1.0)
+    for _ in range(2):  # LoRA's B starts at 0: the second step moves A as well
+        optimizer.zero_grad()
+        lora.compute_loss(lora.model, batch).backward()
+        optimizer.step()
+    changed = {n for n, p in lora_model.named_parameters() if not torch.equal(p, before[n])}
+    assert changed and all("lora_" in n for n in changed)

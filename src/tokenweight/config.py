@@ -23,6 +23,13 @@ class TokenweightConfig(TrainingArguments):
         "help": "dtype to load the models in: auto, float32, bfloat16 or float16."})
     attn_implementation: str | None = field(default=None, metadata={
         "help": "Attention kernel passed to from_pretrained (sdpa, eager, flash_attention_2)."})
+    use_peft: bool = field(default=False, metadata={
+        "help": "Train LoRA adapters instead of the full policy (the reference stays a separate frozen copy)."})
+    lora_r: int = field(default=16, metadata={"help": "LoRA rank."})
+    lora_alpha: int = field(default=32, metadata={"help": "LoRA scaling α."})
+    lora_dropout: float = field(default=0.0, metadata={"help": "LoRA dropout."})
+    lora_target_modules: list[str] | None = field(default=None, metadata={
+        "help": "Module names that get adapters (default: all linear layers but the output head)."})
     dataset_name: str | None = field(default=None, metadata={
         "help": "Preference data: hub id, local .json/.jsonl/.parquet/.csv file or folder. "
                 "Default: the built-in KeyFact task."})

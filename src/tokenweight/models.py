@@ -42,3 +42,15 @@ def disable_dropout(model: nn.Module) -> None:
     for module in model.modules():
         if isinstance(module, nn.Dropout):
             module.p = 0.0
+
+
+def add_lora_adapters(model: nn.Module, r: int, alpha: int, dropout: float = 0.0,
+                      target_modules: list[str] | None = None) -> nn.Module:
+    """``model`` wrapped by PEFT with fresh LoRA adapters (only they train; the policy starts equal to the base)."""
+    try:
+        from peft import LoraConfig, get_peft_model
+    except ImportError as error:
+        raise ImportError("config key `use_peft` needs the `peft` package: pip install peft") from error
+    config = LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout, task_type="CAUSAL_LM",
+                        target_modules=target_modules or "all-linear")
+    return get_peft_model(model, config)

@@ -15,7 +15,7 @@ from transformers import set_seed
 from tokenweight.config import TokenweightConfig
 from tokenweight.data import load_preference_split, tokenize_preference_dataset
 from tokenweight.evaluate import preference_report, score_pairs
-from tokenweight.models import load_causal_lm, load_tokenizer
+from tokenweight.models import add_lora_adapters, load_causal_lm, load_tokenizer
 
 logger = logging.getLogger(__name__)
 
@@ -123,6 +123,9 @@ def run_training(config: TokenweightConfig) -> dict:
         train = tokenize_split(config, tokenizer, train_raw, "train")
     evaluation = tokenize_split(config, tokenizer, eval_raw, "eval") if eval_raw is not None else None
     policy = load_causal_lm(model_path, config.model_dtype, config.attn_implementation)
+    if config.use_peft:
+        policy = add_lora_adapters(policy, config.lora_r, config.lora_alpha, config.lora_dropout,
+                                   config.lora_target_modules)
     reference = load_causal_lm(config.ref_model_name_or_path or model_path, config.model_dtype,
                                config.attn_implementation)
     trainer = TokenweightTrainer(model=policy, ref_model=reference, args=config, train_dataset=train,
