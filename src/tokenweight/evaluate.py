@@ -139,8 +139,9 @@ def add_attention_columns(dataset, judge: nn.Module, tokenizer, config) -> "data
     frozen ``judge`` (the reference), using the config keys ``attention_layers``, ``attention_template`` (a file),
     ``attention_eos_weight``, ``attention_max_length`` and ``attention_batch_size``."""
     from tokenweight.attention import attention_weights
+    from tokenweight.attention.precompute import template_from_config
 
-    template = Path(config.attention_template).read_text(encoding="utf-8") if config.attention_template else None
+    template = template_from_config(config)
     rows = list(dataset)
     weights = attention_weights(judge, tokenizer, rows, layers=config.attention_layers, template=template,
                                 eos_weight=config.attention_eos_weight, max_length=config.attention_max_length,

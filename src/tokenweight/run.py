@@ -89,7 +89,13 @@ def resolve_model_path(config: TokenweightConfig) -> str:
     if config.dataset_name is not None:
         raise ValueError("config key `model_name_or_path` is required when `dataset_name` is given "
                          "(name neither for the built-in KeyFact default)")
+    return keyfact_model_path(config)
+
+
+def keyfact_model_path(config: TokenweightConfig) -> str:
+    """The cached KeyFact base model of the config's ``keyfact_*`` settings (built on first use)."""
     from tokenweight.keyfact import keyfact_base_model
+
     return str(keyfact_base_model(seed=config.keyfact_seed, size=config.keyfact_model_size,
                                   facts_path=config.keyfact_facts))
 

@@ -180,6 +180,11 @@ def _fill_shards(model, tokenizer, rows, folder: Path, manifest: dict, settings:
                 on_shard_written(index)
 
 
+def template_from_config(args) -> str | None:
+    """The judge template text of the config key ``attention_template`` (a file), ``None`` for the built-in one."""
+    return Path(args.attention_template).read_text(encoding="utf-8") if args.attention_template else None
+
+
 def ensure_attention_cache(args, model_path: str, tokenizer, tokenized_dataset: Sequence[dict],
                            ) -> cache.CachedWeights:
     """Load the run's attention weight cache, computing (or finishing) it first with the frozen judge.
@@ -195,7 +200,7 @@ def ensure_attention_cache(args, model_path: str, tokenizer, tokenized_dataset: 
     if not args.attention_weights:
         raise ValueError("weighting=attention needs the config key `attention_weights`: a folder for the judge's "
                          "weight cache (computed there when missing)")
-    template = Path(args.attention_template).read_text(encoding="utf-8") if args.attention_template else None
+    template = template_from_config(args)
     judge = freeze(load_causal_lm(model_path, args.model_dtype, args.attn_implementation))
     judge.to(getattr(args, "device", "cpu"))
     try:

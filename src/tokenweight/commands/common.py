@@ -39,14 +39,6 @@ def build_config(args: argparse.Namespace, **overrides) -> TokenweightConfig:
     return TokenweightConfig(**values)
 
 
-def keyfact_model_path(config: TokenweightConfig) -> str:
-    """The cached KeyFact base model of the config's ``keyfact_seed`` / ``keyfact_facts`` (built on first use)."""
-    from tokenweight.keyfact import keyfact_base_model
-
-    return str(keyfact_base_model(seed=config.keyfact_seed, size=config.keyfact_model_size,
-                                  facts_path=config.keyfact_facts))
-
-
 def load_pairs(config: TokenweightConfig, tokenizer, split: str, limit: int | None = None,
                ) -> tuple[datasets.Dataset, datasets.Dataset]:
     """``(tokenized, raw)`` pairs of ``split`` (KeyFact: ``train`` or ``eval``), at most ``limit`` of them.

@@ -10,7 +10,8 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-from tokenweight.commands.common import add_source_arguments, build_config, keyfact_model_path, load_pairs, model_label
+from tokenweight.run import keyfact_model_path
+from tokenweight.commands.common import add_source_arguments, build_config, load_pairs, model_label
 
 EXAMPLES = """examples:
   tokenweight eval --model_name_or_path outputs/keyfact-default --output eval.json

@@ -10,7 +10,8 @@ import numpy as np
 import torch
 from rich.console import Console
 
-from tokenweight.commands.common import add_source_arguments, build_config, keyfact_model_path, load_pairs
+from tokenweight.run import keyfact_model_path
+from tokenweight.commands.common import add_source_arguments, build_config, load_pairs
 
 EXAMPLES = """examples:
   tokenweight weights --weighting otpo --num_pairs 4 --output otpo.html     # built-in KeyFact model and task
