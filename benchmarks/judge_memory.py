@@ -5,7 +5,7 @@
 Method. Each variant runs in its own fresh Python process (so allocator state and high-water marks do not mix):
 the process imports torch, builds the same seeded random Llama, runs a 16-token warm-up pass of the measured
 method (kernels, thread pools), then records its resident set size ``RSS_before`` (``/proc/self/statm``) and runs
-one judge pass of ``length`` tokens with :func:`tokenweight.attention.last_token_attention` (last layer). The
+one judge pass of ``length`` tokens with :func:`tokenweight.weights.attention.last_token_attention` (last layer). The
 reported figure is ``ru_maxrss`` after the pass minus ``RSS_before``: the peak memory the pass added. (It is an upper
 bound when an earlier peak of the process exceeds the pass's own, so the ratio is conservative.) The parent also
 checks that both methods return the same row (max abs difference) and prints the ratio hook / eager.
@@ -31,7 +31,7 @@ def _child(args) -> None:
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from tokenweight.attention import last_token_attention
+    from tokenweight.weights.attention import last_token_attention
 
     torch.manual_seed(0)
     config = LlamaConfig(vocab_size=1000, hidden_size=args.hidden, intermediate_size=args.hidden * 4 * 2 // 3,

@@ -3,10 +3,10 @@
 import pytest
 from attention_fixtures import CONVERSATIONAL_ROWS, STANDARD_ROWS, make_bpe_tokenizer, make_judge, tokenized
 
-from tokenweight.attention import (CacheMismatchError, JudgeSettings, attention_weights, cache_fingerprint,
-                                   load_attention_weights, precompute_attention_weights)
-from tokenweight.attention.cache import read_manifest, shard_path
-from tokenweight.attention.judge import default_template
+from tokenweight.weights.attention import (CacheMismatchError, JudgeSettings, attention_weights,
+                                           cache_fingerprint, load_attention_weights, precompute_attention_weights)
+from tokenweight.weights.attention.cache import read_manifest, shard_path
+from tokenweight.weights.attention.judge import default_template
 
 
 @pytest.fixture(scope="module")
@@ -87,7 +87,7 @@ def test_interrupted_precompute_resumes_without_redoing_shards(setup, tmp_path):
 def test_ensure_attention_cache_computes_then_loads(setup, tmp_path):
     import datasets
 
-    from tokenweight.attention import ensure_attention_cache
+    from tokenweight.weights.attention import ensure_attention_cache
     from tokenweight.config import TokenweightConfig
     from tokenweight.data import tokenize_preference_dataset
 

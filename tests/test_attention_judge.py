@@ -4,8 +4,9 @@ the filled chat-templated judge prompt, and the length cap cuts both orders alik
 import pytest
 from attention_fixtures import CONVERSATIONAL_ROWS, STANDARD_ROWS, make_bpe_tokenizer, tokenized
 
-from tokenweight.attention.judge import (build_judge_pair, check_template, default_template, judge_pair_for_row,
-                                         question_text, split_completion, template_pieces)
+from tokenweight.weights.attention.judge import (build_judge_pair, check_template, default_template,
+                                                 judge_pair_for_row, question_text, split_completion,
+                                                 template_pieces)
 
 
 @pytest.fixture(scope="module")

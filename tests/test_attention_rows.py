@@ -7,7 +7,7 @@ import torch
 from transformers import (AutoModelForCausalLM, Gemma2Config, Gemma3TextConfig, GemmaConfig, GPT2Config,
                           LlamaConfig, MistralConfig, Qwen2Config, Qwen3Config)
 
-from tokenweight.attention.rows import last_token_attention
+from tokenweight.weights.attention.rows import last_token_attention
 
 COMMON = dict(vocab_size=97, hidden_size=64, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4,
               num_key_value_heads=2, max_position_embeddings=64, initializer_range=0.3)

@@ -4,9 +4,9 @@ import pytest
 import torch
 from attention_fixtures import CONVERSATIONAL_ROWS, STANDARD_ROWS, make_bpe_tokenizer, make_judge, tokenized
 
-from tokenweight.attention import WeightStats, attention_weights
-from tokenweight.attention.judge import default_template, judge_pair_for_row, template_pieces
-from tokenweight.attention.normalize import response_weights, sink_fix
+from tokenweight.weights.attention import WeightStats, attention_weights
+from tokenweight.weights.attention.judge import default_template, judge_pair_for_row, template_pieces
+from tokenweight.weights.attention.normalize import response_weights, sink_fix
 from tokenweight.weights import attention as _attention_scheme  # noqa: F401  (registers "attention")
 from tokenweight.weights.base import SCHEMES, WeightingInputs, build_scheme
 

@@ -18,7 +18,7 @@ from tokenweight.keyfact import (SIZES, build_keyfact, build_keyfact_tokenizer, 
                                  keyfact_base_model, load_facts, one_thread, pref_acc, save_facts)
 from tokenweight.keyfact import base_model as base_model_module
 from tokenweight.keyfact.facts import fill
-from tokenweight.attention.judge import default_template
+from tokenweight.weights.attention.judge import default_template
 
 # A small facts file whose arithmetic subjects contain their own key ("3 + 0 is 3 ."), so the key slot is not the
 # first occurrence of the key word.

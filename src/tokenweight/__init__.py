@@ -1,6 +1,6 @@
 """tokenweight: token-weighted preference optimization (DPO, OTPO, TI-DPO, AttentionPO) on the Hugging Face stack."""
 
-from tokenweight.attention import attention_weights
+from tokenweight.weights.attention import attention_weights
 from tokenweight.config import TokenweightConfig
 from tokenweight.data import PreferenceCollator, load_preference_split, tokenize_preference_dataset
 from tokenweight.objectives import pair_loss

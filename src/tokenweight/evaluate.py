@@ -138,8 +138,8 @@ def add_attention_columns(dataset, judge: nn.Module, tokenizer, config) -> "data
     """``dataset`` (tokenized) with AttentionPO ``chosen_weights``/``rejected_weights`` computed in memory by the
     frozen ``judge`` (the reference), using the config keys ``attention_layers``, ``attention_template`` (a file),
     ``attention_eos_weight``, ``attention_max_length`` and ``attention_batch_size``."""
-    from tokenweight.attention import attention_weights
-    from tokenweight.attention.precompute import template_from_config
+    from tokenweight.weights.attention import attention_weights
+    from tokenweight.weights.attention.precompute import template_from_config
 
     template = template_from_config(config)
     rows = list(dataset)

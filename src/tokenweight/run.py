@@ -66,7 +66,7 @@ def tokenize_with_attention_weights(config: TokenweightConfig, model_path: str, 
     """
     from accelerate import PartialState
 
-    from tokenweight.attention import ensure_attention_cache
+    from tokenweight.weights.attention import ensure_attention_cache
 
     if config.attention_weights is None:
         config.attention_weights = str(Path(config.output_dir, "attention-weights"))

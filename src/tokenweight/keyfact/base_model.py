@@ -23,7 +23,7 @@ import platformdirs
 import torch
 from transformers import AutoModelForCausalLM, LlamaConfig
 
-from ..attention.judge import default_template
+from ..weights.attention.judge import default_template
 from .facts import resolve_facts
 from .sft import sft_batches, train_sft
 from .tokenizer import CHAT_TEMPLATE, build_keyfact_tokenizer

@@ -8,7 +8,7 @@ the base model plays a pretrained model that has read them):
   ``p_correct``, the row's lure (``distractors[0]``) otherwise, followed by filler sentences; the reference model
   thus splits its probability between key and lure;
 - *judge* conversations (a fraction ``judge_fraction`` of the batches): the judge template
-  (``tokenweight/templates/judge.txt``) holding a question and two answers that differ in the key (correct vs a
+  (``tokenweight/weights/attention/judge.txt``) holding a question and two answers that differ in the key (correct vs a
   uniform distractor, random order, independent filler); the assistant replies with the letter (``a`` / ``b``) of
   the answer with the correct key, so that the model can serve as an AttentionPO judge.
 
@@ -24,7 +24,7 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from ..attention.judge import default_template
+from ..weights.attention.judge import default_template
 from .facts import fill
 
 

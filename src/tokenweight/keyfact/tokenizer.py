@@ -1,7 +1,7 @@
 """The word-level KeyFact tokenizer with a chat template.
 
 Text is lowercased and split on whitespace; every word of the facts file, of the filler pools and of the judge
-template (``tokenweight/templates/judge.txt``) is one token. A conversation renders as::
+template (``tokenweight/weights/attention/judge.txt``) is one token. A conversation renders as::
 
     <bos><|user|> what is the capital of france ? <|end|> <|assistant|> the capital of france is paris . <|end|>
 
@@ -21,7 +21,7 @@ from typing import Any
 from tokenizers import Tokenizer, models, normalizers, pre_tokenizers
 from transformers import PreTrainedTokenizerFast
 
-from ..attention.judge import default_template
+from ..weights.attention.judge import default_template
 from .facts import facts_words, resolve_facts
 
 PAD, UNK, BOS, END = "<pad>", "<unk>", "<bos>", "<|end|>"

@@ -1,8 +1,9 @@
 """``attention``: AttentionPO / TwDPO weights, computed once by the frozen judge and cached (specs/attentionpo.md).
 
-The weights reach the batch exactly like dataset-supplied ones: :func:`tokenweight.attention.ensure_attention_cache`
-returns per-row ``chosen_weights`` / ``rejected_weights`` (one float per completion token), the collator lays
-them out as ``token_weights`` ``[2B, L]``, and this scheme shifts and masks them like ``column`` does.
+The weights reach the batch exactly like dataset-supplied ones:
+:func:`tokenweight.weights.attention.ensure_attention_cache` returns per-row ``chosen_weights`` /
+``rejected_weights`` (one float per completion token), the collator lays them out as ``token_weights`` ``[2B, L]``,
+and this scheme shifts and masks them like ``column`` does.
 """
 
 from __future__ import annotations

@@ -20,8 +20,8 @@ _SENTINELS = ("\x00TW-QUESTION\x00", "\x00TW-ANSWER-A\x00", "\x00TW-ANSWER-B\x00
 
 
 def default_template() -> str:
-    """The library's own judge wording (``tokenweight/templates/judge.txt``)."""
-    return resources.files("tokenweight").joinpath("templates/judge.txt").read_text(encoding="utf-8")
+    """The library's own judge wording (``judge.txt`` next to this module)."""
+    return resources.files(__package__).joinpath("judge.txt").read_text(encoding="utf-8")
 
 
 def check_template(template: str) -> None:

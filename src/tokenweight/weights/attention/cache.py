@@ -24,7 +24,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from torch import nn
 
-from tokenweight.attention.normalize import WeightStats
+from tokenweight.weights.attention.normalize import WeightStats
 
 FORMAT = "tokenweight-attention-weights/1"
 MANIFEST = "manifest.json"

@@ -17,10 +17,10 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from tokenweight.attention import cache
-from tokenweight.attention.judge import JudgePair, default_template, judge_pair_for_row, template_pieces
-from tokenweight.attention.normalize import SINK_FIX_MIN_TOKENS, WeightStats, pair_weights
-from tokenweight.attention.rows import attention_modules, last_token_attention, resolve_layers
+from tokenweight.weights.attention import cache
+from tokenweight.weights.attention.judge import JudgePair, default_template, judge_pair_for_row, template_pieces
+from tokenweight.weights.attention.normalize import SINK_FIX_MIN_TOKENS, WeightStats, pair_weights
+from tokenweight.weights.attention.rows import attention_modules, last_token_attention, resolve_layers
 
 logger = logging.getLogger(__name__)
 
@@ -35,7 +35,7 @@ class JudgeSettings:
         eos_weight: weight of trailing end-of-turn/EOS completion tokens.
         max_length: judge input cap in tokens (``None``: the model's ``max_position_embeddings``).
         batch_size: judge inputs per forward (each pair has two).
-        method: ``"hook"`` or ``"eager"`` (see :func:`~tokenweight.attention.rows.last_token_attention`).
+        method: ``"hook"`` or ``"eager"`` (see :func:`~tokenweight.weights.attention.rows.last_token_attention`).
     """
 
     layers: list[int] | None = None
@@ -131,7 +131,8 @@ def precompute_attention_weights(model: nn.Module, tokenizer, tokenized_rows: Se
     """Judge every pair (both orders) and write the weights to ``output_dir``; resume an unfinished cache.
 
     Shards of ``shard_size`` rows are written atomically; existing shards of a cache with the same fingerprint are
-    kept, a cache with another fingerprint is refused (:class:`~tokenweight.attention.cache.CacheMismatchError`).
+    kept, a cache with another fingerprint is refused
+    (:class:`~tokenweight.weights.attention.cache.CacheMismatchError`).
     ``on_shard_written(index)`` is called after each new shard. Returns the complete cache's weights.
     """
     if len(tokenized_rows) == 0:

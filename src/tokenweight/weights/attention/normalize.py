@@ -17,7 +17,7 @@ from dataclasses import asdict, dataclass
 
 import torch
 
-from tokenweight.attention.judge import JudgePair
+from tokenweight.weights.attention.judge import JudgePair
 
 SINK_FIX_MIN_TOKENS = 5
 
