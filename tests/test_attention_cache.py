@@ -1,10 +1,15 @@
-"""The attention weight cache: fingerprint refusal naming the part, resumable precompute (spec §8.1)."""
+"""The attention weight cache: fingerprint refusal naming the part, resumable precompute, damaged files named and
+recomputed (spec §8.1, issue 10 items 6–7)."""
+
+import struct
 
 import pytest
+import torch
 from attention_fixtures import CONVERSATIONAL_ROWS, STANDARD_ROWS, make_bpe_tokenizer, make_judge, tokenized
 
-from tokenweight.weights.attention import (CacheMismatchError, JudgeSettings, attention_weights,
-                                           cache_fingerprint, load_attention_weights, precompute_attention_weights)
+from tokenweight.weights.attention import (CacheDamagedError, CacheIncompleteError, CacheMismatchError,
+                                           JudgeSettings, attention_weights, cache_fingerprint,
+                                           load_attention_weights, precompute_attention_weights)
 from tokenweight.weights.attention.cache import read_manifest, shard_path
 from tokenweight.weights.attention.judge import default_template
 
@@ -75,7 +80,7 @@ def test_interrupted_precompute_resumes_without_redoing_shards(setup, tmp_path):
         precompute_attention_weights(model, tokenizer, rows, folder, shard_size=2, progress=False,
                                      on_shard_written=crash_after_first)
     assert not read_manifest(folder)["complete"]
-    with pytest.raises(FileNotFoundError, match="unfinished"):
+    with pytest.raises(CacheIncompleteError, match="unfinished"):
         load_attention_weights(folder, _fingerprint(model, tokenizer, rows))
     first_shard = shard_path(folder, 0).stat()
     written = []
@@ -109,3 +114,68 @@ def test_ensure_attention_cache_computes_then_loads(setup, tmp_path):
                                                      for w in computed.rejected_weights]
     loaded = ensure_attention_cache(args, str(tmp_path / "judge"), tokenizer, dataset)  # from the cache
     assert loaded.chosen_weights == computed.chosen_weights
+
+
+def test_changed_middle_layer_is_refused_naming_the_parameter(setup, tmp_path):
+    tokenizer, _, rows = setup
+    judge = make_judge(len(tokenizer), layers=6)
+    precompute_attention_weights(judge, tokenizer, rows, tmp_path, progress=False)
+    name = "model.layers.3.self_attn.q_proj.weight"
+    with torch.no_grad():
+        judge.get_parameter(name).mul_(3)
+    with pytest.raises(CacheMismatchError, match=rf"different model \(model: 1 parameter differs: {name} "
+                                                 r"\(bytes differ\)\)"):
+        precompute_attention_weights(judge, tokenizer, rows, tmp_path, progress=False)
+    with pytest.raises(CacheMismatchError, match=r"model\.embed_tokens\.weight \(dtype float32 vs bfloat16\)"):
+        load_attention_weights(tmp_path, _fingerprint(judge.to(torch.bfloat16), tokenizer, rows))
+
+
+def test_changed_dataset_is_refused_naming_the_first_differing_row(setup, tmp_path):
+    tokenizer, model, rows = setup
+    precompute_attention_weights(model, tokenizer, rows, tmp_path, progress=False)
+    changed = rows[:3] + [{**rows[3], "rejected_ids": rows[3]["rejected_ids"][:-2]}] + rows[4:]
+    with pytest.raises(CacheMismatchError, match=r"dataset: 5 rows cached vs 5 now, first differing row 3\)"):
+        load_attention_weights(tmp_path, _fingerprint(model, tokenizer, changed))
+    with pytest.raises(CacheMismatchError, match=r"dataset: 5 rows cached vs 4 now, first differing row 4\)"):
+        load_attention_weights(tmp_path, _fingerprint(model, tokenizer, rows[:4]))
+
+
+def _truncate(path):
+    path.write_bytes(path.read_bytes()[:-7])
+
+
+def _overwrite_with_float_max(path):
+    """The last 8 bytes (the end of the rejected weights) become two float32 3.4e38."""
+    data = bytearray(path.read_bytes())
+    data[-8:] = struct.pack("<2f", 3.4e38, 3.4e38)
+    path.write_bytes(bytes(data))
+
+
+DAMAGE = {"truncated shard": (lambda folder: _truncate(shard_path(folder, 1)), "shard-00001", "is damaged"),
+          "overwritten shard": (lambda folder: _overwrite_with_float_max(shard_path(folder, 2)), "shard-00002",
+                                "is damaged"),
+          "deleted shard": (lambda folder: shard_path(folder, 0).unlink(), "shard-00000", "is missing"),
+          "corrupt manifest": (lambda folder: _truncate(folder / "manifest.json"), "manifest.json", "is damaged")}
+
+
+@pytest.mark.parametrize("damage", sorted(DAMAGE))
+def test_damaged_cache_is_named_then_repaired_by_precompute(setup, tmp_path, damage, caplog):
+    tokenizer, model, rows = setup
+    clean = precompute_attention_weights(model, tokenizer, rows, tmp_path / "clean", shard_size=2, progress=False)
+    folder = tmp_path / "damaged"
+    precompute_attention_weights(model, tokenizer, rows, folder, shard_size=2, progress=False)
+    harm, file_name, problem = DAMAGE[damage]
+    harm(folder)
+    with pytest.raises(CacheDamagedError, match=rf"^attention weight cache {folder}: {file_name}\S* {problem}"):
+        load_attention_weights(folder, _fingerprint(model, tokenizer, rows))
+    written = []
+    repaired = precompute_attention_weights(model, tokenizer, rows, folder, shard_size=2, progress=False,
+                                            on_shard_written=written.append)
+    assert written == ([0, 1, 2] if file_name == "manifest.json" else [int(file_name[-1])])
+    assert file_name in caplog.text
+    assert repaired.chosen_weights == clean.chosen_weights and repaired.rejected_weights == clean.rejected_weights
+    assert repaired.stats == clean.stats
+    for index in range(3):
+        assert shard_path(folder, index).read_bytes() == shard_path(tmp_path / "clean", index).read_bytes()
+    loaded = load_attention_weights(folder, _fingerprint(model, tokenizer, rows))
+    assert loaded.chosen_weights == clean.chosen_weights and loaded.rejected_weights == clean.rejected_weights

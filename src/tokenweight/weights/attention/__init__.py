@@ -6,7 +6,8 @@ ids; the judge wording is ``judge.txt``), ``rows`` (last-token attention rows vi
 weights), ``cache`` (fingerprinted, checksummed shards on disk), ``precompute`` (running the judge).
 """
 
-from tokenweight.weights.attention.cache import CacheMismatchError, CachedWeights, load_attention_weights
+from tokenweight.weights.attention.cache import (CacheDamagedError, CachedWeights, CacheIncompleteError,
+                                                CacheMismatchError, load_attention_weights)
 from tokenweight.weights.attention.judge import split_completion
 from tokenweight.weights.attention.normalize import WeightStats
 from tokenweight.weights.attention.precompute import (JudgeSettings, attention_weights, cache_fingerprint,
@@ -14,6 +15,6 @@ from tokenweight.weights.attention.precompute import (JudgeSettings, attention_w
 from tokenweight.weights.attention.rows import last_token_attention
 from tokenweight.weights.attention.scheme import AttentionScheme
 
-__all__ = ["AttentionScheme", "CacheMismatchError", "CachedWeights", "JudgeSettings", "WeightStats",
-           "attention_weights", "cache_fingerprint", "ensure_attention_cache", "last_token_attention",
-           "load_attention_weights", "precompute_attention_weights", "split_completion"]
+__all__ = ["AttentionScheme", "CacheDamagedError", "CacheIncompleteError", "CacheMismatchError", "CachedWeights",
+           "JudgeSettings", "WeightStats", "attention_weights", "cache_fingerprint", "ensure_attention_cache",
+           "last_token_attention", "load_attention_weights", "precompute_attention_weights", "split_completion"]

@@ -1,14 +1,16 @@
-"""On-disk cache of attention weights: fingerprint, manifest, shards (spec §8.1).
+"""On-disk cache of attention weights: fingerprint, manifest, checksummed shards (spec §8.1).
 
 Layout of a cache folder::
 
-    manifest.json            fingerprint parts, row count, shard size, completion flag, summed statistics
-    shard-00000.safetensors  rows [0, S): flat fp32 weights + per-row lengths, statistics in the metadata
+    manifest.json            fingerprint, row count, shard size, completion flag, and per written shard its
+                             SHA-256 and statistics
+    shard-00000.safetensors  rows [0, S): flat fp32 weights + per-row lengths
     shard-00001.safetensors  …
 
-Every file is written to a temporary name and renamed, so a shard either exists complete or not at all; an
-interrupted run resumes with the first missing shard and never rewrites finished ones. A cache is only read when
-its fingerprint equals the expected one, part by part (model, tokenizer, dataset, template, layers, settings).
+Every file is written to a temporary name and renamed; a shard counts as written once its checksum is in the
+manifest. An interrupted run resumes with the shards that are missing or whose bytes do not match their checksum
+and never rewrites intact ones. A cache is only read when its fingerprint equals the expected one, part by part
+(model, tokenizer, dataset, template, layers, settings: see :mod:`.fingerprint`), and every shard's bytes match.
 """
 
 from __future__ import annotations
@@ -20,73 +22,34 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
-from safetensors import safe_open
-from safetensors.torch import save_file
-from torch import nn
+from safetensors import SafetensorError
+from safetensors.torch import load, save
 
+from tokenweight.errors import UserError
+from tokenweight.weights.attention.fingerprint import PARTS, describe_difference
 from tokenweight.weights.attention.normalize import WeightStats
 
-FORMAT = "tokenweight-attention-weights/1"
+FORMAT = "tokenweight-attention-weights/2"
 MANIFEST = "manifest.json"
-FINGERPRINT_PARTS = ("model", "tokenizer", "dataset", "template", "layers", "settings")
-_PARAMETER_SAMPLE = 1 << 22  # elements hashed from each sampled parameter tensor
 
 
-class CacheMismatchError(ValueError):
+class CacheMismatchError(UserError):
     """A cache folder holds weights computed for something else; the message names the differing parts."""
 
 
-def _digest(*chunks: bytes | str) -> str:
-    digest = hashlib.sha256()
-    for chunk in chunks:
-        digest.update(chunk.encode() if isinstance(chunk, str) else chunk)
-    return digest.hexdigest()
+class CacheDamagedError(UserError):
+    """A cache file is missing, unreadable or not the bytes its checksum says; the message names file and folder."""
 
 
-def model_fingerprint(model: nn.Module) -> str:
-    """Hash of the model's configuration and of the bytes of its first, middle and last parameter tensors.
-
-    The path the model was loaded from is not part of it (a copied checkpoint is the same judge); the attention
-    implementation and other private config fields neither (they do not change the weights beyond 1e-5).
-    """
-    config = {k: v for k, v in model.config.to_dict().items()
-              if not k.startswith("_") and k not in ("transformers_version", "attn_implementation")}
-    chunks = [json.dumps(config, sort_keys=True, default=str)]
-    named = list(model.named_parameters())
-    for i in sorted({0, len(named) // 2, len(named) - 1}):
-        name, tensor = named[i]
-        sample = tensor.detach().flatten()[:_PARAMETER_SAMPLE].contiguous().cpu()
-        chunks += [f"{name}:{tuple(tensor.shape)}:{tensor.dtype}", sample.view(torch.uint8).numpy().tobytes()]
-    return _digest(*chunks)
-
-
-def tokenizer_fingerprint(tokenizer) -> str:
-    """Hash of the vocabulary, the special tokens and the chat template."""
-    return _digest(json.dumps(sorted(tokenizer.get_vocab().items())), json.dumps(tokenizer.all_special_tokens),
-                   tokenizer.chat_template or "")
-
-
-def dataset_fingerprint(rows) -> str:
-    """Hash of every row's question (``prompt``) and token ids (``prompt_ids``, ``chosen_ids``, ``rejected_ids``)."""
-    digest = hashlib.sha256()
-    for row in rows:
-        digest.update(json.dumps([row["prompt"], list(row["prompt_ids"]), list(row["chosen_ids"]),
-                                  list(row["rejected_ids"])]).encode())
-    return digest.hexdigest()
-
-
-def fingerprint(model: nn.Module, tokenizer, rows, template: str, layers: list[int], settings: dict) -> dict:
-    """The cache key: one entry per part of :data:`FINGERPRINT_PARTS`."""
-    return {"model": model_fingerprint(model), "tokenizer": tokenizer_fingerprint(tokenizer),
-            "dataset": dataset_fingerprint(rows), "template": _digest(template), "layers": list(layers),
-            "settings": dict(sorted(settings.items()))}
+class CacheIncompleteError(UserError):
+    """A cache folder has no manifest, or its precompute has not finished."""
 
 
 def check_fingerprint(stored: dict, expected: dict, folder: Path) -> None:
-    """Raise :class:`CacheMismatchError` naming every part where ``stored`` differs from ``expected``."""
-    differing = [part for part in FINGERPRINT_PARTS if stored.get(part) != expected.get(part)]
+    """Raise :class:`CacheMismatchError` naming every part where ``stored`` differs from ``expected`` and how."""
+    differing = [part for part in PARTS if stored.get(part) != expected.get(part)]
     if differing:
-        details = "; ".join(f"{part}: cached {stored.get(part)!r:.80} vs now {expected.get(part)!r:.80}"
+        details = "; ".join(f"{part}: {describe_difference(part, stored.get(part), expected.get(part))}"
                             for part in differing)
         raise CacheMismatchError(
             f"attention weight cache {folder} was computed for a different {', '.join(differing)} ({details}); "
@@ -102,30 +65,43 @@ class CachedWeights:
     stats: WeightStats
 
 
-def _write_atomic(path: Path, write) -> None:
+def _write_atomic(path: Path, data: bytes) -> None:
     temporary = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    write(temporary)
+    temporary.write_bytes(data)
     os.replace(temporary, path)
 
 
 def write_manifest(folder: Path, manifest: dict) -> None:
-    _write_atomic(folder / MANIFEST, lambda p: p.write_text(json.dumps(manifest, indent=1), encoding="utf-8"))
+    _write_atomic(Path(folder) / MANIFEST, json.dumps(manifest, indent=1).encode())
 
 
 def read_manifest(folder: Path) -> dict | None:
-    """The folder's manifest, ``None`` when there is none; raise for a file of another format."""
+    """The folder's manifest, ``None`` when there is none.
+
+    Raises :class:`CacheDamagedError` for a manifest that is not JSON, :class:`CacheMismatchError` for another
+    format (another program's folder, or a cache written by an older tokenweight).
+    """
     path = Path(folder) / MANIFEST
     if not path.exists():
         return None
-    manifest = json.loads(path.read_text(encoding="utf-8"))
-    if manifest.get("format") != FORMAT:
-        raise CacheMismatchError(f"{path} is not a tokenweight attention weight cache (format "
-                                 f"{manifest.get('format')!r}, expected {FORMAT!r})")
+    try:
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise CacheDamagedError(f"attention weight cache {path.parent}: {MANIFEST} is damaged ({error}); delete "
+                                "the folder or run the precompute again to rebuild it") from None
+    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
+        found = manifest.get("format") if isinstance(manifest, dict) else None
+        raise CacheMismatchError(f"{path} is not a tokenweight attention weight cache of format {FORMAT!r} "
+                                 f"(found {found!r}); delete the folder or choose another one to recompute")
     return manifest
 
 
+def shard_name(index: int) -> str:
+    return f"shard-{index:05d}.safetensors"
+
+
 def shard_path(folder: Path, index: int) -> Path:
-    return Path(folder) / f"shard-{index:05d}.safetensors"
+    return Path(folder) / shard_name(index)
 
 
 def _flat(rows: list[list[float]]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -138,58 +114,88 @@ def _unflat(values: torch.Tensor, lengths: torch.Tensor) -> list[list[float]]:
     return [chunk.tolist() for chunk in torch.split(values, lengths.tolist())]
 
 
-def write_shard(folder: Path, index: int, chosen: list[list[float]], rejected: list[list[float]],
+def write_shard(folder: Path, manifest: dict, index: int, chosen: list[list[float]], rejected: list[list[float]],
                 stats: WeightStats) -> None:
-    """Write one shard atomically (lists of per-row weights plus the shard's statistics)."""
+    """Write one shard atomically, then record its checksum and statistics in ``manifest`` (rewritten)."""
     (chosen_values, chosen_lengths), (rejected_values, rejected_lengths) = _flat(chosen), _flat(rejected)
-    tensors = {"chosen": chosen_values, "chosen_lengths": chosen_lengths,
-               "rejected": rejected_values, "rejected_lengths": rejected_lengths}
-    metadata = {"stats": json.dumps(asdict(stats))}
-    _write_atomic(shard_path(folder, index), lambda p: save_file(tensors, str(p), metadata=metadata))
+    data = save({"chosen": chosen_values, "chosen_lengths": chosen_lengths,
+                 "rejected": rejected_values, "rejected_lengths": rejected_lengths})
+    _write_atomic(shard_path(folder, index), data)
+    manifest["shards"][shard_name(index)] = {"sha256": hashlib.sha256(data).hexdigest(), "rows": len(chosen),
+                                             "stats": asdict(stats)}
+    write_manifest(folder, manifest)
 
 
-def read_shard(folder: Path, index: int) -> tuple[list[list[float]], list[list[float]], WeightStats]:
-    with safe_open(str(shard_path(folder, index)), framework="pt") as handle:
-        stats = WeightStats(**json.loads(handle.metadata()["stats"]))
-        chosen = _unflat(handle.get_tensor("chosen"), handle.get_tensor("chosen_lengths"))
-        rejected = _unflat(handle.get_tensor("rejected"), handle.get_tensor("rejected_lengths"))
-    return chosen, rejected, stats
+def _problem(data: bytes | None, entry: dict | None) -> str | None:
+    if data is None:
+        return "is missing"
+    if entry is None:
+        return "has no checksum in the manifest (written by an interrupted run)"
+    if hashlib.sha256(data).hexdigest() != entry["sha256"]:
+        return "is damaged (its bytes do not match the checksum in the manifest)"
+    return None
+
+
+def shard_problem(folder: Path, manifest: dict, index: int) -> str | None:
+    """Why shard ``index`` cannot be used (missing, no checksum recorded, bytes differ), ``None`` if intact."""
+    path = shard_path(folder, index)
+    return _problem(path.read_bytes() if path.exists() else None, manifest["shards"].get(shard_name(index)))
+
+
+def read_shard(folder: Path, manifest: dict, index: int) -> tuple[list[list[float]], list[list[float]]]:
+    """The (chosen, rejected) weight lists of shard ``index`` after checking its bytes against the manifest."""
+    path, entry = shard_path(folder, index), manifest["shards"].get(shard_name(index))
+    data = path.read_bytes() if path.exists() else None
+    problem = _problem(data, entry)
+    if problem is not None:
+        raise CacheDamagedError(f"attention weight cache {folder}: {path.name} {problem}; run the precompute "
+                                "again (same settings) to recompute it")
+    try:
+        tensors = load(data)
+        chosen = _unflat(tensors["chosen"], tensors["chosen_lengths"])
+        rejected = _unflat(tensors["rejected"], tensors["rejected_lengths"])
+    except (SafetensorError, KeyError, RuntimeError) as error:
+        raise CacheDamagedError(f"attention weight cache {folder}: {path.name} is unreadable ({error})") from None
+    if not len(chosen) == len(rejected) == entry["rows"]:
+        raise CacheDamagedError(f"attention weight cache {folder}: {path.name} holds {len(chosen)} rows, the "
+                                f"manifest says {entry['rows']}")
+    return chosen, rejected
 
 
 def load_attention_weights(output_dir: str | os.PathLike, expected_fingerprint: dict) -> CachedWeights:
-    """Read a complete cache whose fingerprint equals ``expected_fingerprint`` (see :func:`fingerprint`).
+    """Read a complete cache whose fingerprint equals ``expected_fingerprint`` (see :func:`.fingerprint`).
 
-    Raises :class:`CacheMismatchError` naming the differing parts, or ``FileNotFoundError`` for a missing or
-    unfinished cache.
+    Raises :class:`CacheMismatchError` naming the differing parts, :class:`CacheIncompleteError` for a missing or
+    unfinished cache, :class:`CacheDamagedError` naming a damaged file.
     """
     folder = Path(output_dir)
     manifest = read_manifest(folder)
     if manifest is None:
-        raise FileNotFoundError(f"no attention weight cache in {folder} (missing {MANIFEST})")
+        raise CacheIncompleteError(f"no attention weight cache in {folder} (missing {MANIFEST})")
     check_fingerprint(manifest["fingerprint"], expected_fingerprint, folder)
     if not manifest["complete"]:
-        raise FileNotFoundError(f"attention weight cache {folder} is unfinished; run the precompute again to resume")
-    return _read_shards(folder, manifest)
+        raise CacheIncompleteError(f"attention weight cache {folder} is unfinished; run the precompute again to "
+                                   "resume")
+    return read_shards(folder, manifest)
 
 
 def finish_cache(output_dir: str | os.PathLike, manifest: dict) -> CachedWeights:
     """Read the shards of a cache whose shards are all written, then mark its manifest complete."""
     folder = Path(output_dir)
-    weights = _read_shards(folder, manifest)
+    weights = read_shards(folder, manifest)
     write_manifest(folder, {**manifest, "complete": True, "stats": asdict(weights.stats)})
     return weights
 
 
-def _read_shards(folder: Path, manifest: dict) -> CachedWeights:
+def read_shards(folder: Path, manifest: dict) -> CachedWeights:
+    """All rows of the cache in ``folder``, every shard checked against its checksum."""
     chosen, rejected, stats = [], [], WeightStats()
     for index in range(manifest["num_shards"]):
-        if not shard_path(folder, index).exists():
-            raise FileNotFoundError(f"attention weight cache {folder} lacks {shard_path(folder, index).name}")
-        shard_chosen, shard_rejected, shard_stats = read_shard(folder, index)
+        shard_chosen, shard_rejected = read_shard(folder, manifest, index)
         chosen += shard_chosen
         rejected += shard_rejected
-        stats.add(shard_stats)
+        stats.add(WeightStats(**manifest["shards"][shard_name(index)]["stats"]))
     if len(chosen) != manifest["num_rows"]:
-        raise ValueError(f"attention weight cache {folder} holds {len(chosen)} rows, its manifest says "
-                         f"{manifest['num_rows']}")
+        raise CacheDamagedError(f"attention weight cache {folder} holds {len(chosen)} rows, its manifest says "
+                                f"{manifest['num_rows']}")
     return CachedWeights(chosen_weights=chosen, rejected_weights=rejected, stats=stats)

@@ -18,6 +18,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from tokenweight.weights.attention import cache
+from tokenweight.weights.attention.fingerprint import fingerprint
 from tokenweight.weights.attention.judge import JudgePair, default_template, judge_pair_for_row, template_pieces
 from tokenweight.weights.attention.normalize import SINK_FIX_MIN_TOKENS, WeightStats, pair_weights
 from tokenweight.weights.attention.rows import attention_modules, last_token_attention, resolve_layers
@@ -117,9 +118,18 @@ def attention_weights(model: nn.Module, tokenizer, rows: dict | Sequence[dict], 
 
 def cache_fingerprint(model: nn.Module, tokenizer, rows: Sequence[dict], settings: JudgeSettings) -> dict:
     """The fingerprint of a cache for these inputs (``settings`` resolved)."""
-    return cache.fingerprint(model, tokenizer, rows, settings.template, settings.layers,
-                             {"eos_weight": settings.eos_weight, "max_length": settings.max_length,
-                              "sink_fix_min_tokens": SINK_FIX_MIN_TOKENS, "format": cache.FORMAT})
+    return fingerprint(model, tokenizer, rows, settings.template, settings.layers,
+                       {"eos_weight": settings.eos_weight, "max_length": settings.max_length,
+                        "sink_fix_min_tokens": SINK_FIX_MIN_TOKENS, "format": cache.FORMAT})
+
+
+def _existing_manifest(folder: Path) -> dict | None:
+    """The folder's manifest; ``None`` (with a warning: every shard is then recomputed) when it is damaged."""
+    try:
+        return cache.read_manifest(folder)
+    except cache.CacheDamagedError as error:
+        logger.warning("%s; rebuilding the whole cache", error)
+        return None
 
 
 def precompute_attention_weights(model: nn.Module, tokenizer, tokenized_rows: Sequence[dict],
@@ -128,12 +138,13 @@ def precompute_attention_weights(model: nn.Module, tokenizer, tokenized_rows: Se
                                  max_length: int | None = None, progress: bool = True, shard_size: int = 256,
                                  method: str = "hook", on_shard_written: Callable[[int], None] | None = None,
                                  ) -> cache.CachedWeights:
-    """Judge every pair (both orders) and write the weights to ``output_dir``; resume an unfinished cache.
+    """Judge every pair (both orders) and write the weights to ``output_dir``; resume or repair a cache.
 
-    Shards of ``shard_size`` rows are written atomically; existing shards of a cache with the same fingerprint are
-    kept, a cache with another fingerprint is refused
-    (:class:`~tokenweight.weights.attention.cache.CacheMismatchError`).
-    ``on_shard_written(index)`` is called after each new shard. Returns the complete cache's weights.
+    Shards of ``shard_size`` rows are written atomically with their checksum; intact shards of a cache with the same
+    fingerprint are kept, missing or damaged ones recomputed (a warning names each), a damaged manifest rebuilds
+    the whole cache, a cache with another fingerprint is refused
+    (:class:`~tokenweight.weights.attention.cache.CacheMismatchError`). ``on_shard_written(index)`` is called
+    after each new shard. Returns the complete cache's weights.
     """
     if len(tokenized_rows) == 0:
         raise ValueError("no preference rows to judge")
@@ -142,20 +153,17 @@ def precompute_attention_weights(model: nn.Module, tokenizer, tokenized_rows: Se
     folder = Path(output_dir)
     folder.mkdir(parents=True, exist_ok=True)
     expected = cache_fingerprint(model, tokenizer, tokenized_rows, settings)
-    manifest = cache.read_manifest(folder)
+    manifest = _existing_manifest(folder)
     if manifest is not None:
         cache.check_fingerprint(manifest["fingerprint"], expected, folder)  # resume with its shard size
     else:
-        num_shards = -(-len(tokenized_rows) // shard_size)
         manifest = {"format": cache.FORMAT, "fingerprint": expected, "num_rows": len(tokenized_rows),
-                    "shard_size": shard_size, "num_shards": num_shards, "complete": False,
-                    "model": getattr(model.config, "name_or_path", ""), "stats": None}
+                    "shard_size": shard_size, "num_shards": -(-len(tokenized_rows) // shard_size),
+                    "complete": False, "model": getattr(model.config, "name_or_path", ""), "stats": None,
+                    "shards": {}}
         cache.write_manifest(folder, manifest)
-    if manifest["complete"]:
-        result = cache.load_attention_weights(folder, expected)
-    else:
-        _fill_shards(model, tokenizer, tokenized_rows, folder, manifest, settings, progress, on_shard_written)
-        result = cache.finish_cache(folder, manifest)
+    _fill_shards(model, tokenizer, tokenized_rows, folder, manifest, settings, progress, on_shard_written)
+    result = cache.finish_cache(folder, manifest)
     logger.info("%s (cache %s)", result.stats.summary(), folder)
     if result.stats.zero_attention_sums:
         logger.warning("%d judge attention sums were zero and replaced by uniform weights",
@@ -163,19 +171,36 @@ def precompute_attention_weights(model: nn.Module, tokenizer, tokenized_rows: Se
     return result
 
 
+def _shards_to_compute(folder: Path, manifest: dict) -> list[int]:
+    """Indices of the shards that are missing or damaged; a warning names each one a finished run had written."""
+    todo = []
+    for index in range(manifest["num_shards"]):
+        problem = cache.shard_problem(folder, manifest, index)
+        if problem is None:
+            continue
+        if manifest["complete"] or cache.shard_path(folder, index).exists():
+            logger.warning("attention weight cache %s: %s %s; recomputing it", folder, cache.shard_name(index),
+                           problem)
+        todo.append(index)
+    return todo
+
+
 def _fill_shards(model, tokenizer, rows, folder: Path, manifest: dict, settings: JudgeSettings, progress: bool,
                  on_shard_written) -> None:
-    size, count = manifest["shard_size"], manifest["num_shards"]
-    missing = [i for i in range(count) if not cache.shard_path(folder, i).exists()]
+    size = manifest["shard_size"]
+    todo = _shards_to_compute(folder, manifest)
+    if not todo:
+        return
+    manifest["complete"] = False
     pieces = template_pieces(tokenizer, settings.template)
-    done = len(rows) - sum(min(size, len(rows) - i * size) for i in missing)
+    done = len(rows) - sum(min(size, len(rows) - i * size) for i in todo)
     with tqdm(total=len(rows), initial=done, unit="pair", desc="attention judge", disable=not progress) as bar:
-        for index in missing:
+        for index in todo:
             start, stop = index * size, min((index + 1) * size, len(rows))
             stats = WeightStats()
             chosen, rejected = _weigh(model, tokenizer, [rows[i] for i in range(start, stop)], start, settings,
                                       pieces, stats)
-            cache.write_shard(folder, index, chosen, rejected, stats)
+            cache.write_shard(folder, manifest, index, chosen, rejected, stats)
             bar.update(stop - start)
             if on_shard_written is not None:
                 on_shard_written(index)
