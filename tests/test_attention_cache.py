@@ -179,3 +179,35 @@ def test_damaged_cache_is_named_then_repaired_by_precompute(setup, tmp_path, dam
         assert shard_path(folder, index).read_bytes() == shard_path(tmp_path / "clean", index).read_bytes()
     loaded = load_attention_weights(folder, _fingerprint(model, tokenizer, rows))
     assert loaded.chosen_weights == clean.chosen_weights and loaded.rejected_weights == clean.rejected_weights
+
+
+def test_cli_precompute_repairs_an_overwritten_shard_and_refuses_a_changed_judge(setup, tmp_path, caplog,
+                                                                                 monkeypatch):
+    import json
+
+    from tokenweight import cli
+
+    tokenizer, _, _ = setup
+    judge = make_judge(len(tokenizer), layers=4)
+    judge.save_pretrained(tmp_path / "judge")
+    tokenizer.save_pretrained(tmp_path / "judge")
+    data = tmp_path / "pairs.jsonl"
+    data.write_text("".join(json.dumps(row) + "\n" for row in STANDARD_ROWS), encoding="utf-8")
+    folder = tmp_path / "weights"
+    argv = ["precompute", "--output", str(folder), "attention", "--model_name_or_path", str(tmp_path / "judge"),
+            "--dataset_name", str(data), "--output_dir", str(tmp_path / "run"), "--report_to", "none"]
+    assert cli.main(argv) == 0
+    clean = shard_path(folder, 0).read_bytes()
+    _overwrite_with_float_max(shard_path(folder, 0))
+    assert cli.main(argv) == 0
+    assert f"{folder}: shard-00000.safetensors is damaged" in caplog.text
+    assert shard_path(folder, 0).read_bytes() == clean
+
+    with torch.no_grad():
+        judge.get_parameter("model.layers.2.self_attn.q_proj.weight").mul_(3)
+    judge.save_pretrained(tmp_path / "judge")
+    monkeypatch.setenv("TOKENWEIGHT_DEBUG", "1")  # the CLI re-raises the UserError it would print as one line
+    with pytest.raises(CacheMismatchError, match=r"model: 1 parameter differs: "
+                                                 r"model\.layers\.2\.self_attn\.q_proj\.weight \(bytes differ\)"):
+        cli.main(argv)
+    assert shard_path(folder, 0).read_bytes() == clean
