@@ -7,24 +7,36 @@ import torch
 from transformers import (AutoModelForCausalLM, Gemma2Config, Gemma3TextConfig, GemmaConfig, GPT2Config,
                           LlamaConfig, MistralConfig, Qwen2Config, Qwen3Config)
 
+from tokenweight.weights.attention import rows
 from tokenweight.weights.attention.rows import last_token_attention
 
-COMMON = dict(vocab_size=97, hidden_size=64, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4,
-              num_key_value_heads=2, max_position_embeddings=64, initializer_range=0.3)
+COMMON = dict(vocab_size=97, hidden_size=64, intermediate_size=96, num_attention_heads=4, num_key_value_heads=2,
+              max_position_embeddings=64, initializer_range=0.3)
 WINDOW = 4  # shorter than the sequences, so sliding-window layers really cut keys
 
-CONFIGS = {
-    "llama": lambda: LlamaConfig(**COMMON),
-    "mistral": lambda: MistralConfig(**COMMON, sliding_window=WINDOW),
-    "qwen2": lambda: Qwen2Config(**COMMON, use_sliding_window=True, sliding_window=WINDOW, max_window_layers=1),
-    "qwen3": lambda: Qwen3Config(**COMMON, head_dim=16, layer_types=["sliding_attention", "full_attention"],
-                                 use_sliding_window=True, sliding_window=WINDOW),
-    "gemma": lambda: GemmaConfig(**COMMON, head_dim=16),
-    "gemma2": lambda: Gemma2Config(**COMMON, head_dim=16, query_pre_attn_scalar=8, attn_logit_softcapping=1.5,
-                                   sliding_window=WINDOW),
-    "gemma3_text": lambda: Gemma3TextConfig(**COMMON, head_dim=16, query_pre_attn_scalar=8, sliding_window=WINDOW,
-                                            layer_types=["sliding_attention", "full_attention"]),
+
+def _alternating(layers: int) -> list[str]:
+    return ["sliding_attention", "full_attention"] * (layers // 2)
+
+
+CONFIGS = {  # each builds a config with the given number of decoder layers
+    "llama": lambda n: LlamaConfig(**COMMON, num_hidden_layers=n),
+    "mistral": lambda n: MistralConfig(**COMMON, num_hidden_layers=n, sliding_window=WINDOW),
+    "qwen2": lambda n: Qwen2Config(**COMMON, num_hidden_layers=n, use_sliding_window=True, sliding_window=WINDOW,
+                                   max_window_layers=n // 2),
+    "qwen3": lambda n: Qwen3Config(**COMMON, num_hidden_layers=n, head_dim=16, layer_types=_alternating(n),
+                                   use_sliding_window=True, sliding_window=WINDOW),
+    "gemma": lambda n: GemmaConfig(**COMMON, num_hidden_layers=n, head_dim=16),
+    "gemma2": lambda n: Gemma2Config(**COMMON, num_hidden_layers=n, head_dim=16, query_pre_attn_scalar=8,
+                                     attn_logit_softcapping=1.5, sliding_window=WINDOW),
+    "gemma3_text": lambda n: Gemma3TextConfig(**COMMON, num_hidden_layers=n, head_dim=16, query_pre_attn_scalar=8,
+                                              sliding_window=WINDOW, layer_types=_alternating(n)),
 }
+DEEP = 12
+# Measured maxima over the architectures at 12 layers (docs/BENCHMARKS.md, "hook rows on a deep model"), with
+# about 5× headroom: the recomputed row from identical layer inputs, and the hook on SDPA against eager.
+RECOMPUTE_BOUND = 2e-6
+SDPA_DRIFT_BOUND = 2e-5
 
 
 def _batch(padding_side: str):
@@ -58,7 +70,7 @@ def _eager_oracle(model, input_ids, mask, layers):
 @pytest.mark.parametrize("model_type", sorted(CONFIGS))
 def test_hook_rows_match_eager(model_type):
     torch.manual_seed(0)
-    model = AutoModelForCausalLM.from_config(CONFIGS[model_type]()).eval()
+    model = AutoModelForCausalLM.from_config(CONFIGS[model_type](2)).eval()
     assert model.model.layers[0].self_attn.num_key_value_groups == 2  # GQA
     for padding_side in ("left", "right"):
         input_ids, mask = _batch(padding_side)
@@ -71,9 +83,44 @@ def test_hook_rows_match_eager(model_type):
             torch.testing.assert_close(got.sum(1), torch.ones(3), atol=1e-5, rtol=0)
 
 
+def _all_eager_rows(model, input_ids, mask):
+    """``[layers, B, T]``: eager ``output_attentions`` head mean at each row's last real query, every layer."""
+    positions = (mask.cumsum(1) - 1).clamp(min=0)
+    last = mask.shape[1] - 1 - mask.flip(1).argmax(1)
+    with torch.no_grad():
+        maps = model(input_ids=input_ids, attention_mask=mask, position_ids=positions,
+                     output_attentions=True).attentions
+    return torch.stack([torch.stack([m[b, :, last[b]].mean(0) for b in range(len(last))]) for m in maps])
+
+
+@pytest.mark.parametrize("model_type", sorted(CONFIGS))
+def test_deep_model_rows_eager_bit_exact_recompute_and_sdpa_drift_bounded(model_type):
+    """12 layers: on an eager forward the hook row equals ``output_attentions`` bit for bit; recomputed from the
+    same (eager) layer inputs it is within RECOMPUTE_BOUND; on an SDPA forward (drift of the hidden states through
+    the layers included) within SDPA_DRIFT_BOUND."""
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_config(CONFIGS[model_type](DEEP), attn_implementation="eager").eval()
+    input_ids, mask = _batch("left")
+    want = _all_eager_rows(model, input_ids, mask)
+    layers = [0, DEEP // 2, DEEP - 1]
+    for layer in layers:
+        assert torch.equal(last_token_attention(model, input_ids, mask, layers=[layer]), want[layer])
+    positions = (mask.cumsum(1) - 1).clamp(min=0)
+    with torch.no_grad():
+        recomputed = rows._hook_rows(model, input_ids, mask, positions, layers, rows.attention_modules(model),
+                                     recompute=True)
+    assert max((got - want[i]).abs().max().item() for got, i in zip(recomputed, layers)) <= RECOMPUTE_BOUND
+    if model_type == "gemma2":
+        return  # transformers has no SDPA path for Gemma 2 (eager or flash only)
+    model.set_attn_implementation("sdpa")
+    drift = max((last_token_attention(model, input_ids, mask, layers=[i]) - want[i]).abs().max().item()
+                for i in layers)
+    assert drift <= SDPA_DRIFT_BOUND, f"{model_type}: hook on SDPA drifts {drift:.2e} from eager"
+
+
 def test_sliding_window_really_cuts_keys():
     torch.manual_seed(0)
-    model = AutoModelForCausalLM.from_config(CONFIGS["mistral"]()).eval()
+    model = AutoModelForCausalLM.from_config(CONFIGS["mistral"](2)).eval()
     input_ids, mask = _batch("right")
     row = last_token_attention(model, input_ids, mask)
     assert torch.count_nonzero(row[0]) == WINDOW  # row 0 has 11 tokens; the last query sees only 4 keys
@@ -81,7 +128,7 @@ def test_sliding_window_really_cuts_keys():
 
 def test_eager_method_matches_hook_and_padding_is_neutral():
     torch.manual_seed(0)
-    model = AutoModelForCausalLM.from_config(CONFIGS["qwen3"]()).eval()
+    model = AutoModelForCausalLM.from_config(CONFIGS["qwen3"](2)).eval()
     input_ids, mask = _batch("left")
     hook = last_token_attention(model, input_ids, mask, layers=[0, 1])
     eager = last_token_attention(model, input_ids, mask, layers=[0, 1], method="eager")
@@ -103,7 +150,7 @@ def test_unsupported_model_names_type_and_fallback():
 
 
 def test_bad_layers_and_method_are_named():
-    model = AutoModelForCausalLM.from_config(CONFIGS["llama"]()).eval()
+    model = AutoModelForCausalLM.from_config(CONFIGS["llama"](2)).eval()
     input_ids, mask = _batch("left")
     with pytest.raises(ValueError, match="attention_layers: layer 5"):
         last_token_attention(model, input_ids, mask, layers=[5])

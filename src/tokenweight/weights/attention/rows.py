@@ -1,13 +1,14 @@
-"""The last query's attention row, without materialising attention maps (spec §8.8).
+"""The last query's attention row, without keeping attention maps (spec §8.8).
 
-A forward pre-hook on each chosen layer's self-attention module receives that layer's (normed) input hidden states
-and its rotary position embeddings. From them the hook recomputes the scores of the *last* query only against all
-keys, with the module's own projections, q/k norms, rotary function, scaling and logit soft-capping, grouped
-key/value heads shared, the causal / sliding-window / padding mask applied; softmax per head in fp32, mean over
-the query heads. The model itself keeps its attention implementation (SDPA, flash, …); the extra memory is
-``O(T · d)`` per layer instead of eager ``output_attentions``'s ``O(layers · heads · T²)``. The forward stops after
-the deepest chosen layer (the language-model head never runs).
-"""
+On an eager forward, a forward hook on each chosen layer's self-attention module keeps the last query's row of the
+map the layer computes anyway (bit-exact to ``output_attentions``) and lets the map go with the layer. On any other
+forward (SDPA, flash), a forward pre-hook receives that layer's (normed) input hidden states and its rotary position
+embeddings, and recomputes from them the scores of the *last* query only against all keys, with the module's own
+projections, q/k norms, rotary function, scaling and logit soft-capping, grouped key/value heads shared, the
+causal / sliding-window / padding mask applied; softmax per head in fp32, mean over the query heads. The model
+itself keeps its attention implementation (SDPA, flash, …); the extra memory is ``O(T · d)`` per layer instead of
+eager ``output_attentions``'s ``O(layers · heads · T²)``. The forward stops after the deepest chosen layer (the
+language-model head never runs)."""
 
 from __future__ import annotations
 
@@ -132,12 +133,21 @@ def _last_query_row(module: nn.Module, kind: _AttentionKind, hidden: torch.Tenso
 
 
 def _hook_rows(model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor,
-               position_ids: torch.Tensor, layers: list[int], modules: list[nn.Module]) -> list[torch.Tensor]:
+               position_ids: torch.Tensor, layers: list[int], modules: list[nn.Module],
+               recompute: bool) -> list[torch.Tensor]:
+    """One ``[B, T]`` row per layer of ``layers``, captured by hooks on ``modules`` during one forward.
+
+    ``recompute=False`` (eager attention, where every layer computes its full map anyway): a forward hook keeps the
+    last query's row of the map the layer returns (bit-exact to ``output_attentions``) and lets the map go with
+    the layer. ``recompute=True`` (SDPA, flash: no map is returned): a pre-hook recomputes the row from the
+    layer's input.
+    """
     key_mask, last = attention_mask.bool(), last_positions(attention_mask)
+    batch_rows = torch.arange(input_ids.shape[0], device=input_ids.device)
     deepest = modules[max(layers)]
     rows: list[torch.Tensor] = []
 
-    def pre_hook(module, args, kwargs):
+    def recompute_row(module, args, kwargs):
         hidden = kwargs["hidden_states"] if "hidden_states" in kwargs else args[0]
         if kwargs.get("position_embeddings") is None:
             raise RuntimeError(f"{type(module).__name__} received no position_embeddings; cannot recompute RoPE")
@@ -146,7 +156,15 @@ def _hook_rows(model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.
         if module is deepest:
             raise _StopForward
 
-    handles = [modules[i].register_forward_pre_hook(pre_hook, with_kwargs=True) for i in layers]
+    def keep_eager_row(module, args, kwargs, output):
+        rows.append(output[1][batch_rows, :, last].float().mean(dim=1))  # map [B, H, T, T] → [B, T]
+        if module is deepest:
+            raise _StopForward
+
+    if recompute:
+        handles = [modules[i].register_forward_pre_hook(recompute_row, with_kwargs=True) for i in layers]
+    else:
+        handles = [modules[i].register_forward_hook(keep_eager_row, with_kwargs=True) for i in layers]
     try:
         model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=False)
     except _StopForward:
@@ -187,7 +205,8 @@ def last_token_attention(model: nn.Module, input_ids: torch.Tensor, attention_ma
             cumulative count of real tokens, so a row's result does not depend on its padding.
         layers: decoder layer indices (negative from the end); ``None`` = the last layer. Several layers are
             averaged (their rows divided by their number).
-        method: ``"hook"`` (recompute the last row; memory ``O(T · d)``) or ``"eager"`` (eager attention with
+        method: ``"hook"`` (keep the last row of each chosen layer: read from the map on an eager forward,
+            recomputed otherwise; memory ``O(T · d)``) or ``"eager"`` (eager attention with
             ``output_attentions=True``: any model, but every layer's ``[B, heads, T, T]`` map is kept).
     Returns:
         ``[B, T]`` fp32; each row sums to 1, with 0 on padding.
@@ -199,7 +218,8 @@ def last_token_attention(model: nn.Module, input_ids: torch.Tensor, attention_ma
     if method == "hook":
         modules = attention_modules(model)
         chosen = resolve_layers(layers, len(modules))
-        rows = _hook_rows(model, input_ids, attention_mask, position_ids, chosen, modules)
+        rows = _hook_rows(model, input_ids, attention_mask, position_ids, chosen, modules,
+                          recompute=model.config._attn_implementation != "eager")
     else:
         chosen = resolve_layers(layers, model.config.get_text_config().num_hidden_layers)
         rows = _eager_rows(model, input_ids, attention_mask, position_ids, chosen)
