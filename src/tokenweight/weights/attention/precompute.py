@@ -32,7 +32,7 @@ class JudgeSettings:
 
     Attributes:
         layers: judge layers (negative from the end; ``None``: the last), averaged.
-        template: judge template text (``None``: the library's ``templates/judge.txt``).
+        template: judge template text (``None``: the library's ``judge.txt`` beside this module).
         eos_weight: weight of trailing end-of-turn/EOS completion tokens.
         max_length: judge input cap in tokens (``None``: the model's ``max_position_embeddings``).
         batch_size: judge inputs per forward (each pair has two).
