@@ -4,7 +4,8 @@ from types import SimpleNamespace
 
 import pytest
 
-from tokenweight.tidpo.presets import CONFIG_FIELDS, PRESETS, preset_beta, resolve_tidpo_settings
+from tokenweight.errors import UserError
+from tokenweight.weights.tidpo.presets import CONFIG_FIELDS, PRESETS, preset_beta, resolve_tidpo_settings
 
 
 def config(**fields):
@@ -35,12 +36,12 @@ def test_explicit_fields_override_the_preset():
 @pytest.mark.parametrize("field,value", [("tidpo_lambda", 1.2), ("tidpo_span", "prompt"), ("tidpo_gamma", -1.0),
                                          ("tidpo_anchor_top_p", 0.0), ("tidpo_on_failure", "ignore")])
 def test_bad_values_name_the_key(field, value):
-    with pytest.raises(ValueError, match=field):
+    with pytest.raises(UserError, match=field):
         resolve_tidpo_settings(config(**{field: value}))
 
 
 def test_unknown_preset():
-    with pytest.raises(ValueError, match="tidpo_preset"):
+    with pytest.raises(UserError, match="tidpo_preset"):
         resolve_tidpo_settings(config(tidpo_preset="fancy"))
-    with pytest.raises(ValueError, match="tidpo_preset"):
+    with pytest.raises(UserError, match="tidpo_preset"):
         preset_beta("fancy")
