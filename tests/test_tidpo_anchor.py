@@ -136,7 +136,7 @@ def test_each_row_depends_on_its_seed_and_prompt_only(model):
 
 
 def naive_sampling_probs(logits: list[float], temperature: float, top_k: int, top_p: float) -> list[float]:
-    """Temperature, then the ``top_k`` largest, then the smallest top set holding ``top_p`` of the mass; plain Python."""
+    """Temperature, then the ``top_k`` largest, then the smallest top set with ``top_p`` of the mass (plain Python)."""
     scaled = [x / temperature for x in logits]
     ranked = sorted(range(len(scaled)), key=lambda v: -scaled[v])[:top_k]
     total = sum(math.exp(scaled[v]) for v in ranked)
