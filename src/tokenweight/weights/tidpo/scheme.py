@@ -33,7 +33,7 @@ from tokenweight.weights.base import LossContext, TokenWeights, WeightingInputs,
 from tokenweight.weights.tidpo.anchor import anchor_seeds, anchor_token_logps, sample_anchors
 from tokenweight.weights.tidpo.attribution import tidpo_weights
 from tokenweight.weights.tidpo.kl import tdpo2_offset, tdpo_kl
-from tokenweight.weights.tidpo.presets import resolve_tidpo_settings
+from tokenweight.weights.tidpo.presets import preset_beta, resolve_tidpo_settings
 from tokenweight.weights.tidpo.triplet import left_align, triplet_loss
 
 
@@ -63,6 +63,12 @@ class TIDPOScheme(WeightingScheme):
                 "divides the weighted margin by the completion lengths, while the TDPO2 KL offset is a sum over the "
                 "sequence, and the TI-DPO spec defines that offset inside the sigmoid loss only; use loss_type "
                 "sigmoid, or set tidpo_kl_alpha 0")
+
+    @staticmethod
+    def default_beta(args: Any = None) -> float:
+        """The scheme's default β: that of the preset ``args.tidpo_preset`` (``paper`` when unset), used when the
+        run leaves ``beta`` unset (precedence: explicit ``beta`` > preset > built-in default)."""
+        return preset_beta(getattr(args, "tidpo_preset", None) or "paper")
 
     def _count_or_raise(self, error: FloatingPointError) -> float:
         if self.settings.on_failure == "raise":
