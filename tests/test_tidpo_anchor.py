@@ -172,3 +172,18 @@ def test_anchor_seeds_separate_steps_rows_and_evaluation():
     assert anchor_seeds(42, [0], step=8) != train[:1] and anchor_seeds(43, [0], step=7) != train[:1]
     assert anchor_seeds(42, [0, 1], step=None) == anchor_seeds(42, [0, 1], step=None) != train[:2]
     assert all(0 <= s < 2 ** 63 for s in train)
+
+
+def test_a_lora_policy_ignores_its_base_models_generation_config_too(model):
+    """PEFT's generate reads the wrapped model's generation_config: it is blanked there as well (LoRA's B starts
+    at 0, so the LoRA policy samples what the plain model samples)."""
+    from tokenweight.models import add_lora_adapters
+
+    ids, attention, completion = make_batch(PROMPTS, COMPLETIONS)
+    lora = add_lora_adapters(copy.deepcopy(model), r=4, alpha=8)
+    base_config = lora.get_base_model().generation_config
+    base_config.repetition_penalty, base_config.min_new_tokens = 5.0, 12
+    kwargs = dict(seeds=SEEDS, pad_token_id=PAD, eos_token_id=EOS, max_new_tokens=12)
+    assert rows_of(sample_anchors(lora, ids, attention, completion, **kwargs)) == rows_of(
+        sample_anchors(model, ids, attention, completion, **kwargs))
+    assert lora.get_base_model().generation_config is base_config

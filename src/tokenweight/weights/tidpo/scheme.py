@@ -11,7 +11,10 @@ Contract with the trainer (one step, ``B`` pairs, ``2B`` rows):
    ``offset = α · (K(y_l) − stopgrad K(y_w))``; the objective **subtracts it from Δ** before the pair loss, giving
    TDPO2's ``−log σ(β · (Δ − offset))``. ``None`` when α = 0 (the paper's pure Eq. 12).
 4. :meth:`TIDPOScheme.extra_loss` returns ``(γ · L_triplet, metrics)`` to **add** to the loss; ``None`` when
-   γ = 0 (no anchor is generated).
+   γ = 0 (no anchor is generated). Pair ``b``'s anchor generator is seeded from ``(seed, LossContext.step,
+   batch["row_index"][b])`` (``step`` is ``None`` in evaluation), so anchors never depend on the global RNG.
+
+``loss_type=ipo`` is refused while α > 0: IPO length-normalises the margin, the KL offset is a sequence sum.
 
 Failures (non-finite attribution, KL or triplet distances) raise :class:`FloatingPointError` naming the rows. With
 ``tidpo_on_failure = "count"`` they are instead counted in ``tidpo/{attribution,kl,triplet}_failures`` (logged
