@@ -149,7 +149,7 @@ def test_triplet_anchors_are_seeded_by_seed_step_and_row(models, monkeypatch):
         return sample_anchors(*args, seeds=seeds, **kwargs)
 
     monkeypatch.setattr(tidpo_scheme, "sample_anchors", spy)
-    scheme = build_scheme("tidpo", config(tidpo_margin=5.0, seed=3))
+    scheme = build_scheme("tidpo", config(tidpo_margin=5.0, seed=3, tidpo_anchor_max_new_tokens=6))
     inputs = weighting_inputs(policy, rows=(4, 8))
     evaluations = []
     for global_seed in (0, 1, 2):
