@@ -10,7 +10,7 @@ import torch
 from conftest import make_model, standard_rows
 
 import tokenweight.weights.otpo as otpo_scheme
-import tokenweight.weights.tidpo as tidpo_scheme
+import tokenweight.weights.tidpo.scheme as tidpo_scheme
 from tokenweight.cli import main
 from tokenweight.config import TokenweightConfig
 from tokenweight.data import PreferenceCollator, tokenize_preference_dataset

@@ -7,7 +7,7 @@ from transformers import GPT2Config, GPT2LMHeadModel
 from conftest import make_model
 from tidpo_oracles import EOS, UNIQUE_TOKEN, VOCAB, attribution_one_row, make_batch
 
-from tokenweight.tidpo.attribution import input_attribution
+from tokenweight.weights.tidpo.attribution import input_attribution
 
 PROMPTS, COMPLETIONS = [3, 5, 2, 4], [4, 2, 6, 3]
 

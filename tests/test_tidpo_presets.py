@@ -4,7 +4,8 @@ from types import SimpleNamespace
 
 import pytest
 
-from tokenweight.tidpo.presets import CONFIG_FIELDS, PRESETS, preset_beta, resolve_tidpo_settings
+from tokenweight.errors import UserError
+from tokenweight.weights.tidpo.presets import CONFIG_FIELDS, PRESETS, preset_beta, resolve_tidpo_settings
 
 
 def config(**fields):
@@ -35,12 +36,24 @@ def test_explicit_fields_override_the_preset():
 @pytest.mark.parametrize("field,value", [("tidpo_lambda", 1.2), ("tidpo_span", "prompt"), ("tidpo_gamma", -1.0),
                                          ("tidpo_anchor_top_p", 0.0), ("tidpo_on_failure", "ignore")])
 def test_bad_values_name_the_key(field, value):
-    with pytest.raises(ValueError, match=field):
+    with pytest.raises(UserError, match=field):
         resolve_tidpo_settings(config(**{field: value}))
 
 
+def test_the_preset_beta_is_the_scheme_default_beta():
+    from tokenweight.config import TokenweightConfig
+    from tokenweight.weights.tidpo import TIDPOScheme
+
+    assert TIDPOScheme.default_beta(config(tidpo_preset="upstream")) == 0.2 and TIDPOScheme.default_beta() == 0.1
+    run = TokenweightConfig(output_dir="/tmp/tw-test", use_cpu=True, report_to="none", weighting="tidpo",
+                            tidpo_preset="upstream")
+    assert run.effective_beta == 0.2 and resolve_tidpo_settings(run).beta == 0.2
+    run.beta = 0.05  # an explicit β wins over the preset's, in the run and in the scheme's settings
+    assert run.effective_beta == 0.05 and resolve_tidpo_settings(run).beta == 0.05
+
+
 def test_unknown_preset():
-    with pytest.raises(ValueError, match="tidpo_preset"):
+    with pytest.raises(UserError, match="tidpo_preset"):
         resolve_tidpo_settings(config(tidpo_preset="fancy"))
-    with pytest.raises(ValueError, match="tidpo_preset"):
+    with pytest.raises(UserError, match="tidpo_preset"):
         preset_beta("fancy")

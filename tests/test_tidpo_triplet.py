@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from tidpo_oracles import naive_triplet
-from tokenweight.tidpo.triplet import left_align, triplet_loss
+from tokenweight.weights.tidpo.triplet import left_align, triplet_loss
 
 
 def test_left_align_matches_loop_and_is_differentiable():

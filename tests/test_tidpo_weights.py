@@ -5,7 +5,7 @@ import torch
 
 from conftest import make_model
 from tidpo_oracles import VOCAB, attribution_one_row, gaussian_prior_list, make_batch
-from tokenweight.tidpo.attribution import tidpo_weights
+from tokenweight.weights.tidpo.attribution import tidpo_weights
 
 PROMPTS, COMPLETIONS = [3, 5, 2, 4], [4, 2, 7, 1]
 

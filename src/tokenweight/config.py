@@ -117,6 +117,6 @@ class TokenweightConfig(TrainingArguments):
         if self.beta is not None:
             return self.beta
         if self.weighting == "tidpo":
-            from tokenweight.tidpo.presets import preset_beta
+            from tokenweight.weights.tidpo import preset_beta
             return preset_beta(self.tidpo_preset)
         return 0.1

@@ -92,7 +92,8 @@ class TokenweightTrainer(Trainer):
         ref = self._reference_scores(inputs, scheme.needs_hidden_for_loss)
         context = LossContext(model=model, ref_model=self.ref_model, inputs=weighting_inputs,
                               policy_logps=policy.token_logps, ref_logps=ref.token_logps, weights=weights,
-                              policy_hidden=policy.hidden if want_hidden else None, ref_hidden=ref.hidden)
+                              policy_hidden=policy.hidden if want_hidden else None, ref_hidden=ref.hidden,
+                              step=self.state.global_step if model.training else None)
         metrics = dict(token_weights.metrics)
         offset = scheme.margin_offset(context)
         if offset is not None:

@@ -72,6 +72,7 @@ class LossContext:
         policy_hidden / ref_hidden: ``[2B, L-1, d]`` final hidden states (policy with grad), only when the scheme
             sets ``needs_hidden_states``; ``None`` otherwise.
         weights: ``[2B, L-1]`` the scheme's token weights for this batch.
+        step: the trainer's global step of a training batch; ``None`` in evaluation (TI-DPO seeds anchors with it).
     """
 
     model: nn.Module
@@ -82,6 +83,7 @@ class LossContext:
     weights: torch.Tensor
     policy_hidden: torch.Tensor | None = None
     ref_hidden: torch.Tensor | None = None
+    step: int | None = None
 
 
 class WeightingScheme:

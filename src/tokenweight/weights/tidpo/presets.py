@@ -11,6 +11,8 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
+from tokenweight.errors import UserError
+
 
 @dataclass(frozen=True)
 class TIDPOSettings:
@@ -28,6 +30,7 @@ class TIDPOSettings:
             [``tidpo_anchor_top_k`` …].
         on_failure: ``raise`` (default) or ``count``: a non-finite attribution / KL / triplet term is then counted
             in ``tidpo/{attribution,kl,triplet}_failures`` and that part is dropped for the step [``tidpo_on_failure``].
+        seed: the run's seed; each anchor is drawn from ``(seed, global step, dataset row)`` [``seed``].
     """
 
     beta: float
@@ -42,6 +45,7 @@ class TIDPOSettings:
     anchor_temperature: float = 0.8
     anchor_max_new_tokens: int = 64
     on_failure: str = "raise"
+    seed: int = 0
 
 
 PRESETS: dict[str, TIDPOSettings] = {
@@ -64,6 +68,7 @@ CONFIG_FIELDS: dict[str, str] = {
     "anchor_temperature": "tidpo_anchor_temperature",
     "anchor_max_new_tokens": "tidpo_anchor_max_new_tokens",
     "on_failure": "tidpo_on_failure",
+    "seed": "seed",
 }
 
 
@@ -84,7 +89,7 @@ def _validate(settings: TIDPOSettings) -> None:
     ]
     for ok, key, message in checks:
         if not ok:
-            raise ValueError(f"TI-DPO config `{key}` {message}")
+            raise UserError(f"TI-DPO config `{key}` {message}")
 
 
 def resolve_tidpo_settings(args: Any = None) -> TIDPOSettings:
@@ -92,7 +97,7 @@ def resolve_tidpo_settings(args: Any = None) -> TIDPOSettings:
     listed in :data:`CONFIG_FIELDS` overriding its value; ``args=None`` gives the ``paper`` preset.
 
     Raises:
-        ValueError: an unknown preset or an out-of-range value, naming the config key.
+        UserError: an unknown preset or an out-of-range value, naming the config key.
     """
     preset = get_preset(getattr(args, "tidpo_preset", None) or "paper")
     overrides = {attr: getattr(args, key) for attr, key in CONFIG_FIELDS.items()
@@ -105,10 +110,11 @@ def resolve_tidpo_settings(args: Any = None) -> TIDPOSettings:
 def get_preset(preset_name: str) -> TIDPOSettings:
     """The preset ``preset_name``; an unknown name is an error naming ``tidpo_preset``."""
     if preset_name not in PRESETS:
-        raise ValueError(f"unknown TI-DPO preset {preset_name!r} (config key `tidpo_preset`); known: {sorted(PRESETS)}")
+        raise UserError(f"unknown TI-DPO preset {preset_name!r} (config key `tidpo_preset`); known: {sorted(PRESETS)}")
     return PRESETS[preset_name]
 
 
 def preset_beta(preset_name: str) -> float:
-    """β of the preset ``preset_name`` (used when the config leaves ``beta`` unset)."""
+    """β of the preset ``preset_name``: the scheme's default β, which the run configuration uses when ``beta`` is
+    not given explicitly (precedence: explicit ``beta`` > preset > built-in default)."""
     return get_preset(preset_name).beta

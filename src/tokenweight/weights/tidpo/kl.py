@@ -57,3 +57,10 @@ def tdpo_kl(policy_hidden: torch.Tensor, ref_hidden: torch.Tensor, policy_head: 
     if bad_rows:
         raise FloatingPointError(f"TDPO2 KL term is non-finite in batch rows {bad_rows}")
     return kl
+
+
+def tdpo2_offset(kl: torch.Tensor, alpha: float) -> torch.Tensor:
+    """TDPO2's margin offset ``α · (K(y_l) − stopgrad K(y_w))`` ``[B]`` from per-sequence KLs ``[2B]`` (chosen rows
+    first), to be subtracted from the margin inside ``−log σ(β · (Δ − offset))``."""
+    kl_chosen, kl_rejected = kl.chunk(2)
+    return alpha * (kl_rejected - kl_chosen.detach())

@@ -15,18 +15,17 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from tokenweight.masks import pack_left
+
 
 def left_align(values: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Move each row's masked entries of ``values`` ``[N, M]`` to the front (order kept), zero the rest.
+    """Each row's masked entries of ``values`` ``[N, M]`` packed to the front (order kept, :func:`pack_left`), zeros
+    after them.
 
-    Returns ``(aligned [N, W], lengths [N])`` with ``W`` the largest row length; differentiable in ``values``.
+    Returns ``(aligned [N, W], lengths [N])`` with ``W`` the largest row length (≥ 1); differentiable in ``values``.
     """
-    mask = mask.bool()
-    lengths = mask.sum(dim=1)
-    width = int(lengths.max().item()) if lengths.numel() else 0
-    order = torch.argsort((~mask).long(), dim=1, stable=True)[:, :width]
-    kept = torch.arange(width, device=values.device) < lengths.unsqueeze(1)
-    return values.gather(1, order) * kept, lengths
+    packed, packed_mask, _ = pack_left(values, mask)
+    return packed.masked_fill(~packed_mask, 0.0), packed_mask.sum(dim=1)
 
 
 def _prefix_sq_dist(x: torch.Tensor, y: torch.Tensor, len_x: torch.Tensor, len_y: torch.Tensor) -> torch.Tensor:

@@ -11,7 +11,10 @@ Contract with the trainer (one step, ``B`` pairs, ``2B`` rows):
    ``offset = α · (K(y_l) − stopgrad K(y_w))``; the objective **subtracts it from Δ** before the pair loss, giving
    TDPO2's ``−log σ(β · (Δ − offset))``. ``None`` when α = 0 (the paper's pure Eq. 12).
 4. :meth:`TIDPOScheme.extra_loss` returns ``(γ · L_triplet, metrics)`` to **add** to the loss; ``None`` when
-   γ = 0 (no anchor is generated).
+   γ = 0 (no anchor is generated). Pair ``b``'s anchor generator is seeded from ``(seed, LossContext.step,
+   batch["row_index"][b])`` (``step`` is ``None`` in evaluation), so anchors never depend on the global RNG.
+
+``loss_type=ipo`` is refused while α > 0: IPO length-normalises the margin, the KL offset is a sequence sum.
 
 Failures (non-finite attribution, KL or triplet distances) raise :class:`FloatingPointError` naming the rows. With
 ``tidpo_on_failure = "count"`` they are instead counted in ``tidpo/{attribution,kl,triplet}_failures`` (logged
@@ -27,13 +30,14 @@ import torch
 from accelerate.utils import extract_model_from_parallel
 from torch import nn
 
+from tokenweight.errors import UserError
 from tokenweight.logps import output_head
-from tokenweight.tidpo.anchor import anchor_token_logps, sample_anchors
-from tokenweight.tidpo.attribution import tidpo_weights
-from tokenweight.tidpo.kl import tdpo_kl
-from tokenweight.tidpo.presets import resolve_tidpo_settings
-from tokenweight.tidpo.triplet import left_align, triplet_loss
 from tokenweight.weights.base import LossContext, TokenWeights, WeightingInputs, WeightingScheme, register_scheme
+from tokenweight.weights.tidpo.anchor import anchor_seeds, anchor_token_logps, sample_anchors
+from tokenweight.weights.tidpo.attribution import tidpo_weights
+from tokenweight.weights.tidpo.kl import tdpo2_offset, tdpo_kl
+from tokenweight.weights.tidpo.presets import preset_beta, resolve_tidpo_settings
+from tokenweight.weights.tidpo.triplet import left_align, triplet_loss
 
 
 def special_token_ids(model: nn.Module) -> tuple[int, int | list[int]]:
@@ -41,7 +45,7 @@ def special_token_ids(model: nn.Module) -> tuple[int, int | list[int]]:
     configs = [getattr(model, "generation_config", None), model.config]
     eos = next((c.eos_token_id for c in configs if getattr(c, "eos_token_id", None) is not None), None)
     if eos is None:
-        raise ValueError("TI-DPO anchors need the model's `eos_token_id` (set model.config.eos_token_id)")
+        raise UserError("TI-DPO anchors need the model's `eos_token_id` (set model.config.eos_token_id)")
     pad = next((c.pad_token_id for c in configs if getattr(c, "pad_token_id", None) is not None), None)
     return (eos if isinstance(eos, int) else eos[0]) if pad is None else pad, eos
 
@@ -56,6 +60,18 @@ class TIDPOScheme(WeightingScheme):
         super().__init__(args)
         self.settings = resolve_tidpo_settings(args)
         self.needs_hidden_for_loss = self.settings.kl_alpha > 0
+        if getattr(args, "loss_type", "sigmoid") == "ipo" and self.settings.kl_alpha > 0:
+            raise UserError(
+                f"weighting=tidpo with loss_type=ipo needs tidpo_kl_alpha=0 (got {self.settings.kl_alpha}): IPO "
+                "divides the weighted margin by the completion lengths, while the TDPO2 KL offset is a sum over the "
+                "sequence, and the TI-DPO spec defines that offset inside the sigmoid loss only; use loss_type "
+                "sigmoid, or set tidpo_kl_alpha 0")
+
+    @staticmethod
+    def default_beta(args: Any = None) -> float:
+        """The scheme's default β: that of the preset ``args.tidpo_preset`` (``paper`` when unset), used when the
+        run leaves ``beta`` unset (precedence: explicit ``beta`` > preset > built-in default)."""
+        return preset_beta(getattr(args, "tidpo_preset", None) or "paper")
 
     def _count_or_raise(self, error: FloatingPointError) -> float:
         if self.settings.on_failure == "raise":
@@ -94,25 +110,35 @@ class TIDPOScheme(WeightingScheme):
             return zeros, {"tidpo/kl_chosen": 0.0, "tidpo/kl_rejected": 0.0, "tidpo/kl_term": 0.0,
                            "tidpo/kl_failures": failures}
         kl_chosen, kl_rejected = kl.chunk(2)
-        offset = alpha * (kl_rejected - kl_chosen.detach())
+        offset = tdpo2_offset(kl, alpha)
         return offset, {"tidpo/kl_chosen": kl_chosen.mean().item(), "tidpo/kl_rejected": kl_rejected.mean().item(),
                         "tidpo/kl_term": offset.mean().item(), "tidpo/kl_failures": 0.0}
 
     def extra_loss(self, ctx: LossContext) -> tuple[torch.Tensor, dict[str, float]] | None:
-        """``(γ · L_triplet, metrics)`` with an anchor sampled from the current policy; ``None`` when γ = 0."""
+        """``(γ · L_triplet, metrics)`` with an anchor sampled from the current policy; ``None`` when γ = 0.
+
+        Pair ``b``'s anchor is drawn with a generator seeded from ``(seed, ctx.step, row_index[b])``; in evaluation
+        (``ctx.step is None``) from ``(seed, row_index[b])``, so every evaluation of a row sees the same anchor.
+        """
         s = self.settings
         if s.gamma == 0:
             return None
         if ctx.ref_model is None:
-            raise ValueError("TI-DPO's triplet loss (`tidpo_gamma` > 0) needs a reference model to score anchors")
+            raise UserError("TI-DPO's triplet loss (`tidpo_gamma` > 0) needs a reference model to score anchors "
+                            "(not precompute_ref_log_probs; or set tidpo_gamma 0)")
         policy = extract_model_from_parallel(ctx.model)
         reference = extract_model_from_parallel(ctx.ref_model)
         inputs = ctx.inputs
         pairs = inputs.input_ids.shape[0] // 2
         pad_token_id, eos_token_id = special_token_ids(policy)
+        rows = inputs.batch.get("row_index")
+        if rows is None or rows.shape != (pairs,) or (rows < 0).any():
+            raise ValueError("TI-DPO's triplet loss seeds each pair's anchor from its dataset row: the batch needs "
+                             f"`row_index` [{pairs}] (>= 0), as tokenize_preference_dataset gives it")
         anchor = sample_anchors(
             policy, inputs.input_ids[:pairs], inputs.attention_mask[:pairs], inputs.completion_mask[:pairs],
-            pad_token_id=pad_token_id, eos_token_id=eos_token_id, top_k=s.anchor_top_k, top_p=s.anchor_top_p,
+            seeds=anchor_seeds(s.seed, rows.tolist(), ctx.step), pad_token_id=pad_token_id,
+            eos_token_id=eos_token_id, top_k=s.anchor_top_k, top_p=s.anchor_top_p,
             temperature=s.anchor_temperature, max_new_tokens=s.anchor_max_new_tokens,
             max_length=getattr(self.args, "max_length", None))
         policy_anchor = anchor_token_logps(policy, anchor)

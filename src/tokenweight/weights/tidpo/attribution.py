@@ -21,7 +21,8 @@ from torch import nn
 from transformers.modeling_layers import GradientCheckpointingLayer
 
 from tokenweight.logps import backbone, output_head
-from tokenweight.tidpo.common import eval_mode, last_index, position_ids_from_mask
+from tokenweight.masks import last_index, position_ids_from_mask
+from tokenweight.weights.tidpo.common import eval_mode
 
 SPANS = ("response", "full")
 

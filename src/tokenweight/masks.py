@@ -1,0 +1,42 @@
+"""The shared mask helpers: pack-left, last set position, position ids of padded rows.
+
+Masks are ``[R, T]`` (bool or 0/1); rows are independent.
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+def pack_left(values: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Gather each row's masked positions to the left, in order.
+
+    Args:
+        values: ``[R, T, ...]`` (any trailing dims, e.g. ``[R, T, d]`` states or ``[R, T]`` scalars).
+        mask: ``[R, T]`` bool.
+
+    Returns:
+        ``(packed [R, N, ...], packed_mask [R, N], order [R, N])`` with ``N`` the largest row count (at least 1);
+        ``order[r, k]`` is the position in ``[0, T)`` of packed entry ``k``. The kept entries come first, then the
+        row's other positions in order (``packed`` is *not* zeroed past ``packed_mask``). The positions are distinct
+        within a row, so weights can be scattered back with ``scatter_(1, order, packed_weights)`` when they are 0
+        off ``packed_mask``.
+    """
+    mask = mask.bool()
+    counts = mask.sum(dim=1)
+    width = max(int(counts.max()), 1)
+    order = torch.argsort((~mask).to(torch.int8), dim=1, stable=True)[:, :width]
+    packed = values[torch.arange(values.shape[0], device=values.device)[:, None], order]
+    packed_mask = torch.arange(width, device=mask.device)[None, :] < counts[:, None]
+    return packed, packed_mask, order
+
+
+def last_index(mask: torch.Tensor) -> torch.Tensor:
+    """``[R, T]`` mask → ``[R]`` index of the last set position (-1 for an empty row)."""
+    positions = torch.arange(mask.shape[1], device=mask.device).expand_as(mask)
+    return torch.where(mask.bool(), positions, -1).max(dim=1).values
+
+
+def position_ids_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:
+    """``[R, T]`` 0/1 mask → ``[R, T]`` position ids counting real tokens only (0 on leading padding)."""
+    return (attention_mask.long().cumsum(dim=1) - 1).clamp(min=0)
