@@ -186,10 +186,11 @@ def run_training(config: TokenweightConfig) -> dict:
 
 def print_results(results: dict) -> None:
     """A before/after table of the held-out metrics on the terminal."""
-    table = Table(title=f"held-out metrics (weighting={results['weighting']}; eval split: {results['eval_split']})")
+    table = Table(title=f"held-out metrics (weighting={results['weighting']})")
     table.add_column("metric")
     table.add_column("reference (before)", justify="right")
     table.add_column("trained (after)", justify="right")
     for name in results["after"]:
         table.add_row(name, f"{results['before'].get(name, float('nan')):.4f}", f"{results['after'][name]:.4f}")
     Console().print(table)
+    Console().print(f"eval split: {results['eval_split']}", soft_wrap=True, markup=False, highlight=False)

@@ -147,6 +147,7 @@ def load_splits(source: Any, train_split: str, eval_split: str | None, eval_frac
     if eval_split and eval_fraction:
         raise UserError(f"--eval_split {eval_split} and --eval_fraction {eval_fraction}: give one of them")
     where = describe_source(source)
+    held_out = load_preference_split(source, eval_split) if eval_split else None  # a missing split fails first
     train = load_preference_split(source, train_split)
     if eval_fraction:
         train, held_out, eval_rows, train_rows = carve_eval_fraction(train, eval_fraction, seed)
@@ -156,7 +157,6 @@ def load_splits(source: Any, train_split: str, eval_split: str | None, eval_frac
     train_name = f"{train_split} ({where}, {len(train)} rows)"
     if not eval_split:
         return PreferenceSplits(train, None, train_name, None)
-    held_out = load_preference_split(source, eval_split)
     return PreferenceSplits(train, held_out, train_name, f"{eval_split} ({where}, {len(held_out)} rows)")
 
 

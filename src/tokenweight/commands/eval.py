@@ -219,11 +219,11 @@ def answer_text(completion: str | list[dict]) -> str:
 
 def print_report(results: dict) -> None:
     """One rich table: section, metric, value."""
-    table = Table(title=f"tokenweight eval: {results['model']}; eval split: {results['split']} "
-                        f"({results['pairs']} pairs)")
+    table = Table(title=f"tokenweight eval: {results['model']} ({results['pairs']} pairs)")
     for column, justify in (("section", "left"), ("metric", "left"), ("value", "right")):
         table.add_column(column, justify=justify)
     for section in ("preference", "weighted", "generation", "keyfact", "win_rate"):
         for name, value in results.get(section, {}).items():
             table.add_row(section, name, f"{value:.4f}" if isinstance(value, float) else str(value))
     Console().print(table)
+    Console().print(f"eval split: {results['split']}", soft_wrap=True, markup=False, highlight=False)
