@@ -9,6 +9,7 @@ import pytest
 import torch
 from conftest import conversational_rows, standard_rows
 
+from tokenweight.errors import UserError
 from tokenweight.data import (PreferenceCollator, load_preference_split, split_implicit_prompt,
                               tokenize_preference_dataset)
 
@@ -66,7 +67,7 @@ def test_truncation_rules_and_counts(tokenizer):
     ds, stats = tokenize(rows + [{"prompt": "what is " * 10, "chosen": " yes", "rejected": " no"}], tokenizer,
                          max_length=12)
     assert stats.dropped_too_long == [4] and len(ds) == 4
-    with pytest.raises(ValueError, match="every row was dropped"):
+    with pytest.raises(UserError, match="every row was dropped"):
         tokenize(rows, tokenizer, max_length=3)
 
 
@@ -85,10 +86,10 @@ def test_weight_columns_are_checked_truncated_and_collated(tokenizer):
     assert batch["token_weights"][0, :p].abs().sum() == 0
     assert batch["token_weights"][0, p:].tolist() == [float(i) for i in range(room)]
     rows[1]["rejected_weights"] = rows[1]["rejected_weights"][:-1]
-    with pytest.raises(ValueError, match=r"row 1, column 'rejected_weights': \d+ weights for \d+ completion"):
+    with pytest.raises(UserError, match=r"row 1, column 'rejected_weights': \d+ weights for \d+ completion"):
         tokenize(rows, tokenizer)
     rows[1]["rejected_weights"] = [-1.0] * len(base[1]["rejected_ids"])
-    with pytest.raises(ValueError, match="row 1, column 'rejected_weights': weights must be finite"):
+    with pytest.raises(UserError, match="row 1, column 'rejected_weights': weights must be finite"):
         tokenize(rows, tokenizer)
 
 
@@ -117,7 +118,7 @@ def test_collator_layout(tokenizer):
 ])
 def test_bad_standard_rows_name_row_and_column(tokenizer, bad, message):
     rows = [standard_rows(1)[0], bad]
-    with pytest.raises(ValueError, match=message):
+    with pytest.raises(UserError, match=message):
         tokenize_preference_dataset(_listing(rows), tokenizer)
 
 
@@ -131,14 +132,15 @@ def _listing(rows):
 def test_bad_conversational_rows(tokenizer):
     good = conversational_rows(1)[0]
     bad_role = {**good, "chosen": [{"content": "yes"}]}
-    with pytest.raises(ValueError, match="row 1, column 'chosen', message 0: expected a dict with 'role'"):
+    with pytest.raises(UserError, match="row 1, column 'chosen', message 0: expected a dict with 'role'"):
         tokenize_preference_dataset(_listing([good, bad_role]), tokenizer)
     empty = {**good, "rejected": [{"role": "assistant", "content": " "}]}
-    with pytest.raises(ValueError, match="row 1, column 'rejected': empty completion"):
+    with pytest.raises(UserError, match="row 1, column 'rejected': empty completion"):
         tokenize_preference_dataset(_listing([good, empty]), tokenizer)
     tokenizer.chat_template = ("{% for m in messages %}<|{{ m['role'] }}|> {{ m['content'] }} <|end|> {% endfor %}"
                                "{% if add_generation_prompt %}<|user|> {% endif %}")  # renders the prompt differently
-    with pytest.raises(ValueError, match="row 0, column 'chosen': the chat template renders the prompt differently"):
+    with pytest.raises(UserError, match=r"row 0, column 'chosen': the chat template renders the prompt "
+                                        r"\(roles \[user\], with the generation prompt\) differently"):
         tokenize_preference_dataset(_listing([good]), tokenizer)
 
 
@@ -160,8 +162,8 @@ def test_sources_files_folders_and_objects(tmp_path):
         loaded = load_preference_split(str(tmp_path / source), "train")
         assert [r["chosen"] for r in loaded] == [r["chosen"] for r in rows]
     assert len(load_preference_split(datasets.Dataset.from_list(rows))) == 4
-    with pytest.raises(ValueError, match=r"split 'test' not found .* \['train'\]"):
+    with pytest.raises(UserError, match=r"split 'test' not found .* \['train'\]"):
         load_preference_split(str(tmp_path / "saved"), "test")
     (tmp_path / "d.txt").write_text("x")
-    with pytest.raises(ValueError, match="unsupported extension '.txt'"):
+    with pytest.raises(UserError, match="unsupported extension '.txt'"):
         load_preference_split(str(tmp_path / "d.txt"))

@@ -86,6 +86,15 @@ def _train(argv: list[str]) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from tokenweight.errors import UserError
+    try:
+        return _main(argv)
+    except UserError as error:
+        print(f"tokenweight: error: {error}", file=sys.stderr)
+        return 2
+
+
+def _main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     parser = argparse.ArgumentParser(prog="tokenweight", description="Token-weighted preference optimization.",
                                      formatter_class=argparse.RawDescriptionHelpFormatter, epilog=TRAIN_EXAMPLES)

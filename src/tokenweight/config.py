@@ -35,6 +35,9 @@ class TokenweightConfig(TrainingArguments):
                 "Default: the built-in KeyFact task."})
     dataset_split: str = field(default="train", metadata={"help": "Split used for training."})
     eval_split: str | None = field(default=None, metadata={"help": "Split used for evaluation (none: no eval)."})
+    eval_fraction: float | None = field(default=None, metadata={
+        "help": "Hold out this fraction of the training split for evaluation (seeded by `seed`, disjoint; the "
+                "row indices go to results.json). For a single file, which has only the split 'train'."})
     max_length: int | None = field(default=1024, metadata={
         "help": "Max tokens of prompt + completion; completions are cut on the right, rows whose prompt fills "
                 "it are dropped (counted)."})

@@ -1,11 +1,16 @@
-"""Preference data: sources, formats, validation, tokenization and the collator.
+"""Preference data: formats, validation, tokenization and the collator (sources: :mod:`tokenweight.sources`).
 
 Formats (TRL-compatible):
 
 - *standard*: ``prompt``, ``chosen``, ``rejected`` are strings;
 - *conversational*: they are lists of ``{"role", "content"}`` messages, rendered with the tokenizer's chat template;
-- *implicit prompt*: no ``prompt`` column; the shared leading messages (conversational) or the shared leading
+- *implicit prompt*: no ``prompt`` column, or (TRL's rule) a string ``prompt`` beside conversational ``chosen`` /
+  ``rejected`` that repeat the user turn; the shared leading messages (conversational) or the shared leading
   text, cut back to a whitespace boundary (standard), are the prompt.
+
+Every row of a dataset has one format. Messages have a known role (:data:`KNOWN_ROLES`); a completion starts with
+an ``assistant`` message and the prompt does not end with one. A malformed row is a
+:class:`~tokenweight.errors.UserError` naming the split, the row (0-based) and the column.
 
 Tokenization is TRL's for both formats, so that losses match TRL's DPOTrainer exactly: standard rows tokenize
 ``prompt`` and ``prompt + completion + eos_token``; conversational rows render ``prompt`` with the generation
@@ -25,54 +30,26 @@ EOS included) are validated against the tokenized completions and truncated with
 from __future__ import annotations
 
 import logging
-import os
-from dataclasses import dataclass, field
-from pathlib import Path
+import sys
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import datasets
 import torch
 
+from tokenweight.errors import UserError
+from tokenweight.sources import load_preference_split  # noqa: F401  (re-exported: the public loading entry)
+
 logger = logging.getLogger(__name__)
 
 WEIGHT_COLUMNS = ("chosen_weights", "rejected_weights")
-_FILE_BUILDERS = {".json": "json", ".jsonl": "json", ".parquet": "parquet", ".csv": "csv"}
-
-
-# ----------------------------------------------------------------------------------------------- sources
-
-
-def load_preference_split(source: Any, split: str = "train") -> datasets.Dataset:
-    """One split of a preference dataset from a ``datasets.Dataset``/``DatasetDict``, a local file
-    (``.json``, ``.jsonl``, ``.parquet``, ``.csv``), a local folder (``save_to_disk`` output or data files) or a
-    hub dataset id."""
-    if isinstance(source, datasets.Dataset):
-        return source
-    if isinstance(source, datasets.DatasetDict):
-        return _pick_split(source, split, "the given DatasetDict")
-    path = Path(os.path.expanduser(str(source)))
-    if path.is_file():
-        builder = _FILE_BUILDERS.get(path.suffix.lower())
-        if builder is None:
-            raise ValueError(f"dataset file {path}: unsupported extension {path.suffix!r} "
-                             f"(supported: {sorted(_FILE_BUILDERS)})")
-        return datasets.load_dataset(builder, data_files=str(path), split="train")
-    if path.is_dir():
-        if (path / "dataset_dict.json").exists() or (path / "state.json").exists():
-            loaded = datasets.load_from_disk(str(path))
-            return loaded if isinstance(loaded, datasets.Dataset) else _pick_split(loaded, split, str(path))
-        return _pick_split(datasets.load_dataset(str(path)), split, str(path))
-    return datasets.load_dataset(str(source), split=split)
-
-
-def _pick_split(dataset_dict: datasets.DatasetDict, split: str, where: str) -> datasets.Dataset:
-    if split not in dataset_dict:
-        raise ValueError(f"split {split!r} not found in {where} (available: {sorted(dataset_dict)}); "
-                         "set --dataset_split / --eval_split")
-    return dataset_dict[split]
 
 
 # ----------------------------------------------------------------------------------------------- formats
+
+#: Roles a message may have; a conversational completion starts with an ``assistant`` message.
+KNOWN_ROLES = ("system", "developer", "user", "assistant", "tool", "ipython", "function")
 
 
 def is_conversational(row: dict) -> bool:
@@ -82,14 +59,25 @@ def is_conversational(row: dict) -> bool:
 
 def _check_messages(value: Any, index: int, column: str) -> None:
     if not isinstance(value, list) or not value:
-        raise ValueError(f"row {index}, column {column!r}: expected a non-empty list of messages, "
-                         f"got {type(value).__name__}")
+        raise UserError(f"row {index}, column {column!r}: expected a non-empty list of messages, "
+                        f"got {_describe(value)}")
     for k, message in enumerate(value):
         if not isinstance(message, dict) or "role" not in message or "content" not in message:
-            raise ValueError(f"row {index}, column {column!r}, message {k}: expected a dict with 'role' and "
-                             f"'content', got {message!r:.80}")
+            raise UserError(f"row {index}, column {column!r}, message {k}: expected a dict with 'role' and "
+                            f"'content', got {_describe(message)}")
+        if message["role"] not in KNOWN_ROLES:
+            raise UserError(f"row {index}, column {column!r}, message {k}: unknown role {_describe(message['role'])}"
+                            f" (known roles: {', '.join(KNOWN_ROLES)})")
         if not isinstance(message["content"], str):
-            raise ValueError(f"row {index}, column {column!r}, message {k}: 'content' must be a string")
+            raise UserError(f"row {index}, column {column!r}, message {k}: 'content' must be a string, got "
+                            f"{_describe(message['content'])}")
+
+
+def _describe(value: Any) -> str:
+    """A short, one-line description of a bad value for an error message."""
+    text = repr(value)
+    text = text if len(text) <= 60 else text[:57] + "..."
+    return text if isinstance(value, (str, int, float, bool, type(None))) else f"{type(value).__name__} {text}"
 
 
 def split_implicit_prompt(row: dict) -> dict:
@@ -111,27 +99,62 @@ def split_implicit_prompt(row: dict) -> dict:
     return {**row, "prompt": chosen[:n], "chosen": chosen[n:], "rejected": rejected[n:]}
 
 
+def with_explicit_prompt(row: dict) -> dict:
+    """TRL's prompt rules: a row without ``prompt``, or with a string ``prompt`` beside conversational
+    ``chosen``/``rejected`` (which then repeat the user turn, as in ``HuggingFaceH4/ultrafeedback_binarized``),
+    has an implicit prompt: the shared leading messages (:func:`split_implicit_prompt`). Other rows are kept."""
+    if "chosen" not in row or "rejected" not in row:
+        return row
+    if "prompt" not in row:
+        if isinstance(row["chosen"], (str, list)) and type(row["chosen"]) is type(row["rejected"]):
+            return split_implicit_prompt(row)
+        return row
+    if isinstance(row["prompt"], str) and isinstance(row["chosen"], list) and isinstance(row["rejected"], list):
+        return split_implicit_prompt(row)
+    return row
+
+
 def validate_row(row: dict, index: int) -> None:
-    """Raise ``ValueError`` naming the row and column for any malformed preference row."""
+    """Raise :class:`UserError` naming the row and column for any malformed preference row."""
     for column in ("prompt", "chosen", "rejected"):
         if column not in row:
-            raise ValueError(f"row {index}: missing column {column!r} (columns: {sorted(row)})")
+            raise UserError(f"row {index}: missing column {column!r} (columns: {sorted(row)})")
     conversational = is_conversational(row)
     for column in ("prompt", "chosen", "rejected"):
         value = row[column]
         if conversational:
             if column == "prompt" and value == []:
-                raise ValueError(f"row {index}, column 'prompt': no prompt messages (chosen and rejected share "
-                                 "no leading message)")
+                raise UserError(f"row {index}, column 'prompt': no prompt messages (chosen and rejected share "
+                                "no leading message)")
             _check_messages(value, index, column)
             if column != "prompt" and not "".join(m["content"] for m in value).strip():
-                raise ValueError(f"row {index}, column {column!r}: empty completion")
+                raise UserError(f"row {index}, column {column!r}: empty completion")
         else:
             if not isinstance(value, str):
-                raise ValueError(f"row {index}, column {column!r}: expected a string (standard format) or a "
-                                 f"list of messages (conversational), got {type(value).__name__}")
+                raise UserError(f"row {index}, column {column!r}: expected a string (standard format) or a "
+                                f"list of messages (conversational), got {_describe(value)}"
+                                + (" while 'chosen' is a string" if isinstance(value, list) else ""))
             if column != "prompt" and not value.strip():
-                raise ValueError(f"row {index}, column {column!r}: empty completion")
+                raise UserError(f"row {index}, column {column!r}: empty completion")
+    if conversational:
+        _check_role_order(row, index)
+
+
+def _check_role_order(row: dict, index: int) -> None:
+    """A conversational completion answers the prompt: it starts with an ``assistant`` message, and the prompt
+    does not end with one."""
+    if row["prompt"][-1]["role"] == "assistant":
+        raise UserError(f"row {index}, column 'prompt': the prompt ends with an 'assistant' message (roles "
+                        f"{_roles(row['prompt'])}); the last prompt message must be the turn the completion answers "
+                        "(user, system or tool)")
+    for column in ("chosen", "rejected"):
+        if row[column][0]["role"] != "assistant":
+            raise UserError(f"row {index}, column {column!r}: a completion must start with an 'assistant' message, "
+                            f"got roles {_roles(row[column])} after the prompt's {_roles(row['prompt'])}")
+
+
+def _roles(messages: list[dict]) -> str:
+    return "[" + ", ".join(str(m["role"]) for m in messages) + "]"
 
 
 # ----------------------------------------------------------------------------------------------- tokenization
@@ -150,18 +173,27 @@ def _as_ids(encoded: Any) -> list[int]:
     return list(encoded)
 
 
+def _render(tokenizer, messages: list[dict], index: int, column: str, **kwargs) -> list[int]:
+    """Chat-template token ids of ``messages``; a template error names the row and column."""
+    try:
+        return _as_ids(tokenizer.apply_chat_template(messages, tokenize=True, **kwargs))
+    except Exception as error:  # jinja2 TemplateError (raise_exception in the template), missing template …
+        message = str(error).splitlines()[0] if str(error) else type(error).__name__
+        raise UserError(f"row {index}, column {column!r}: the chat template refused the messages (roles "
+                        f"{_roles(messages)}): {message}") from error
+
+
 def tokenize_row(row: dict, index: int, tokenizer) -> dict:
     """Token ids of one validated row: ``prompt_ids``, ``chosen_ids``, ``rejected_ids`` (TRL's tokenization)."""
     if is_conversational(row):
-        prompt_ids = _as_ids(tokenizer.apply_chat_template(row["prompt"], add_generation_prompt=True,
-                                                           tokenize=True))
-        full = {c: _as_ids(tokenizer.apply_chat_template(row["prompt"] + row[c], tokenize=True))
-                for c in ("chosen", "rejected")}
+        prompt_ids = _render(tokenizer, row["prompt"], index, "prompt", add_generation_prompt=True)
+        full = {c: _render(tokenizer, row["prompt"] + row[c], index, c) for c in ("chosen", "rejected")}
         for column, ids in full.items():
             if ids[:len(prompt_ids)] != prompt_ids:
-                raise ValueError(f"row {index}, column {column!r}: the chat template renders the prompt "
-                                 "differently when a completion follows (the rendered prompt is not a prefix of "
-                                 "the rendered conversation); fix the chat template or the messages")
+                raise UserError(f"row {index}, column {column!r}: the chat template renders the prompt (roles "
+                                f"{_roles(row['prompt'])}, with the generation prompt) differently when the "
+                                f"completion (roles {_roles(row[column])}) follows, so the completion's tokens "
+                                "cannot be told apart; fix the chat template or the messages")
         prompt_len = len(prompt_ids)
     else:
         eos = tokenizer.eos_token or ""
@@ -177,7 +209,7 @@ def tokenize_row(row: dict, index: int, tokenizer) -> dict:
 
 @dataclass
 class TokenizeStats:
-    """What tokenization did to a dataset (also logged)."""
+    """What tokenization did to a dataset (also logged, printed by the CLI and written to ``results.json``)."""
 
     rows: int = 0
     dropped_too_long: list[int] = field(default_factory=list)
@@ -191,38 +223,77 @@ class TokenizeStats:
                 f"{self.completion_truncated} completions cut on the right (max_length), "
                 f"{self.identical_pairs} pairs with identical chosen and rejected")
 
+    def warnings(self, name: str) -> list[str]:
+        """One ``warning: …`` line per non-zero count that changes what is trained on."""
+        lines = []
+        if self.dropped_too_long:
+            shown = self.dropped_too_long[:10]
+            lines.append(f"warning: {name}: {len(self.dropped_too_long)} of {self.rows} rows dropped because the "
+                         f"prompt fills max_length (rows {shown}{' …' if len(self.dropped_too_long) > 10 else ''})")
+        if self.prompt_truncated:
+            lines.append(f"warning: {name}: {self.prompt_truncated} prompts cut on the left to max_prompt_length")
+        if self.completion_truncated:
+            lines.append(f"warning: {name}: {self.completion_truncated} pairs with a completion cut on the right "
+                         "to max_length")
+        if self.identical_pairs:
+            lines.append(f"warning: {name}: {self.identical_pairs} pairs have identical chosen and rejected "
+                         "completions (no preference signal; kept)")
+        return lines
+
+    def as_dict(self) -> dict:
+        """The counts for ``results.json`` (``dropped`` is the count, ``dropped_rows`` the row indices)."""
+        values = asdict(self)
+        values["dropped_rows"] = values.pop("dropped_too_long")
+        values["dropped"] = len(values["dropped_rows"])
+        return values
+
 
 def tokenize_preference_dataset(dataset: datasets.Dataset, tokenizer, max_length: int | None = None,
                                 max_prompt_length: int | None = None, name: str = "train",
+                                source_rows: Sequence[int] | None = None,
                                 ) -> tuple[datasets.Dataset, TokenizeStats]:
     """Validate and tokenize every row; returns the tokenized dataset and its :class:`TokenizeStats`.
 
     Added columns: ``prompt_ids``, ``chosen_ids``, ``rejected_ids`` (lists of ints), ``row_index`` (the row's
     index in ``dataset``); ``chosen_weights``/``rejected_weights`` are checked and truncated when present. Other
     columns are kept. Rows with no completion left after truncation are removed (their indices are in
-    ``stats.dropped_too_long``).
+    ``stats.dropped_too_long``). A malformed row is a :class:`UserError` naming ``name``, the row and the column;
+    ``source_rows`` (when ``dataset`` is a subset of a file) maps row indices to the numbers errors show.
     """
+    try:
+        return _tokenize(dataset, tokenizer, max_length, max_prompt_length, name, source_rows)
+    except UserError as error:
+        raise UserError(f"{name}: {error}") from error
+
+
+def _tokenize(dataset, tokenizer, max_length, max_prompt_length, name, source_rows):
     if len(dataset) == 0:
-        raise ValueError(f"{name} dataset is empty")
+        raise UserError("the dataset has no rows")
     columns = set(dataset.column_names)
     for column in ("chosen", "rejected"):
         if column not in columns:
-            raise ValueError(f"{name} dataset is missing column {column!r} (columns: {sorted(columns)})")
+            raise UserError(f"missing column {column!r} (columns: {sorted(columns)})")
     if (("chosen_weights" in columns) != ("rejected_weights" in columns)):
-        raise ValueError(f"{name} dataset has only one of the columns {WEIGHT_COLUMNS}; give both")
+        raise UserError(f"only one of the columns {WEIGHT_COLUMNS} is present; give both")
     stats = TokenizeStats(rows=len(dataset))
-    rows = []
+    rows, first_format = [], None
     for index, row in enumerate(dataset):
-        if "prompt" not in row:
-            row = split_implicit_prompt(row)
-        validate_row(row, index)
+        label = source_rows[index] if source_rows is not None else index
+        row = with_explicit_prompt(row)
+        validate_row(row, label)
+        row_format = "conversational" if is_conversational(row) else "standard"
+        first_format = first_format or (row_format, label)
+        if row_format != first_format[0]:
+            raise UserError(f"row {label}: a {row_format} row (chosen is "
+                            f"{'a list of messages' if row_format == 'conversational' else 'a string'}) after "
+                            f"{first_format[0]} rows (row {first_format[1]}); use one format for the whole dataset")
         if row["chosen"] == row["rejected"]:
             stats.identical_pairs += 1
-        tokens = tokenize_row(row, index, tokenizer)
+        tokens = tokenize_row(row, label, tokenizer)
         for column in WEIGHT_COLUMNS:
             if column in row:
                 tokens[column] = _checked_weights(row[column], len(tokens[column.replace("weights", "ids")]),
-                                                  index, column)
+                                                  label, column)
         if not _truncate(tokens, max_length, max_prompt_length, stats):
             stats.dropped_too_long.append(index)
             continue
@@ -232,20 +303,47 @@ def tokenize_preference_dataset(dataset: datasets.Dataset, tokenizer, max_length
                        "signal (kept, counted)", name, stats.identical_pairs)
     logger.info(stats.summary(name))
     if not rows:
-        raise ValueError(f"{name} dataset: every row was dropped because its prompt fills max_length="
-                         f"{max_length}; raise max_length or set max_prompt_length")
+        raise UserError(f"every row was dropped because its prompt fills max_length={max_length}; raise "
+                        "max_length or set max_prompt_length")
+    _check_column_types(rows, source_rows)
     return datasets.Dataset.from_list(rows), stats
+
+
+def _check_column_types(rows: list[dict], source_rows: Sequence[int] | None) -> None:
+    """Every extra column must hold one type (numbers and nulls mix with anything of their kind)."""
+    kinds: dict[str, tuple[str, int]] = {}
+    for k, row in enumerate(rows):
+        for column, value in row.items():
+            if value is None:
+                continue
+            kind = "number" if isinstance(value, (int, float)) and not isinstance(value, bool) else type(value).__name__
+            label = source_rows[row["row_index"]] if source_rows is not None else row["row_index"]
+            first = kinds.setdefault(column, (kind, label))
+            if first[0] != kind:
+                raise UserError(f"row {label}, column {column!r}: a {kind} where row {first[1]} has a {first[0]} "
+                                "(a column holds one type)")
+
+
+def print_data_summary(stats: TokenizeStats, name: str, file=None) -> None:
+    """The CLI's one-line data summary of a split, then one ``warning:`` line per non-zero drop/truncation/identical
+    count, on stderr (stdout carries the results)."""
+    file = file or sys.stderr
+    print(f"data {stats.summary(name)}", file=file)
+    for line in stats.warnings(name):
+        print(line, file=file)
 
 
 def _checked_weights(weights: Any, expected: int, index: int, column: str) -> list[float]:
     if not isinstance(weights, (list, tuple)):
-        raise ValueError(f"row {index}, column {column!r}: expected a list of floats, got {type(weights).__name__}")
+        raise UserError(f"row {index}, column {column!r}: expected a list of floats, got {_describe(weights)}")
     if len(weights) != expected:
-        raise ValueError(f"row {index}, column {column!r}: {len(weights)} weights for {expected} completion "
-                         "tokens (one weight per completion token, EOS included)")
+        raise UserError(f"row {index}, column {column!r}: {len(weights)} weights for {expected} completion "
+                        "tokens (one weight per completion token, EOS included)")
+    if not all(isinstance(w, (int, float)) and not isinstance(w, bool) for w in weights):
+        raise UserError(f"row {index}, column {column!r}: weights must be numbers")
     values = [float(w) for w in weights]
     if any(not (w >= 0 and w < float("inf")) for w in values):
-        raise ValueError(f"row {index}, column {column!r}: weights must be finite and non-negative")
+        raise UserError(f"row {index}, column {column!r}: weights must be finite and non-negative")
     return values
 
 

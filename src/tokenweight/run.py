@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
+import sys
 from pathlib import Path
 
 import datasets
@@ -13,7 +15,9 @@ from rich.table import Table
 from transformers import set_seed
 
 from tokenweight.config import TokenweightConfig
-from tokenweight.data import load_preference_split, tokenize_preference_dataset
+from tokenweight.data import print_data_summary, tokenize_preference_dataset
+from tokenweight.errors import UserError
+from tokenweight.sources import PreferenceSplits, load_splits
 from tokenweight.evaluate import preference_report, score_pairs
 from tokenweight.models import add_lora_adapters, load_causal_lm, load_tokenizer
 
@@ -37,27 +41,42 @@ KEYFACT_DEFAULTS = {
 
 def load_raw_splits(config: TokenweightConfig) -> tuple[datasets.Dataset, datasets.Dataset | None]:
     """The raw train split and the raw eval split (``None`` without ``eval_split``); KeyFact by default."""
-    if config.dataset_name is None:
-        from tokenweight.keyfact import build_keyfact
-        splits = build_keyfact(facts_path=config.keyfact_facts, n_train=config.keyfact_train_size,
-                               n_eval=config.keyfact_eval_size, chosen_longer=config.keyfact_chosen_longer,
-                               label_noise=config.keyfact_label_noise, seed=config.keyfact_seed)
-        train_raw, eval_raw = splits["train"], splits["eval"]
-    else:
-        train_raw = load_preference_split(config.dataset_name, config.dataset_split)
-        eval_raw = load_preference_split(config.dataset_name, config.eval_split) if config.eval_split else None
-    return train_raw, eval_raw
+    splits = load_run_splits(config)
+    return splits.train, splits.eval
 
 
-def tokenize_split(config: TokenweightConfig, tokenizer, raw: datasets.Dataset, name: str) -> datasets.Dataset:
-    """Validate and tokenize one split under the config's length limits."""
-    tokenized, _ = tokenize_preference_dataset(raw, tokenizer, max_length=config.max_length,
-                                               max_prompt_length=config.max_prompt_length, name=name)
+def load_run_splits(config: TokenweightConfig) -> PreferenceSplits:
+    """The run's raw splits and their names: ``eval_split`` or an ``eval_fraction`` of the training split."""
+    if config.dataset_name is not None:
+        return load_splits(config.dataset_name, config.dataset_split, config.eval_split, config.eval_fraction,
+                           config.seed)
+    if config.eval_fraction:
+        raise UserError("--eval_fraction needs --dataset_name: the built-in KeyFact task has its own eval split")
+    from tokenweight.keyfact import build_keyfact
+    splits = build_keyfact(facts_path=config.keyfact_facts, n_train=config.keyfact_train_size,
+                           n_eval=config.keyfact_eval_size, chosen_longer=config.keyfact_chosen_longer,
+                           label_noise=config.keyfact_label_noise, seed=config.keyfact_seed)
+    return PreferenceSplits(splits["train"], splits["eval"], f"train (built-in KeyFact, {len(splits['train'])} rows)",
+                            f"eval (built-in KeyFact, {len(splits['eval'])} rows)")
+
+
+def tokenize_split(config: TokenweightConfig, tokenizer, raw: datasets.Dataset, name: str,
+                   summary: dict | None = None, label: str | None = None,
+                   source_rows: list[int] | None = None) -> datasets.Dataset:
+    """Validate and tokenize one split under the config's length limits. With ``summary``, its counts go to
+    ``summary[name]`` (for ``results.json``) and its one-line data summary and warnings to stderr."""
+    tokenized, stats = tokenize_preference_dataset(raw, tokenizer, max_length=config.max_length,
+                                                   max_prompt_length=config.max_prompt_length,
+                                                   name=label or name, source_rows=source_rows)
+    if summary is not None:
+        summary[name] = {"split": label or name, **stats.as_dict()}
+        print_data_summary(stats, f"{name} split {label or name}")
     return tokenized
 
 
 def tokenize_with_attention_weights(config: TokenweightConfig, model_path: str, tokenizer,
-                                    train_raw: datasets.Dataset) -> datasets.Dataset:
+                                    train_raw: datasets.Dataset, summary: dict | None = None,
+                                    label: str | None = None) -> datasets.Dataset:
     """The tokenized train split carrying AttentionPO weights as ``chosen_weights``/``rejected_weights``.
 
     The frozen initial model judges the untruncated pairs once (main process first; the others then load the
@@ -76,7 +95,11 @@ def tokenize_with_attention_weights(config: TokenweightConfig, model_path: str, 
     weighted = train_raw.select(full["row_index"])
     weighted = weighted.add_column("chosen_weights", cached.chosen_weights)
     weighted = weighted.add_column("rejected_weights", cached.rejected_weights)
-    return tokenize_split(config, tokenizer, weighted, "train")
+    tokenized = tokenize_split(config, tokenizer, weighted, "train", summary, label)
+    if summary is not None:
+        summary["train"]["attention"] = dataclasses.asdict(cached.stats)
+        print(f"data train: {cached.stats.summary()}", file=sys.stderr)
+    return tokenized
 
 
 def resolve_model_path(config: TokenweightConfig) -> str:
@@ -122,12 +145,16 @@ def run_training(config: TokenweightConfig) -> dict:
         torch.set_num_threads(1)  # a 150k-parameter model: extra intra-op threads only contend
     model_path = resolve_model_path(config)
     tokenizer = load_tokenizer(model_path)
-    train_raw, eval_raw = load_raw_splits(config)
+    splits = load_run_splits(config)
+    train_raw, eval_raw, data_summary = splits.train, splits.eval, {}
     if config.weighting == "attention":
-        train = tokenize_with_attention_weights(config, model_path, tokenizer, train_raw)
+        train = tokenize_with_attention_weights(config, model_path, tokenizer, train_raw, data_summary,
+                                                splits.train_name)
     else:
-        train = tokenize_split(config, tokenizer, train_raw, "train")
-    evaluation = tokenize_split(config, tokenizer, eval_raw, "eval") if eval_raw is not None else None
+        train = tokenize_split(config, tokenizer, train_raw, "train", data_summary, splits.train_name,
+                               splits.train_rows)
+    evaluation = (tokenize_split(config, tokenizer, eval_raw, "eval", data_summary, splits.eval_name,
+                                 splits.eval_rows) if eval_raw is not None else None)
     policy = load_causal_lm(model_path, config.model_dtype, config.attn_implementation)
     if config.use_peft:
         policy = add_lora_adapters(policy, config.lora_r, config.lora_alpha, config.lora_dropout,
@@ -136,7 +163,10 @@ def run_training(config: TokenweightConfig) -> dict:
                                config.attn_implementation)
     trainer = TokenweightTrainer(model=policy, ref_model=reference, args=config, train_dataset=train,
                                  eval_dataset=evaluation, processing_class=tokenizer)
-    results = {"weighting": config.weighting, "model": model_path}
+    results = {"weighting": config.weighting, "model": model_path, "eval_split": splits.eval_name,
+               "data": data_summary}
+    if splits.eval_rows is not None:
+        results["eval_rows"] = splits.eval_rows
     if evaluation is not None and trainer.is_world_process_zero():
         results["before"] = held_out_metrics(trainer.model, trainer.ref_model, tokenizer, trainer.eval_dataset,
                                              eval_raw, config, keyfact)
@@ -163,3 +193,4 @@ def print_results(results: dict) -> None:
     for name in results["after"]:
         table.add_row(name, f"{results['before'].get(name, float('nan')):.4f}", f"{results['after'][name]:.4f}")
     Console().print(table)
+    Console().print(f"eval split: {results['eval_split']}", soft_wrap=True, markup=False, highlight=False)

@@ -8,6 +8,7 @@ from pathlib import Path
 import datasets
 
 from tokenweight.config import TokenweightConfig
+from tokenweight.errors import UserError
 
 
 def add_source_arguments(parser: argparse.ArgumentParser, model_required: bool = False) -> None:
@@ -45,12 +46,13 @@ def load_pairs(config: TokenweightConfig, tokenizer, split: str, limit: int | No
 
     ``tokenized`` rows carry ``row_index`` into ``raw`` (rows whose prompt fills ``max_length`` are dropped).
     """
-    from tokenweight.data import load_preference_split, tokenize_preference_dataset
+    from tokenweight.data import load_preference_split, print_data_summary, tokenize_preference_dataset
 
     if config.dataset_name is None:
         from tokenweight.keyfact import build_keyfact
         if split not in ("train", "eval"):
-            raise ValueError(f"the built-in KeyFact task has the splits 'train' and 'eval', not {split!r}")
+            raise UserError(f"split {split!r} not found in the built-in KeyFact task (available: ['eval', "
+                            "'train'])")
         sizes = {"n_train": config.keyfact_train_size, "n_eval": config.keyfact_eval_size}
         if limit is not None:
             sizes["n_train" if split == "train" else "n_eval"] = limit
@@ -60,8 +62,9 @@ def load_pairs(config: TokenweightConfig, tokenizer, split: str, limit: int | No
         raw = load_preference_split(config.dataset_name, split)
         if limit is not None:
             raw = raw.select(range(min(limit, len(raw))))
-    tokenized, _ = tokenize_preference_dataset(raw, tokenizer, max_length=config.max_length,
-                                               max_prompt_length=config.max_prompt_length, name=split)
+    tokenized, stats = tokenize_preference_dataset(raw, tokenizer, max_length=config.max_length,
+                                                   max_prompt_length=config.max_prompt_length, name=split)
+    print_data_summary(stats, split)
     return tokenized, raw
 
 

@@ -7,16 +7,21 @@ import argparse
 import json
 from pathlib import Path
 
+import datasets
 from rich.console import Console
 from rich.table import Table
 
 from tokenweight.run import keyfact_model_path
+from tokenweight.errors import UserError
 from tokenweight.commands.common import add_source_arguments, build_config, load_pairs, model_label
 
 EXAMPLES = """examples:
-  tokenweight eval --model_name_or_path outputs/keyfact-default --output eval.json
-      # built-in KeyFact held-out split, reference = the KeyFact base model; adds key_acc, key_margin, gen_len
-  tokenweight eval --model_name_or_path runs/otpo --weighting otpo --output eval.json
+  tokenweight eval --model_name_or_path outputs/keyfact-default
+      # built-in KeyFact held-out split, reference = the KeyFact base model; adds key_acc, key_margin, gen_len;
+      # writes outputs/keyfact-default/eval.json (refuses to replace it without --overwrite)
+  tokenweight eval --model_name_or_path runs/otpo --weighting otpo --output eval-otpo.json
+  tokenweight eval --model_name_or_path runs/file-dpo --dataset_name pairs.jsonl --eval_fraction 0.1 --split_seed 0
+      # the rows `tokenweight train --dataset_name pairs.jsonl --eval_fraction 0.1 --seed 0` held out
   tokenweight eval --model_name_or_path runs/dpo --ref_model_name_or_path meta-llama/Llama-3.2-1B-Instruct \\
       --dataset_name trl-lib/ultrafeedback_binarized --eval_split test --num_pairs 500 \\
       --reward_model ./my-reward-model --num_generations 200 --export_dir exports --output eval.json
@@ -30,7 +35,12 @@ def register(subparsers) -> None:
     add_source_arguments(parser, model_required=True)
     parser.add_argument("--ref_model_name_or_path", help="reference of the implicit reward (default: the KeyFact "
                                                          "base model for KeyFact; none otherwise)")
-    parser.add_argument("--eval_split", help="held-out split (default: 'test'; KeyFact: 'eval')")
+    parser.add_argument("--eval_split", help="held-out split (default: 'test'; KeyFact: 'eval'; a single file: "
+                                             "its one split 'train')")
+    parser.add_argument("--eval_fraction", type=float,
+                        help="evaluate the fraction of the training split that `tokenweight train --eval_fraction F "
+                             "--seed N` held out (with --split_seed N)")
+    parser.add_argument("--split_seed", type=int, default=0, help="the training run's --seed for --eval_fraction")
     parser.add_argument("--num_pairs", type=int, help="evaluate at most this many pairs (default: all)")
     parser.add_argument("--num_generations", type=int, default=64,
                         help="held-out prompts to generate for (default 64; 0: no generation)")
@@ -43,17 +53,62 @@ def register(subparsers) -> None:
                                                "policy's generations against the reference's (or the dataset's "
                                                "chosen answers when there is no reference)")
     parser.add_argument("--export_dir", help="write alpaca_eval.json and arena_hard.jsonl of the generations here")
-    parser.add_argument("--output", default="eval.json", help="JSON file of the results (default eval.json)")
+    parser.add_argument("--output", help="JSON file of the results (default: eval.json in the model's folder)")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing results file")
     parser.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
+    output = output_path(args)
     results = evaluate_model(args)
     print_report(results)
-    Path(args.output).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.output).write_text(json.dumps(results, indent=2))
-    Console().print(f"wrote {args.output}")
+    output.parent.mkdir(parents=True, exist_ok=True)
+    output.write_text(json.dumps(results, indent=2))
+    Console().print(f"wrote {output}")
     return 0
+
+
+def output_path(args: argparse.Namespace) -> Path:
+    """``--output``, or ``eval.json`` in the evaluated model's folder; an existing file needs ``--overwrite``
+    (checked before any model is loaded)."""
+    if args.output:
+        output = Path(args.output)
+    elif Path(args.model_name_or_path).is_dir():
+        output = Path(args.model_name_or_path, "eval.json")
+    else:
+        raise UserError(f"--model_name_or_path {args.model_name_or_path} is not a local folder: name the results "
+                        "file with --output PATH")
+    if output.exists() and not args.overwrite:
+        raise UserError(f"{output} exists; pass --overwrite to replace it, or --output another path")
+    return output
+
+
+def held_out_rows(args: argparse.Namespace, config, tokenizer) -> tuple[str, datasets.Dataset, datasets.Dataset]:
+    """``(split name, tokenized pairs, raw rows)`` of the evaluated split, the name saying where it comes from:
+    ``test (file x.jsonl, 12 rows)``, ``train[eval_fraction 0.1, seed 0] (file x.jsonl, 3 rows)``, …"""
+    from tokenweight.data import print_data_summary, tokenize_preference_dataset
+    from tokenweight.sources import describe_source, load_splits
+
+    if args.eval_fraction:
+        if config.dataset_name is None:
+            raise UserError("--eval_fraction needs --dataset_name: the built-in KeyFact task has its own eval split")
+        splits = load_splits(config.dataset_name, args.eval_split or "train", None, args.eval_fraction,
+                             args.split_seed)
+        raw = splits.eval if args.num_pairs is None else splits.eval.select(range(min(args.num_pairs,
+                                                                                        len(splits.eval))))
+        pairs, stats = tokenize_preference_dataset(raw, tokenizer, max_length=config.max_length,
+                                                   max_prompt_length=config.max_prompt_length,
+                                                   name=splits.eval_name, source_rows=splits.eval_rows)
+        print_data_summary(stats, splits.eval_name)
+        return splits.eval_name, pairs, raw
+    if config.dataset_name is None:
+        split, where = args.eval_split or "eval", "built-in KeyFact"
+    else:
+        source_is_file = Path(config.dataset_name).expanduser().is_file()
+        split = args.eval_split or ("train" if source_is_file else "test")
+        where = describe_source(config.dataset_name)
+    pairs, raw = load_pairs(config, tokenizer, split, args.num_pairs)
+    return f"{split} ({where}, {len(raw)} rows)", pairs, raw
 
 
 def evaluate_model(args: argparse.Namespace) -> dict:
@@ -63,12 +118,11 @@ def evaluate_model(args: argparse.Namespace) -> dict:
 
     config = build_config(args)
     keyfact = config.dataset_name is None
-    split = args.eval_split or ("eval" if keyfact else "test")
     ref_path = args.ref_model_name_or_path or (keyfact_model_path(config) if keyfact else None)
     tokenizer = load_tokenizer(args.model_name_or_path)
     policy = load_causal_lm(args.model_name_or_path, config.model_dtype, config.attn_implementation)
     ref = load_causal_lm(ref_path, config.model_dtype, config.attn_implementation) if ref_path else None
-    pairs, raw = load_pairs(config, tokenizer, split, args.num_pairs)
+    split, pairs, raw = held_out_rows(args, config, tokenizer)
     beta = config.effective_beta
     results = {"model": args.model_name_or_path, "reference": ref_path, "dataset": config.dataset_name or "keyfact",
                "split": split, "pairs": len(pairs), "beta": beta}
@@ -80,7 +134,7 @@ def evaluate_model(args: argparse.Namespace) -> dict:
     results["preference"] = preference
     if args.weighting is not None:
         if ref is None:
-            raise ValueError("--weighting needs a reference model (--ref_model_name_or_path) for the implicit reward")
+            raise UserError("--weighting needs a reference model (--ref_model_name_or_path) for the implicit reward")
         results["weighted"] = {"weighting": args.weighting, **weighted_metrics(config, policy, ref, tokenizer, pairs,
                                                                               args.batch_size)}
 
@@ -165,11 +219,11 @@ def answer_text(completion: str | list[dict]) -> str:
 
 def print_report(results: dict) -> None:
     """One rich table: section, metric, value."""
-    table = Table(title=f"tokenweight eval: {results['model']} on {results['dataset']}:{results['split']} "
-                        f"({results['pairs']} pairs)")
+    table = Table(title=f"tokenweight eval: {results['model']} ({results['pairs']} pairs)")
     for column, justify in (("section", "left"), ("metric", "left"), ("value", "right")):
         table.add_column(column, justify=justify)
     for section in ("preference", "weighted", "generation", "keyfact", "win_rate"):
         for name, value in results.get(section, {}).items():
             table.add_row(section, name, f"{value:.4f}" if isinstance(value, float) else str(value))
     Console().print(table)
+    Console().print(f"eval split: {results['split']}", soft_wrap=True, markup=False, highlight=False)
