@@ -21,6 +21,7 @@ import statistics
 import sys
 import time
 import warnings
+from contextlib import contextmanager
 
 import ot
 import torch
@@ -61,6 +62,34 @@ def official_pair(chosen: torch.Tensor, rejected: torch.Tensor, chosen_mask: tor
                                                  reg_type="entropy")
     scale = plan.sum() / torch.minimum(a.sum(), b.sum())
     return plan.sum(1) / scale, plan.sum(0) / scale
+
+
+HOST_READS = ("item", "tolist", "numpy", "__bool__", "__int__", "__float__", "__index__")
+"""The ``torch.Tensor`` methods that copy a value to the host (a synchronisation on a GPU)."""
+
+
+@contextmanager
+def count_host_reads():
+    """Count calls of :data:`HOST_READS` inside the block (yields a one-element list holding the count).
+
+    On a GPU each is a device synchronisation; on a CPU this counts the same reads, so the number is the same.
+    """
+    count = [0]
+    originals = {name: getattr(torch.Tensor, name) for name in HOST_READS}
+
+    def counting(original):
+        def read(self, *args, **kwargs):
+            count[0] += 1
+            return original(self, *args, **kwargs)
+        return read
+
+    for name, original in originals.items():
+        setattr(torch.Tensor, name, counting(original))
+    try:
+        yield count
+    finally:
+        for name, original in originals.items():
+            setattr(torch.Tensor, name, original)
 
 
 def synchronize(device: str) -> None:
