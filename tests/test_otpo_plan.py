@@ -1,6 +1,7 @@
 """OTPO weights against the official per-pair algorithm (POT on the full padded matrix, float64)."""
 
 import math
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -10,6 +11,7 @@ from otpo_oracles import log_domain_unbalanced, normalised_cost, official_otpo_w
 from tokenweight.weights.otpo import otpo_cost, otpo_weights
 
 HIDDEN = 32
+baddbmm = torch.baddbmm
 LENGTHS = [(23, 17), (8, 30), (30, 30), (12, 5)]  # (chosen, rejected) response tokens per pair
 
 
@@ -144,3 +146,30 @@ def test_errors_name_the_row():
         otpo_weights(chosen, rejected, empty, rejected_mask)
     with pytest.raises(TypeError, match="bool"):
         otpo_weights(chosen, rejected, chosen_mask.float(), rejected_mask)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("reg", [1.0, 0.1])
+@pytest.mark.parametrize("prefix", [1, 5, 30])
+def test_shared_prefix_states_match_float64_oracle(prefix, reg, dtype):
+    """Chat templates make the first response states of chosen and rejected identical (the assistant header):
+    their exact zero distances must not come out of the matmul form as ~sqrt(eps)·‖h‖ (issue 10 item 2)."""
+    chosen, rejected, chosen_mask, rejected_mask = random_pairs(seed=12, lengths=[(40, 35), (31, 45)], shared=3.0)
+    rejected[:, :prefix] = chosen[:, :prefix]
+    chosen, rejected = chosen.to(dtype), rejected.to(dtype)
+    w_c, w_r = otpo_weights(chosen, rejected, chosen_mask, rejected_mask, reg=reg, reg_m=0.2)
+    ref_c, ref_r, _ = official(chosen.float(), rejected.float(), chosen_mask, rejected_mask, reg, 0.2)
+    for b in range(2):
+        np.testing.assert_allclose(w_c[b][chosen_mask[b]].double().numpy(), ref_c[b], rtol=1e-5)
+        np.testing.assert_allclose(w_r[b][rejected_mask[b]].double().numpy(), ref_r[b], rtol=1e-5)
+
+
+def test_ieee_matmul_guard_works_without_fp32_precision(monkeypatch):
+    """PyTorch < 2.9 has no ``torch.backends.cuda.matmul.fp32_precision`` (pyproject allows torch ≥ 2.2)."""
+    old_backend = SimpleNamespace(allow_tf32=True)
+    monkeypatch.setattr(torch.backends.cuda, "matmul", old_backend)
+    chosen, rejected, chosen_mask, rejected_mask = random_pairs(seed=13)
+    seen = []
+    monkeypatch.setattr(torch, "baddbmm", lambda *a, **k: seen.append(old_backend.allow_tf32) or baddbmm(*a, **k))
+    otpo_cost(chosen, rejected, chosen_mask, rejected_mask)
+    assert seen == [False] and old_backend.allow_tf32 is True
