@@ -50,9 +50,9 @@ def otpo_cost(chosen_hidden: torch.Tensor, rejected_hidden: torch.Tensor, chosen
     rejected.sub_(center).masked_fill_(~rejected_mask[:, :, None], 0.0)
     valid = chosen_mask[:, :, None] & rejected_mask[:, None, :]
     dist = _matmul_distances(chosen, rejected)
-    _exact_nearest(dist, chosen, rejected, valid)
+    _exact_nearest(dist, chosen, rejected, valid)  # leaves 0 off `valid`
     largest_norm = torch.maximum(chosen_norms.amax(dim=1), rejected_norms.amax(dim=1))
-    normaliser = torch.maximum(dist.masked_fill(~valid, 0.0).amax(dim=(1, 2)), largest_norm) + 1e-6
+    normaliser = torch.maximum(dist.amax(dim=(1, 2)), largest_norm) + 1e-6
     normaliser = torch.where(normaliser > 1, normaliser, torch.ones_like(normaliser))
     return dist.add_(1e-6).div_(normaliser[:, None, None])
 
@@ -66,12 +66,13 @@ def _matmul_distances(chosen: torch.Tensor, rejected: torch.Tensor) -> torch.Ten
 
 
 def _exact_nearest(dist: torch.Tensor, chosen: torch.Tensor, rejected: torch.Tensor, valid: torch.Tensor) -> None:
-    """Overwrite, in ``dist`` ``[B, N, M]``, each row's and each column's smallest valid entry by ``‖x − y‖``."""
+    """Overwrite, in ``dist`` ``[B, N, M]``, each row's and each column's smallest valid entry by ``‖x − y‖``,
+    and the entries off ``valid`` by 0."""
     rows = torch.arange(dist.shape[0], device=dist.device)[:, None]
-    candidates = dist.masked_fill(~valid, float("inf"))
-    nearest_col = candidates.argmin(dim=2)  # [B, N]
-    nearest_row = candidates.argmin(dim=1)  # [B, M]
-    del candidates
+    dist.masked_fill_(~valid, float("inf"))
+    nearest_col = dist.argmin(dim=2)  # [B, N]
+    nearest_row = dist.argmin(dim=1)  # [B, M]
+    dist.masked_fill_(~valid, 0.0)
     row_exact = (chosen - rejected[rows, nearest_col]).norm(dim=2)
     col_exact = (rejected - chosen[rows, nearest_row]).norm(dim=2)
     dist.scatter_(2, nearest_col[:, :, None], row_exact[:, :, None])

@@ -71,7 +71,7 @@ def otpo_weights(
     if not log:
         return chosen_weights, rejected_weights
     scale = (budget / log_total.exp()).to(dtype)
-    diagnostics = {"plan": result.plan * scale[:, None, None], "cost": cost,
+    diagnostics = {"plan": result.plan.mul_(scale[:, None, None]), "cost": cost,
                    "mass_scale": (log_total.exp() / budget).to(dtype), "iterations": result.iterations,
                    "converged": result.converged, "method": result.method, "host_reads": result.host_reads}
     return chosen_weights, rejected_weights, diagnostics

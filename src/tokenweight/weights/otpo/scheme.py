@@ -54,7 +54,7 @@ def _widths_and_problems(hidden: torch.Tensor, loss_mask: torch.Tensor, pairs: i
     ``hidden`` ``[2B, T, d]``, ``loss_mask`` ``[2B, T]`` bool.
     """
     counts = loss_mask.sum(dim=1)
-    finite = (torch.isfinite(hidden).all(dim=2) | ~loss_mask).all(dim=1)
+    finite = (torch.isfinite(hidden.sum(dim=2, dtype=torch.float32)) | ~loss_mask).all(dim=1)  # NaN/inf propagate
     flags = torch.stack([counts[:pairs] == 0, counts[pairs:] == 0, ~finite[:pairs], ~finite[pairs:]])
     values = torch.cat([counts[:pairs].amax()[None], counts[pairs:].amax()[None], flags.flatten().long()]).tolist()
     return values[0], values[1], [[bool(x) for x in values[2 + k * pairs:2 + (k + 1) * pairs]] for k in range(4)]

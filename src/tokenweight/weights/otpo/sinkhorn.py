@@ -147,13 +147,10 @@ def unbalanced_sinkhorn(
     rho_rows, rho_cols, reg_m_rows, reg_m_cols = mass_exponents(reg, reg_m)
     _check_shapes(cost, row_mask, col_mask)
     valid = row_mask[:, :, None] & col_mask[:, None, :]
-    work = cost.to(torch.promote_types(cost.dtype, torch.float32)).masked_fill(~valid, 0.0)
-    invalid = (~row_mask.any(dim=1)) | (~col_mask.any(dim=1)) | (~torch.isfinite(work).all(dim=2).all(dim=1))
     host_reads = 0
     if max_cost is None:
-        max_cost = _validate(work, row_mask, col_mask)
+        max_cost = _validate(cost.masked_fill(~valid, 0.0), row_mask, col_mask)
         host_reads += 1
-    work.masked_fill_(invalid[:, None, None], 0.0)
     if method == "auto":
         method = "scaling" if max_cost / reg <= MAX_SCALING_EXPONENT else "log"
     if method not in ("scaling", "log"):
@@ -161,10 +158,12 @@ def unbalanced_sinkhorn(
     if method == "scaling" and max_cost / reg > 80.0:
         raise ValueError(f"method='scaling' would underflow exp(-C/reg) (max|C|/reg = {max_cost / reg:.3g}); "
                          "use method='log'")
+    work = cost.to(torch.promote_types(cost.dtype, torch.float32))
     sums = (_KernelSums if method == "scaling" else _LogSums)(work, valid, reg)
-    col_min_cost = work.masked_fill_(~valid, math.inf).amin(dim=1)  # [B, M], for POT's "Kᵀu == 0" exit
     del work, valid
-
+    # a NaN or −inf valid cost makes its pair's kernel sum NaN/inf (a +inf cost is a forbidden entry, as in POT)
+    invalid = (~row_mask.any(dim=1)) | (~col_mask.any(dim=1)) | ~torch.isfinite(sums.total())
+    col_min_cost = sums.col_min_cost()  # [B, M], for POT's "Kᵀu == 0" exit
     state = _PotState(row_mask, col_mask, col_min_cost, reg, rho_rows, rho_cols, reg_m_rows, reg_m_cols, tau)
     active = ~invalid
     stopped = torch.zeros_like(invalid)  # POT's early exit on a numerical error
@@ -300,6 +299,14 @@ class _KernelSums:
         weights, shift = self._scaled(f)
         return torch.bmm(weights[:, None, :], self.kernel)[:, 0, :].double().log() + shift
 
+    def total(self) -> torch.Tensor:
+        """``[B]`` the kernel's sum (NaN or inf when a valid cost is NaN or −inf)."""
+        return self.kernel.sum(dim=(1, 2))
+
+    def col_min_cost(self) -> torch.Tensor:
+        """``[B, M]`` the smallest valid cost of each column (inf for a masked column)."""
+        return self.kernel.amax(dim=1).double().log().mul(-self.reg)
+
     def plan(self, f: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
         """``[B, N, M]`` ``Γ = exp(f_i/reg) K_ij exp(g_j/reg)``, via the per-pair shift of :meth:`_scaled`."""
         row, row_shift = self._scaled(f)
@@ -334,6 +341,14 @@ class _LogSums:
     def cols(self, f: torch.Tensor) -> torch.Tensor:
         """``[B, M]`` fp64 ``LSE_i((f_i − C_ij)/reg)`` for ``f`` ``[B, N]``."""
         return self._lse(f, dim=1)
+
+    def total(self) -> torch.Tensor:
+        """``[B]`` the sum of the finite ``−C/reg`` (NaN or inf when a valid cost is NaN or −inf)."""
+        return torch.where(self.log_kernel == -math.inf, 0.0, self.log_kernel).sum(dim=(1, 2))
+
+    def col_min_cost(self) -> torch.Tensor:
+        """``[B, M]`` the smallest valid cost of each column (inf for a masked column)."""
+        return self.log_kernel.amax(dim=1).double().mul(-self.reg)
 
     def plan(self, f: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
         """``[B, N, M]`` ``Γ = exp((f_i + g_j − C_ij)/reg)``, 0 off the masks."""
