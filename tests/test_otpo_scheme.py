@@ -40,7 +40,7 @@ def make_inputs(seed=0):
 
 
 def direct_weights(inputs, reg, reg_m):
-    """otpo_weights_with_stats on rows gathered one by one (a Python loop), scattered back by hand."""
+    """otpo_weights(log=True) on rows gathered one by one (a Python loop), scattered back by hand."""
     pairs = len(PROMPTS)
     mask, hidden = inputs.loss_mask, inputs.hidden
     n, m = max(CHOSEN), max(REJECTED)
