@@ -9,7 +9,7 @@ import pytest
 import torch
 from conftest import make_model, standard_rows
 
-import tokenweight.weights.otpo as otpo_scheme
+import tokenweight.weights.otpo.scheme as otpo_scheme
 import tokenweight.weights.tidpo.scheme as tidpo_scheme
 from tokenweight.cli import main
 from tokenweight.config import TokenweightConfig
@@ -29,13 +29,13 @@ def trainer_loss(tokenizer, weighting: str, **settings) -> torch.Tensor:
 
 
 def test_otpo_with_unit_weights_is_the_uniform_loss(tokenizer, monkeypatch):
-    solve = otpo_scheme.otpo_weights_with_stats
+    solve = otpo_scheme.otpo_weights
 
     def unit_weights(chosen_hidden, rejected_hidden, chosen_mask, rejected_mask, **kwargs):
-        stats = solve(chosen_hidden, rejected_hidden, chosen_mask, rejected_mask, **kwargs)[2]
-        return chosen_mask.float(), rejected_mask.float(), stats
+        log = solve(chosen_hidden, rejected_hidden, chosen_mask, rejected_mask, **kwargs)[2]
+        return chosen_mask.float(), rejected_mask.float(), log
 
-    monkeypatch.setattr(otpo_scheme, "otpo_weights_with_stats", unit_weights)
+    monkeypatch.setattr(otpo_scheme, "otpo_weights", unit_weights)
     assert trainer_loss(tokenizer, "otpo").item() == pytest.approx(trainer_loss(tokenizer, "uniform").item(),
                                                                    abs=1e-7)
 

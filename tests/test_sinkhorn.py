@@ -7,7 +7,8 @@ import pytest
 import torch
 
 from otpo_oracles import log_domain_unbalanced, pot_unbalanced
-from tokenweight.sinkhorn import mass_exponents, unbalanced_sinkhorn
+from tokenweight.weights.otpo import otpo_cost
+from tokenweight.weights.otpo.sinkhorn import mass_exponents, unbalanced_sinkhorn
 
 LENGTHS = [(17, 12), (9, 20), (20, 20), (1, 6)]  # (rows, columns) valid per pair
 
@@ -28,11 +29,16 @@ def pot_masses(cost, row_mask, col_mask, reg, reg_m):
     rows, cols, iterations = [], [], []
     for b in range(cost.shape[0]):
         n, m = int(row_mask[b].sum()), int(col_mask[b].sum())
-        plan, count = pot_unbalanced(cost[b, :n, :m].double().numpy(), np.ones(n), np.ones(m), reg, reg_m)
+        plan, count, _ = pot_unbalanced(cost[b, :n, :m].double().numpy(), np.ones(n), np.ones(m), reg, reg_m)
         rows.append(plan.sum(1))
         cols.append(plan.sum(0))
         iterations.append(count)
     return rows, cols, iterations
+
+
+def relative_difference(ours: torch.Tensor, reference: np.ndarray) -> float:
+    """``max |ours − reference| / max |reference|`` (the relative difference every OTPO table reports)."""
+    return float(np.abs(ours.double().numpy() - reference).max() / np.abs(reference).max())
 
 
 def assert_masses_close(result, rows, cols, row_mask, col_mask, rtol):
@@ -64,15 +70,24 @@ def test_iteration_counts_equal_pot_at_official_settings():
         assert result.iterations.tolist() == pot_masses(cost, row_mask, col_mask, reg, 0.2)[2]
 
 
-def test_small_reg_uses_log_domain_and_matches_float64_reference():
+def test_small_reg_follows_pot_and_reports_its_non_convergence_truthfully():
+    # reg 0.01 on costs up to 0.95: the log form; POT's absorptions (v ← 1) make pairs 1 and 3 cycle until
+    # numItermax, so they must come out unconverged, with POT's values, and the others converged
     cost, row_mask, col_mask = random_problem(seed=2)
     result = unbalanced_sinkhorn(cost, row_mask, col_mask, reg=0.01, reg_m=0.2)
     assert result.method == "log"
-    assert torch.isfinite(result.row_mass).all() and torch.isfinite(result.col_mass).all()
-    for b, (n, m) in enumerate(LENGTHS):
-        rows, cols, _ = log_domain_unbalanced(cost[b, :n, :m].double().numpy(), 0.01, 0.2, 0.2)
-        np.testing.assert_allclose(result.row_mass[b, :n].double().numpy(), rows, rtol=2e-5)
-        np.testing.assert_allclose(result.col_mass[b, :m].double().numpy(), cols, rtol=2e-5)
+    rows, cols, iterations = pot_masses(cost, row_mask, col_mask, 0.01, 0.2)
+    assert iterations == [131, 1000, 101, 1000] == result.iterations.tolist()
+    assert result.converged.tolist() == [True, False, True, False]
+    for b, (row, col) in enumerate(zip(rows, cols)):
+        n, m = len(row), len(col)
+        assert relative_difference(result.row_mass[b, :n], row) <= 1e-5
+        assert relative_difference(result.col_mass[b, :m], col) <= 1e-5
+    # where POT converged it agrees with a plain float64 log-domain Sinkhorn
+    for b in (0, 2):
+        n, m = LENGTHS[b]
+        reference, _, _ = log_domain_unbalanced(cost[b, :n, :m].double().numpy(), 0.01, 0.2, 0.2)
+        assert relative_difference(result.row_mass[b, :n], reference) <= 5e-5  # POT stops ~1e-5 short of it
 
 
 def test_scaling_and_log_forms_agree_and_pairs_freeze_independently():
@@ -112,7 +127,7 @@ def test_dtypes():
 def test_automatic_form_follows_the_cost_range():
     cost, row_mask, col_mask = random_problem(seed=6)
     assert unbalanced_sinkhorn(cost * 10, row_mask, col_mask, reg=1.0, reg_m=0.2).method == "scaling"
-    assert unbalanced_sinkhorn(cost * 30, row_mask, col_mask, reg=1.0, reg_m=0.2).method == "log"
+    assert unbalanced_sinkhorn(cost * 60, row_mask, col_mask, reg=1.0, reg_m=0.2).method == "log"
     with pytest.raises(ValueError, match="method='log'"):
         unbalanced_sinkhorn(cost * 100, row_mask, col_mask, reg=1.0, reg_m=0.2, method="scaling")
 
@@ -134,3 +149,45 @@ def test_errors_name_the_pair():
         mass_exponents(1.0, (0.1, 0.2, 0.3))
     with pytest.raises(ValueError, match="reg must"):
         mass_exponents(0.0, 0.2)
+
+
+GRID_LENGTHS = [(7, 5), (4, 9)]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("ratio", [0.01, 1.0, 100.0, 1e4])
+@pytest.mark.parametrize("reg", [0.01, 0.1, 1.0, 10.0])
+def test_pot_oracle_grid(reg, ratio, dtype):
+    """POT's values (≤ 1e-5 relative), convergence flags and iteration counts for reg_m/reg from 0.01 to 1e4."""
+    cost, row_mask, col_mask = random_problem(seed=11, lengths=GRID_LENGTHS)
+    reg_m, max_iter = reg * ratio, 300
+    result = unbalanced_sinkhorn(cost.to(dtype), row_mask, col_mask, reg=reg, reg_m=reg_m, max_iter=max_iter)
+    for b, (n, m) in enumerate(GRID_LENGTHS):
+        plan, iterations, converged = pot_unbalanced(cost[b, :n, :m].double().numpy(), np.ones(n), np.ones(m), reg,
+                                                     reg_m, max_iter=max_iter)
+        assert relative_difference(result.row_mass[b, :n], plan.sum(1)) <= 1e-5
+        assert relative_difference(result.col_mass[b, :m], plan.sum(0)) <= 1e-5
+        assert result.converged[b].item() == converged
+        if dtype == torch.float64:
+            assert result.iterations[b].item() == iterations
+        else:  # fp32 noise in the checked error can move a stop near the threshold by one check
+            assert abs(result.iterations[b].item() - iterations) <= 10
+
+
+def test_large_reg_m_over_reg_does_not_converge_falsely():
+    # issue 10 item 1: the old scaling form froze u at Kv ≈ 1e-16 and reported "converged" after 131 iterations
+    # with total mass 6.942; POT runs 691 iterations to 7.667
+    g = torch.Generator().manual_seed(0)
+    c = 3 * torch.randn(1, 1, 64, generator=g)
+    hc, hr = c + torch.randn(1, 12, 64, generator=g), c + torch.randn(1, 5, 64, generator=g)
+    mc, mr = torch.ones(1, 12, dtype=torch.bool), torch.ones(1, 5, dtype=torch.bool)
+    cost = otpo_cost(hc, hr, mc, mr)
+    plan, iterations, converged = pot_unbalanced(cost[0].double().numpy(), np.ones(12), np.ones(5), 0.1, 10.0)
+    assert (iterations, converged) == (691, True) and plan.sum() == pytest.approx(7.667, abs=1e-3)
+    for method in ("scaling", "log"):
+        result = unbalanced_sinkhorn(cost, mc, mr, 0.1, 10.0, method=method)
+        assert relative_difference(result.row_mass[0], plan.sum(1)) <= 1e-5
+        assert result.total_mass.item() == pytest.approx(plan.sum(), rel=1e-5)
+        assert result.converged.item() and abs(result.iterations.item() - 691) <= 10
+        fp64 = unbalanced_sinkhorn(cost.double(), mc, mr, 0.1, 10.0, method=method)
+        assert fp64.iterations.item() == 691

@@ -4,7 +4,7 @@ from tokenweight.weights.attention import attention_weights
 from tokenweight.config import TokenweightConfig
 from tokenweight.data import PreferenceCollator, load_preference_split, tokenize_preference_dataset
 from tokenweight.objectives import pair_loss
-from tokenweight.otpo import otpo_weights
+from tokenweight.weights.otpo import otpo_weights
 from tokenweight.trainer import TokenweightTrainer
 from tokenweight.weights import SCHEMES, WeightingScheme, register_scheme
 from tokenweight.weights.tidpo import tidpo_weights

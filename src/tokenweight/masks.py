@@ -8,12 +8,14 @@ from __future__ import annotations
 import torch
 
 
-def pack_left(values: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def pack_left(values: torch.Tensor, mask: torch.Tensor,
+              width: int | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Gather each row's masked positions to the left, in order.
 
     Args:
         values: ``[R, T, ...]`` (any trailing dims, e.g. ``[R, T, d]`` states or ``[R, T]`` scalars).
-        mask: ``[R, T]`` bool.
+        mask: ``[R, T]`` bool, the positions to keep.
+        width: the largest row count of ``mask`` when the caller knows it (saves a host read), else ``None``.
 
     Returns:
         ``(packed [R, N, ...], packed_mask [R, N], order [R, N])`` with ``N`` the largest row count (at least 1);
@@ -24,7 +26,9 @@ def pack_left(values: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, t
     """
     mask = mask.bool()
     counts = mask.sum(dim=1)
-    width = max(int(counts.max()), 1)
+    if width is None:
+        width = int(counts.max()) if mask.numel() else 0
+    width = max(width, 1)
     order = torch.argsort((~mask).to(torch.int8), dim=1, stable=True)[:, :width]
     packed = values[torch.arange(values.shape[0], device=values.device)[:, None], order]
     packed_mask = torch.arange(width, device=mask.device)[None, :] < counts[:, None]

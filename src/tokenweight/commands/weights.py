@@ -89,17 +89,13 @@ def weight_views(config, model_path: str, split: str, num_pairs: int, batch_size
 @torch.no_grad()
 def otpo_plans(config, model, pairs, pad_token_id: int) -> list[np.ndarray]:
     """OTPO's transport plan of each pair, ``[n_chosen, n_rejected]``, scaled like the weights (``τ Γ / ‖Γ‖₁``, so
-    its row sums are the chosen weights and its column sums the rejected weights).
-
-    ``tokenweight.otpo`` returns only the plan's marginals, so the plan is recomputed here from its cost
-    (:func:`~tokenweight.otpo.otpo_cost`) and the batched solver (``unbalanced_sinkhorn(return_plan=True)``), one
-    pair at a time, with the states packed exactly as the ``otpo`` scheme packs them.
+    its row sums are the chosen weights and its column sums the rejected weights): the ``plan`` of
+    :func:`~tokenweight.weights.otpo.otpo_weights` ``(..., log=True)`` on the states packed as the scheme packs them.
     """
     from tokenweight.data import PreferenceCollator
     from tokenweight.logps import enable_token_scoring
-    from tokenweight.otpo import otpo_cost
-    from tokenweight.sinkhorn import unbalanced_sinkhorn
-    from tokenweight.weights.otpo import pack_left
+    from tokenweight.masks import pack_left
+    from tokenweight.weights.otpo import otpo_weights
 
     enable_token_scoring(model)
     device = next(model.parameters()).device
@@ -112,10 +108,7 @@ def otpo_plans(config, model, pairs, pad_token_id: int) -> list[np.ndarray]:
         mask = batch["completion_mask"][:, 1:].bool()
         chosen, chosen_mask, _ = pack_left(hidden[:1], mask[:1])
         rejected, rejected_mask, _ = pack_left(hidden[1:], mask[1:])
-        cost = otpo_cost(chosen, rejected, chosen_mask, rejected_mask)
-        result = unbalanced_sinkhorn(cost, chosen_mask, rejected_mask, reg=config.otpo_reg, reg_m=config.otpo_reg_m,
-                                     return_plan=True)
-        budget = min(int(chosen_mask.sum()), int(rejected_mask.sum()))
-        plan = result.plan[0] * budget / result.total_mass[0]
-        plans.append(plan[chosen_mask[0]][:, rejected_mask[0]].cpu().numpy())
+        *_, log = otpo_weights(chosen, rejected, chosen_mask, rejected_mask, reg=config.otpo_reg,
+                               reg_m=config.otpo_reg_m, log=True)
+        plans.append(log["plan"][0][chosen_mask[0]][:, rejected_mask[0]].cpu().numpy())
     return plans

@@ -1,15 +1,17 @@
 """OTPO weights against the official per-pair algorithm (POT on the full padded matrix, float64)."""
 
 import math
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
 import torch
 
 from otpo_oracles import log_domain_unbalanced, normalised_cost, official_otpo_weights
-from tokenweight.otpo import otpo_cost, otpo_weights, otpo_weights_with_stats
+from tokenweight.weights.otpo import otpo_cost, otpo_weights
 
 HIDDEN = 32
+baddbmm = torch.baddbmm
 LENGTHS = [(23, 17), (8, 30), (30, 30), (12, 5)]  # (chosen, rejected) response tokens per pair
 
 
@@ -39,7 +41,7 @@ def official(chosen, rejected, chosen_mask, rejected_mask, reg, reg_m):
 
 
 def assert_matches_official(chosen, rejected, chosen_mask, rejected_mask, reg, reg_m, rtol=1e-5):
-    w_c, w_r, stats = otpo_weights_with_stats(chosen, rejected, chosen_mask, rejected_mask, reg=reg, reg_m=reg_m)
+    w_c, w_r, stats = otpo_weights(chosen, rejected, chosen_mask, rejected_mask, reg=reg, reg_m=reg_m, log=True)
     ref_c, ref_r, ref_iterations = official(chosen, rejected, chosen_mask, rejected_mask, reg, reg_m)
     for b in range(chosen.shape[0]):
         np.testing.assert_allclose(w_c[b][chosen_mask[b]].double().numpy(), ref_c[b], rtol=rtol)
@@ -55,16 +57,16 @@ def assert_matches_official(chosen, rejected, chosen_mask, rejected_mask, reg, r
 @pytest.mark.parametrize("reg_m", [0.2, (0.2, 0.5)])
 def test_matches_official_pot(reg, reg_m):
     stats, ref_iterations = assert_matches_official(*random_pairs(), reg=reg, reg_m=reg_m)
-    assert stats.converged.all()
-    assert all(abs(ours - pot) <= 10 for ours, pot in zip(stats.iterations.tolist(), ref_iterations))
+    assert stats["converged"].all()
+    assert all(abs(ours - pot) <= 10 for ours, pot in zip(stats["iterations"].tolist(), ref_iterations))
 
 
 def test_official_iteration_counts_and_mass_scale():
     pairs = random_pairs(seed=1)
     for reg, expected_iterations in ((1.0, 11), (0.1, 21)):
         stats, ref_iterations = assert_matches_official(*pairs, reg=reg, reg_m=0.2)
-        assert stats.iterations.tolist() == ref_iterations == [expected_iterations] * len(LENGTHS)
-        assert (stats.mass_scale > 0).all()
+        assert stats["iterations"].tolist() == ref_iterations == [expected_iterations] * len(LENGTHS)
+        assert (stats["mass_scale"] > 0).all()
 
 
 def test_normaliser_branches():
@@ -87,8 +89,8 @@ def test_very_large_norms_stay_finite_and_correct():
 
 def test_small_reg_matches_float64_log_domain_reference():
     chosen, rejected, chosen_mask, rejected_mask = random_pairs(seed=5)
-    w_c, w_r, stats = otpo_weights_with_stats(chosen, rejected, chosen_mask, rejected_mask, reg=0.01, reg_m=0.2)
-    assert torch.isfinite(w_c).all() and torch.isfinite(w_r).all() and stats.converged.all()
+    w_c, w_r, stats = otpo_weights(chosen, rejected, chosen_mask, rejected_mask, reg=0.01, reg_m=0.2, log=True)
+    assert torch.isfinite(w_c).all() and torch.isfinite(w_r).all() and stats["converged"].all()
     for b in range(len(LENGTHS)):
         cost = normalised_cost(chosen[b][chosen_mask[b]].double().numpy(),
                                rejected[b][rejected_mask[b]].double().numpy())
@@ -144,3 +146,30 @@ def test_errors_name_the_row():
         otpo_weights(chosen, rejected, empty, rejected_mask)
     with pytest.raises(TypeError, match="bool"):
         otpo_weights(chosen, rejected, chosen_mask.float(), rejected_mask)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("reg", [1.0, 0.1])
+@pytest.mark.parametrize("prefix", [1, 5, 30])
+def test_shared_prefix_states_match_float64_oracle(prefix, reg, dtype):
+    """Chat templates make the first response states of chosen and rejected identical (the assistant header):
+    their exact zero distances must not come out of the matmul form as ~sqrt(eps)·‖h‖ (issue 10 item 2)."""
+    chosen, rejected, chosen_mask, rejected_mask = random_pairs(seed=12, lengths=[(40, 35), (31, 45)], shared=3.0)
+    rejected[:, :prefix] = chosen[:, :prefix]
+    chosen, rejected = chosen.to(dtype), rejected.to(dtype)
+    w_c, w_r = otpo_weights(chosen, rejected, chosen_mask, rejected_mask, reg=reg, reg_m=0.2)
+    ref_c, ref_r, _ = official(chosen.float(), rejected.float(), chosen_mask, rejected_mask, reg, 0.2)
+    for b in range(2):
+        np.testing.assert_allclose(w_c[b][chosen_mask[b]].double().numpy(), ref_c[b], rtol=1e-5)
+        np.testing.assert_allclose(w_r[b][rejected_mask[b]].double().numpy(), ref_r[b], rtol=1e-5)
+
+
+def test_ieee_matmul_guard_works_without_fp32_precision(monkeypatch):
+    """PyTorch < 2.9 has no ``torch.backends.cuda.matmul.fp32_precision`` (pyproject allows torch ≥ 2.2)."""
+    old_backend = SimpleNamespace(allow_tf32=True)
+    monkeypatch.setattr(torch.backends.cuda, "matmul", old_backend)
+    chosen, rejected, chosen_mask, rejected_mask = random_pairs(seed=13)
+    seen = []
+    monkeypatch.setattr(torch, "baddbmm", lambda *a, **k: seen.append(old_backend.allow_tf32) or baddbmm(*a, **k))
+    otpo_cost(chosen, rejected, chosen_mask, rejected_mask)
+    assert seen == [False] and old_backend.allow_tf32 is True

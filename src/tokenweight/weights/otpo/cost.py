@@ -1,0 +1,140 @@
+"""OTPO's cost between chosen and rejected response states (Li et al. 2025; official code: Mimasss2/OTPO)::
+
+    dist_ij = ‖h_c,i − h_r,j‖₂                       (Euclidean, not squared; fp32)
+    D       = max(max_ij dist_ij, max_i ‖h_c,i‖, max_j ‖h_r,j‖) + 1e-6
+    C_ij    = (dist_ij + 1e-6) / D   if D > 1   else   dist_ij + 1e-6
+
+The official code runs POT on the full padded ``(L−1) × (L−1)`` matrix with prompt and padding states replaced by
+zero vectors: those get exactly zero mass, and their only effect is through ``D`` (the norms of the response
+states), which is reproduced here on the response block alone. Every valid ``C_ij`` lies in ``(0, 1]`` when
+``D > 1`` and in ``(0, 1 + 1e-6]`` otherwise.
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+
+import torch
+
+MAX_COST = 1.0 + 1e-5
+"""An upper bound on every valid entry of :func:`otpo_cost` (passed to the solver, which then need not look)."""
+
+
+def otpo_cost(chosen_hidden: torch.Tensor, rejected_hidden: torch.Tensor, chosen_mask: torch.Tensor,
+              rejected_mask: torch.Tensor, check: bool = True) -> torch.Tensor:
+    """OTPO's normalised cost ``C`` ``[B, N, M]`` from ``[B, N, d]`` / ``[B, M, d]`` states and bool masks.
+
+    Entries outside ``chosen_mask ⊗ rejected_mask`` are meaningless. The distances use the matmul form
+    ``‖x‖² + ‖y‖² − 2x·y`` (as fp32 ``torch.cdist`` does upstream; IEEE fp32 even under TF32), on states from which
+    each pair's mean state is subtracted (exact in real arithmetic; final hidden states share a large common
+    component). The matmul form turns an exact 0 into about ``sqrt(eps) · ‖x‖`` — and every chat template makes the
+    first response states of chosen and rejected identical — so each row's and each column's nearest entry is
+    recomputed as ``‖x − y‖`` directly (``O((N + M) d)``).
+
+    Args:
+        check: raise on an empty response or a non-finite valid state (one host read); with ``check=False`` the
+            caller checks :func:`response_problems` itself.
+
+    Raises:
+        ValueError: a response is empty or a valid hidden state is NaN/inf (naming the batch rows).
+    """
+    _check_shapes(chosen_hidden, rejected_hidden, chosen_mask, rejected_mask)
+    chosen = _zero_outside(chosen_hidden, chosen_mask)
+    rejected = _zero_outside(rejected_hidden, rejected_mask)
+    chosen_norms, rejected_norms = chosen.norm(dim=2), rejected.norm(dim=2)
+    if check:
+        raise_response_problems(response_problems(chosen_mask, rejected_mask, chosen_norms, rejected_norms).tolist())
+    counts = (chosen_mask.sum(dim=1) + rejected_mask.sum(dim=1)).clamp_min(1).to(chosen.dtype)
+    center = ((chosen.sum(dim=1) + rejected.sum(dim=1)) / counts[:, None])[:, None, :]
+    chosen.sub_(center).masked_fill_(~chosen_mask[:, :, None], 0.0)
+    rejected.sub_(center).masked_fill_(~rejected_mask[:, :, None], 0.0)
+    valid = chosen_mask[:, :, None] & rejected_mask[:, None, :]
+    dist = _matmul_distances(chosen, rejected)
+    _exact_nearest(dist, chosen, rejected, valid)  # leaves 0 off `valid`
+    largest_norm = torch.maximum(chosen_norms.amax(dim=1), rejected_norms.amax(dim=1))
+    normaliser = torch.maximum(dist.amax(dim=(1, 2)), largest_norm) + 1e-6
+    normaliser = torch.where(normaliser > 1, normaliser, torch.ones_like(normaliser))
+    return dist.add_(1e-6).div_(normaliser[:, None, None])
+
+
+def _matmul_distances(chosen: torch.Tensor, rejected: torch.Tensor) -> torch.Tensor:
+    """``[B, N, M]`` Euclidean distances by ``‖x‖² + ‖y‖² − 2x·y`` (one batched matmul)."""
+    rejected_squares = rejected.norm(dim=2).square_()[:, None, :]
+    with _ieee_fp32_matmul():  # TF32 (e.g. `--tf32 true`) would ruin near-zero distances
+        squared = torch.baddbmm(rejected_squares, chosen, rejected.transpose(1, 2), alpha=-2.0)
+    return squared.add_(chosen.norm(dim=2).square_()[:, :, None]).clamp_min_(0.0).sqrt_()
+
+
+def _exact_nearest(dist: torch.Tensor, chosen: torch.Tensor, rejected: torch.Tensor, valid: torch.Tensor) -> None:
+    """Overwrite, in ``dist`` ``[B, N, M]``, each row's and each column's smallest valid entry by ``‖x − y‖``,
+    and the entries off ``valid`` by 0."""
+    rows = torch.arange(dist.shape[0], device=dist.device)[:, None]
+    dist.masked_fill_(~valid, float("inf"))
+    nearest_col = dist.argmin(dim=2)  # [B, N]
+    nearest_row = dist.argmin(dim=1)  # [B, M]
+    dist.masked_fill_(~valid, 0.0)
+    row_exact = (chosen - rejected[rows, nearest_col]).norm(dim=2)
+    col_exact = (rejected - chosen[rows, nearest_row]).norm(dim=2)
+    dist.scatter_(2, nearest_col[:, :, None], row_exact[:, :, None])
+    dist.scatter_(1, nearest_row[:, None, :], col_exact[:, None, :])
+
+
+@contextmanager
+def _ieee_fp32_matmul():
+    """Full-precision fp32 matmuls on CUDA inside the block, whatever the global TF32 setting.
+
+    ``torch.backends.cuda.matmul.fp32_precision`` exists from PyTorch 2.9; older versions have ``allow_tf32``.
+    """
+    matmul = torch.backends.cuda.matmul
+    name, ieee = ("fp32_precision", "ieee") if hasattr(matmul, "fp32_precision") else ("allow_tf32", False)
+    previous = getattr(matmul, name)
+    setattr(matmul, name, ieee)
+    try:
+        yield
+    finally:
+        setattr(matmul, name, previous)
+
+
+def _zero_outside(hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """A new fp32 (or fp64) copy of ``hidden`` ``[B, T, d]`` with zeros where ``mask`` ``[B, T]`` is False."""
+    dtype = torch.promote_types(hidden.dtype, torch.float32)
+    return hidden.detach().to(dtype, copy=True).masked_fill_(~mask[:, :, None], 0.0)
+
+
+def _check_shapes(chosen_hidden: torch.Tensor, rejected_hidden: torch.Tensor, chosen_mask: torch.Tensor,
+                  rejected_mask: torch.Tensor) -> None:
+    """Raise on misshaped states or masks."""
+    if chosen_hidden.dim() != 3 or rejected_hidden.dim() != 3:
+        raise ValueError("chosen_hidden and rejected_hidden must be [B, N, d] and [B, M, d]")
+    if chosen_mask.shape != chosen_hidden.shape[:2] or rejected_mask.shape != rejected_hidden.shape[:2]:
+        raise ValueError(f"mask shapes {tuple(chosen_mask.shape)}, {tuple(rejected_mask.shape)} do not match hidden "
+                         f"states {tuple(chosen_hidden.shape)}, {tuple(rejected_hidden.shape)}")
+    if chosen_hidden.shape[0] != rejected_hidden.shape[0] or chosen_hidden.shape[2] != rejected_hidden.shape[2]:
+        raise ValueError(f"chosen {tuple(chosen_hidden.shape)} and rejected {tuple(rejected_hidden.shape)} hidden "
+                         "states differ in batch size or hidden size")
+    if chosen_mask.dtype != torch.bool or rejected_mask.dtype != torch.bool:
+        raise TypeError("chosen_mask and rejected_mask must be bool tensors")
+
+
+PROBLEMS = ("empty chosen response", "empty rejected response", "non-finite chosen hidden state",
+            "non-finite rejected hidden state")
+
+
+def response_problems(chosen_mask: torch.Tensor, rejected_mask: torch.Tensor, chosen_norms: torch.Tensor,
+                      rejected_norms: torch.Tensor) -> torch.Tensor:
+    """``[4, B]`` bool flags, one row per entry of :data:`PROBLEMS`, from the masks and the norms ``[B, N]``,
+    ``[B, M]`` of the zero-filled states (a NaN/inf entry makes its norm NaN/inf). No host read."""
+    return torch.stack([
+        ~chosen_mask.any(dim=1),
+        ~rejected_mask.any(dim=1),
+        ~torch.isfinite(chosen_norms).all(dim=1),
+        ~torch.isfinite(rejected_norms).all(dim=1),
+    ])
+
+
+def raise_response_problems(flags: list[list[bool]]) -> None:
+    """Raise ``ValueError`` naming the batch rows of every problem flagged in ``flags`` (``[4][B]``)."""
+    messages = [f"{problem} in batch rows {[b for b, flag in enumerate(row) if flag]}"
+                for problem, row in zip(PROBLEMS, flags) if any(row)]
+    if messages:
+        raise ValueError("OTPO weights: " + "; ".join(messages))

@@ -1,0 +1,60 @@
+"""``otpo``: optimal-transport token weights from the policy's final hidden states (Li et al. 2025).
+
+Pair ``b`` is batch rows ``b`` (chosen) and ``B + b`` (rejected). Each row's completion positions (``loss_mask``,
+shifted alignment, so each token is represented by the state that predicts it) are packed to the left, the pairs
+are weighted together by :func:`~tokenweight.weights.otpo.plan.otpo_weights`, and the weights are scattered back.
+Config keys: ``otpo_reg`` (ε1, default 1.0) and ``otpo_reg_m`` (ε2, default 0.2, or a ``[chosen, rejected]`` pair).
+
+Host reads per step: one (packing widths and input checks) plus one per convergence check of the solver; the
+metrics are 0-d tensors, read when the trainer logs them.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from tokenweight.masks import pack_left
+from tokenweight.weights.base import TokenWeights, WeightingInputs, WeightingScheme, register_scheme
+from tokenweight.weights.otpo.cost import raise_response_problems
+from tokenweight.weights.otpo.plan import otpo_weights
+
+
+@register_scheme
+class OTPOScheme(WeightingScheme):
+    name = "otpo"
+    needs_hidden_states = True
+
+    def compute(self, inputs: WeightingInputs) -> TokenWeights:
+        if inputs.hidden is None:
+            raise ValueError("weighting='otpo' needs the policy's final hidden states (WeightingInputs.hidden)")
+        reg = 1.0 if self.args is None else self.args.otpo_reg
+        reg_m = 0.2 if self.args is None else self.args.otpo_reg_m
+        loss_mask = inputs.loss_mask.bool()
+        pairs = loss_mask.shape[0] // 2
+        chosen_width, rejected_width, flags = _widths_and_problems(inputs.hidden, loss_mask, pairs)
+        raise_response_problems(flags)
+        chosen_hidden, chosen_mask, chosen_order = pack_left(inputs.hidden[:pairs], loss_mask[:pairs], chosen_width)
+        rejected_hidden, rejected_mask, rejected_order = pack_left(inputs.hidden[pairs:], loss_mask[pairs:],
+                                                                   rejected_width)
+        chosen_weights, rejected_weights, log = otpo_weights(
+            chosen_hidden, rejected_hidden, chosen_mask, rejected_mask, reg=reg, reg_m=reg_m, log=True, check=False)
+        weights = torch.zeros(loss_mask.shape, dtype=chosen_weights.dtype, device=loss_mask.device)
+        weights[:pairs].scatter_(1, chosen_order, chosen_weights)
+        weights[pairs:].scatter_(1, rejected_order, rejected_weights)
+        metrics = {"otpo/mass_scale": log["mass_scale"].double().mean(),
+                   "otpo/iterations": log["iterations"].double().mean(),
+                   "otpo/unconverged_pairs": (~log["converged"]).sum().double()}
+        return TokenWeights(weights=weights, metrics=metrics)
+
+
+def _widths_and_problems(hidden: torch.Tensor, loss_mask: torch.Tensor, pairs: int) -> tuple[int, int, list]:
+    """The largest chosen and rejected completion lengths and the ``[4][B]`` problem flags of
+    :func:`~tokenweight.weights.otpo.cost.raise_response_problems`, in one host read.
+
+    ``hidden`` ``[2B, T, d]``, ``loss_mask`` ``[2B, T]`` bool.
+    """
+    counts = loss_mask.sum(dim=1)
+    finite = (torch.isfinite(hidden.sum(dim=2, dtype=torch.float32)) | ~loss_mask).all(dim=1)  # NaN/inf propagate
+    flags = torch.stack([counts[:pairs] == 0, counts[pairs:] == 0, ~finite[:pairs], ~finite[pairs:]])
+    values = torch.cat([counts[:pairs].amax()[None], counts[pairs:].amax()[None], flags.flatten().long()]).tolist()
+    return values[0], values[1], [[bool(x) for x in values[2 + k * pairs:2 + (k + 1) * pairs]] for k in range(4)]

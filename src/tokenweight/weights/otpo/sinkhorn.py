@@ -1,0 +1,388 @@
+"""Batched unbalanced Sinkhorn (entropic unbalanced optimal transport) that runs POT's stabilized algorithm.
+
+Solves, independently for every pair ``b`` of a batch, POT's entropic unbalanced problem with unit marginals on
+the valid entries (``a_i = 1`` where ``row_mask``, ``b_j = 1`` where ``col_mask``)::
+
+    Γ* = argmin_{Γ ≥ 0}  Σ Γ_ij C_ij + reg · Σ Γ_ij (log Γ_ij − 1)
+                          + reg_m1 · KL(Γ 1 ‖ a) + reg_m2 · KL(Γᵀ 1 ‖ b)
+
+by replaying, pair by pair and iteration by iteration, POT's ``sinkhorn_unbalanced(..., method=
+"sinkhorn_stabilized", reg_type="entropy")`` (``ot.unbalanced.sinkhorn_stabilized_unbalanced``)::
+
+    u ← (a / (K v + 1e-16)) ** ρ1 · exp(−α / (reg + reg_m1)),   v ← (b / (Kᵀ u + 1e-16)) ** ρ2 · exp(−β / (reg + reg_m2))
+    K = exp((α + β − C) / reg),   ρ = reg_m / (reg_m + reg)
+    absorption (any u or v > tau):  α += reg · log max u,  β += reg · log max v,  v ← 1   (u kept)
+    check at k = 0 and at k % 10 = 0 unless absorbing:  err = max|u − u_prev| / max(max u, max u_prev, 1)
+
+with the scalars ``α, β`` (POT's absorbed potentials), so the iteration counts, the absorptions (which move the
+iterate: ``v ← 1``) and the stopping rule are POT's, whatever ``reg_m / reg``. A pair stops at the first check
+with ``err ≤ stop_thr`` (``k + 1`` iterations, as POT counts) and is then frozen on the device; the loop ends when
+every pair is frozen or after ``max_iter`` iterations, and pairs still running are reported unconverged.
+
+The iteration is carried in the log domain: potentials ``f = α + reg log u`` and ``g = β + reg log v`` are fp64
+``[B, N]`` / ``[B, M]`` vectors (they grow large when ``reg_m ≫ reg``), and the only ``[B, N, M]`` work is the
+two masked log-sum-exps ``LSE_j((g_j − C_ij)/reg)`` and ``LSE_i((f_i − C_ij)/reg)`` per iteration, in fp32
+(fp64 for fp64 costs). Two ways to evaluate them:
+
+* **scaling** — a mat-vec with the fixed kernel ``exp(−C/reg)`` against ``exp(g/reg − max g/reg)`` — when
+  ``max C / reg ≤ MAX_SCALING_EXPONENT`` (50): every kernel entry is then ``≥ e^-50``, so the largest term of each
+  sum is a normal fp32 number and what underflows is below ``e^-37`` of it. For OTPO's costs in ``(0, 1]`` this is
+  ``reg ≥ 0.02``.
+* **log** — an in-place masked log-sum-exp over a reused ``[B, N, M]`` buffer — otherwise (e.g. ``reg = 0.01``).
+
+Host synchronisations: one per convergence check (and one at the end when ``max_iter`` stops the loop between
+checks); validating the inputs and choosing the form costs one more unless the caller passes ``max_cost``.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Literal, Sequence
+
+import torch
+
+MAX_SCALING_EXPONENT = 50.0
+"""The scaling form is used while ``max C / reg`` is at most this (kernel entries ``≥ e^-50``)."""
+
+GUARD = 1e-16
+"""POT's ``+ 1e-16`` in ``a / (K v + 1e-16)``."""
+
+LOG_FP64_TINY = math.log(5e-324)
+"""Below this log, a float64 number (POT's ``Kᵀu``) is 0."""
+
+LOG_FP64_HUGE = math.log(1.7976931348623157e308)
+"""Above this log, a float64 number (POT's ``u``, ``v``) is inf."""
+
+Method = Literal["auto", "scaling", "log"]
+
+
+@dataclass
+class SinkhornResult:
+    """Output of :func:`unbalanced_sinkhorn` for ``B`` pairs of ``N`` rows and ``M`` columns.
+
+    Attributes:
+        row_mass: ``[B, N]`` row sums ``Γ 1`` of the transport plan, exactly 0 on masked rows.
+        col_mass: ``[B, M]`` column sums ``Γᵀ 1``, exactly 0 on masked columns.
+        total_mass: ``[B]`` ``‖Γ‖₁`` (the sum of ``row_mass``).
+        log_row_mass: ``[B, N]`` fp64 ``log Γ 1`` (−inf on masked rows): exact even where ``row_mass`` underflows.
+        log_col_mass: ``[B, M]`` fp64 ``log Γᵀ 1``.
+        iterations: ``[B]`` int64, Sinkhorn iterations run for each pair (POT's count; 0 for an invalid pair).
+        converged: ``[B]`` bool, whether the pair met ``stop_thr`` at a check.
+        numerical_error: ``[B]`` bool, pairs stopped (unconverged) by POT's early exit on a numerical error.
+        invalid: ``[B]`` bool, pairs without a valid row or column or with a non-finite valid cost (only reported
+            here when ``max_cost`` was given; otherwise they raise). Their masses are meaningless.
+        method: the form that ran (``"scaling"`` or ``"log"``).
+        host_reads: host synchronisations the call made.
+        plan: ``[B, N, M]`` the plan ``Γ`` (only when ``return_plan=True``), 0 on masked entries.
+    """
+
+    row_mass: torch.Tensor
+    col_mass: torch.Tensor
+    total_mass: torch.Tensor
+    log_row_mass: torch.Tensor
+    log_col_mass: torch.Tensor
+    iterations: torch.Tensor
+    converged: torch.Tensor
+    invalid: torch.Tensor
+    numerical_error: torch.Tensor
+    method: str
+    host_reads: int
+    plan: torch.Tensor | None = None
+
+
+def mass_exponents(reg: float, reg_m: float | Sequence[float]) -> tuple[float, float, float, float]:
+    """``(ρ1, ρ2, reg_m1, reg_m2)``: POT's exponents ``ρ = reg_m / (reg_m + reg)`` (``reg_m = inf`` gives 1).
+
+    ``reg_m`` is a scalar or a length-1 sequence (both sides) or a ``(rows, columns)`` pair, as in POT.
+    """
+    pair = [reg_m] if isinstance(reg_m, (int, float)) else list(reg_m)
+    if len(pair) == 1:
+        pair = pair * 2
+    if len(pair) != 2:
+        raise ValueError(f"reg_m must be a number or a (rows, columns) pair, got {reg_m!r}")
+    if not reg > 0 or not math.isfinite(reg):
+        raise ValueError(f"reg must be a finite positive number, got {reg!r}")
+    if any(not m > 0 for m in pair):
+        raise ValueError(f"reg_m must be positive, got {reg_m!r}")
+    rho = [1.0 if math.isinf(m) else m / (m + reg) for m in pair]
+    return rho[0], rho[1], float(pair[0]), float(pair[1])
+
+
+@torch.no_grad()
+def unbalanced_sinkhorn(
+    cost: torch.Tensor,
+    row_mask: torch.Tensor,
+    col_mask: torch.Tensor,
+    reg: float,
+    reg_m: float | Sequence[float],
+    stop_thr: float = 1e-6,
+    check_every: int = 10,
+    max_iter: int = 1000,
+    tau: float = 1e5,
+    method: Method = "auto",
+    max_cost: float | None = None,
+    return_plan: bool = False,
+) -> SinkhornResult:
+    """Entropic unbalanced OT with unit marginals, batched over pairs, iteration for iteration POT's solver.
+
+    Args:
+        cost: ``[B, N, M]`` cost matrices; entries outside ``row_mask ⊗ col_mask`` are ignored (may be anything).
+        row_mask: ``[B, N]`` bool, valid rows (mass 1 each); every pair needs at least one.
+        col_mask: ``[B, M]`` bool, valid columns (mass 1 each); every pair needs at least one.
+        reg: entropic regulariser (POT ``reg``).
+        reg_m: marginal relaxation, a number or a ``(rows, columns)`` pair (POT ``reg_m``; ``inf`` = hard side).
+        stop_thr, check_every, max_iter, tau: POT's ``stopThr``, its every-10-iterations check, ``numItermax``
+            and absorption threshold ``tau``.
+        method: ``"auto"`` (scaling when ``max C / reg ≤ MAX_SCALING_EXPONENT``, log otherwise), ``"scaling"``
+            or ``"log"``.
+        max_cost: a known bound on ``|C|`` over the valid entries (OTPO's costs are ``≤ 1``). Given, the inputs
+            are checked on the device and bad pairs reported in ``invalid`` (no host read); omitted, one host
+            read finds ``max|C|`` and raises on bad pairs.
+        return_plan: also return the ``[B, N, M]`` plan.
+
+    Returns:
+        A :class:`SinkhornResult`.
+    """
+    rho_rows, rho_cols, reg_m_rows, reg_m_cols = mass_exponents(reg, reg_m)
+    _check_shapes(cost, row_mask, col_mask)
+    valid = row_mask[:, :, None] & col_mask[:, None, :]
+    host_reads = 0
+    if max_cost is None:
+        max_cost = _validate(cost.masked_fill(~valid, 0.0), row_mask, col_mask)
+        host_reads += 1
+    if method == "auto":
+        method = "scaling" if max_cost / reg <= MAX_SCALING_EXPONENT else "log"
+    if method not in ("scaling", "log"):
+        raise ValueError(f"method must be 'auto', 'scaling' or 'log', got {method!r}")
+    if method == "scaling" and max_cost / reg > 80.0:
+        raise ValueError(f"method='scaling' would underflow exp(-C/reg) (max|C|/reg = {max_cost / reg:.3g}); "
+                         "use method='log'")
+    work = cost.to(torch.promote_types(cost.dtype, torch.float32))
+    sums = (_KernelSums if method == "scaling" else _LogSums)(work, valid, reg)
+    del work, valid
+    # a NaN or −inf valid cost makes its pair's kernel sum NaN/inf (a +inf cost is a forbidden entry, as in POT)
+    invalid = (~row_mask.any(dim=1)) | (~col_mask.any(dim=1)) | ~torch.isfinite(sums.total())
+    col_min_cost = sums.col_min_cost()  # [B, M], for POT's "Kᵀu == 0" exit
+    state = _PotState(row_mask, col_mask, col_min_cost, reg, rho_rows, rho_cols, reg_m_rows, reg_m_cols, tau)
+    active = ~invalid
+    stopped = torch.zeros_like(invalid)  # POT's early exit on a numerical error
+    iterations = torch.where(invalid, 0, max_iter).to(torch.int64)
+    read_after_last = False
+    for k in range(max_iter):
+        log_u_prev = state.log_u
+        absorbing, numerical_error = state.step(sums, active)
+        iterations = torch.where(numerical_error, k, iterations)
+        stopped = stopped | numerical_error
+        active = active & ~numerical_error
+        if k % check_every == 0:
+            checked = active if k == 0 else active & ~absorbing
+            newly_converged = checked & (state.relative_change(log_u_prev) <= stop_thr)
+            iterations = torch.where(newly_converged, k + 1, iterations)
+            active = active & ~newly_converged
+            host_reads += 1
+            read_after_last = True
+            if not bool(active.any()):
+                break
+        else:
+            read_after_last = False
+    if not read_after_last:
+        host_reads += 1  # the caller will read the last iterations' results; count it here
+    log_rows, log_cols = state.log_masses(sums)
+    row_mass, col_mass = log_rows.exp(), log_cols.exp()
+    plan = sums.plan(state.f, state.g) if return_plan else None
+    out_dtype = sums.dtype
+    return SinkhornResult(row_mass=row_mass.to(out_dtype), col_mass=col_mass.to(out_dtype),
+                          total_mass=row_mass.sum(dim=1).to(out_dtype), log_row_mass=log_rows, log_col_mass=log_cols,
+                          iterations=iterations, converged=~active & ~invalid & ~stopped, invalid=invalid,
+                          numerical_error=stopped, method=method,
+                          host_reads=host_reads, plan=plan)
+
+
+class _PotState:
+    """POT's iterate for ``B`` pairs: fp64 ``log u`` ``[B, N]``, ``log v`` ``[B, M]`` (relative to the absorbed
+    scalars ``α, β`` ``[B]``), −inf on masked entries; ``f = α + reg log u``, ``g = β + reg log v``."""
+
+    def __init__(self, row_mask, col_mask, col_min_cost, reg, rho_rows, rho_cols, reg_m_rows, reg_m_cols, tau):
+        dtype = torch.float64
+        self.col_min_cost = col_min_cost.to(dtype)  # [B, M] smallest valid cost per column
+        self.row_invalid, self.col_invalid = ~row_mask, ~col_mask
+        self.reg, self.rho_rows, self.rho_cols = reg, rho_rows, rho_cols
+        self.alpha_damping = 0.0 if math.isinf(reg_m_rows) else 1.0 / (reg + reg_m_rows)
+        self.beta_damping = 0.0 if math.isinf(reg_m_cols) else 1.0 / (reg + reg_m_cols)
+        self.log_tau = math.log(tau)
+        self.log_guard = torch.tensor(math.log(GUARD), dtype=dtype, device=row_mask.device)
+        batch = row_mask.shape[0]
+        self.log_u = torch.zeros(row_mask.shape, dtype=dtype, device=row_mask.device).masked_fill(
+            self.row_invalid, -math.inf)
+        self.log_v = torch.zeros(col_mask.shape, dtype=dtype, device=col_mask.device).masked_fill(
+            self.col_invalid, -math.inf)
+        self.alpha = torch.zeros(batch, dtype=dtype, device=row_mask.device)
+        self.beta = torch.zeros(batch, dtype=dtype, device=row_mask.device)
+
+    @property
+    def f(self) -> torch.Tensor:
+        return self.alpha[:, None] + self.reg * self.log_u
+
+    @property
+    def g(self) -> torch.Tensor:
+        return self.beta[:, None] + self.reg * self.log_v
+
+    def step(self, sums, active: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """One POT iteration for the ``active`` pairs (others keep their state).
+
+        Returns ``[B]`` bool ``(absorbing, numerical_error)``. A numerical error is POT's early exit (``Kᵀu``
+        has a zero, or ``u``/``v`` overflow, in POT's float64): the pair keeps its previous ``u, v`` (and, as in
+        POT, the absorbed ``α, β`` of this iteration) and stops unconverged.
+        """
+        reg = self.reg
+        # log(K v + 1e-16) with K = exp((α + β − C)/reg):  α/reg + LSE_j((g_j − C_ij)/reg), guarded
+        log_kv = torch.logaddexp(self.alpha[:, None] / reg + sums.rows(self.g), self.log_guard)
+        log_u = (-self.rho_rows * log_kv - self.alpha[:, None] * self.alpha_damping).masked_fill(
+            self.row_invalid, -math.inf)
+        f = self.alpha[:, None] + reg * log_u
+        log_ktu_raw = self.beta[:, None] / reg + sums.cols(f)
+        log_ktu = torch.logaddexp(log_ktu_raw, self.log_guard)
+        log_v = (-self.rho_cols * log_ktu - self.beta[:, None] * self.beta_damping).masked_fill(
+            self.col_invalid, -math.inf)
+        max_log_u, max_log_v = log_u.amax(dim=1), log_v.amax(dim=1)
+        absorbing = active & ((max_log_u > self.log_tau) | (max_log_v > self.log_tau))
+        kernel_all_zero = (self.alpha + self.beta)[:, None] / reg - self.col_min_cost / reg < LOG_FP64_TINY
+        zero_ktu = ((log_ktu_raw < LOG_FP64_TINY) | kernel_all_zero) & ~self.col_invalid
+        overflow = (max_log_u > LOG_FP64_HUGE) | (max_log_v > LOG_FP64_HUGE) | log_u.isnan().any(dim=1) \
+            | log_v.isnan().any(dim=1)
+        numerical_error = active & (zero_ktu.any(dim=1) | overflow)
+        alpha = torch.where(absorbing, self.alpha + reg * max_log_u, self.alpha)
+        beta = torch.where(absorbing, self.beta + reg * max_log_v, self.beta)
+        log_v = torch.where(absorbing[:, None], torch.zeros_like(log_v), log_v).masked_fill(self.col_invalid, -math.inf)
+        keep = (active & ~numerical_error)[:, None]
+        self.log_u = torch.where(keep, log_u, self.log_u)
+        self.log_v = torch.where(keep, log_v, self.log_v)
+        self.alpha, self.beta = torch.where(active, alpha, self.alpha), torch.where(active, beta, self.beta)
+        return absorbing, numerical_error
+
+    def relative_change(self, log_u_prev: torch.Tensor) -> torch.Tensor:
+        """POT's ``max|u − u_prev| / max(max u, max u_prev, 1)`` ``[B]``, computed after dividing by that scale."""
+        log_scale = torch.maximum(torch.maximum(self.log_u.amax(dim=1), log_u_prev.amax(dim=1)),
+                                  torch.zeros_like(self.alpha))[:, None]
+        return ((self.log_u - log_scale).exp() - (log_u_prev - log_scale).exp()).abs().amax(dim=1)
+
+    def log_masses(self, sums) -> tuple[torch.Tensor, torch.Tensor]:
+        """fp64 ``log`` row and column sums of ``Γ = exp((f_i + g_j − C_ij)/reg)``, −inf on masked entries."""
+        f, g = self.f, self.g
+        rows = (f / self.reg + sums.rows(g)).masked_fill(self.row_invalid, -math.inf)
+        cols = (g / self.reg + sums.cols(f)).masked_fill(self.col_invalid, -math.inf)
+        return rows, cols
+
+
+class _KernelSums:
+    """The two masked log-sum-exps by mat-vecs with the kernel ``exp(−C/reg)`` ``[B, N, M]`` (0 off the masks)."""
+
+    def __init__(self, cost: torch.Tensor, valid: torch.Tensor, reg: float):
+        self.dtype, self.reg = cost.dtype, reg
+        self.kernel = cost.mul(-1.0 / reg).exp_().masked_fill_(~valid, 0.0)
+
+    def _scaled(self, potential: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(exp(p/reg − s) in the kernel dtype, s [B, 1])`` with ``s`` the largest finite ``p/reg`` per pair."""
+        scaled = potential / self.reg
+        shift = scaled.amax(dim=1, keepdim=True)
+        shift = torch.where(torch.isfinite(shift), shift, torch.zeros_like(shift))
+        return (scaled - shift).exp().to(self.dtype), shift
+
+    def rows(self, g: torch.Tensor) -> torch.Tensor:
+        """``[B, N]`` fp64 ``LSE_j((g_j − C_ij)/reg)`` for ``g`` ``[B, M]``."""
+        weights, shift = self._scaled(g)
+        return torch.bmm(self.kernel, weights[:, :, None])[:, :, 0].double().log() + shift
+
+    def cols(self, f: torch.Tensor) -> torch.Tensor:
+        """``[B, M]`` fp64 ``LSE_i((f_i − C_ij)/reg)`` for ``f`` ``[B, N]``."""
+        weights, shift = self._scaled(f)
+        return torch.bmm(weights[:, None, :], self.kernel)[:, 0, :].double().log() + shift
+
+    def total(self) -> torch.Tensor:
+        """``[B]`` the kernel's sum (NaN or inf when a valid cost is NaN or −inf)."""
+        return self.kernel.sum(dim=(1, 2))
+
+    def col_min_cost(self) -> torch.Tensor:
+        """``[B, M]`` the smallest valid cost of each column (inf for a masked column)."""
+        return self.kernel.amax(dim=1).double().log().mul(-self.reg)
+
+    def plan(self, f: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
+        """``[B, N, M]`` ``Γ = exp(f_i/reg) K_ij exp(g_j/reg)``, via the per-pair shift of :meth:`_scaled`."""
+        row, row_shift = self._scaled(f)
+        col = ((g / self.reg) + row_shift).exp().to(self.dtype)
+        return row[:, :, None] * self.kernel * col[:, None, :]
+
+
+class _LogSums:
+    """The two masked log-sum-exps over ``−C/reg`` ``[B, N, M]`` (−inf off the masks), in one reused buffer."""
+
+    def __init__(self, cost: torch.Tensor, valid: torch.Tensor, reg: float):
+        self.dtype, self.reg = cost.dtype, reg
+        self.log_kernel = cost.mul(-1.0 / reg).masked_fill_(~valid, -math.inf)
+        self.buffer = torch.empty_like(self.log_kernel)
+
+    def _lse(self, potential: torch.Tensor, dim: int) -> torch.Tensor:
+        scaled = potential / self.reg
+        shift = scaled.amax(dim=1, keepdim=True)
+        shift = torch.where(torch.isfinite(shift), shift, torch.zeros_like(shift))
+        offset = (scaled - shift).to(self.dtype)
+        offset = offset[:, None, :] if dim == 2 else offset[:, :, None]
+        buffer = torch.add(self.log_kernel, offset, out=self.buffer)
+        top = buffer.amax(dim=dim, keepdim=True)
+        top = torch.where(torch.isfinite(top), top, torch.zeros_like(top))
+        total = buffer.sub_(top).exp_().sum(dim=dim)
+        return total.double().log() + top.squeeze(dim).double() + shift
+
+    def rows(self, g: torch.Tensor) -> torch.Tensor:
+        """``[B, N]`` fp64 ``LSE_j((g_j − C_ij)/reg)`` for ``g`` ``[B, M]``."""
+        return self._lse(g, dim=2)
+
+    def cols(self, f: torch.Tensor) -> torch.Tensor:
+        """``[B, M]`` fp64 ``LSE_i((f_i − C_ij)/reg)`` for ``f`` ``[B, N]``."""
+        return self._lse(f, dim=1)
+
+    def total(self) -> torch.Tensor:
+        """``[B]`` the sum of the finite ``−C/reg`` (NaN or inf when a valid cost is NaN or −inf)."""
+        return torch.where(self.log_kernel == -math.inf, 0.0, self.log_kernel).sum(dim=(1, 2))
+
+    def col_min_cost(self) -> torch.Tensor:
+        """``[B, M]`` the smallest valid cost of each column (inf for a masked column)."""
+        return self.log_kernel.amax(dim=1).double().mul(-self.reg)
+
+    def plan(self, f: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
+        """``[B, N, M]`` ``Γ = exp((f_i + g_j − C_ij)/reg)``, 0 off the masks."""
+        shift = (f / self.reg).amax(dim=1, keepdim=True)
+        shift = torch.where(torch.isfinite(shift), shift, torch.zeros_like(shift))
+        row = (f / self.reg - shift).to(self.dtype)
+        col = (g / self.reg + shift).to(self.dtype)
+        return (self.log_kernel + row[:, :, None] + col[:, None, :]).exp_()
+
+
+def _check_shapes(cost: torch.Tensor, row_mask: torch.Tensor, col_mask: torch.Tensor) -> None:
+    """Raise unless ``cost`` is ``[B, N, M]`` and the masks are bool ``[B, N]`` / ``[B, M]``."""
+    if cost.dim() != 3:
+        raise ValueError(f"cost must be [B, N, M], got shape {tuple(cost.shape)}")
+    batch, n, m = cost.shape
+    if row_mask.shape != (batch, n) or col_mask.shape != (batch, m):
+        raise ValueError(f"masks of shapes {tuple(row_mask.shape)}, {tuple(col_mask.shape)} do not match cost "
+                         f"{tuple(cost.shape)}")
+    if row_mask.dtype != torch.bool or col_mask.dtype != torch.bool:
+        raise TypeError("row_mask and col_mask must be bool tensors")
+
+
+def _validate(masked_cost: torch.Tensor, row_mask: torch.Tensor, col_mask: torch.Tensor) -> float:
+    """Raise on a pair without valid rows or columns or with a non-finite valid cost (one host read).
+
+    ``masked_cost`` ``[B, N, M]`` is 0 on invalid entries. Returns ``max|C|`` over the valid entries.
+    """
+    largest = masked_cost.abs().amax(dim=(1, 2))  # NaN propagates
+    empty_rows, empty_cols, largest = torch.stack([
+        (~row_mask.any(dim=1)).to(largest.dtype), (~col_mask.any(dim=1)).to(largest.dtype), largest]).tolist()
+    problems = (("no valid row", empty_rows), ("no valid column", empty_cols),
+                ("a non-finite cost", [not math.isfinite(value) for value in largest]))
+    for name, flags in problems:
+        pairs = [b for b, flag in enumerate(flags) if flag]
+        if pairs:
+            raise ValueError(f"unbalanced_sinkhorn: pairs {pairs} have {name}")
+    return max(largest)
