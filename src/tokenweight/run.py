@@ -12,7 +12,7 @@ from rich.console import Console
 from rich.table import Table
 from transformers import set_seed
 
-from tokenweight.config import TokenweightConfig
+from tokenweight.config import TokenweightConfig, resolve_max_length
 from tokenweight.data import load_preference_split, tokenize_preference_dataset
 from tokenweight.evaluate import preference_report, score_pairs
 from tokenweight.models import add_lora_adapters, load_causal_lm, load_tokenizer
@@ -26,7 +26,6 @@ KEYFACT_DEFAULTS = {
     "lr_scheduler_type": "constant",
     "num_train_epochs": 4,
     "per_device_train_batch_size": 16,
-    "beta": 0.1,
     "max_length": 128,
     "logging_steps": 8,
     "save_strategy": "no",
@@ -121,6 +120,7 @@ def run_training(config: TokenweightConfig) -> dict:
     if keyfact and not torch.cuda.is_available():
         torch.set_num_threads(1)  # a 150k-parameter model: extra intra-op threads only contend
     model_path = resolve_model_path(config)
+    config.max_length = resolve_max_length(config.max_length, model_path)
     tokenizer = load_tokenizer(model_path)
     train_raw, eval_raw = load_raw_splits(config)
     if config.weighting == "attention":
