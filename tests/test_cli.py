@@ -52,7 +52,7 @@ def test_bad_values_name_the_config_key(flags, message):
 def test_model_without_dataset_is_refused(tmp_path):
     from tokenweight.run import resolve_model_path
     config = parse_train_config(["--model_name_or_path", "x", "--use_cpu", "true"])
-    with pytest.raises(ValueError, match="config key `dataset_name` is required"):
+    with pytest.raises(UserError, match="config key `dataset_name` is required"):
         resolve_model_path(config)
 
 

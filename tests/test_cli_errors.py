@@ -117,8 +117,8 @@ def test_the_console_prints_no_traceback_unless_debugging(tmp_path):
     recipe.write_text("otpo_regg: 1.0\n")
     done = _subprocess(["train", "--config", str(recipe)])
     assert done.returncode == 2 and "Traceback" not in done.stderr
-    assert done.stderr.strip().splitlines() == [
-        f"tokenweight: error: recipe {recipe}: unknown config key(s) ['otpo_regg']; did you mean otpo_regg -> otpo_reg?"]
+    message = f"recipe {recipe}: unknown config key(s) ['otpo_regg']; did you mean otpo_regg -> otpo_reg?"
+    assert done.stderr.strip().splitlines() == [f"tokenweight: error: {message}"]
     debug = _subprocess(["nope"], TOKENWEIGHT_DEBUG="1")
     assert debug.returncode == 1
     assert "Traceback" in debug.stderr and "UserError: argument COMMAND: invalid choice: 'nope'" in debug.stderr

@@ -138,7 +138,7 @@ def test_eval_matches_naive_recomputation(fixture_dirs, tokenizer, tmp_path):
     assert [a["choices"] for a in arena] == [[{"index": 0, "turns": [{"content": t}]}] for t in texts]
 
 
-def test_eval_without_reference_uses_chosen_answers(fixture_dirs, tokenizer, tmp_path):
+def test_eval_without_reference_uses_chosen_answers(fixture_dirs, tokenizer, tmp_path, capsys):
     dirs, rows = fixture_dirs
     out = tmp_path / "eval.json"
     main(["eval", "--model_name_or_path", str(dirs["policy"]), "--dataset_name", str(dirs["data"]),
@@ -147,6 +147,7 @@ def test_eval_without_reference_uses_chosen_answers(fixture_dirs, tokenizer, tmp
     results = json.loads(out.read_text())
     assert set(results["preference"]) == {"logp_acc"}  # no reference: no implicit reward
     assert results["win_rate"]["against"] == "dataset chosen answers"
-    with pytest.raises(ValueError, match="needs a reference"):
-        main(["eval", "--model_name_or_path", str(dirs["policy"]), "--dataset_name", str(dirs["data"]),
-              "--weighting", "uniform", "--num_generations", "0", "--output", str(out)])
+    capsys.readouterr()
+    assert main(["eval", "--model_name_or_path", str(dirs["policy"]), "--dataset_name", str(dirs["data"]),
+                 "--weighting", "uniform", "--num_generations", "0", "--output", str(out)]) == 2
+    assert "tokenweight: error: --weighting needs a reference" in capsys.readouterr().err

@@ -15,6 +15,7 @@ from transformers import set_seed
 from tokenweight.config import TokenweightConfig, resolve_max_length
 from tokenweight.data import load_preference_split, tokenize_preference_dataset
 from tokenweight.evaluate import preference_report, score_pairs
+from tokenweight.errors import UserError
 from tokenweight.models import add_lora_adapters, load_causal_lm, load_tokenizer
 
 logger = logging.getLogger(__name__)
@@ -82,11 +83,11 @@ def resolve_model_path(config: TokenweightConfig) -> str:
     """The policy's path; builds (or reuses from the cache) the KeyFact base model for the built-in default."""
     if config.model_name_or_path is not None:
         if config.dataset_name is None:
-            raise ValueError("config key `dataset_name` is required when `model_name_or_path` is given "
+            raise UserError("config key `dataset_name` is required when `model_name_or_path` is given "
                              "(name neither for the built-in KeyFact default)")
         return config.model_name_or_path
     if config.dataset_name is not None:
-        raise ValueError("config key `model_name_or_path` is required when `dataset_name` is given "
+        raise UserError("config key `model_name_or_path` is required when `dataset_name` is given "
                          "(name neither for the built-in KeyFact default)")
     return keyfact_model_path(config)
 

@@ -8,6 +8,7 @@ from pathlib import Path
 import datasets
 
 from tokenweight.config import TokenweightConfig, resolve_max_length
+from tokenweight.errors import UserError
 
 
 def add_source_arguments(parser: argparse.ArgumentParser, model_required: bool = False) -> None:
@@ -53,7 +54,7 @@ def load_pairs(config: TokenweightConfig, tokenizer, split: str, limit: int | No
     if config.dataset_name is None:
         from tokenweight.keyfact import build_keyfact
         if split not in ("train", "eval"):
-            raise ValueError(f"the built-in KeyFact task has the splits 'train' and 'eval', not {split!r}")
+            raise UserError(f"the built-in KeyFact task has the splits 'train' and 'eval', not {split!r}")
         sizes = {"n_train": config.keyfact_train_size, "n_eval": config.keyfact_eval_size}
         if limit is not None:
             sizes["n_train" if split == "train" else "n_eval"] = limit

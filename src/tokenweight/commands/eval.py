@@ -12,6 +12,7 @@ from rich.table import Table
 
 from tokenweight.run import keyfact_model_path
 from tokenweight.commands.common import add_source_arguments, build_config, load_pairs, model_label
+from tokenweight.errors import UserError
 
 EXAMPLES = """examples:
   tokenweight eval --model_name_or_path outputs/keyfact-default --output eval.json
@@ -80,7 +81,7 @@ def evaluate_model(args: argparse.Namespace) -> dict:
     results["preference"] = preference
     if args.weighting is not None:
         if ref is None:
-            raise ValueError("--weighting needs a reference model (--ref_model_name_or_path) for the implicit reward")
+            raise UserError("--weighting needs a reference model (--ref_model_name_or_path) for the implicit reward")
         results["weighted"] = {"weighting": args.weighting, **weighted_metrics(config, policy, ref, tokenizer, pairs,
                                                                               args.batch_size)}
 
