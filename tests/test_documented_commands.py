@@ -29,7 +29,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tokenweight.cli import _COMMANDS, main, parse_train_config
+from tokenweight.cli import COMMANDS, main, parse_train_config
 
 REPO = Path(__file__).resolve().parents[1]
 PLACEHOLDERS = {"DIR": lambda env, cwd: str(cwd / "dir"), "M": lambda env, cwd: env["model"],
@@ -80,7 +80,7 @@ def help_text(argv: list[str]) -> str:
 def epilog_commands() -> list[tuple[str, str]]:
     """``(source, command)`` of the examples in ``tokenweight --help`` and in every command's ``--help``."""
     found = []
-    for command in [None, *_COMMANDS]:
+    for command in [None, *COMMANDS]:
         argv = [command, "--help"] if command else ["--help"]
         text = help_text(argv)
         assert "examples:" in text, f"`tokenweight {' '.join(argv)}` shows no examples"

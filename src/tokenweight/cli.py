@@ -23,7 +23,7 @@ import yaml
 from tokenweight.errors import UserError
 
 #: Sub-commands: name -> (module defining ``register(subparsers)``, which sets ``func``; one-line help).
-_COMMANDS = {
+COMMANDS = {
     "train": (None, "train a policy (tokenweight train --help for every flag)"),
     "precompute": ("tokenweight.commands.precompute", "precompute cached token weights (attention)"),
     "eval": ("tokenweight.commands.eval",
@@ -141,7 +141,7 @@ def command_parser(command: str | None) -> CommandParser:
     parser = CommandParser(prog="tokenweight", description="Token-weighted preference optimization.",
                            formatter_class=argparse.RawDescriptionHelpFormatter, epilog=TRAIN_EXAMPLES)
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for name, (module, help_text) in _COMMANDS.items():
+    for name, (module, help_text) in COMMANDS.items():
         if name == command and module is not None:
             importlib.import_module(module).register(subparsers)
         else:
