@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from tokenweight.cli import main, parse_train_config
+from tokenweight.errors import UserError
 from tokenweight.run import KEYFACT_DEFAULTS
 
 
@@ -15,7 +16,7 @@ def test_flags_override_the_recipe_which_overrides_defaults(tmp_path):
     config = parse_train_config(["--config", str(recipe), "--beta", "0.05", "--use_cpu", "true"])
     assert config.beta == 0.05 and config.weighting == "otpo" and config.otpo_reg_m == [0.2, 0.5]
     assert config.learning_rate == 1e-6 and config.model_name_or_path == "some/model"
-    assert config.max_length == 1024  # the library default, not KeyFact's (a model and a dataset are named)
+    assert config.max_length is None  # min(1024, model context) at run time, not KeyFact's 128
 
 
 def test_no_model_and_no_dataset_take_the_keyfact_defaults():
@@ -26,14 +27,14 @@ def test_no_model_and_no_dataset_take_the_keyfact_defaults():
 
 
 def test_a_misspelt_flag_is_named():
-    with pytest.raises(SystemExit, match=r"\['--bta', '0.3'\]"):
+    with pytest.raises(UserError, match=r"unrecognized arguments: --bta 0.3; did you mean --beta\?"):
         parse_train_config(["--bta", "0.3"])
 
 
 def test_an_unknown_recipe_key_is_named(tmp_path):
     recipe = tmp_path / "r.yaml"
     recipe.write_text("beta: 0.1\notpo_regg: 1.0\n")
-    with pytest.raises(ValueError, match=r"unknown config key\(s\) \['otpo_regg'\]"):
+    with pytest.raises(UserError, match=r"unknown config key\(s\) \['otpo_regg'\]; did you mean otpo_regg -> otpo_reg"):
         parse_train_config(["--config", str(recipe)])
 
 
@@ -44,14 +45,14 @@ def test_an_unknown_recipe_key_is_named(tmp_path):
     (["--beta", "-1"], "config key `beta` must be positive"),
 ])
 def test_bad_values_name_the_config_key(flags, message):
-    with pytest.raises(SystemExit, match=message):
+    with pytest.raises(UserError, match=message):
         parse_train_config(["--use_cpu", "true", *flags])
 
 
 def test_model_without_dataset_is_refused(tmp_path):
     from tokenweight.run import resolve_model_path
     config = parse_train_config(["--model_name_or_path", "x", "--use_cpu", "true"])
-    with pytest.raises(ValueError, match="config key `dataset_name` is required"):
+    with pytest.raises(UserError, match="config key `dataset_name` is required"):
         resolve_model_path(config)
 
 

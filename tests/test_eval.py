@@ -147,6 +147,7 @@ def test_eval_without_reference_uses_chosen_answers(fixture_dirs, tokenizer, tmp
     results = json.loads(out.read_text())
     assert set(results["preference"]) == {"logp_acc"}  # no reference: no implicit reward
     assert results["win_rate"]["against"] == "dataset chosen answers"
+    capsys.readouterr()
     assert main(["eval", "--model_name_or_path", str(dirs["policy"]), "--dataset_name", str(dirs["data"]),
                  "--weighting", "uniform", "--num_generations", "0", "--output", str(out), "--overwrite"]) == 2
     assert "tokenweight: error: --weighting needs a reference" in capsys.readouterr().err

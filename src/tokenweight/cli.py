@@ -3,51 +3,84 @@
 ``tokenweight train --config recipe.yaml [--any_flag value …]``: flags override the YAML; every
 ``TrainingArguments`` flag and every :class:`~tokenweight.config.TokenweightConfig` field is a flag. With no model
 and no dataset it trains the built-in KeyFact tiny model on the built-in KeyFact task.
+
+A user error (:class:`~tokenweight.errors.UserError`, or a flag the parser refuses) prints one line,
+``tokenweight: error: …``, and exits with status 2; ``TOKENWEIGHT_DEBUG=1`` shows the traceback instead. Only the
+named command's module is imported, so ``tokenweight --help`` imports neither torch nor transformers.
 """
 
 from __future__ import annotations
 
 import argparse
+import difflib
 import importlib
+import os
 import sys
-from dataclasses import fields
 from pathlib import Path
 
 import yaml
 
-# Sub-commands other than `train`: module name -> it defines `register(subparsers)` (each sets `func`).
-_COMMAND_MODULES = ("tokenweight.commands.precompute", "tokenweight.commands.eval",
-                    "tokenweight.commands.weights", "tokenweight.commands.bench")
+from tokenweight.errors import UserError
+
+#: Sub-commands: name -> (module defining ``register(subparsers)``, which sets ``func``; one-line help).
+COMMANDS = {
+    "train": (None, "train a policy (tokenweight train --help for every flag)"),
+    "precompute": ("tokenweight.commands.precompute", "precompute cached token weights (attention)"),
+    "eval": ("tokenweight.commands.eval",
+             "held-out preference accuracy, generation stats, reward-model win rate, exports"),
+    "weights": ("tokenweight.commands.weights", "token-weight heatmaps of a scheme on a few pairs (terminal + HTML)"),
+    "bench": ("tokenweight.commands.bench", "benchmarks (tokenweight bench keyfact --help)"),
+}
 
 TRAIN_EXAMPLES = """examples:
   tokenweight train                                   # built-in KeyFact task and tiny model, plain DPO
   tokenweight train --weighting otpo --output_dir runs/otpo
+  tokenweight train --weighting tidpo --tidpo_preset upstream --output_dir runs/tidpo   # β 0.2 from the preset
   tokenweight train --config recipes/otpo_llama3_8b_instruct_ultrafeedback.yaml --per_device_train_batch_size 1
   tokenweight train --model_name_or_path meta-llama/Llama-3.2-1B-Instruct \\
       --dataset_name trl-lib/ultrafeedback_binarized --weighting uniform --bf16 true
+
+Precedence: a flag > the --config recipe > a scheme preset (TI-DPO's β) > the built-in defaults (KeyFact's when
+neither a model nor a dataset is named).
 """
 
 
+class CommandParser(argparse.ArgumentParser):
+    """An ``ArgumentParser`` whose usage errors are :class:`UserError` s (one line, exit status 2)."""
+
+    def error(self, message: str):
+        raise UserError(f"{message} (see `{self.prog} --help`)")
+
+
 def read_recipe(path: str) -> dict:
-    """The YAML recipe at ``path`` as a dict of config keys; an unknown key is an error naming it."""
+    """The YAML recipe at ``path`` as a dict of config keys; a missing file, bad YAML or an unknown key is a
+    :class:`UserError` naming it."""
+    from dataclasses import fields
+
     from tokenweight.config import TokenweightConfig
 
-    values = yaml.safe_load(Path(path).read_text()) or {}
+    try:
+        values = yaml.safe_load(Path(path).read_text()) or {}
+    except FileNotFoundError:
+        raise UserError(f"recipe {path}: no such file (looked in {Path.cwd()})") from None
+    except yaml.YAMLError as error:
+        raise UserError(f"recipe {path}: not valid YAML ({' '.join(str(error).split())})") from None
     if not isinstance(values, dict):
-        raise ValueError(f"recipe {path}: expected a mapping of config keys, got {type(values).__name__}")
-    known = {f.name for f in fields(TokenweightConfig)}
-    unknown = sorted(set(values) - known)
+        raise UserError(f"recipe {path}: expected a mapping of config keys, got {type(values).__name__}")
+    known = [f.name for f in fields(TokenweightConfig)]
+    unknown = sorted(set(values) - set(known))
     if unknown:
-        raise ValueError(f"recipe {path}: unknown config key(s) {unknown}")
+        hints = [f"{key} -> {close[0]}" for key in unknown if (close := difflib.get_close_matches(key, known, n=1))]
+        raise UserError(f"recipe {path}: unknown config key(s) {unknown}"
+                        + (f"; did you mean {', '.join(hints)}?" if hints else ""))
     return values
 
 
 def parse_train_config(argv: list[str]):
-    """Build the run's :class:`TokenweightConfig` from ``--config`` YAML, the KeyFact defaults (when neither a
-    model nor a dataset is named) and the command-line flags, in increasing priority."""
-    from transformers import HfArgumentParser
-
-    from tokenweight.config import TokenweightConfig
+    """Build the run's :class:`TokenweightConfig`: the flags override the ``--config`` YAML, which overrides the
+    built-in defaults (KeyFact's, when neither a model nor a dataset is named). Presets fill only what none of
+    them set (``beta=None`` lets :attr:`~tokenweight.config.TokenweightConfig.effective_beta` pick)."""
+    from tokenweight.config import ConfigArgumentParser
     from tokenweight.run import KEYFACT_DEFAULTS
 
     pre = argparse.ArgumentParser(add_help=False)
@@ -56,13 +89,9 @@ def parse_train_config(argv: list[str]):
     recipe = read_recipe(known.config) if known.config else {}
 
     def parse(defaults: dict):
-        parser = HfArgumentParser(TokenweightConfig)
+        parser = ConfigArgumentParser(prog="tokenweight train")
         parser.set_defaults(**defaults)
-        try:
-            (config,) = parser.parse_args_into_dataclasses(args=rest)
-        except ValueError as error:  # unknown flags: name them
-            raise SystemExit(f"tokenweight train: {error}") from None
-        return config
+        return parser.parse_config(rest)
 
     config = parse(recipe)
     if config.model_name_or_path is None and config.dataset_name is None:
@@ -70,45 +99,78 @@ def parse_train_config(argv: list[str]):
     return config
 
 
+def print_train_help() -> None:
+    """``tokenweight train --help``: the flags in groups, with defaults and the registered schemes."""
+    from tokenweight.config import ConfigArgumentParser
+
+    parser = ConfigArgumentParser(prog="tokenweight train", epilog=TRAIN_EXAMPLES, description=(
+        "Train a policy with token-weighted DPO. Every transformers.TrainingArguments flag and every tokenweight "
+        "setting is a flag; with no model and no dataset it trains the built-in KeyFact tiny model on the "
+        "built-in KeyFact task."))
+    parser.add_argument("--config", help="YAML recipe; command-line flags override its values")
+    parser.print_help()
+
+
+def hide_shard_writing_bars() -> None:
+    """Hide transformers' "Writing model shards" bar, which every checkpoint and the final save draw into the
+    training bar; the training bar and download bars stay."""
+    from transformers.utils import logging as hf_logging
+
+    def hook(factory, args, kwargs):
+        if kwargs.get("desc") == "Writing model shards":
+            kwargs = {**kwargs, "disable": True}
+        return factory(*args, **kwargs)
+
+    hf_logging.set_tqdm_hook(hook)
+
+
 def _train(argv: list[str]) -> int:
     if argv and argv[0] in ("-h", "--help"):
-        from transformers import HfArgumentParser
-
-        from tokenweight.config import TokenweightConfig
-        parser = HfArgumentParser(TokenweightConfig, prog="tokenweight train", epilog=TRAIN_EXAMPLES,
-                                  formatter_class=argparse.RawDescriptionHelpFormatter)
-        parser.add_argument("--config", help="YAML recipe; command-line flags override its values")
-        parser.print_help()
+        print_train_help()
         return 0
+    config = parse_train_config(argv)
     from tokenweight.run import run_training
-    run_training(parse_train_config(argv))
+
+    hide_shard_writing_bars()
+    run_training(config)
     return 0
 
 
-def main(argv: list[str] | None = None) -> int:
-    from tokenweight.errors import UserError
-    try:
-        return _main(argv)
-    except UserError as error:
-        print(f"tokenweight: error: {error}", file=sys.stderr)
-        return 2
-
-
-def _main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
-    parser = argparse.ArgumentParser(prog="tokenweight", description="Token-weighted preference optimization.",
-                                     formatter_class=argparse.RawDescriptionHelpFormatter, epilog=TRAIN_EXAMPLES)
+def command_parser(command: str | None) -> CommandParser:
+    """The ``tokenweight`` parser; only ``command``'s module is imported (the others are listed by name)."""
+    parser = CommandParser(prog="tokenweight", description="Token-weighted preference optimization.",
+                           formatter_class=argparse.RawDescriptionHelpFormatter, epilog=TRAIN_EXAMPLES)
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
-    subparsers.add_parser("train", help="train a policy (tokenweight train --help for every flag)", add_help=False)
-    for name in _COMMAND_MODULES:
-        importlib.import_module(name).register(subparsers)
+    for name, (module, help_text) in COMMANDS.items():
+        if name == command and module is not None:
+            importlib.import_module(module).register(subparsers)
+        else:
+            subparsers.add_parser(name, help=help_text, add_help=False)
+    return parser
+
+
+def run_command(argv: list[str]) -> int:
+    """Parse ``argv`` and run its command (errors propagate)."""
     if argv and argv[0] == "train":
         return _train(argv[1:])
+    parser = command_parser(argv[0] if argv else None)
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):
         parser.print_help()
-        return 0 if args.command is None else 2
+        return 0
+    hide_shard_writing_bars()
     return args.func(args) or 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    try:
+        return run_command(argv)
+    except UserError as error:
+        if os.environ.get("TOKENWEIGHT_DEBUG") == "1":
+            raise
+        print(f"tokenweight: error: {' '.join(str(error).split())}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -6,6 +6,8 @@ import torch
 from torch import nn
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerBase
 
+from tokenweight.errors import UserError
+
 _DTYPES = {"auto": "auto", "float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
@@ -22,7 +24,7 @@ def load_tokenizer(path: str) -> PreTrainedTokenizerBase:
 def load_causal_lm(path: str, dtype: str = "auto", attn_implementation: str | None = None) -> nn.Module:
     """A causal LM from a hub id or a folder written by ``save_pretrained``."""
     if dtype not in _DTYPES:
-        raise ValueError(f"config key `model_dtype`: {dtype!r} is not one of {sorted(_DTYPES)}")
+        raise UserError(f"config key `model_dtype`: {dtype!r} is not one of {sorted(_DTYPES)}")
     kwargs = {"dtype": _DTYPES[dtype]}
     if attn_implementation:
         kwargs["attn_implementation"] = attn_implementation

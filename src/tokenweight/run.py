@@ -14,11 +14,11 @@ from rich.console import Console
 from rich.table import Table
 from transformers import set_seed
 
-from tokenweight.config import TokenweightConfig
+from tokenweight.config import TokenweightConfig, resolve_max_length
 from tokenweight.data import print_data_summary, tokenize_preference_dataset
-from tokenweight.errors import UserError
 from tokenweight.sources import PreferenceSplits, load_splits
 from tokenweight.evaluate import preference_report, score_pairs
+from tokenweight.errors import UserError
 from tokenweight.models import add_lora_adapters, load_causal_lm, load_tokenizer
 
 logger = logging.getLogger(__name__)
@@ -30,7 +30,6 @@ KEYFACT_DEFAULTS = {
     "lr_scheduler_type": "constant",
     "num_train_epochs": 4,
     "per_device_train_batch_size": 16,
-    "beta": 0.1,
     "max_length": 128,
     "logging_steps": 8,
     "save_strategy": "no",
@@ -106,11 +105,11 @@ def resolve_model_path(config: TokenweightConfig) -> str:
     """The policy's path; builds (or reuses from the cache) the KeyFact base model for the built-in default."""
     if config.model_name_or_path is not None:
         if config.dataset_name is None:
-            raise ValueError("config key `dataset_name` is required when `model_name_or_path` is given "
+            raise UserError("config key `dataset_name` is required when `model_name_or_path` is given "
                              "(name neither for the built-in KeyFact default)")
         return config.model_name_or_path
     if config.dataset_name is not None:
-        raise ValueError("config key `model_name_or_path` is required when `dataset_name` is given "
+        raise UserError("config key `model_name_or_path` is required when `dataset_name` is given "
                          "(name neither for the built-in KeyFact default)")
     return keyfact_model_path(config)
 
@@ -144,6 +143,7 @@ def run_training(config: TokenweightConfig) -> dict:
     if keyfact and not torch.cuda.is_available():
         torch.set_num_threads(1)  # a 150k-parameter model: extra intra-op threads only contend
     model_path = resolve_model_path(config)
+    config.max_length = resolve_max_length(config.max_length, model_path)
     tokenizer = load_tokenizer(model_path)
     splits = load_run_splits(config)
     train_raw, eval_raw, data_summary = splits.train, splits.eval, {}

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import datasets
 
-from tokenweight.config import TokenweightConfig
+from tokenweight.config import TokenweightConfig, resolve_max_length
 from tokenweight.errors import UserError
 
 
@@ -37,7 +37,10 @@ def build_config(args: argparse.Namespace, **overrides) -> TokenweightConfig:
     values.update(report_to="none", **overrides)
     if values.get("dataset_name") is None:
         values.setdefault("max_length", 128)
-    return TokenweightConfig(**values)
+    config = TokenweightConfig(**values)
+    if config.model_name_or_path is not None:
+        config.max_length = resolve_max_length(config.max_length, config.model_name_or_path)
+    return config
 
 
 def load_pairs(config: TokenweightConfig, tokenizer, split: str, limit: int | None = None,

@@ -14,6 +14,7 @@ from rich.table import Table
 from tokenweight.run import keyfact_model_path
 from tokenweight.errors import UserError
 from tokenweight.commands.common import add_source_arguments, build_config, load_pairs, model_label
+from tokenweight.errors import UserError
 
 EXAMPLES = """examples:
   tokenweight eval --model_name_or_path outputs/keyfact-default

@@ -12,6 +12,7 @@ from rich.console import Console
 
 from tokenweight.run import keyfact_model_path
 from tokenweight.commands.common import add_source_arguments, build_config, load_pairs
+from tokenweight.errors import UserError
 
 EXAMPLES = """examples:
   tokenweight weights --weighting otpo --num_pairs 4 --output otpo.html     # built-in KeyFact model and task
@@ -40,7 +41,7 @@ def run(args: argparse.Namespace) -> int:
 
     config = build_config(args)
     if args.model_name_or_path is None and config.dataset_name is not None:
-        raise ValueError("--model_name_or_path is required with --dataset_name (name neither for KeyFact)")
+        raise UserError("--model_name_or_path is required with --dataset_name (name neither for KeyFact)")
     model_path = args.model_name_or_path or keyfact_model_path(config)
     views = weight_views(config, model_path, args.split, args.num_pairs, args.batch_size)
     settings = scheme_settings(config, model_path, args.split)
