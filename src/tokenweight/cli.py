@@ -80,8 +80,13 @@ def _train(argv: list[str]) -> int:
         parser.add_argument("--config", help="YAML recipe; command-line flags override its values")
         parser.print_help()
         return 0
+    from tokenweight.errors import UserError
     from tokenweight.run import run_training
-    run_training(parse_train_config(argv))
+    try:
+        run_training(parse_train_config(argv))
+    except UserError as error:
+        print(f"tokenweight: error: {error}", file=sys.stderr)
+        return 2
     return 0
 
 
