@@ -3,7 +3,6 @@ scheme (issue 9, item 1); a checkpoint that does not exist is a one-line error."
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 
@@ -12,36 +11,17 @@ import torch
 
 from conftest import standard_rows
 from tokenweight.cli import main
-from tokenweight.data import tokenize_preference_dataset
-from tokenweight.keyfact import keyfact_base_model
-from workflow_runs import log_history, saved_parameters, small_keyfact_args, fork_stopped_run, wait_for
-
-
-@pytest.fixture(scope="module")
-def keyfact_cache(tmp_path_factory):
-    """The small KeyFact base model, built once for the module; the runs find it through TOKENWEIGHT_CACHE."""
-    cache = tmp_path_factory.mktemp("keyfact-cache")
-    path = keyfact_base_model(cache_dir=cache, size="small", progress=False)
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("TOKENWEIGHT_CACHE", str(cache))
-        yield path
+from tokenweight.trainer import TokenweightTrainer
+from workflow_runs import keyfact_cache  # noqa: F401 (fixture)
+from workflow_runs import (fork_stopped_run, log_history, saved_parameters, small_keyfact_args, wait_for,
+                           with_token_weights, write_jsonl)
 
 
 def weight_column_file(model_path, folder) -> str:
-    """A JSONL file of 16 pairs with a per-token ``chosen_weights``/``rejected_weights`` column (0.5 … 2)."""
-    from transformers import AutoTokenizer
-
-    from datasets import Dataset
-
-    rows = standard_rows(16)
-    tokenized, _ = tokenize_preference_dataset(Dataset.from_list(rows), AutoTokenizer.from_pretrained(model_path))
-    path = folder / "weighted.jsonl"
-    with path.open("w") as out:
-        for row, tokens in zip(rows, tokenized):
-            row["chosen_weights"] = [0.5 + (i % 4) / 2 for i in range(len(tokens["chosen_ids"]))]
-            row["rejected_weights"] = [2.0 - (i % 3) / 2 for i in range(len(tokens["rejected_ids"]))]
-            out.write(json.dumps(row) + "\n")
-    return str(path)
+    """A JSONL file of 16 pairs with per-token ``chosen_weights``/``rejected_weights`` columns (0.5 … 2)."""
+    rows = with_token_weights(standard_rows(16), model_path, lambda side, row, i: 0.5 + (i % 4) / 2
+                              if side == "chosen" else 2.0 - (i % 3) / 2)
+    return write_jsonl(folder / "weighted.jsonl", rows)
 
 
 SCHEMES = {
@@ -69,8 +49,22 @@ def test_killed_run_resumes_bit_identical_to_uninterrupted_run(weighting, keyfac
     run = tmp_path / "run"
     assert (run / "checkpoint-4" / "trainer_state.json").is_file() and not (run / "results.json").exists()
 
+    kept = {path: path.stat().st_mtime_ns for path in (run / "checkpoint-2").iterdir()}
+
     resume = "true" if weighting in ("uniform", "otpo", "attention") else str(run / "checkpoint-4")
-    assert main(["train", *small_keyfact_args(weighting, run, *extra), "--resume_from_checkpoint", resume]) == 0
+    trained_steps = []
+    compute_loss = TokenweightTrainer.compute_loss
+
+    def counting_compute_loss(self, model, inputs, *args, **kwargs):
+        if model.training:
+            trained_steps.append(self.state.global_step + 1)
+        return compute_loss(self, model, inputs, *args, **kwargs)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(TokenweightTrainer, "compute_loss", counting_compute_loss)
+        assert main(["train", *small_keyfact_args(weighting, run, *extra), "--resume_from_checkpoint", resume]) == 0
+    assert trained_steps == [5, 6]  # resumed, not restarted: only the missing steps ran
+    assert {path: path.stat().st_mtime_ns for path in (run / "checkpoint-2").iterdir()} == kept
 
     reference, resumed = log_history(tmp_path / "reference"), log_history(run)
     losses = [entry["loss"] for entry in reference if "loss" in entry]

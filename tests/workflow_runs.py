@@ -11,12 +11,46 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 import torch
 from safetensors.torch import load_file
 
 DRIVER = Path(__file__).with_name("train_driver.py")
 #: Logged values that measure wall-clock time, not the run.
 TIMING_KEYS = {"train_runtime", "train_samples_per_second", "train_steps_per_second"}
+
+
+@pytest.fixture(scope="module")
+def keyfact_cache(tmp_path_factory):
+    """The small KeyFact base model, built once per module; the runs find it through TOKENWEIGHT_CACHE."""
+    from tokenweight.keyfact import keyfact_base_model
+
+    cache = tmp_path_factory.mktemp("keyfact-cache")
+    path = keyfact_base_model(cache_dir=cache, size="small", progress=False)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("TOKENWEIGHT_CACHE", str(cache))
+        yield path
+
+
+def write_jsonl(path: Path, rows: list[dict]) -> str:
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    return str(path)
+
+
+def with_token_weights(rows: list[dict], model_path, weight) -> list[dict]:
+    """``rows`` with ``chosen_weights``/``rejected_weights`` columns: ``weight(side, row number, token index)``
+    for each completion token of the tokenizer at ``model_path``."""
+    from datasets import Dataset
+    from transformers import AutoTokenizer
+
+    from tokenweight.data import tokenize_preference_dataset
+
+    tokenized, _ = tokenize_preference_dataset(Dataset.from_list(rows), AutoTokenizer.from_pretrained(model_path))
+    out = []
+    for number, (row, tokens) in enumerate(zip(rows, tokenized)):
+        out.append({**row, **{f"{side}_weights": [weight(side, number, i) for i in range(len(tokens[f"{side}_ids"]))]
+                              for side in ("chosen", "rejected")}})
+    return out
 
 
 def small_keyfact_args(weighting: str, output_dir: Path, *extra: str) -> list[str]:

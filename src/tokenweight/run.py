@@ -180,7 +180,7 @@ def train_guarded(trainer, resume: str | None) -> None:
     except FloatingPointError as error:
         raise non_finite_error(trainer, error) from None
     except KeyboardInterrupt:
-        print(interrupted_message(trainer), file=sys.stderr)
+        print(f"\n{interrupted_message(trainer)}", file=sys.stderr)  # below the progress bar
         raise SystemExit(130) from None
 
 
