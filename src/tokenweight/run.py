@@ -60,7 +60,7 @@ def tokenize_split(config: TokenweightConfig, tokenizer, raw: datasets.Dataset, 
 
 
 def tokenize_with_attention_weights(config: TokenweightConfig, model_path: str, tokenizer, raw: datasets.Dataset,
-                                    name: str) -> datasets.Dataset:
+                                    name: str = "train") -> datasets.Dataset:
     """The tokenized split ``name`` carrying AttentionPO weights as ``chosen_weights``/``rejected_weights``.
 
     The frozen initial model judges the untruncated pairs once (main process first; the others then load the
