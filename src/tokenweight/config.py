@@ -74,6 +74,9 @@ class TokenweightConfig(TrainingArguments):
         "help": "Score the data once with the reference before training and free it (not with TI-DPO's KL term)."})
     precompute_ref_batch_size: int | None = field(default=None, metadata={
         "help": "Pairs per reference forward of the precompute (default: per_device_eval_batch_size)."})
+    overwrite_output_dir: bool = field(default=False, metadata={
+        "help": "Replace a previous run in output_dir (its checkpoint-* folders are removed first); without it, "
+                "a non-empty output_dir is refused unless resume_from_checkpoint is given."})
     disable_dropout: bool = field(default=True, metadata={"help": "Turn dropout off in policy and reference."})
     logps_chunk_size: int = field(default=256, metadata={
         "help": "Sequence chunk of the memory-lean log-prob head (smaller: less memory)."})

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import json
 import logging
@@ -14,6 +15,7 @@ from rich.console import Console
 from rich.table import Table
 from transformers import set_seed
 
+from tokenweight.checkpoints import claim_output_dir, interrupted_message, non_finite_error, resolve_resume
 from tokenweight.config import TokenweightConfig, resolve_max_length
 from tokenweight.data import print_data_summary, tokenize_preference_dataset
 from tokenweight.sources import PreferenceSplits, load_splits
@@ -73,14 +75,15 @@ def tokenize_split(config: TokenweightConfig, tokenizer, raw: datasets.Dataset, 
     return tokenized
 
 
-def tokenize_with_attention_weights(config: TokenweightConfig, model_path: str, tokenizer,
-                                    train_raw: datasets.Dataset, summary: dict | None = None,
+def tokenize_with_attention_weights(config: TokenweightConfig, model_path: str, tokenizer, raw: datasets.Dataset,
+                                    name: str = "train", summary: dict | None = None,
                                     label: str | None = None) -> datasets.Dataset:
-    """The tokenized train split carrying AttentionPO weights as ``chosen_weights``/``rejected_weights``.
+    """The tokenized split ``name`` carrying AttentionPO weights as ``chosen_weights``/``rejected_weights``.
 
     The frozen initial model judges the untruncated pairs once (main process first; the others then load the
     cache), the weights are attached to the raw rows, and tokenization validates and truncates them with the
-    completions. The cache folder defaults to ``output_dir/attention-weights``.
+    completions. The train cache folder defaults to ``output_dir/attention-weights``; any other split is cached in
+    its own sub-folder of it (``attention-weights/eval``).
     """
     from accelerate import PartialState
 
@@ -88,17 +91,31 @@ def tokenize_with_attention_weights(config: TokenweightConfig, model_path: str, 
 
     if config.attention_weights is None:
         config.attention_weights = str(Path(config.output_dir, "attention-weights"))
-    full, _ = tokenize_preference_dataset(train_raw, tokenizer, name="train (judge input)")
+    split_config = config
+    if name != "train":
+        split_config = copy.copy(config)
+        split_config.attention_weights = str(Path(config.attention_weights, name))
+    full, _ = tokenize_preference_dataset(raw, tokenizer, name=f"{name} (judge input)")
     with PartialState().main_process_first():
-        cached = ensure_attention_cache(config, model_path, tokenizer, full)
-    weighted = train_raw.select(full["row_index"])
+        cached = ensure_attention_cache(split_config, model_path, tokenizer, full)
+    weighted = raw.select(full["row_index"])
     weighted = weighted.add_column("chosen_weights", cached.chosen_weights)
     weighted = weighted.add_column("rejected_weights", cached.rejected_weights)
-    tokenized = tokenize_split(config, tokenizer, weighted, "train", summary, label)
+    tokenized = tokenize_split(config, tokenizer, weighted, name, summary, label)
     if summary is not None:
-        summary["train"]["attention"] = dataclasses.asdict(cached.stats)
-        print(f"data train: {cached.stats.summary()}", file=sys.stderr)
+        summary[name]["attention"] = dataclasses.asdict(cached.stats)
+        print(f"data {name}: {cached.stats.summary()}", file=sys.stderr)
     return tokenized
+
+
+def prepare_split(config: TokenweightConfig, model_path: str, tokenizer, raw: datasets.Dataset, name: str,
+                  summary: dict | None = None, label: str | None = None,
+                  source_rows: list[int] | None = None) -> datasets.Dataset:
+    """One split tokenized with its scheme's data preparation (AttentionPO: the judge's weights), so that every
+    split the trainer sees — train and eval — carries what the scheme reads."""
+    if config.weighting == "attention":
+        return tokenize_with_attention_weights(config, model_path, tokenizer, raw, name, summary, label)
+    return tokenize_split(config, tokenizer, raw, name, summary, label, source_rows)
 
 
 def resolve_model_path(config: TokenweightConfig) -> str:
@@ -138,6 +155,9 @@ def run_training(config: TokenweightConfig) -> dict:
     """Train as configured; returns (and writes to ``output_dir/results.json``) the before/after metrics."""
     from tokenweight.trainer import TokenweightTrainer
 
+    resume = resolve_resume(config.resume_from_checkpoint, config.output_dir)
+    claim_output_dir(config.output_dir, config.overwrite_output_dir, resume is not None,
+                     is_main_process=config.process_index == 0)
     set_seed(config.seed)
     keyfact = config.dataset_name is None
     if keyfact and not torch.cuda.is_available():
@@ -147,14 +167,10 @@ def run_training(config: TokenweightConfig) -> dict:
     tokenizer = load_tokenizer(model_path)
     splits = load_run_splits(config)
     train_raw, eval_raw, data_summary = splits.train, splits.eval, {}
-    if config.weighting == "attention":
-        train = tokenize_with_attention_weights(config, model_path, tokenizer, train_raw, data_summary,
-                                                splits.train_name)
-    else:
-        train = tokenize_split(config, tokenizer, train_raw, "train", data_summary, splits.train_name,
-                               splits.train_rows)
-    evaluation = (tokenize_split(config, tokenizer, eval_raw, "eval", data_summary, splits.eval_name,
-                                 splits.eval_rows) if eval_raw is not None else None)
+    train = prepare_split(config, model_path, tokenizer, train_raw, "train", data_summary, splits.train_name,
+                          splits.train_rows)
+    evaluation = (prepare_split(config, model_path, tokenizer, eval_raw, "eval", data_summary, splits.eval_name,
+                                splits.eval_rows) if eval_raw is not None else None)
     policy = load_causal_lm(model_path, config.model_dtype, config.attn_implementation)
     if config.use_peft:
         policy = add_lora_adapters(policy, config.lora_r, config.lora_alpha, config.lora_dropout,
@@ -170,7 +186,7 @@ def run_training(config: TokenweightConfig) -> dict:
     if evaluation is not None and trainer.is_world_process_zero():
         results["before"] = held_out_metrics(trainer.model, trainer.ref_model, tokenizer, trainer.eval_dataset,
                                              eval_raw, config, keyfact)
-    trainer.train()
+    train_guarded(trainer, resume)
     trainer.save_model()
     trainer.save_state()
     if evaluation is not None and trainer.is_world_process_zero():
@@ -182,6 +198,19 @@ def run_training(config: TokenweightConfig) -> dict:
     trainer.accelerator.wait_for_everyone()
     trainer.accelerator.end_training()  # closes trackers and the process group, for a clean multi-process exit
     return results
+
+
+def train_guarded(trainer, resume: str | None) -> None:
+    """``trainer.train`` from ``resume`` (a checkpoint folder, or ``None``). A non-finite loss or weight saves the
+    state before the failing update and becomes a :class:`~tokenweight.errors.UserError` naming the step and how to
+    resume; Ctrl-C names the last checkpoint and exits with status 130."""
+    try:
+        trainer.train(resume_from_checkpoint=resume)
+    except FloatingPointError as error:
+        raise non_finite_error(trainer, error) from None
+    except KeyboardInterrupt:
+        print(f"\n{interrupted_message(trainer)}", file=sys.stderr)  # below the progress bar
+        raise SystemExit(130) from None
 
 
 def print_results(results: dict) -> None:

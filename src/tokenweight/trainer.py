@@ -60,6 +60,7 @@ class TokenweightTrainer(Trainer):
         self.beta = args.effective_beta
         self.ref_model = None if ref_model is None else self._prepare_reference(ref_model)
         self._metrics = {"train": defaultdict(list), "eval": defaultdict(list)}
+        self._step_rows: tuple[int, list[int]] = (-1, [])  # (global step, dataset rows of its micro-batches)
 
     def _prepare_reference(self, ref_model: nn.Module) -> nn.Module:
         """DeepSpeed: an inference engine with the run's ZeRO stage (ZeRO-3 partitions the reference too).
@@ -73,6 +74,8 @@ class TokenweightTrainer(Trainer):
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         mode = "train" if model.training else "eval"
+        if mode == "train":
+            self._remember_step_rows(inputs)
         completion_mask = inputs["completion_mask"]
         loss_mask = completion_mask[:, 1:].bool()
         scheme = self.scheme
@@ -115,6 +118,24 @@ class TokenweightTrainer(Trainer):
         metrics.update(weight_statistics(weights, loss_mask))
         self._record(mode, metrics)
         return (loss, {"per_pair": result.per_pair}) if return_outputs else loss
+
+    def _remember_step_rows(self, inputs: dict) -> None:
+        """Keep the dataset rows of the current optimizer step's micro-batches (named by a non-finite gradient)."""
+        step, rows = self._step_rows
+        if step != self.state.global_step:
+            step, rows = self.state.global_step, []
+        if "row_index" in inputs:
+            rows = rows + inputs["row_index"].tolist()
+        self._step_rows = (step, rows)
+
+    def _get_grad_norm(self, model, grad_norm=None):
+        """The Trainer's gradient norm, checked before the optimizer step: a non-finite gradient (a finite but huge
+        loss can overflow it) raises :class:`FloatingPointError` naming the step's rows instead of updating."""
+        grad_norm = super()._get_grad_norm(model, grad_norm=grad_norm)
+        if grad_norm is not None and not torch.isfinite(torch.as_tensor(grad_norm)):
+            raise FloatingPointError(f"non-finite gradient norm ({float(grad_norm)}) with weighting="
+                                     f"{self.scheme.name!r} on dataset rows {self._step_rows[1]}")
+        return grad_norm
 
     def _reference_scores(self, inputs: dict, return_hidden: bool) -> TokenScores:
         """The reference's per-token log-probs ``[2B, L-1]``: precomputed in the batch, or a no-grad forward."""

@@ -1,0 +1,98 @@
+"""A non-finite loss and Ctrl-C end a run loudly and resumably (issue 9, item 8).
+
+A NaN names the rows and the step, saves the state before the failing update as ``checkpoint-<step - 1>`` and
+exits with status 2 (a setting or a row must change: a user error); resuming from that checkpoint with the row
+fixed ends exactly where a clean run ends. Ctrl-C prints the step and the last checkpoint and exits with 130.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import signal
+
+import torch
+
+from conftest import standard_rows
+from tokenweight.cli import main
+from workflow_runs import log_history, saved_parameters, start_stopped_run, wait_for, with_token_weights, write_jsonl
+
+BAD_ROW = 5
+
+
+def error_line(stderr: str) -> str:
+    """The one ``tokenweight: error:`` line of a run's stderr (progress bars aside), with no traceback."""
+    assert "Traceback" not in stderr
+    (line,) = [line for line in stderr.splitlines() if line.startswith("tokenweight: error:")]
+    return line
+
+
+def column_run_args(model_dir, data: str, output_dir) -> list[str]:
+    return ["train", "--model_name_or_path", str(model_dir), "--dataset_name", data, "--weighting", "column",
+            "--output_dir", str(output_dir), "--per_device_train_batch_size", "2", "--max_steps", "4",
+            "--logging_steps", "1", "--save_strategy", "no", "--report_to", "none"]
+
+
+def test_nan_gradient_names_rows_and_step_saves_last_good_state_and_resumes(tiny_model_dir, tmp_path, capsys):
+    rows = standard_rows(8)
+    # Finite weights: the loss stays finite (~1e35) but its gradient overflows to nan.
+    poisoned = with_token_weights(rows, tiny_model_dir, lambda side, row, i: 1e38 if row == BAD_ROW else 1.0)
+    fixed = with_token_weights(rows, tiny_model_dir, lambda side, row, i: 1.0)
+    data = tmp_path / "pairs.jsonl"
+    write_jsonl(data, poisoned)
+    out = tmp_path / "run"
+    assert main(column_run_args(tiny_model_dir, str(data), out)) == 2
+    err = capsys.readouterr().err
+    match = re.fullmatch(r"tokenweight: error: non-finite gradient norm \(nan\) with weighting='column' on dataset "
+                         r"rows \[(\d+), (\d+)\] at step (\d+); the last good state \(step (\d+)\) is saved in "
+                         r"(\S+): rerun with other settings and --resume_from_checkpoint (\S+)", error_line(err))
+    assert match, err
+    pair, step, good = {int(match[1]), int(match[2])}, int(match[3]), int(match[4])
+    assert BAD_ROW in pair and step > 1 and good == step - 1
+    assert match[5] == match[6] == str(out / f"checkpoint-{good}")
+    saved = json.loads((out / f"checkpoint-{good}" / "trainer_state.json").read_text())
+    assert saved["global_step"] == good
+    assert not (out / "results.json").exists()
+
+    write_jsonl(data, fixed)  # the user repairs the row and resumes from the saved state
+    assert main([*column_run_args(tiny_model_dir, str(data), out), "--resume_from_checkpoint", match[5]]) == 0
+    write_jsonl(tmp_path / "clean.jsonl", fixed)
+    assert main(column_run_args(tiny_model_dir, str(tmp_path / "clean.jsonl"), tmp_path / "clean")) == 0
+    clean, resumed = log_history(tmp_path / "clean"), log_history(out)
+    losses = [e["loss"] for e in clean if "loss" in e]
+    assert len(losses) == 4 and [e["loss"] for e in resumed if "loss" in e] == losses
+    want, got = saved_parameters(tmp_path / "clean"), saved_parameters(out)
+    assert all(torch.equal(want[name], got[name]) for name in want)  # the saved state was the one before step S
+
+
+def test_nan_loss_names_rows_and_step_and_saves_the_state_before_it(tiny_model_dir, tmp_path, capsys):
+    data = write_jsonl(tmp_path / "pairs.jsonl", standard_rows(8))
+    out = tmp_path / "run"
+    # Step 1 moves every parameter by ~1e30 (Adam), so step 2's logits overflow and its loss is nan.
+    assert main([*column_run_args(tiny_model_dir, data, out), "--weighting", "uniform", "--learning_rate",
+                 "1e30"]) == 2
+    err = capsys.readouterr().err
+    saved = out / "checkpoint-1"
+    assert re.fullmatch(r"tokenweight: error: non-finite loss \(nan\) with weighting='uniform' on dataset rows "
+                        rf"\[\d+, \d+\] at step 2; the last good state \(step 1\) is saved in {saved}: rerun with "
+                        rf"other settings and --resume_from_checkpoint {saved}", error_line(err)), err
+    assert json.loads((saved / "trainer_state.json").read_text())["global_step"] == 1
+    assert (saved / "model.safetensors").is_file() and (saved / "optimizer.pt").is_file()
+
+
+def test_ctrl_c_names_step_and_last_checkpoint_and_exits_130(tiny_model_dir, tmp_path):
+    data = write_jsonl(tmp_path / "pairs.jsonl", standard_rows(8))
+    out = tmp_path / "run"
+    args = ["--model_name_or_path", str(tiny_model_dir), "--dataset_name", data, "--output_dir", str(out),
+            "--per_device_train_batch_size", "2", "--max_steps", "8", "--save_strategy", "steps", "--save_steps",
+            "2", "--logging_steps", "1", "--report_to", "none"]
+    marker = tmp_path / "in-step-4"
+    run = start_stopped_run(args, stop_step=3, marker=marker)
+    wait_for(marker, run)
+    run.send_signal(signal.SIGINT)
+    _, err = run.communicate(timeout=60)
+    assert run.returncode == 130
+    assert "Traceback" not in err
+    assert (f"tokenweight: interrupted at step 3; last checkpoint {out / 'checkpoint-2'}; resume with the same "
+            f"command and --resume_from_checkpoint {out / 'checkpoint-2'}") in err.splitlines()
+    assert not (out / "results.json").exists() and not (out / "checkpoint-3").exists()

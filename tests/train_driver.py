@@ -1,0 +1,35 @@
+"""Run ``tokenweight train ARGS`` and hang inside the training step after ``STEP`` updates.
+
+When the loss of step ``STEP + 1`` is about to be computed (so ``checkpoint-STEP`` is complete when
+``--save_steps`` divides ``STEP``), the file ``MARKER`` is created and the process sleeps, so a test can SIGKILL or
+SIGINT a real CLI run at a known point. As a script: ``python tests/train_driver.py STEP MARKER ARGS…``.
+"""
+
+import sys
+import time
+from pathlib import Path
+
+from tokenweight.cli import main
+from tokenweight.trainer import TokenweightTrainer
+
+
+def train_hanging(stop_step: int, marker: Path, argv: list[str]) -> int:
+    """``tokenweight train argv`` with the hang installed; returns the exit status if the run ends."""
+    compute_loss = TokenweightTrainer.compute_loss
+
+    def hanging_compute_loss(self, model, inputs, *args, **kwargs):
+        if model.training and self.state.global_step == stop_step:
+            Path(marker).touch()
+            while True:
+                time.sleep(0.05)
+        return compute_loss(self, model, inputs, *args, **kwargs)
+
+    TokenweightTrainer.compute_loss = hanging_compute_loss
+    try:
+        return main(["train", *argv])
+    finally:
+        TokenweightTrainer.compute_loss = compute_loss
+
+
+if __name__ == "__main__":
+    raise SystemExit(train_hanging(int(sys.argv[1]), Path(sys.argv[2]), sys.argv[3:]))
