@@ -12,7 +12,6 @@ from rich.console import Console
 from rich.table import Table
 
 from tokenweight.run import keyfact_model_path
-from tokenweight.errors import UserError
 from tokenweight.commands.common import add_source_arguments, build_config, load_pairs, model_label
 from tokenweight.errors import UserError
 
