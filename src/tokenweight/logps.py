@@ -86,8 +86,9 @@ def _chunk_scores(hidden: torch.Tensor, labels: torch.Tensor, head: OutputHead,
                   with_stats: bool) -> tuple[torch.Tensor, ...]:
     """``(logps,)`` or ``(logps, entropy, mean_logit, is_top1)`` of one chunk, each ``[N, chunk]``."""
     logits = head.logits(hidden)
+    picked = logits.gather(-1, labels.unsqueeze(-1)).squeeze(-1)  # before the logsumexp: a lower backward peak
     log_normaliser = torch.logsumexp(logits, dim=-1)
-    logps = logits.gather(-1, labels.unsqueeze(-1)).squeeze(-1) - log_normaliser
+    logps = picked - log_normaliser
     if not with_stats:
         return (logps,)
     # After the last tensor the backward needs: the checkpoint's recomputation stops before reaching this.
