@@ -36,7 +36,7 @@ from __future__ import annotations
 from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import NamedTuple, Union
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -54,7 +54,7 @@ class TokenMean(NamedTuple):
     tokens: torch.Tensor | float
 
 
-MetricValue = Union[torch.Tensor, float, TokenMean]
+MetricValue = torch.Tensor | float | TokenMean
 
 
 @dataclass
