@@ -8,6 +8,8 @@ compute ``log p(label_t)`` for every position and back-propagate ``Σ logps`` in
 
 - *chunked*: :func:`tokenweight.logps.logps_from_hidden` (``[B, chunk, V]`` logits at a time, recomputed in the
   backward);
+- *chunked + metrics*: the same with ``with_stats=True``, which also computes TRL's per-token entropy, mean logit
+  and top-1 flag (``entropy``, ``logits/*``, ``mean_token_accuracy``) from each chunk, as the trainer's policy pass does;
 - *naive*: ``log_softmax(head(h).float()).gather(labels)`` over the full ``[B, L, V]`` logits.
 
 Each runs in a fresh process after a small warm-up (see ``benchmarks/_common.py`` for the memory method); the parent
@@ -35,7 +37,7 @@ def _child(args) -> None:
     import torch
     from torch import nn
 
-    from tokenweight.logps import OutputHead, logps_from_hidden
+    from tokenweight.logps import OutputHead, logps_from_hidden, scores_from_hidden
 
     def naive(hidden, labels, head):
         return torch.log_softmax(head.logits(hidden), dim=-1).gather(-1, labels.unsqueeze(-1)).squeeze(-1)
@@ -43,9 +45,14 @@ def _child(args) -> None:
     def chunked(hidden, labels, head):
         return logps_from_hidden(hidden, labels, head, args.chunk_size)
 
+    def chunked_metrics(hidden, labels, head):
+        logps, stats = scores_from_hidden(hidden, labels, head, args.chunk_size, with_stats=True)
+        chunked_metrics.stats = stats  # kept alive, as the trainer keeps them until its metrics are computed
+        return logps
+
     if args.device == "cpu":
         torch.set_num_threads(args.threads)
-    method = {"chunked": chunked, "naive": naive}[args.child]
+    method = {"chunked": chunked, "chunked+metrics": chunked_metrics, "naive": naive}[args.child]
     torch.manual_seed(0)
     head = OutputHead(nn.Linear(args.hidden, args.vocab, bias=False).to(args.device))
     hidden = torch.randn(args.batch, args.length, args.hidden, device=args.device).requires_grad_()
@@ -73,7 +80,7 @@ def main() -> None:
     parser.add_argument("--chunk_size", type=int, default=256, help="tokenweight's logps_chunk_size")
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     parser.add_argument("--threads", type=int, default=1, help="CPU threads (1: stable on shared machines)")
-    parser.add_argument("--child", choices=("chunked", "naive"), help=argparse.SUPPRESS)
+    parser.add_argument("--child", choices=("chunked", "chunked+metrics", "naive"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
         _child(args)
@@ -81,9 +88,9 @@ def main() -> None:
     shared = [f"--{k}={getattr(args, k)}" for k in ("vocab", "length", "batch", "hidden", "chunk_size", "device",
                                                      "threads")]
     env = MALLOC_ENV if args.device == "cpu" else None
-    results = {m: run_child(__file__, ["--child", m, *shared], env) for m in ("chunked", "naive")}
-    chunked, naive = results["chunked"], results["naive"]
-    agreement = max(abs(chunked[k] - naive[k]) / max(1.0, abs(naive[k]))
+    results = {m: run_child(__file__, ["--child", m, *shared], env) for m in ("chunked", "chunked+metrics", "naive")}
+    chunked, metrics, naive = results["chunked"], results["chunked+metrics"], results["naive"]
+    agreement = max(abs(ours[k] - naive[k]) / max(1.0, abs(naive[k])) for ours in (chunked, metrics)
                     for k in ("logps_sum", "hidden_grad_sum", "head_grad_sum"))
     print(f"`{command_line()}`\n")
     print(f"per-token log-probs forward + backward, vocab {args.vocab}, length {args.length}, batch {args.batch}, "
@@ -91,9 +98,13 @@ def main() -> None:
           f"{args.batch * args.length * args.vocab * 4 / MIB:.0f} MiB\n")
     rows = [[f"chunked (chunk {args.chunk_size})", f"{chunked['peak_added_bytes'] / MIB:.1f}",
              f"{chunked['seconds']:.3f}"],
+            [f"chunked + metrics (chunk {args.chunk_size})", f"{metrics['peak_added_bytes'] / MIB:.1f}",
+             f"{metrics['seconds']:.3f}"],
             ["naive log_softmax + gather", f"{naive['peak_added_bytes'] / MIB:.1f}", f"{naive['seconds']:.3f}"],
             ["**ratio chunked / naive**", f"**{chunked['peak_added_bytes'] / naive['peak_added_bytes']:.3f}**",
-             f"**{chunked['seconds'] / naive['seconds']:.2f}**"]]
+             f"**{chunked['seconds'] / naive['seconds']:.2f}**"],
+            ["**ratio chunked + metrics / naive**", f"**{metrics['peak_added_bytes'] / naive['peak_added_bytes']:.3f}**",
+             f"**{metrics['seconds'] / naive['seconds']:.2f}**"]]
     print(markdown_table(["method", "peak memory added (MiB)", "time (s)"], rows))
     print(f"\nmax relative difference of Σ logps, Σ|∂/∂hidden|, Σ|∂/∂head|: {agreement:.1e}")
 

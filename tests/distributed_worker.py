@@ -3,7 +3,7 @@
 Run once under ``accelerate launch --multi_gpu --num_processes 2`` (with ``use_cpu`` the processes join a gloo
 group) and once as a plain single process with ``--grad_accum 2``. Every process writes the dataset rows of each of
 its micro-batches to ``OUT/rows_rank{r}.json``; the main process writes the trained parameters to
-``OUT/params.pt``.
+``OUT/params.pt`` and the logged metrics to ``OUT/log_history.json``.
 
     python tests/distributed_worker.py OUT --grad_accum 2 [--weighting otpo]
 
@@ -73,6 +73,7 @@ def main() -> None:
     if trainer.accelerator.is_main_process:
         model = trainer.accelerator.unwrap_model(trainer.model)
         torch.save({name: p.detach().clone() for name, p in model.named_parameters()}, cli.out / "params.pt")
+        (cli.out / "log_history.json").write_text(json.dumps(trainer.state.log_history))
     trainer.accelerator.wait_for_everyone()
 
 

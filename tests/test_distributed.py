@@ -4,7 +4,8 @@ per-device batch 2 train to the same parameters as 1 process with batch 2 and ``
 With the sequential sampler, step ``k`` of the 2-process run gives micro-batch ``2k`` to rank 0 and ``2k+1`` to
 rank 1 (accelerate shards batches round-robin); the single process sees micro-batches ``2k`` and ``2k+1`` in the
 same step. DDP averages the two gradients; gradient accumulation sums the two losses divided by 2. Both then clip
-and step identically."""
+and step identically. The logged metrics agree too: means are averaged and counts (``num_tokens``) summed over the
+two processes exactly as over the two micro-steps."""
 
 from __future__ import annotations
 
@@ -57,6 +58,15 @@ def test_two_process_ddp_equals_single_process_gradient_accumulation(tmp_path, w
     assert moved > 1e-3  # training changed the weights
     difference = max((ddp_params[n] - single_params[n]).abs().max().item() for n in ddp_params)
     assert difference < 1e-5, difference
+
+    ddp_logs, single_logs = ([e for e in json.loads((d / "log_history.json").read_text()) if "loss" in e]
+                             for d in (ddp, single))
+    assert len(ddp_logs) == len(single_logs) == 3
+    for step, (a, b) in enumerate(zip(ddp_logs, single_logs)):
+        assert a["num_tokens"] == b["num_tokens"], step  # summed over processes as over micro-steps
+        for name in ("rewards/chosen", "rewards/margins", "weights/mean", "logps/chosen"):
+            assert a[name] == pytest.approx(b[name], rel=1e-4, abs=1e-6), (step, name)
+    assert ddp_logs[-1]["num_tokens"] > ddp_logs[0]["num_tokens"] > 0
 
 
 def _initial_params() -> dict[str, torch.Tensor]:

@@ -1,5 +1,6 @@
 """The chunked per-token log-prob head against the naive ``log_softmax`` + ``gather`` over full logits: values and
-gradients, divisible and ragged chunkings, Gemma2's final-logit softcapping, and the patched model forward."""
+gradients, divisible and ragged chunkings, Gemma2's final-logit softcapping, the per-token statistics TRL logs
+(entropy, mean logit, top-1) against the same full logits, and the patched model forward."""
 
 from __future__ import annotations
 
@@ -8,7 +9,8 @@ import torch
 from conftest import make_model
 from torch import nn
 
-from tokenweight.logps import OutputHead, enable_token_scoring, logps_from_hidden, naive_token_logps, output_head
+from tokenweight.logps import (OutputHead, enable_token_scoring, logps_from_hidden, naive_token_logps, output_head,
+                               scores_from_hidden)
 
 TOL = 1e-6
 
@@ -54,6 +56,40 @@ def test_chunked_head_matches_naive(chunk_size, softcap):
         assert max_error(ours, reference) < TOL, what
 
 
+def naive_stats(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Entropy, mean logit and top-1 ``[N, T]`` from full ``[N, T, V]`` logits, by their textbook formulas."""
+    logits = logits.double()
+    logp = torch.log_softmax(logits, dim=-1)
+    entropy = -(logp.exp() * logp).sum(dim=-1)
+    return entropy, logits.sum(dim=-1) / logits.shape[-1], logits.argmax(dim=-1) == labels
+
+
+@pytest.mark.parametrize("chunk_size", [4, 5, 64])
+@pytest.mark.parametrize("softcap", [None, 3.0])
+def test_chunked_stats_match_full_logits_and_leave_gradients_unchanged(chunk_size, softcap):
+    hidden, labels, linear = random_inputs(seed=10 + chunk_size)
+    head = OutputHead(module=linear, logit_scale=1.5, softcap=softcap)
+    labels[0, :4] = head.logits(hidden[0, :4]).argmax(dim=-1)  # some labels are the top-1 token
+    upstream = torch.randn(labels.shape, generator=torch.Generator().manual_seed(98))
+    stats = {}
+
+    def with_stats(h, y, o):
+        logps, stats["value"] = scores_from_hidden(h, y, o, chunk_size, with_stats=True)
+        return logps
+
+    chunked = values_and_grads(with_stats, hidden, labels, head, upstream)
+    naive = values_and_grads(naive_logps_from_hidden, hidden, labels, head, upstream)
+    for ours, reference, what in zip(chunked, naive, ("values", "d hidden", "d head weight")):
+        assert max_error(ours, reference) < TOL, what
+    entropy, mean_logit, is_top1 = naive_stats(head.logits(hidden.detach()), labels)
+    got = stats["value"]
+    assert not got.entropy.requires_grad and got.entropy.shape == labels.shape
+    assert max_error(got.entropy.double(), entropy) < TOL
+    assert max_error(got.mean_logit.double(), mean_logit) < TOL
+    assert torch.equal(got.is_top1, is_top1)
+    assert 4 <= int(is_top1.sum()) < is_top1.numel()  # both outcomes occur
+
+
 def test_chunked_head_without_grad_builds_no_graph():
     hidden, labels, linear = random_inputs(seed=1)
     with torch.no_grad():
@@ -93,11 +129,16 @@ def test_patched_forward_matches_model_logits(build, chunk_size):
     input_ids, attention_mask = batch_with_padding(model.config.vocab_size)
     valid = attention_mask[:, 1:].float()
 
-    scores = model(input_ids=input_ids, attention_mask=attention_mask, score_tokens=True, return_hidden=True)
+    scores = model(input_ids=input_ids, attention_mask=attention_mask, score_tokens=True, return_hidden=True,
+                   return_stats=True)
     outputs = reference(input_ids=input_ids, attention_mask=attention_mask, output_hidden_states=True)
     naive = naive_token_logps(outputs.logits, input_ids)
     assert max_error(scores.token_logps * valid, naive * valid) < TOL
     assert torch.equal(scores.hidden, outputs.hidden_states[-1][:, :-1])
+    entropy, mean_logit, is_top1 = naive_stats(outputs.logits[:, :-1].detach(), input_ids[:, 1:])
+    assert max_error(scores.stats.entropy.double() * valid, entropy * valid) < TOL
+    assert max_error(scores.stats.mean_logit.double() * valid, mean_logit * valid) < TOL
+    assert torch.equal(scores.stats.is_top1, is_top1)
 
     (scores.token_logps * valid).sum().backward()
     (naive * valid).sum().backward()

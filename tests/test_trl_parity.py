@@ -1,5 +1,6 @@
 """``weighting=uniform`` reproduces TRL 1.16's DPOTrainer: tokenization, loss and reward metrics on one batch, and
-the logged loss of a 20-step training run from the same checkpoint, data order and optimizer.
+the logged loss and metrics (TRL's ``entropy``, ``logits/*``, ``mean_token_accuracy``, ``num_tokens`` included) of a
+20-step training run from the same checkpoint, data order and optimizer.
 
 TRL is the oracle here only; nothing of it is used by the library."""
 
@@ -16,6 +17,8 @@ from tokenweight.data import tokenize_preference_dataset
 from tokenweight.trainer import TokenweightTrainer
 
 REWARD_METRICS = ("rewards/chosen", "rewards/rejected", "rewards/margins")
+#: the other metrics TRL's DPOTrainer logs, computed by its fused head and by our chunked head
+HEAD_METRICS = ("entropy", "logits/chosen", "logits/rejected", "mean_token_accuracy", "num_tokens")
 COMMON_ARGS = dict(report_to=[], use_cpu=True, bf16=False, fp16=False, gradient_checkpointing=False,
                    disable_tqdm=True, save_strategy="no", seed=0)
 
@@ -65,6 +68,12 @@ def test_loss_and_rewards_match_trl(tokenizer, tmp_path, fmt, loss_type):
         assert abs(trl_value - our_value) < 1e-5, name
     # the margins are not trivially zero: the reference differs from the policy
     assert abs(ours._metrics["train"]["rewards/margins"][-1]) > 1e-4
+    trl.log({})
+    ours.log({})
+    trl_logged, our_logged = trl.state.log_history[-1], ours.state.log_history[-1]
+    for name in HEAD_METRICS + REWARD_METRICS:
+        assert our_logged[name] == pytest.approx(trl_logged[name], rel=1e-5, abs=1e-6), name
+    assert our_logged["num_tokens"] == int(our_batch["attention_mask"].sum())
     # and the gradients agree too
     trl_loss.backward()
     our_loss.backward()
@@ -78,10 +87,12 @@ class RecordingCollator:
     def __init__(self, collator):
         self.collator = collator
         self.input_ids = []
+        self.batches = []
 
     def __call__(self, rows):
         batch = self.collator(rows)
         self.input_ids.append(batch["input_ids"].clone())
+        self.batches.append(batch)
         return batch
 
 
@@ -106,3 +117,14 @@ def test_twenty_training_steps_match_trl(tokenizer, tmp_path):
     differences = [abs(a - b) for a, b in zip(trl_losses, our_losses)]
     assert max(differences) < 1e-4, differences
     assert our_losses[-1] < our_losses[0] - 0.02  # it did train
+    trl_logs, our_logs = (logged_steps(t) for t in (trl, ours))
+    for name in HEAD_METRICS + REWARD_METRICS:
+        trl_values, our_values = [entry[name] for entry in trl_logs], [entry[name] for entry in our_logs]
+        assert our_values == pytest.approx(trl_values, rel=1e-4, abs=1e-4), name
+    assert len({entry["mean_token_accuracy"] for entry in our_logs}) > 1  # the metrics move with training
+    tokens_per_step = [b["attention_mask"].sum().item() for b in ours.data_collator.batches]
+    assert [entry["num_tokens"] for entry in our_logs] == [sum(tokens_per_step[:k + 1]) for k in range(20)]
+
+
+def logged_steps(trainer) -> list[dict]:
+    return [entry for entry in trainer.state.log_history if "loss" in entry]

@@ -4,6 +4,8 @@ A causal LM's forward builds ``[N, L, V]`` logits, and a naive ``log_softmax`` +
 ``[N, L, V]`` fp32 tensor alive for the backward. Here the backbone runs as usual, and the output head is applied
 chunk by chunk over the sequence: each chunk computes ``logit[label] − logsumexp(logits)`` in fp32 under
 non-reentrant activation checkpointing, so only ``[N, chunk, V]`` logits exist at any time, forward or backward.
+On request the same chunks also give the statistics TRL logs (:class:`TokenStats`: entropy, mean logit, whether the
+label is the top-1 token), without gradient and without a second pass over the logits.
 
 :func:`enable_token_scoring` patches the *instance* forward of a model so that wrappers (DDP, FSDP, DeepSpeed,
 PEFT) keep working: ``model(input_ids, attention_mask, score_tokens=True)`` returns :class:`TokenScores` instead
@@ -21,6 +23,21 @@ from torch.utils.checkpoint import checkpoint
 
 
 @dataclass
+class TokenStats:
+    """Per-token statistics of the next-token distributions ``p = softmax(logits)``, detached, ``[N, T]`` each.
+
+    Attributes:
+        entropy: fp32 ``−Σ_v p_v log p_v``.
+        mean_logit: fp32 mean over the vocabulary of the (scaled, softcapped) logits.
+        is_top1: bool, the label is the first arg-max of the logits.
+    """
+
+    entropy: torch.Tensor
+    mean_logit: torch.Tensor
+    is_top1: torch.Tensor
+
+
+@dataclass
 class TokenScores:
     """Output of a scoring forward over ``N`` rows of length ``L``.
 
@@ -28,10 +45,12 @@ class TokenScores:
         token_logps: ``[N, L-1]`` fp32, ``log p(input_ids[:, t+1] | input_ids[:, :t+1])``.
         hidden: ``[N, L-1, d]`` final post-norm hidden states at positions ``0..L-2`` (the states that predict
             each token), in the model's dtype, with grad; ``None`` unless ``return_hidden=True``.
+        stats: :class:`TokenStats` ``[N, L-1]`` of the same positions; ``None`` unless ``return_stats=True``.
     """
 
     token_logps: torch.Tensor
     hidden: torch.Tensor | None = None
+    stats: TokenStats | None = None
 
 
 @dataclass(frozen=True)
@@ -63,15 +82,26 @@ def output_head(model: nn.Module) -> OutputHead:
     )
 
 
-def _chunk_logps(hidden: torch.Tensor, labels: torch.Tensor, head: OutputHead) -> torch.Tensor:
+def _chunk_scores(hidden: torch.Tensor, labels: torch.Tensor, head: OutputHead,
+                  with_stats: bool) -> tuple[torch.Tensor, ...]:
+    """``(logps,)`` or ``(logps, entropy, mean_logit, is_top1)`` of one chunk, each ``[N, chunk]``."""
     logits = head.logits(hidden)
-    picked = logits.gather(-1, labels.unsqueeze(-1)).squeeze(-1)
-    return picked - torch.logsumexp(logits, dim=-1)
+    picked = logits.gather(-1, labels.unsqueeze(-1)).squeeze(-1)  # before the logsumexp: a lower backward peak
+    log_normaliser = torch.logsumexp(logits, dim=-1)
+    logps = picked - log_normaliser
+    if not with_stats:
+        return (logps,)
+    # After the last tensor the backward needs: the checkpoint's recomputation stops before reaching this.
+    with torch.no_grad():
+        logits, log_normaliser = logits.detach(), log_normaliser.detach()
+        entropy = log_normaliser - (torch.softmax(logits, dim=-1) * logits).sum(dim=-1)
+        return logps, entropy, logits.mean(dim=-1), logits.argmax(dim=-1) == labels
 
 
-def logps_from_hidden(hidden: torch.Tensor, labels: torch.Tensor, head: OutputHead,
-                      chunk_size: int = 256) -> torch.Tensor:
-    """Per-token log-probs ``[N, T]`` (fp32) of ``labels`` ``[N, T]`` given aligned hidden states ``[N, T, d]``.
+def scores_from_hidden(hidden: torch.Tensor, labels: torch.Tensor, head: OutputHead, chunk_size: int = 256,
+                       with_stats: bool = False) -> tuple[torch.Tensor, TokenStats | None]:
+    """Per-token log-probs ``[N, T]`` (fp32) of ``labels`` ``[N, T]`` given aligned hidden states ``[N, T, d]``,
+    and their :class:`TokenStats` ``[N, T]`` when ``with_stats`` (else ``None``).
 
     At most ``[N, chunk_size, V]`` logits are alive at once; when gradients are needed each chunk is
     recomputed in the backward (non-reentrant checkpoint) instead of being stored.
@@ -81,10 +111,17 @@ def logps_from_hidden(hidden: torch.Tensor, labels: torch.Tensor, head: OutputHe
         h = hidden[:, start:start + chunk_size]
         y = labels[:, start:start + chunk_size]
         if torch.is_grad_enabled() and (h.requires_grad or any(p.requires_grad for p in head.module.parameters())):
-            pieces.append(checkpoint(_chunk_logps, h, y, head, use_reentrant=False))
+            pieces.append(checkpoint(_chunk_scores, h, y, head, with_stats, use_reentrant=False))
         else:
-            pieces.append(_chunk_logps(h, y, head))
-    return torch.cat(pieces, dim=1)
+            pieces.append(_chunk_scores(h, y, head, with_stats))
+    columns = [torch.cat(column, dim=1) for column in zip(*pieces)]
+    return columns[0], TokenStats(*columns[1:]) if with_stats else None
+
+
+def logps_from_hidden(hidden: torch.Tensor, labels: torch.Tensor, head: OutputHead,
+                      chunk_size: int = 256) -> torch.Tensor:
+    """Per-token log-probs ``[N, T]`` (fp32): :func:`scores_from_hidden` without statistics."""
+    return scores_from_hidden(hidden, labels, head, chunk_size)[0]
 
 
 def backbone(model: nn.Module) -> nn.Module:
@@ -103,15 +140,16 @@ def backbone(model: nn.Module) -> nn.Module:
 def enable_token_scoring(model: nn.Module, chunk_size: int = 256) -> nn.Module:
     """Patch ``model.forward`` (this instance only) to accept ``score_tokens=True``; returns ``model``.
 
-    ``model(input_ids, attention_mask, score_tokens=True, return_hidden=False)`` runs the backbone once and
-    returns :class:`TokenScores`. Idempotent.
+    ``model(input_ids, attention_mask, score_tokens=True, return_hidden=False, return_stats=False)`` runs the
+    backbone once and returns :class:`TokenScores`. Idempotent.
     """
     if getattr(model, "_tokenweight_scoring", False):
         return model
     original_forward = model.forward
 
     @functools.wraps(type(model).forward)
-    def forward(*args, score_tokens: bool = False, return_hidden: bool = False, **kwargs):
+    def forward(*args, score_tokens: bool = False, return_hidden: bool = False, return_stats: bool = False,
+                **kwargs):
         if not score_tokens:
             return original_forward(*args, **kwargs)
         input_ids = kwargs["input_ids"] if "input_ids" in kwargs else args[0]
@@ -119,8 +157,9 @@ def enable_token_scoring(model: nn.Module, chunk_size: int = 256) -> nn.Module:
         kwargs["use_cache"] = False
         outputs = backbone(model)(input_ids, *args[1:], **kwargs)
         hidden = outputs.last_hidden_state[:, :-1]
-        token_logps = logps_from_hidden(hidden, input_ids[:, 1:], output_head(model), chunk_size)
-        return TokenScores(token_logps=token_logps, hidden=hidden if return_hidden else None)
+        token_logps, stats = scores_from_hidden(hidden, input_ids[:, 1:], output_head(model), chunk_size,
+                                                with_stats=return_stats)
+        return TokenScores(token_logps=token_logps, hidden=hidden if return_hidden else None, stats=stats)
 
     model.forward = forward
     model._tokenweight_scoring = True

@@ -10,25 +10,60 @@ Inputs are per-token log-probs in the shifted alignment (see :mod:`tokenweight.w
 - ``hinge``: max(0, 1 − βΔ)
 
 ``offset`` ``[B]`` lets a scheme move the margin (TI-DPO's TDPO2 KL term); it is 0 otherwise.
+
+Metrics stay tensors until the logging step
+-------------------------------------------
+The metric functions here return detached 0-d tensors on the batch's device and never call ``.item()``. The
+trainer keeps every micro-step's values (:func:`record_metrics`) and, at the logging step, combines them with
+:func:`reduce_metrics`: one stack, one sum over processes, one device-to-host transfer. A metric is one of:
+
+- a **mean** (default; a 0-d tensor or a Python float): averaged over processes and micro-steps
+  (``rewards/*``, ``weights/*``, ``otpo/iterations`` …);
+- a **count**, recognised by its name (:func:`is_count_metric`): the last ``/``-segment starts with ``num_`` or ends
+  with ``_failures``, ``_pairs``, ``_rows`` or ``_tokens`` (``otpo/unconverged_pairs``, ``tidpo/kl_failures``,
+  ``tidpo/zero_attribution_rows``, ``num_tokens``): **summed** over processes and micro-steps, so it reads as the
+  number of events since the previous log (the trainer turns ``num_tokens`` into a running total, as TRL logs it);
+- a :class:`TokenMean` (Σ over tokens, token count): per micro-step Σ/Σ over processes, then averaged over
+  micro-steps, exactly as TRL averages ``entropy``, ``logits/chosen``, ``logits/rejected`` and
+  ``mean_token_accuracy``.
+
+Schemes may return Python floats (kept on the host until the logging step, no device round trip) or tensors.
+Every process must record the same metric names at every micro-step (the cross-process sum is elementwise).
 """
 
 from __future__ import annotations
 
+from collections import defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
 
+from tokenweight.logps import TokenStats
+
 LOSS_TYPES = ("sigmoid", "ipo", "hinge")
+COUNT_SUFFIXES = ("_failures", "_pairs", "_rows", "_tokens")
+
+
+class TokenMean(NamedTuple):
+    """A per-token mean kept as its parts (0-d tensors or floats), so processes combine as ``Σ total / Σ tokens``."""
+
+    total: torch.Tensor | float
+    tokens: torch.Tensor | float
+
+
+MetricValue = torch.Tensor | float | TokenMean
 
 
 @dataclass
 class PairLoss:
-    """``loss`` is the batch mean (scalar, with grad); ``metrics`` are detached floats; ``per_pair`` ``[B]``."""
+    """``loss`` is the batch mean (scalar, with grad); ``metrics`` are detached 0-d tensors; ``per_pair`` ``[B]``."""
 
     loss: torch.Tensor
     per_pair: torch.Tensor
-    metrics: dict[str, float]
+    metrics: dict[str, torch.Tensor]
 
 
 def pair_loss(policy_logps: torch.Tensor, ref_logps: torch.Tensor, weights: torch.Tensor, loss_mask: torch.Tensor,
@@ -70,27 +105,27 @@ def pair_loss(policy_logps: torch.Tensor, ref_logps: torch.Tensor, weights: torc
 
 
 def preference_metrics(policy_logps: torch.Tensor, ratios: torch.Tensor, weighted: torch.Tensor,
-                       mask: torch.Tensor, beta: float) -> dict[str, float]:
+                       mask: torch.Tensor, beta: float) -> dict[str, torch.Tensor]:
     """TRL's reward metrics (unweighted β·Σ log-ratio, so schemes stay comparable) plus the weighted ones."""
     with torch.no_grad():
         rewards_c, rewards_r = (beta * ratios.sum(dim=1)).chunk(2)
         weighted_c, weighted_r = (beta * weighted.detach()).chunk(2)
         logps_c, logps_r = (policy_logps.detach() * mask).sum(dim=1).chunk(2)
         return {
-            "rewards/chosen": rewards_c.mean().item(),
-            "rewards/rejected": rewards_r.mean().item(),
-            "rewards/margins": (rewards_c - rewards_r).mean().item(),
-            "rewards/accuracies": (rewards_c > rewards_r).float().mean().item(),
-            "rewards/weighted_chosen": weighted_c.mean().item(),
-            "rewards/weighted_rejected": weighted_r.mean().item(),
-            "rewards/weighted_margins": (weighted_c - weighted_r).mean().item(),
-            "rewards/weighted_accuracies": (weighted_c > weighted_r).float().mean().item(),
-            "logps/chosen": logps_c.mean().item(),
-            "logps/rejected": logps_r.mean().item(),
+            "rewards/chosen": rewards_c.mean(),
+            "rewards/rejected": rewards_r.mean(),
+            "rewards/margins": (rewards_c - rewards_r).mean(),
+            "rewards/accuracies": (rewards_c > rewards_r).float().mean(),
+            "rewards/weighted_chosen": weighted_c.mean(),
+            "rewards/weighted_rejected": weighted_r.mean(),
+            "rewards/weighted_margins": (weighted_c - weighted_r).mean(),
+            "rewards/weighted_accuracies": (weighted_c > weighted_r).float().mean(),
+            "logps/chosen": logps_c.mean(),
+            "logps/rejected": logps_r.mean(),
         }
 
 
-def weight_statistics(weights: torch.Tensor, loss_mask: torch.Tensor) -> dict[str, float]:
+def weight_statistics(weights: torch.Tensor, loss_mask: torch.Tensor) -> dict[str, torch.Tensor]:
     """Statistics of ``weights`` ``[2B, T]`` over the completion tokens of ``loss_mask`` ``[2B, T]``.
 
     ``weights/eff_frac`` is the effective token fraction (Σw)²/(n·Σw²) averaged over responses (1 for uniform);
@@ -108,10 +143,96 @@ def weight_statistics(weights: torch.Tensor, loss_mask: torch.Tensor) -> dict[st
         last = torch.where(mask, positions, -1).max(dim=1).values.clamp(min=0)
         rows = torch.arange(mask.shape[0], device=mask.device)
         return {
-            "weights/mean": (total.sum() / mask.sum().clamp(min=1)).item(),
-            "weights/max": w.max().item(),
-            "weights/min": weights.float().masked_fill(~mask, float("inf")).min().item(),
-            "weights/eff_frac": eff.mean().item(),
-            "weights/first_token": w[rows, first].mean().item(),
-            "weights/last_token": w[rows, last].mean().item(),
+            "weights/mean": total.sum() / mask.sum().clamp(min=1),
+            "weights/max": w.max(),
+            "weights/min": weights.float().masked_fill(~mask, float("inf")).min(),
+            "weights/eff_frac": eff.mean(),
+            "weights/first_token": w[rows, first].mean(),
+            "weights/last_token": w[rows, last].mean(),
         }
+
+
+def completion_statistics(stats: TokenStats, loss_mask: torch.Tensor) -> dict[str, TokenMean]:
+    """TRL's ``entropy`` (over every completion token), ``logits/chosen``, ``logits/rejected`` (mean logit over the
+    chosen / rejected completion tokens) and ``mean_token_accuracy`` (share of chosen completion tokens that are the
+    policy's top-1 prediction), from the policy's :class:`~tokenweight.logps.TokenStats` ``[2B, T]`` and
+    ``loss_mask`` ``[2B, T]``."""
+    mask = loss_mask.bool()
+    chosen, rejected = mask.chunk(2)
+    mean_logit_chosen, mean_logit_rejected = (stats.mean_logit * mask).chunk(2)  # products, not [mask]: no sync
+    return {
+        "entropy": TokenMean((stats.entropy * mask).sum(), mask.sum()),
+        "logits/chosen": TokenMean(mean_logit_chosen.sum(), chosen.sum()),
+        "logits/rejected": TokenMean(mean_logit_rejected.sum(), rejected.sum()),
+        "mean_token_accuracy": TokenMean((stats.is_top1.chunk(2)[0] & chosen).sum(), chosen.sum()),
+    }
+
+
+def is_count_metric(name: str) -> bool:
+    """Whether ``name`` is a count (summed over processes and micro-steps) rather than a mean; see the module
+    docstring for the rule."""
+    last = name.rsplit("/", 1)[-1]
+    return last.startswith("num_") or last.endswith(COUNT_SUFFIXES)
+
+
+def record_metrics(recorded: defaultdict[str, list], metrics: dict[str, MetricValue]) -> None:
+    """Append one micro-step's ``metrics`` to ``recorded`` (name → values): tensors detached, no host sync."""
+    for name, value in metrics.items():
+        recorded[name].append(TokenMean(*(_scalar(name, part) for part in value)) if isinstance(value, TokenMean)
+                              else _scalar(name, value))
+
+
+def _scalar(name: str, value) -> torch.Tensor | float:
+    if isinstance(value, torch.Tensor):
+        if value.numel() != 1:
+            raise ValueError(f"metric {name!r} must be a scalar, got a tensor of shape {tuple(value.shape)}")
+        return value.detach().reshape(())
+    if isinstance(value, (bool, int, float)):
+        return float(value)
+    raise TypeError(f"metric {name!r} must be a tensor, a float or a TokenMean, got {type(value).__name__}")
+
+
+def reduce_metrics(recorded: dict[str, list], device: torch.device,
+                   sum_over_processes: Callable[[torch.Tensor], torch.Tensor],
+                   num_processes: int) -> dict[str, float]:
+    """Combine the values recorded since the last logging step into one number per name (see the module docstring).
+
+    The values on ``device`` are stacked (the host floats appended with one copy), summed over processes with
+    ``sum_over_processes`` (``[K]`` → ``[K]``, e.g. ``accelerator.reduce(·, "sum")``) and moved to the host once.
+    """
+    names = sorted(name for name, values in recorded.items() if values)
+    on_device, on_host, layout = [], [], []
+    for name in names:
+        for value in recorded[name]:
+            slots = []
+            for part in (value if isinstance(value, TokenMean) else (value,)):
+                if isinstance(part, torch.Tensor) and part.device == device:
+                    slots.append(len(on_device))
+                    on_device.append(part)
+                else:
+                    slots.append(~len(on_host))  # negative: an index into the host values
+                    on_host.append(float(part))
+            layout.append((name, isinstance(value, TokenMean), slots))
+    if not layout:
+        return {}
+    dtype = torch.float32 if device.type == "mps" else torch.float64  # MPS has no float64
+    flat = torch.stack(on_device).to(dtype) if on_device else torch.zeros(0, dtype=dtype, device=device)
+    if on_host:
+        flat = torch.cat([flat, torch.tensor(on_host, dtype=dtype).to(device)])
+    totals = sum_over_processes(flat).tolist()
+    entries: dict[str, list[list[float]]] = defaultdict(list)
+    kinds: dict[str, set[bool]] = defaultdict(set)
+    for name, is_token_mean, slots in layout:
+        entries[name].append([totals[s] if s >= 0 else totals[len(on_device) + ~s] for s in slots])
+        kinds[name].add(is_token_mean)
+    reduced = {}
+    for name, values in entries.items():
+        if len(kinds[name]) > 1:
+            raise ValueError(f"metric {name!r} was recorded both as a TokenMean and as a plain value")
+        if kinds[name] == {True}:
+            reduced[name] = sum(total / tokens if tokens else 0.0 for total, tokens in values) / len(values)
+        elif is_count_metric(name):
+            reduced[name] = sum(value for value, in values)
+        else:
+            reduced[name] = sum(value for value, in values) / (len(values) * num_processes)
+    return reduced

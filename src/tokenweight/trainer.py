@@ -18,7 +18,8 @@ from tokenweight.config import TokenweightConfig
 from tokenweight.data import PreferenceCollator
 from tokenweight.logps import TokenScores, enable_token_scoring
 from tokenweight.models import disable_dropout, freeze
-from tokenweight.objectives import pair_loss, weight_statistics
+from tokenweight.objectives import (MetricValue, completion_statistics, pair_loss, record_metrics, reduce_metrics,
+                                    weight_statistics)
 from tokenweight.weights import LossContext, WeightingInputs, build_scheme, check_weights
 
 
@@ -86,7 +87,7 @@ class TokenweightTrainer(Trainer):
         if not scheme.needs_hidden_states:
             token_weights = scheme.compute(weighting_inputs)
         policy = model(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"], score_tokens=True,
-                       return_hidden=want_hidden)
+                       return_hidden=want_hidden, return_stats=True)
         if scheme.needs_hidden_states:
             weighting_inputs.hidden = policy.hidden.detach()
             token_weights = scheme.compute(weighting_inputs)
@@ -116,6 +117,9 @@ class TokenweightTrainer(Trainer):
                                      f"rows {rows.tolist() if rows is not None else '?'}")
         metrics.update(result.metrics)
         metrics.update(weight_statistics(weights, loss_mask))
+        metrics.update(completion_statistics(policy.stats, loss_mask))
+        if mode == "train":
+            metrics["num_tokens"] = inputs["attention_mask"].sum()
         self._record(mode, metrics)
         return (loss, {"per_pair": result.per_pair}) if return_outputs else loss
 
@@ -156,21 +160,30 @@ class TokenweightTrainer(Trainer):
 
     # ------------------------------------------------------------------------------------------ metrics
 
-    def _record(self, mode: str, metrics: dict[str, float]) -> None:
-        """Average ``metrics`` over processes and keep them until the next ``log``."""
-        names = sorted(metrics)
-        values = torch.tensor([float(metrics[k]) for k in names], device=self.accelerator.device)
-        values = self.accelerator.reduce(values, reduction="mean")
-        for name, value in zip(names, values.tolist()):
-            self._metrics[mode][name].append(value)
+    def _record(self, mode: str, metrics: dict[str, MetricValue]) -> None:
+        """Keep one micro-step's ``metrics`` (tensors stay on the device: no host sync) until the next ``log``."""
+        record_metrics(self._metrics[mode], metrics)
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        """Add the metrics recorded since the last log, reduced over processes and micro-steps
+        (:func:`tokenweight.objectives.reduce_metrics`: means averaged, counts summed); ``num_tokens`` is the
+        running total of training tokens (prompt and completions, every process), continued from ``log_history``
+        after a resume."""
         mode = "eval" if any(k.startswith("eval_") for k in logs) else "train"
         prefix = "eval_" if mode == "eval" else ""
-        for name, values in self._metrics[mode].items():
-            logs[prefix + name] = sum(values) / len(values)
+        values = reduce_metrics(self._metrics[mode], self.accelerator.device,
+                                lambda flat: self.accelerator.reduce(flat, reduction="sum"),
+                                self.accelerator.num_processes)
         self._metrics[mode].clear()
+        if "num_tokens" in values:
+            values["num_tokens"] = int(round(values["num_tokens"])) + self._logged_num_tokens()
+        for name, value in values.items():
+            logs[prefix + name] = value
         super().log(logs, start_time)
+
+    def _logged_num_tokens(self) -> int:
+        """``num_tokens`` of the last training log (``log_history`` is restored on resume), 0 before the first."""
+        return next((entry["num_tokens"] for entry in reversed(self.state.log_history) if "num_tokens" in entry), 0)
 
 
 def _with_reference_logps(ref_model, args: TokenweightConfig, scheme, collator, train_dataset, eval_dataset):
