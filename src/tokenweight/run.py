@@ -207,6 +207,7 @@ def train_guarded(trainer, resume: str | None) -> None:
     try:
         trainer.train(resume_from_checkpoint=resume)
     except FloatingPointError as error:
+        print(file=sys.stderr)  # end the progress bar's line: the error is a line of its own
         raise non_finite_error(trainer, error) from None
     except KeyboardInterrupt:
         print(f"\n{interrupted_message(trainer)}", file=sys.stderr)  # below the progress bar

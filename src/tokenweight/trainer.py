@@ -61,7 +61,7 @@ class TokenweightTrainer(Trainer):
         self.beta = args.effective_beta
         self.ref_model = None if ref_model is None else self._prepare_reference(ref_model)
         self._metrics = {"train": defaultdict(list), "eval": defaultdict(list)}
-        self._step_rows: tuple[int, list[int]] = (-1, [])  # (global step, dataset rows of its micro-batches)
+        self._step_rows: tuple[int, list[torch.Tensor]] = (-1, [])  # (global step, row_index of its micro-batches)
 
     def _prepare_reference(self, ref_model: nn.Module) -> nn.Module:
         """DeepSpeed: an inference engine with the run's ZeRO stage (ZeRO-3 partitions the reference too).
@@ -129,7 +129,7 @@ class TokenweightTrainer(Trainer):
         if step != self.state.global_step:
             step, rows = self.state.global_step, []
         if "row_index" in inputs:
-            rows = rows + inputs["row_index"].tolist()
+            rows = rows + [inputs["row_index"]]  # tensors: read on the host only if the step fails
         self._step_rows = (step, rows)
 
     def _get_grad_norm(self, model, grad_norm=None):
@@ -138,7 +138,7 @@ class TokenweightTrainer(Trainer):
         grad_norm = super()._get_grad_norm(model, grad_norm=grad_norm)
         if grad_norm is not None and not torch.isfinite(torch.as_tensor(grad_norm)):
             raise FloatingPointError(f"non-finite gradient norm ({float(grad_norm)}) with weighting="
-                                     f"{self.scheme.name!r} on dataset rows {self._step_rows[1]}")
+                                     f"{self.scheme.name!r} on dataset rows {[int(r) for rows in self._step_rows[1] for r in rows]}")
         return grad_norm
 
     def _reference_scores(self, inputs: dict, return_hidden: bool) -> TokenScores:
