@@ -8,13 +8,18 @@ same seeded model and the same batch, each in a fresh process (memory method: ``
 Schemes: ``uniform``; ``otpo`` (Sinkhorn on the policy's hidden states, every step); ``tidpo`` without the triplet
 term (attribution pass + TDPO2 KL, ``tidpo_gamma=0``) and ``tidpo+triplet`` (anchor sampling and scoring, preset
 ``paper``); ``attention`` with its weights cached (they are dataset columns by then, as after
-``tokenweight precompute attention``). Runs are interleaved over ``--rounds`` rounds and the median step time of
+``tokenweight precompute attention``); ``uniform (cached reference)``: plain DPO with no reference model in
+memory, its per-token log-probs read from the batch (as with ``--ref_log_probs DIR`` after ``tokenweight precompute
+reference``; the values are any fixed numbers, which do not change the step's cost). Besides the peak the step
+adds, each child reports its peak with the models resident (policy, reference, optimizer state), measured from
+before the models are built. Runs are interleaved over ``--rounds`` rounds and the median step time of
 each is reported, so that load on a shared machine hits every scheme alike.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import statistics
 import sys
 import time
@@ -30,51 +35,85 @@ VARIANTS = {
     "tidpo": {"weighting": "tidpo", "tidpo_gamma": 0.0},
     "tidpo+triplet": {"weighting": "tidpo"},
     "attention (cached)": {"weighting": "attention"},
+    "uniform (cached reference)": {"weighting": "uniform", "precompute_ref_log_probs": True},
 }
 
 
-def _child(args) -> None:
+def variant_dataset(variant: str, tokenizer, rows: list[dict]):
+    """The tokenized ``rows`` as ``variant`` sees them: cached attention weights or cached reference log-probs are
+    dataset columns (any fixed per-token values: they do not change the step's cost)."""
     import datasets
     import torch
 
-    from tokenweight.config import TokenweightConfig
-    from tokenweight.data import PreferenceCollator, tokenize_preference_dataset
-    from tokenweight.trainer import TokenweightTrainer
+    from tokenweight.data import tokenize_preference_dataset
 
-    torch.set_num_threads(args.threads)
-    tokenizer = make_tokenizer(args.vocab)
-    rows = make_rows(args.batch, args.vocab, args.prompt, args.completion)
     dataset, _ = tokenize_preference_dataset(datasets.Dataset.from_list(rows), tokenizer)
-    if VARIANTS[args.variant]["weighting"] == "attention":  # cached weights: any fixed per-token values
-        generator = torch.Generator().manual_seed(0)
+    generator = torch.Generator().manual_seed(0)
+    if VARIANTS[variant].get("precompute_ref_log_probs"):
+        dataset = dataset.map(lambda row: {
+            "chosen_ref_logps": (-torch.rand(len(row["chosen_ids"]), generator=generator) * 8).tolist(),
+            "rejected_ref_logps": (-torch.rand(len(row["rejected_ids"]), generator=generator) * 8).tolist()})
+    if VARIANTS[variant]["weighting"] == "attention":
         dataset = dataset.map(lambda row: {
             "chosen_weights": (torch.rand(len(row["chosen_ids"]), generator=generator) * 2).tolist(),
             "rejected_weights": (torch.rand(len(row["rejected_ids"]), generator=generator) * 2).tolist()})
-    config = TokenweightConfig(output_dir="/tmp/step_overhead", use_cpu=args.device == "cpu", report_to="none",
-                               max_length=args.prompt + args.completion + 8, learning_rate=1e-5, beta=0.1,
-                               **{k: v for k, v in VARIANTS[args.variant].items()})
-    trainer = TokenweightTrainer(model=make_model(args), ref_model=make_model(args), args=config,
-                                 processing_class=tokenizer)
+    return dataset
+
+
+def build_trainer(variant: str, tokenizer, make_model, device: str, max_length: int, **overrides):
+    """A :class:`TokenweightTrainer` of ``variant`` (config ``overrides`` on top) over fresh ``make_model()`` policy
+    and reference (no reference for ``uniform (cached reference)``)."""
+    from tokenweight.config import TokenweightConfig
+    from tokenweight.trainer import TokenweightTrainer
+
+    settings = VARIANTS[variant]
+    config = TokenweightConfig(output_dir="/tmp/step_overhead", use_cpu=device == "cpu", report_to="none",
+                               max_length=max_length, learning_rate=1e-5, beta=0.1, **settings, **overrides)
+    reference = None if settings.get("precompute_ref_log_probs") else make_model()
+    return TokenweightTrainer(model=make_model(), ref_model=reference, args=config, processing_class=tokenizer)
+
+
+def timed_steps(trainer, batch: dict, steps: int, device: str) -> tuple[list[float], PeakMemory]:
+    """One warm-up optimizer step (``compute_loss`` → backward → AdamW; allocates the optimizer state), then
+    ``steps`` timed ones under :class:`PeakMemory`."""
+    import torch
+
     model = trainer.model.train()
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-5)
-    batch = {k: v.to(args.device) for k, v in PreferenceCollator(tokenizer.pad_token_id)(list(dataset)).items()}
 
     def step():
         loss = trainer.compute_loss(model, batch)
         loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
-        if args.device == "cuda":
+        if device.startswith("cuda"):
             torch.cuda.synchronize()
 
-    step()  # warm-up (allocates optimizer state)
+    step()
     times = []
-    with PeakMemory(args.device) as peak:
-        for _ in range(args.steps):
+    with PeakMemory(device) as peak:
+        for _ in range(steps):
             start = time.perf_counter()
             step()
             times.append(time.perf_counter() - start)
-    print({"step_s": statistics.median(times), "peak_mib": peak.added_bytes / MIB}.__repr__().replace("'", '"'))
+    return times, peak
+
+
+def _child(args) -> None:
+    import torch
+
+    from tokenweight.data import PreferenceCollator
+
+    torch.set_num_threads(args.threads)
+    tokenizer = make_tokenizer(args.vocab)
+    dataset = variant_dataset(args.variant, tokenizer, make_rows(args.batch, args.vocab, args.prompt, args.completion))
+    with PeakMemory(args.device) as with_models:  # from before the models are built: what stays resident
+        trainer = build_trainer(args.variant, tokenizer, lambda: make_model(args), args.device,
+                                args.prompt + args.completion + 8)
+        batch = {k: v.to(args.device) for k, v in PreferenceCollator(tokenizer.pad_token_id)(list(dataset)).items()}
+        times, peak = timed_steps(trainer, batch, args.steps, args.device)
+    print(json.dumps({"step_s": statistics.median(times), "peak_mib": peak.added_bytes / MIB,
+                      "models_peak_mib": with_models.added_bytes / MIB}))
 
 
 def main() -> None:
@@ -105,16 +144,20 @@ def main() -> None:
             print(f"round {round_ + 1}/{args.rounds} {variant}: {results[variant][-1]}", file=sys.stderr)
     base_time = statistics.median(r["step_s"] for r in results["uniform"])
     base_mem = statistics.median(r["peak_mib"] for r in results["uniform"])
+    base_total = statistics.median(r["models_peak_mib"] for r in results["uniform"])
     rows = []
     for variant in variants:
         step = statistics.median(r["step_s"] for r in results[variant])
         mem = statistics.median(r["peak_mib"] for r in results[variant])
-        rows.append([variant, f"{step * 1000:.0f}", f"{step / base_time:.2f}", f"{mem:.0f}", f"{mem / base_mem:.2f}"])
+        total = statistics.median(r["models_peak_mib"] for r in results[variant])
+        rows.append([variant, f"{step * 1000:.0f}", f"{step / base_time:.2f}", f"{mem:.0f}", f"{mem / base_mem:.2f}",
+                     f"{total:.0f}", f"{total / base_total:.2f}"])
     print(f"`{command_line()}`\n")
     print(f"device {args.device}, Llama {args.layers} × {args.hidden}, vocab {args.vocab}, {args.batch} pairs, "
           f"prompt {args.prompt} + completion ≤ {args.completion} tokens, median of {args.rounds} rounds × "
           f"{args.steps} steps\n")
-    print(markdown_table(["scheme", "step (ms)", "time vs uniform", "peak MiB added", "memory vs uniform"], rows))
+    print(markdown_table(["scheme", "step (ms)", "time vs uniform", "peak MiB added", "memory vs uniform",
+                          "peak MiB with models", "vs uniform"], rows))
 
 
 if __name__ == "__main__":

@@ -72,6 +72,9 @@ class TokenweightConfig(TrainingArguments):
     label_smoothing: float = field(default=0.0, metadata={"help": "cDPO label smoothing (sigmoid loss only)."})
     precompute_ref_log_probs: bool = field(default=False, metadata={
         "help": "Score the data once with the reference before training and free it (not with TI-DPO's KL term)."})
+    ref_log_probs: str | None = field(default=None, metadata={
+        "help": "Folder of cached reference log-probs (`tokenweight precompute reference --output DIR`): no "
+                "reference model is loaded; the cache must match the model, tokenizer, data and lengths."})
     precompute_ref_batch_size: int | None = field(default=None, metadata={
         "help": "Pairs per reference forward of the precompute (default: per_device_eval_batch_size)."})
     overwrite_output_dir: bool = field(default=False, metadata={

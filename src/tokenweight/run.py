@@ -139,6 +139,21 @@ def keyfact_model_path(config: TokenweightConfig) -> str:
                                   facts_path=config.keyfact_facts))
 
 
+def cached_reference_splits(config: TokenweightConfig, model_path: str, policy, tokenizer, train, evaluation):
+    """Train and eval splits carrying the reference log-probs cached in ``config.ref_log_probs``. The cache's model
+    fingerprint is checked against the untrained ``policy`` when the reference is the policy's own checkpoint (the
+    default), else against ``ref_model_name_or_path``, loaded only for that check and freed."""
+    from tokenweight.reference_cache import with_cached_reference_logps
+
+    ref_path = config.ref_model_name_or_path or model_path
+    reference = policy if ref_path == model_path else load_causal_lm(ref_path, config.model_dtype,
+                                                                     config.attn_implementation)
+    splits = with_cached_reference_logps(config.ref_log_probs, reference, tokenizer,
+                                         {"train": train, "eval": evaluation}, config.max_length,
+                                         config.max_prompt_length)
+    return splits["train"], splits["eval"]
+
+
 def held_out_metrics(model, ref_model, tokenizer, eval_tokenized, eval_raw, config, keyfact: bool) -> dict:
     """``pref_acc``/``logp_acc``/``margin`` on the eval pairs, plus KeyFact's ``key_acc``/``key_margin``/
     ``gen_len`` for the built-in task."""
@@ -172,11 +187,15 @@ def run_training(config: TokenweightConfig) -> dict:
     evaluation = (prepare_split(config, model_path, tokenizer, eval_raw, "eval", data_summary, splits.eval_name,
                                 splits.eval_rows) if eval_raw is not None else None)
     policy = load_causal_lm(model_path, config.model_dtype, config.attn_implementation)
+    if config.ref_log_probs:  # no reference model: its log-probs come from the cache
+        reference = None
+        train, evaluation = cached_reference_splits(config, model_path, policy, tokenizer, train, evaluation)
+    else:
+        reference = load_causal_lm(config.ref_model_name_or_path or model_path, config.model_dtype,
+                                   config.attn_implementation)
     if config.use_peft:
         policy = add_lora_adapters(policy, config.lora_r, config.lora_alpha, config.lora_dropout,
                                    config.lora_target_modules)
-    reference = load_causal_lm(config.ref_model_name_or_path or model_path, config.model_dtype,
-                               config.attn_implementation)
     trainer = TokenweightTrainer(model=policy, ref_model=reference, args=config, train_dataset=train,
                                  eval_dataset=evaluation, processing_class=tokenizer)
     results = {"weighting": config.weighting, "model": model_path, "eval_split": splits.eval_name,

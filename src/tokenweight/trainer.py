@@ -46,7 +46,7 @@ class TokenweightTrainer(Trainer):
             if args.disable_dropout:
                 disable_dropout(ref_model)
             enable_token_scoring(freeze(ref_model), args.logps_chunk_size)
-        if args.precompute_ref_log_probs:
+        if args.precompute_ref_log_probs or args.ref_log_probs:
             train_dataset, eval_dataset = _with_reference_logps(ref_model, args, scheme, data_collator,
                                                                 train_dataset, eval_dataset)
             ref_model = None  # no longer needed: free its memory
@@ -191,14 +191,16 @@ def _with_reference_logps(ref_model, args: TokenweightConfig, scheme, collator, 
     from tokenweight.reference import precompute_reference_logps
 
     if scheme.needs_hidden_for_loss:
-        raise ValueError(f"precompute_ref_log_probs=True cannot serve weighting={scheme.name!r}: its loss needs the "
-                         "reference's hidden states at every step (TI-DPO: set tidpo_kl_alpha=0 to drop the KL term)")
+        raise ValueError(f"precomputed reference log-probs (precompute_ref_log_probs, ref_log_probs) cannot serve "
+                         f"weighting={scheme.name!r}: its loss needs the reference's hidden states at every step "
+                         "(TI-DPO: set tidpo_kl_alpha=0 to drop the KL term)")
     datasets_out = []
     for name, dataset in (("train", train_dataset), ("eval", eval_dataset)):
         if dataset is not None and "chosen_ref_logps" not in dataset.column_names:
             if ref_model is None:
                 raise ValueError(f"precompute_ref_log_probs=True: the {name} dataset has no reference log-probs and "
-                                 "no reference model was given to compute them")
+                                 "no reference model was given to compute them (with ref_log_probs, attach them "
+                                 "with tokenweight.reference_cache.with_cached_reference_logps)")
             dataset = precompute_reference_logps(ref_model.to(args.device), dataset, collator.pad_token_id,
                                                  args.precompute_ref_batch_size or args.per_device_eval_batch_size,
                                                  name=name)

@@ -1,4 +1,8 @@
-"""``tokenweight precompute attention``: run the frozen judge over a dataset once and cache AttentionPO weights."""
+"""``tokenweight precompute attention|reference``: one offline pass over the data, cached on disk.
+
+``attention``: the frozen judge's AttentionPO weights. ``reference``: the frozen reference's per-token log-probs of
+every completion token (train and eval splits), so that training loads no reference model.
+"""
 
 from __future__ import annotations
 
@@ -9,24 +13,53 @@ EXAMPLES = """examples:
   tokenweight precompute attention --model_name_or_path meta-llama/Meta-Llama-3-8B-Instruct \\
       --dataset_name princeton-nlp/llama3-ultrafeedback --dataset_split train \\
       --attention_layers -1 --attention_batch_size 8 --model_dtype bfloat16 --output weights/llama3-uf
+  tokenweight precompute reference --output runs/keyfact-ref            # then: tokenweight train --ref_log_probs DIR
+  accelerate launch -m tokenweight.cli precompute reference --output ref/llama3-uf \\
+      --model_name_or_path meta-llama/Meta-Llama-3-8B-Instruct --dataset_name princeton-nlp/llama3-ultrafeedback \\
+      --eval_split test --max_length 1024 --model_dtype bfloat16     # each process scores its own shards
 
 The run is resumable: started again with the same settings it continues with the first missing shard. Train with
   tokenweight train --weighting attention --attention_weights DIR  (same model, dataset and settings)
-Every `tokenweight train` flag is accepted (model, dataset, lengths, attention_* settings).
+  tokenweight train --ref_log_probs DIR                            (same model, tokenizer, data and lengths)
+Every `tokenweight train` flag is accepted (model, dataset, lengths, attention_* settings), before or after --output.
 """
 
 
 def register(subparsers) -> None:
-    parser = subparsers.add_parser("precompute", help="precompute cached token weights (attention)",
-                                   description=__doc__, epilog=EXAMPLES,
+    parser = subparsers.add_parser("precompute", help="precompute cached token weights (attention) or reference "
+                                   "log-probs (reference)", description=__doc__, epilog=EXAMPLES,
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("what", choices=["attention"], help="which weights to precompute")
-    parser.add_argument("--output", required=True, help="cache folder (the train flag --attention_weights)")
+    parser.add_argument("what", choices=["attention", "reference"], help="what to precompute")
+    _add_own_flags(parser)
     parser.add_argument("flags", nargs=argparse.REMAINDER, help="any `tokenweight train` flag")
     parser.set_defaults(func=run)
 
 
+def _add_own_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--output", help="cache folder (required; the train flag --attention_weights or "
+                        "--ref_log_probs)")
+    parser.add_argument("--shard_size", type=int, help="reference: pairs per shard file (default 256)")
+
+
+def _own_flags(args: argparse.Namespace) -> argparse.Namespace:
+    """``--output``/``--shard_size`` wherever they stand: before ``what`` argparse has them, after it they are in
+    the train flags (``nargs=REMAINDER`` keeps everything after the positional)."""
+    from tokenweight.errors import UserError
+
+    parser = argparse.ArgumentParser(add_help=False)
+    _add_own_flags(parser)
+    late, args.flags = parser.parse_known_args(args.flags)
+    args.output = args.output or late.output
+    args.shard_size = args.shard_size or late.shard_size or 256
+    if not args.output:
+        raise UserError(f"precompute {args.what}: --output DIR is required")
+    return args
+
+
 def run(args: argparse.Namespace) -> int:
+    args = _own_flags(args)
+    if args.what == "reference":
+        return _reference(args)
     from tokenweight.cli import parse_train_config
     from tokenweight.models import load_tokenizer
     from tokenweight.run import load_raw_splits, resolve_model_path, tokenize_with_attention_weights
@@ -37,4 +70,49 @@ def run(args: argparse.Namespace) -> int:
     train_raw, _ = load_raw_splits(config)
     weighted = tokenize_with_attention_weights(config, model_path, tokenizer, train_raw)
     print(f"attention weights for {len(weighted)} pairs cached in {args.output}")
+    return 0
+
+
+def _reference(args: argparse.Namespace) -> int:
+    """Score the train (and eval) split with the reference, each process its shards; the main process finishes."""
+    from pathlib import Path
+
+    from accelerate import PartialState
+
+    from tokenweight import reference_cache
+    from tokenweight.cli import parse_train_config
+    from tokenweight.models import freeze, load_causal_lm, load_tokenizer
+    from tokenweight.run import load_raw_splits, resolve_model_path, tokenize_split
+
+    config = parse_train_config(list(args.flags))
+    state = PartialState()
+    model_path = resolve_model_path(config)
+    tokenizer = load_tokenizer(model_path)
+    train_raw, eval_raw = load_raw_splits(config)
+    splits = {"train": tokenize_split(config, tokenizer, train_raw, "train"),
+              "eval": tokenize_split(config, tokenizer, eval_raw, "eval") if eval_raw is not None else None}
+    reference = freeze(load_causal_lm(config.ref_model_name_or_path or model_path, config.model_dtype,
+                                      config.attn_implementation))
+    batch_size = config.precompute_ref_batch_size or config.per_device_eval_batch_size
+    for name, dataset in splits.items():
+        if dataset is None:
+            continue
+        folder = Path(args.output, name)
+        expected = reference_cache.reference_fingerprint(reference, tokenizer, dataset, config.max_length,
+                                                         config.max_prompt_length)
+        with state.main_process_first():  # the main process creates the manifest, the others then check it
+            manifest = reference_cache.open_cache(folder, expected, len(dataset), args.shard_size,
+                                                  state.is_main_process)
+        if manifest["complete"]:
+            print(f"reference log-probs of {name} ({len(dataset)} pairs) already cached in {folder}")
+            continue
+        written = reference_cache.write_missing_shards(folder, manifest, reference.to(state.device), dataset,
+                                                       tokenizer.pad_token_id, batch_size, state.process_index,
+                                                       state.num_processes, progress=state.is_local_main_process)
+        state.wait_for_everyone()
+        if state.is_main_process:
+            reference_cache.finish_cache(folder, manifest)
+            print(f"reference log-probs of {name}: {len(dataset)} pairs in {manifest['num_shards']} shards cached "
+                  f"in {folder} ({len(written)} shards written by this process)")
+        state.wait_for_everyone()
     return 0

@@ -1,0 +1,160 @@
+"""Per-token reference log-probs cached on disk: written once (``tokenweight precompute reference --output DIR``),
+read by every training run that names the folder (``--ref_log_probs DIR``), which then loads no reference model.
+
+Layout of a cache folder (one sub-folder per split the trainer sees)::
+
+    DIR/train/manifest.json           fingerprint (model, tokenizer, rows, truncation), row count, shard size, complete
+    DIR/train/shard-00000.safetensors rows [0, S): flat fp32 log-probs of chosen and rejected + per-row lengths
+    DIR/eval/…
+
+Every file is written to a temporary name and renamed, so a shard exists complete or not at all. Shard ``i`` is
+written by process ``i mod world_size``; the main process writes the manifest (first unfinished, then complete).
+A run started again with the same fingerprint writes only the missing shards; a cache whose fingerprint differs is
+refused, naming the parts that differ.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import datasets
+from safetensors import safe_open
+from safetensors.torch import save_file
+from torch import nn
+
+from tokenweight.attention.cache import (_flat, _unflat, _write_atomic, dataset_fingerprint, model_fingerprint,
+                                         tokenizer_fingerprint)
+from tokenweight.errors import UserError
+from tokenweight.reference import precompute_reference_logps
+
+FORMAT = "tokenweight-reference-logps/1"
+MANIFEST = "manifest.json"
+FINGERPRINT_PARTS = ("model", "tokenizer", "rows", "truncation")
+SPLITS = ("train", "eval")
+
+
+def reference_fingerprint(model: nn.Module, tokenizer, rows, max_length: int | None,
+                          max_prompt_length: int | None) -> dict:
+    """The cache key of reference ``model`` scoring the tokenized ``rows``: one entry per :data:`FINGERPRINT_PARTS`
+    (``model``: configuration and parameter bytes; ``rows``: every row's prompt and token ids)."""
+    return {"model": model_fingerprint(model), "tokenizer": tokenizer_fingerprint(tokenizer),
+            "rows": dataset_fingerprint(rows),
+            "truncation": {"max_length": max_length, "max_prompt_length": max_prompt_length}}
+
+
+def _check_fingerprint(stored: dict, expected: dict, folder: Path) -> None:
+    differing = [part for part in FINGERPRINT_PARTS if stored.get(part) != expected.get(part)]
+    if differing:
+        details = "; ".join(f"{part}: cached {stored.get(part)!r:.70} vs now {expected.get(part)!r:.70}"
+                            for part in differing)
+        raise UserError(f"reference log-prob cache {folder} was computed for a different {', '.join(differing)} "
+                        f"({details}); delete the folder or choose another one to recompute")
+
+
+def read_manifest(folder: str | os.PathLike) -> dict | None:
+    """The manifest of the cache ``folder`` (one split), ``None`` when there is none."""
+    path = Path(folder) / MANIFEST
+    if not path.exists():
+        return None
+    manifest = json.loads(path.read_text(encoding="utf-8"))
+    if manifest.get("format") != FORMAT:
+        raise UserError(f"{path} is not a tokenweight reference log-prob cache (format {manifest.get('format')!r})")
+    return manifest
+
+
+def _write_manifest(folder: Path, manifest: dict) -> None:
+    _write_atomic(folder / MANIFEST, lambda p: p.write_text(json.dumps(manifest, indent=1), encoding="utf-8"))
+
+
+def shard_path(folder: str | os.PathLike, index: int) -> Path:
+    return Path(folder) / f"shard-{index:05d}.safetensors"
+
+
+def open_cache(folder: str | os.PathLike, fingerprint: dict, num_rows: int, shard_size: int,
+               is_main_process: bool = True) -> dict:
+    """The manifest of ``folder`` for ``fingerprint``: the existing one (its shard size wins, so a resumed run
+    fills the same shards), else a new unfinished one, written by the main process. A differing fingerprint is
+    refused (:class:`UserError` naming the parts)."""
+    folder = Path(folder)
+    manifest = read_manifest(folder)
+    if manifest is not None:
+        _check_fingerprint(manifest["fingerprint"], fingerprint, folder)
+        return manifest
+    if shard_size < 1:
+        raise UserError(f"--shard_size must be at least 1, got {shard_size}")
+    manifest = {"format": FORMAT, "fingerprint": fingerprint, "num_rows": num_rows, "shard_size": shard_size,
+                "num_shards": -(-num_rows // shard_size), "complete": False}
+    if is_main_process:
+        folder.mkdir(parents=True, exist_ok=True)
+        _write_manifest(folder, manifest)
+    return manifest
+
+
+def write_missing_shards(folder: str | os.PathLike, manifest: dict, ref_model: nn.Module, dataset: datasets.Dataset,
+                         pad_token_id: int, batch_size: int, rank: int = 0, world_size: int = 1,
+                         progress: bool = True) -> list[int]:
+    """Score and write this process's shards (``index % world_size == rank``) that do not exist yet; returns the
+    indices written. ``dataset`` is the tokenized split the manifest was opened for."""
+    folder, size, written = Path(folder), manifest["shard_size"], []
+    for index in range(rank, manifest["num_shards"], world_size):
+        if shard_path(folder, index).exists():
+            continue
+        rows = dataset.select(range(index * size, min((index + 1) * size, len(dataset))))
+        scored = precompute_reference_logps(ref_model, rows, pad_token_id, batch_size, progress=progress,
+                                            name=f"{folder.name} shard {index + 1}/{manifest['num_shards']}")
+        _write_shard(folder, index, scored["chosen_ref_logps"], scored["rejected_ref_logps"])
+        written.append(index)
+    return written
+
+
+def _write_shard(folder: Path, index: int, chosen: list[list[float]], rejected: list[list[float]]) -> None:
+    (chosen_values, chosen_lengths), (rejected_values, rejected_lengths) = _flat(chosen), _flat(rejected)
+    tensors = {"chosen": chosen_values, "chosen_lengths": chosen_lengths,
+               "rejected": rejected_values, "rejected_lengths": rejected_lengths}
+    _write_atomic(shard_path(folder, index), lambda p: save_file(tensors, str(p)))
+
+
+def finish_cache(folder: str | os.PathLike, manifest: dict) -> None:
+    """Mark the cache complete once every shard exists (main process, after all processes wrote theirs)."""
+    folder = Path(folder)
+    missing = [shard_path(folder, i).name for i in range(manifest["num_shards"]) if not shard_path(folder, i).exists()]
+    if missing:
+        raise RuntimeError(f"reference log-prob cache {folder} lacks {missing[:5]} after every process finished")
+    _write_manifest(folder, {**manifest, "complete": True})
+
+
+def load_reference_logps(folder: str | os.PathLike, fingerprint: dict) -> tuple[list[list[float]], list[list[float]]]:
+    """Per-row reference log-probs ``(chosen, rejected)`` of a complete cache whose fingerprint equals
+    ``fingerprint``; a missing, unfinished or mismatched cache is a :class:`UserError` naming the folder."""
+    folder = Path(folder)
+    manifest = read_manifest(folder)
+    if manifest is None:
+        raise UserError(f"no reference log-prob cache in {folder} (missing {MANIFEST}); write it with "
+                        f"`tokenweight precompute reference --output {folder.parent}` and the run's flags")
+    _check_fingerprint(manifest["fingerprint"], fingerprint, folder)
+    if not manifest["complete"]:
+        raise UserError(f"reference log-prob cache {folder} is unfinished; run `tokenweight precompute reference` "
+                        "again with the same flags to resume it")
+    chosen, rejected = [], []
+    for index in range(manifest["num_shards"]):
+        with safe_open(str(shard_path(folder, index)), framework="pt") as handle:
+            chosen += _unflat(handle.get_tensor("chosen"), handle.get_tensor("chosen_lengths"))
+            rejected += _unflat(handle.get_tensor("rejected"), handle.get_tensor("rejected_lengths"))
+    return chosen, rejected
+
+
+def with_cached_reference_logps(cache_dir: str, reference: nn.Module, tokenizer, splits: dict, max_length: int | None,
+                                max_prompt_length: int | None) -> dict:
+    """``splits`` (name → tokenized dataset or ``None``; names from :data:`SPLITS`) with the columns
+    ``chosen_ref_logps``/``rejected_ref_logps`` read from ``cache_dir/<name>``, after checking each split's
+    fingerprint against ``reference`` (the reference model's weights, e.g. the policy before training)."""
+    out = {}
+    for name, dataset in splits.items():
+        if dataset is not None:
+            expected = reference_fingerprint(reference, tokenizer, dataset, max_length, max_prompt_length)
+            chosen, rejected = load_reference_logps(Path(cache_dir, name), expected)
+            dataset = dataset.add_column("chosen_ref_logps", chosen).add_column("rejected_ref_logps", rejected)
+        out[name] = dataset
+    return out

@@ -1,0 +1,43 @@
+"""`benchmarks/gpu_check.py --tiny`: the GPU check's code runs end to end on CPU with a tiny config, every scheme
+gets a step row, and its two oracle comparisons agree (OTPO solver vs the POT loop, judge hook rows vs eager maps)."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+SCRIPT = Path(__file__).parents[1] / "benchmarks" / "gpu_check.py"
+
+
+def table_rows(report: str, first_header: str) -> dict[str, list[str]]:
+    """The rows of the markdown table whose first column is ``first_header``: first cell → the other cells."""
+    lines = report.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith(f"| {first_header} |"))
+    rows = {}
+    for line in lines[start + 2:]:
+        if not line.startswith("|"):
+            break
+        cells = [cell.strip() for cell in line.strip("|").split("|")]
+        rows[cells[0]] = cells[1:]
+    return rows
+
+
+def test_gpu_check_tiny_runs_every_part_on_cpu(tmp_path):
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
+    result = subprocess.run([sys.executable, str(SCRIPT), "--tiny", "--output", str(tmp_path / "report.md")],
+                            capture_output=True, text=True, env=env, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = (tmp_path / "report.md").read_text()
+    steps = table_rows(report, "scheme")
+    assert list(steps) == ["uniform", "otpo", "tidpo", "tidpo+triplet", "attention (cached)",
+                           "uniform (cached reference)"]
+    assert all(float(row[0]) > 0 for row in steps.values())  # step (ms)
+    assert steps["uniform"][1] == "1.00"
+    (otpo,) = table_rows(report, "B").values()
+    assert float(otpo[-1]) < 1e-4  # batched solver vs POT: max relative difference
+    assert set(table_rows(report, "method")) == {"hook", "eager"}
+    difference = float(re.search(r"max abs difference of the rows: (\S+)", report).group(1))
+    assert difference < 1e-6
