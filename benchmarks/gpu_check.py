@@ -122,7 +122,7 @@ def judge_pass(size: dict, device: str) -> str:
     """Part 3: one judge pass of ``judge_length`` tokens, hook rows against eager attention maps (last layer)."""
     import torch
 
-    from tokenweight.attention import last_token_attention
+    from tokenweight.weights.attention import last_token_attention
 
     model = make_model(size, device)
     ids = torch.randint(4, size["vocab"], (1, size["judge_length"]), generator=torch.Generator().manual_seed(1))

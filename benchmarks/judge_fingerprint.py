@@ -18,7 +18,7 @@ import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from tokenweight.weights.attention import last_token_attention
-from tokenweight.weights.attention.fingerprint import model_fingerprint
+from tokenweight.fingerprint import model_fingerprint
 
 
 def main() -> None:

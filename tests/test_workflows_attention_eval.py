@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import math
 
-from tokenweight.attention.cache import read_manifest
+from tokenweight.weights.attention.cache import read_manifest
 from tokenweight.cli import main
 from workflow_runs import keyfact_cache  # noqa: F401 (fixture)
 from workflow_runs import small_keyfact_args

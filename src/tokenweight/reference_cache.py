@@ -21,34 +21,33 @@ from pathlib import Path
 
 import datasets
 from safetensors import safe_open
-from safetensors.torch import save_file
+from safetensors.torch import save
 from torch import nn
 
-from tokenweight.attention.cache import (_flat, _unflat, _write_atomic, dataset_fingerprint, model_fingerprint,
-                                         tokenizer_fingerprint)
+from tokenweight.cache_files import flatten_rows, unflatten_rows, write_atomic
+from tokenweight.fingerprint import (dataset_fingerprint, fingerprint_differences, model_fingerprint,
+                                     tokenizer_fingerprint)
 from tokenweight.errors import UserError
 from tokenweight.reference import precompute_reference_logps
 
 FORMAT = "tokenweight-reference-logps/1"
 MANIFEST = "manifest.json"
-FINGERPRINT_PARTS = ("model", "tokenizer", "rows", "truncation")
+FINGERPRINT_PARTS = ("model", "tokenizer", "dataset", "truncation")
 SPLITS = ("train", "eval")
 
 
 def reference_fingerprint(model: nn.Module, tokenizer, rows, max_length: int | None,
                           max_prompt_length: int | None) -> dict:
     """The cache key of reference ``model`` scoring the tokenized ``rows``: one entry per :data:`FINGERPRINT_PARTS`
-    (``model``: configuration and parameter bytes; ``rows``: every row's prompt and token ids)."""
+    (``model``: configuration and parameter bytes; ``dataset``: every row's prompt and token ids)."""
     return {"model": model_fingerprint(model), "tokenizer": tokenizer_fingerprint(tokenizer),
-            "rows": dataset_fingerprint(rows),
+            "dataset": dataset_fingerprint(rows),
             "truncation": {"max_length": max_length, "max_prompt_length": max_prompt_length}}
 
 
 def _check_fingerprint(stored: dict, expected: dict, folder: Path) -> None:
-    differing = [part for part in FINGERPRINT_PARTS if stored.get(part) != expected.get(part)]
+    differing, details = fingerprint_differences(stored, expected, FINGERPRINT_PARTS)
     if differing:
-        details = "; ".join(f"{part}: cached {stored.get(part)!r:.70} vs now {expected.get(part)!r:.70}"
-                            for part in differing)
         raise UserError(f"reference log-prob cache {folder} was computed for a different {', '.join(differing)} "
                         f"({details}); delete the folder or choose another one to recompute")
 
@@ -65,7 +64,7 @@ def read_manifest(folder: str | os.PathLike) -> dict | None:
 
 
 def _write_manifest(folder: Path, manifest: dict) -> None:
-    _write_atomic(folder / MANIFEST, lambda p: p.write_text(json.dumps(manifest, indent=1), encoding="utf-8"))
+    write_atomic(folder / MANIFEST, json.dumps(manifest, indent=1).encode())
 
 
 def shard_path(folder: str | os.PathLike, index: int) -> Path:
@@ -110,10 +109,10 @@ def write_missing_shards(folder: str | os.PathLike, manifest: dict, ref_model: n
 
 
 def _write_shard(folder: Path, index: int, chosen: list[list[float]], rejected: list[list[float]]) -> None:
-    (chosen_values, chosen_lengths), (rejected_values, rejected_lengths) = _flat(chosen), _flat(rejected)
+    (chosen_values, chosen_lengths), (rejected_values, rejected_lengths) = flatten_rows(chosen), flatten_rows(rejected)
     tensors = {"chosen": chosen_values, "chosen_lengths": chosen_lengths,
                "rejected": rejected_values, "rejected_lengths": rejected_lengths}
-    _write_atomic(shard_path(folder, index), lambda p: save_file(tensors, str(p)))
+    write_atomic(shard_path(folder, index), save(tensors))
 
 
 def finish_cache(folder: str | os.PathLike, manifest: dict) -> None:
@@ -140,8 +139,8 @@ def load_reference_logps(folder: str | os.PathLike, fingerprint: dict) -> tuple[
     chosen, rejected = [], []
     for index in range(manifest["num_shards"]):
         with safe_open(str(shard_path(folder, index)), framework="pt") as handle:
-            chosen += _unflat(handle.get_tensor("chosen"), handle.get_tensor("chosen_lengths"))
-            rejected += _unflat(handle.get_tensor("rejected"), handle.get_tensor("rejected_lengths"))
+            chosen += unflatten_rows(handle.get_tensor("chosen"), handle.get_tensor("chosen_lengths"))
+            rejected += unflatten_rows(handle.get_tensor("rejected"), handle.get_tensor("rejected_lengths"))
     return chosen, rejected
 
 

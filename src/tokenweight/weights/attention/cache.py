@@ -21,12 +21,13 @@ import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-import torch
 from safetensors import SafetensorError
 from safetensors.torch import load, save
 
+from tokenweight.cache_files import flatten_rows, unflatten_rows, write_atomic
 from tokenweight.errors import UserError
-from tokenweight.weights.attention.fingerprint import PARTS, describe_difference
+from tokenweight.fingerprint import fingerprint_differences
+from tokenweight.weights.attention.fingerprint import PARTS
 from tokenweight.weights.attention.normalize import WeightStats
 
 FORMAT = "tokenweight-attention-weights/2"
@@ -47,10 +48,8 @@ class CacheIncompleteError(UserError):
 
 def check_fingerprint(stored: dict, expected: dict, folder: Path) -> None:
     """Raise :class:`CacheMismatchError` naming every part where ``stored`` differs from ``expected`` and how."""
-    differing = [part for part in PARTS if stored.get(part) != expected.get(part)]
+    differing, details = fingerprint_differences(stored, expected, PARTS)
     if differing:
-        details = "; ".join(f"{part}: {describe_difference(part, stored.get(part), expected.get(part))}"
-                            for part in differing)
         raise CacheMismatchError(
             f"attention weight cache {folder} was computed for a different {', '.join(differing)} ({details}); "
             "delete the folder or choose another one to recompute")
@@ -65,14 +64,8 @@ class CachedWeights:
     stats: WeightStats
 
 
-def _write_atomic(path: Path, data: bytes) -> None:
-    temporary = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    temporary.write_bytes(data)
-    os.replace(temporary, path)
-
-
 def write_manifest(folder: Path, manifest: dict) -> None:
-    _write_atomic(Path(folder) / MANIFEST, json.dumps(manifest, indent=1).encode())
+    write_atomic(Path(folder) / MANIFEST, json.dumps(manifest, indent=1).encode())
 
 
 def read_manifest(folder: Path) -> dict | None:
@@ -104,23 +97,13 @@ def shard_path(folder: Path, index: int) -> Path:
     return Path(folder) / shard_name(index)
 
 
-def _flat(rows: list[list[float]]) -> tuple[torch.Tensor, torch.Tensor]:
-    lengths = torch.tensor([len(r) for r in rows], dtype=torch.int64)
-    values = torch.tensor([w for r in rows for w in r], dtype=torch.float32)
-    return values, lengths
-
-
-def _unflat(values: torch.Tensor, lengths: torch.Tensor) -> list[list[float]]:
-    return [chunk.tolist() for chunk in torch.split(values, lengths.tolist())]
-
-
 def write_shard(folder: Path, manifest: dict, index: int, chosen: list[list[float]], rejected: list[list[float]],
                 stats: WeightStats) -> None:
     """Write one shard atomically, then record its checksum and statistics in ``manifest`` (rewritten)."""
-    (chosen_values, chosen_lengths), (rejected_values, rejected_lengths) = _flat(chosen), _flat(rejected)
+    (chosen_values, chosen_lengths), (rejected_values, rejected_lengths) = flatten_rows(chosen), flatten_rows(rejected)
     data = save({"chosen": chosen_values, "chosen_lengths": chosen_lengths,
                  "rejected": rejected_values, "rejected_lengths": rejected_lengths})
-    _write_atomic(shard_path(folder, index), data)
+    write_atomic(shard_path(folder, index), data)
     manifest["shards"][shard_name(index)] = {"sha256": hashlib.sha256(data).hexdigest(), "rows": len(chosen),
                                              "stats": asdict(stats)}
     write_manifest(folder, manifest)
@@ -152,8 +135,8 @@ def read_shard(folder: Path, manifest: dict, index: int) -> tuple[list[list[floa
                                 "again (same settings) to recompute it")
     try:
         tensors = load(data)
-        chosen = _unflat(tensors["chosen"], tensors["chosen_lengths"])
-        rejected = _unflat(tensors["rejected"], tensors["rejected_lengths"])
+        chosen = unflatten_rows(tensors["chosen"], tensors["chosen_lengths"])
+        rejected = unflatten_rows(tensors["rejected"], tensors["rejected_lengths"])
     except (SafetensorError, KeyError, RuntimeError) as error:
         raise CacheDamagedError(f"attention weight cache {folder}: {path.name} is unreadable ({error})") from None
     if not len(chosen) == len(rejected) == entry["rows"]:
