@@ -49,8 +49,6 @@ BUDGET = {"train": {"max_steps": "1", "use_cpu": "true", "report_to": "none", "p
           "bench": {"quick": None, "schemes": "uniform", "seeds": "1", "train_size": "8", "eval_size": "4",
                     "variants": "base"}}
 BUILT_IN = {"keyfact_model_size": "small", "keyfact_train_size": "16", "keyfact_eval_size": "4"}
-XFAIL_PRECOMPUTE = pytest.mark.xfail(strict=True, reason="fixed on branch scale: `precompute attention --output DIR` "
-                                                         "does not parse yet (REMAINDER swallows --output)")
 
 
 def shell_commands(text: str) -> list[str]:
@@ -100,8 +98,7 @@ def documented_commands() -> list[tuple[str, str]]:
 def _params():
     params = []
     for source, command in documented_commands():
-        marks = [XFAIL_PRECOMPUTE] if re.match(r"tokenweight precompute \w+ .*--output", command) else []
-        params.append(pytest.param(command, id=f"{source}: {command[:90]}", marks=marks))
+        params.append(pytest.param(command, id=f"{source}: {command[:90]}"))
     return params
 
 
