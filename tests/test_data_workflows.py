@@ -148,7 +148,7 @@ def test_a_missing_local_path_is_refused_without_trying_the_hub(tiny_model_dir, 
     monkeypatch.chdir(tmp_path)
     for missing in ("data/pairs.jsonl", "./pairs", "../elsewhere/pairs", "a/b/c"):
         assert train(tiny_model_dir, missing, tmp_path / "run") == 2
-        assert f"tokenweight: error: dataset {missing}: no such file or folder" in capsys.readouterr().err
+        assert f"tokenweight: error: config key `dataset_name`: {missing} does not exist" in capsys.readouterr().err
 
 
 def test_eval_writes_next_to_the_model_and_never_overwrites_unasked(tiny_model_dir, tmp_path, capsys, monkeypatch):

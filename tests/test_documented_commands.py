@@ -9,7 +9,10 @@ Each runs in a fresh working folder through ``tokenweight.cli.main`` with the ti
   substitutions; the built-in task -> ``keyfact_model_size small`` and a few pairs;
 - sizes -> tiny (``--max_steps 1``, ``--max_length 64``, a few pairs, one seed, one scheme, ``--quick``), and
   hardware settings -> CPU (``--bf16 false``, ``--model_dtype float32``);
-- placeholders: ``DIR`` a fresh folder, ``M`` the model, ``S`` otpo, ``N`` 2 (an unknown one fails the test).
+- placeholders: ``DIR`` a fresh folder, ``M`` the model, ``S`` otpo, ``N`` 2, ``F`` 0.25, ``SEED`` 0 (an unknown
+  one fails the test);
+- a command that reads what another writes first gets it written: ``train --ref_log_probs DIR`` runs
+  ``precompute reference --output DIR`` with the same flags before it.
 
 ``accelerate launch`` lines are parsed only (the recipe read, the flags parsed into a config, the accelerate config
 file found): they need several processes, which ``tests/test_distributed.py`` covers. ``make`` targets and Python
@@ -33,7 +36,8 @@ from tokenweight.cli import COMMANDS, main, parse_train_config
 
 REPO = Path(__file__).resolve().parents[1]
 PLACEHOLDERS = {"DIR": lambda env, cwd: str(cwd / "dir"), "M": lambda env, cwd: env["model"],
-                "S": lambda env, cwd: "otpo", "N": lambda env, cwd: "2"}
+                "S": lambda env, cwd: "otpo", "N": lambda env, cwd: "2", "F": lambda env, cwd: "0.25",
+                "SEED": lambda env, cwd: "0"}
 #: Config keys / flags replaced wherever a command or recipe sets them (value -> tiny-world value).
 REPLACED = {"model_name_or_path": "model", "ref_model_name_or_path": "model", "dataset_name": "data",
             "reward_model": "reward_model"}
@@ -167,7 +171,7 @@ def expected_output(argv: list[str]) -> Path | None:
     if command == "train":
         return Path(parse_train_config(argv[1:]).output_dir, "results.json")
     return {"precompute": lambda: Path(value["--output"]),
-            "eval": lambda: Path(value.get("--output", "eval.json")),
+            "eval": lambda: Path(value.get("--output", Path(value["--model_name_or_path"], "eval.json"))),
             "weights": lambda: Path(value.get("--output", "weights.html")),
             "bench": lambda: Path(value.get("--output_dir", "outputs/bench-keyfact"), "report.md")}[command]()
 
@@ -181,7 +185,8 @@ def env(tmp_path_factory) -> dict:
     from tokenweight.models import load_tokenizer
 
     root = tmp_path_factory.mktemp("documented")
-    model = str(keyfact_base_model(size="small"))
+    model = str(root / "model")  # a copy: `tokenweight eval` writes eval.json next to the model it evaluates
+    shutil.copytree(keyfact_base_model(size="small"), model)
     tokenizer = load_tokenizer(model)
     reward = root / "reward-model"
     config = AutoConfig.from_pretrained(model, num_labels=1, pad_token_id=tokenizer.pad_token_id)
@@ -210,14 +215,21 @@ def test_documented_command_runs(command, env, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     words = shlex.split(command)
     if words[0] == "accelerate":
-        config_file = words[words.index("--config_file") + 1]
-        assert (REPO / config_file).is_file(), config_file
+        if "--config_file" in words:
+            config_file = words[words.index("--config_file") + 1]
+            assert (REPO / config_file).is_file(), config_file
         argv = substitute(words[words.index("tokenweight.cli") + 1:], env, tmp_path)
-        assert argv[0] == "train"
-        config = parse_train_config(argv[1:])
-        assert config.model_name_or_path == env["model"] and config.max_steps == 1
+        assert argv[0] in ("train", "precompute")
+        config = parse_train_config(argv[2 + argv.index("--output"):] if argv[0] == "precompute" else argv[1:])
+        assert config.model_name_or_path == env["model"]
         return
     argv = substitute(words[1:], env, tmp_path)
+    if argv[0] == "eval":
+        Path(env["model"], "eval.json").unlink(missing_ok=True)  # each documented eval writes its own
+    if argv[0] == "train" and "--ref_log_probs" in argv:
+        cache = argv[argv.index("--ref_log_probs") + 1]
+        flags = [w for i, w in enumerate(argv[1:]) if w != "--ref_log_probs" and argv[i] != "--ref_log_probs"]
+        assert main(["precompute", "reference", "--output", cache, *flags]) == 0
     try:
         status = main(argv)
     except SystemExit as exit_info:  # argparse's --help of a sub-command

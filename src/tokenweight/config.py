@@ -24,11 +24,11 @@ import torch
 from transformers import HfArgumentParser, TrainingArguments
 
 from tokenweight.errors import UserError
+from tokenweight.sources import looks_like_local_path
 
 #: ``max_length`` when none is given: this, or the model's context when that is shorter.
 DEFAULT_MAX_LENGTH = 1024
 #: Suffixes of the data files a local dataset can be (a name ending so is a path, never a hub id).
-DATA_FILE_SUFFIXES = (".json", ".jsonl", ".parquet", ".csv")
 
 
 @dataclass
@@ -169,16 +169,6 @@ def accelerator_available() -> bool:
     accelerator = getattr(torch, "accelerator", None)  # torch >= 2.6
     return accelerator.is_available() if accelerator is not None else torch.cuda.is_available()
 
-
-def looks_like_local_path(name: str) -> bool:
-    """True when ``name`` can only mean a local file or folder, not a hub id (``name`` or ``namespace/name``):
-    it starts with ``./``, ``../``, ``/`` or ``~``, ends in a data-file suffix, has more than one ``/`` (or an
-    ``os.sep`` other than ``/``), or its first component is a folder here."""
-    if name.startswith(("./", "../", "/", "~")) or name.lower().endswith(DATA_FILE_SUFFIXES):
-        return True
-    if name.count("/") > 1 or (os.sep != "/" and os.sep in name):
-        return True
-    return "/" in name and Path(name.split("/")[0]).is_dir()
 
 
 def check_local_path(key: str, name: str | None) -> None:

@@ -26,11 +26,15 @@ from tokenweight.errors import UserError
 FILE_BUILDERS = {".json": "json", ".jsonl": "json", ".parquet": "parquet", ".csv": "csv"}
 
 
-def looks_like_local_path(source: str) -> bool:
-    """True when ``source`` is meant as a local path rather than a hub id (``owner/name`` or ``name``)."""
-    text = str(source)
-    return (text.startswith(("./", "../", "/", "~", ".\\", "..\\")) or Path(text).suffix.lower() in FILE_BUILDERS
-            or text.count("/") > 1 or (os.sep != "/" and os.sep in text))
+def looks_like_local_path(name: str) -> bool:
+    """True when ``name`` can only mean a local file or folder, not a hub id (``name`` or ``namespace/name``):
+    it starts with ``./``, ``../``, ``/`` or ``~``, ends in a data-file suffix, has more than one ``/`` (or an
+    ``os.sep`` other than ``/``), or its first component is a folder here."""
+    if name.startswith(("./", "../", "/", "~")) or name.lower().endswith(tuple(FILE_BUILDERS)):
+        return True
+    if name.count("/") > 1 or (os.sep != "/" and os.sep in name):
+        return True
+    return "/" in name and Path(name.split("/")[0]).is_dir()
 
 
 def describe_source(source: Any) -> str:
@@ -70,7 +74,7 @@ def load_preference_split(source: Any, split: str = "train") -> datasets.Dataset
                 return loaded
             return _pick_split(loaded, split, str(source))
         return _pick_split(datasets.load_dataset(str(path)), split, str(source))
-    if looks_like_local_path(str(source)):
+    if looks_like_local_path(str(source)):  # checked already for config keys; kept for Python callers
         raise UserError(f"dataset {source}: no such file or folder ({path.absolute()})")
     try:
         return datasets.load_dataset(str(source), split=split)

@@ -13,6 +13,7 @@ from rich.table import Table
 
 from tokenweight.run import keyfact_model_path
 from tokenweight.commands.common import add_source_arguments, build_config, load_pairs, model_label
+from tokenweight.config import check_local_path
 from tokenweight.errors import UserError
 
 EXAMPLES = """examples:
@@ -71,6 +72,7 @@ def run(args: argparse.Namespace) -> int:
 def output_path(args: argparse.Namespace) -> Path:
     """``--output``, or ``eval.json`` in the evaluated model's folder; an existing file needs ``--overwrite``
     (checked before any model is loaded)."""
+    check_local_path("model_name_or_path", args.model_name_or_path)
     if args.output:
         output = Path(args.output)
     elif Path(args.model_name_or_path).is_dir():
