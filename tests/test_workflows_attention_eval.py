@@ -12,11 +12,16 @@ from workflow_runs import keyfact_cache  # noqa: F401 (fixture)
 from workflow_runs import small_keyfact_args
 
 
-def test_attention_run_with_step_evaluation_logs_finite_weighted_eval_metrics(keyfact_cache, tmp_path):
+def test_attention_run_with_step_evaluation_logs_finite_weighted_eval_metrics(keyfact_cache, tmp_path, capsys):
     out = tmp_path / "run"
     args = small_keyfact_args("attention", out, "--max_steps", "4", "--save_strategy", "no", "--eval_strategy",
                               "steps", "--eval_steps", "2", "--keyfact_eval_size", "4")
     assert main(["train", *args]) == 0
+    err = capsys.readouterr().err
+    for split, pairs in (("train", 16), ("eval", 4)):  # the judge's counts, printed and in results.json
+        assert f"data {split}: attention weights: {pairs} pairs, 0 cut to the judge length cap" in err
+    data = json.loads((out / "results.json").read_text())["data"]
+    assert (data["train"]["attention"]["pairs"], data["eval"]["attention"]["pairs"]) == (16, 4)
     history = json.loads((out / "trainer_state.json").read_text())["log_history"]
     evals = [entry for entry in history if "eval_loss" in entry]
     assert [entry["step"] for entry in evals] == [2, 4]
