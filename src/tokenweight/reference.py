@@ -2,8 +2,8 @@
 
 After it, every row carries ``chosen_ref_logps`` / ``rejected_ref_logps`` — one log-prob per completion token,
 ``log π_ref(y_t | x, y_<t)`` — the collator lays them out as ``ref_token_logps`` ``[2B, L-1]`` (shifted), and the
-trainer needs no reference forward (nor the reference model in memory) during training. Schemes that need the reference's hidden
-states at every step (TI-DPO's TDPO2 KL term) cannot use it.
+trainer needs no reference forward (nor the reference model in memory) during training. Schemes that need the
+reference's hidden states at every step (TI-DPO's TDPO2 KL term) cannot use it.
 """
 
 from __future__ import annotations
