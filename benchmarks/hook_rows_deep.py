@@ -20,6 +20,7 @@ from transformers import AutoModelForCausalLM
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from test_attention_rows import CONFIGS, DEEP, _all_eager_rows, _batch  # noqa: E402
 
+from tokenweight.masks import position_ids_from_mask  # noqa: E402
 from tokenweight.weights.attention import rows  # noqa: E402
 
 
@@ -35,7 +36,7 @@ def main() -> None:
         layers = list(range(DEEP))
         exact = all(torch.equal(rows.last_token_attention(model, input_ids, mask, layers=[i]), want[i])
                     for i in layers)
-        positions = (mask.cumsum(1) - 1).clamp(min=0)
+        positions = position_ids_from_mask(mask)
         with torch.no_grad():
             recomputed = rows._hook_rows(model, input_ids, mask, positions, layers, rows.attention_modules(model),
                                          recompute=True)

@@ -4,6 +4,7 @@ import pytest
 import torch
 from attention_fixtures import CONVERSATIONAL_ROWS, STANDARD_ROWS, make_bpe_tokenizer, make_judge, tokenized
 
+from tokenweight.masks import to_shifted
 from tokenweight.weights.attention import WeightStats, attention_weights
 from tokenweight.weights.attention.judge import default_template, judge_pair_for_row, template_pieces
 from tokenweight.weights.attention.normalize import response_weights, sink_fix
@@ -106,12 +107,12 @@ def test_zero_attention_sum_is_counted():
     assert weights == pytest.approx([0.5, 1.25, 1.25, 0.0])  # uniform (1/3 each) averaged with (0, 1/2, 1/2), ×3
 
 
-def test_attention_scheme_shifts_and_masks_token_weights():
+def test_attention_scheme_masks_the_collated_token_weights():
     assert "attention" in SCHEMES and not SCHEMES["attention"].needs_hidden_states
     token_weights = torch.tensor([[0.0, 0.0, 1.5, 0.5, 0.0], [0.0, 2.0, 0.0, 0.0, 0.0]])
     completion_mask = torch.tensor([[0, 0, 1, 1, 0], [0, 1, 1, 0, 0]])
     inputs = WeightingInputs(input_ids=torch.zeros(2, 5, dtype=torch.long), attention_mask=torch.ones(2, 5),
                              completion_mask=completion_mask, loss_mask=completion_mask[:, 1:].bool(),
-                             batch={"token_weights": token_weights})
+                             batch={"token_weights": to_shifted(token_weights)})  # as the collator gives it
     out = build_scheme("attention").compute(inputs)
     assert out.weights.tolist() == [[0.0, 1.5, 0.5, 0.0], [2.0, 0.0, 0.0, 0.0]]

@@ -82,15 +82,48 @@ def test_weight_columns_are_checked_truncated_and_collated(tokenizer):
     assert ds[0]["chosen_weights"] == [float(i) for i in range(room)]
     batch = PreferenceCollator(pad_token_id=tokenizer.pad_token_id)([ds[0], ds[1]])
     p = len(ds[0]["prompt_ids"])
-    assert batch["token_weights"].shape == batch["input_ids"].shape == (4, 12)
-    assert batch["token_weights"][0, :p].abs().sum() == 0
-    assert batch["token_weights"][0, p:].tolist() == [float(i) for i in range(room)]
+    assert batch["input_ids"].shape == (4, 12) and batch["token_weights"].shape == (4, 11)  # shifted alignment
+    assert batch["token_weights"][0, :p - 1].abs().sum() == 0
+    assert batch["token_weights"][0, p - 1:].tolist() == [float(i) for i in range(room)]
     rows[1]["rejected_weights"] = rows[1]["rejected_weights"][:-1]
     with pytest.raises(UserError, match=r"row 1, column 'rejected_weights': \d+ weights for \d+ completion"):
         tokenize(rows, tokenizer)
     rows[1]["rejected_weights"] = [-1.0] * len(base[1]["rejected_ids"])
     with pytest.raises(UserError, match="row 1, column 'rejected_weights': weights must be finite"):
         tokenize(rows, tokenizer)
+
+
+def _token_aligned(rows: list[dict], name: str, length: int) -> torch.Tensor:
+    """``[2B, length]``: each completion token's value of column ``<side>_<name>`` at its token position."""
+    out = torch.zeros(2 * len(rows), length)
+    for i, (row, side) in enumerate([(r, "chosen") for r in rows] + [(r, "rejected") for r in rows]):
+        start, values = len(row["prompt_ids"]), row[f"{side}_{name}"]
+        out[i, start:start + len(values)] = torch.tensor(values)
+    return out
+
+
+def test_collator_shifts_the_loss_mask_and_token_columns_once():
+    rows = [{"prompt_ids": [5, 6, 7], "chosen_ids": [8, 9], "rejected_ids": [10, 11, 12], "row_index": 0,
+             "chosen_weights": [0.5, 2.0], "rejected_weights": [1.0, 3.0, 4.0],
+             "chosen_ref_logps": [-1.0, -2.0], "rejected_ref_logps": [-3.0, -4.0, -5.0]},
+            {"prompt_ids": [], "chosen_ids": [8, 9, 10, 11], "rejected_ids": [12], "row_index": 1,  # empty prompt
+             "chosen_weights": [6.0, 7.0, 8.0, 9.0], "rejected_weights": [7.5],
+             "chosen_ref_logps": [-6.0, -7.0, -8.0, -9.0], "rejected_ref_logps": [-7.5]}]
+    for multiple, length in ((None, 6), (8, 8)):
+        batch = PreferenceCollator(pad_token_id=0, pad_to_multiple_of=multiple)(rows)
+        assert batch["input_ids"].shape == (4, length)
+        assert batch["loss_mask"].dtype == torch.bool and batch["loss_mask"].shape == (4, length - 1)
+        # equal to the old slices of the token-aligned layout
+        assert torch.equal(batch["loss_mask"], batch["completion_mask"][:, 1:].bool())
+        for name, column in (("weights", "token_weights"), ("ref_logps", "ref_token_logps")):
+            assert batch[column].shape == (4, length - 1)
+            assert torch.equal(batch[column], _token_aligned(rows, name, length)[:, 1:]), name
+    assert batch["loss_mask"][:, :5].int().tolist() == [[0, 0, 1, 1, 0], [1, 1, 1, 0, 0],
+                                                        [0, 0, 1, 1, 1], [0, 0, 0, 0, 0]]
+    # index t holds token t + 1's value; the empty prompt's first completion token is predicted by no position
+    assert batch["token_weights"][:, :5].tolist() == [[0, 0, 0.5, 2.0, 0], [7.0, 8.0, 9.0, 0, 0],
+                                                      [0, 0, 1.0, 3.0, 4.0], [0, 0, 0, 0, 0]]
+    assert batch["ref_token_logps"][1, :3].tolist() == [-7.0, -8.0, -9.0]
 
 
 def test_collator_layout(tokenizer):

@@ -32,6 +32,25 @@ def test_precomputed_values_are_the_reference_log_probs_of_each_completion_token
             assert torch.allclose(torch.tensor(row[f"{side}_ref_logps"]), expected, atol=1e-5)
 
 
+def test_precomputed_columns_collate_to_the_live_reference_scores_also_after_an_empty_prompt(tokenizer):
+    rows = standard_rows(3)
+    rows[1]["prompt"] = ""
+    pairs = tokenize_preference_dataset(datasets.Dataset.from_list(rows), tokenizer)[0]
+    assert pairs[1]["prompt_ids"] == []
+    ref = make_model(len(tokenizer), seed=2)
+    scored = precompute_reference_logps(ref, pairs, tokenizer.pad_token_id, batch_size=2, progress=False)
+    for side in ("chosen", "rejected"):  # one value per completion token; no position predicts token 0: 0.0
+        ids = torch.tensor([pairs[1][f"{side}_ids"]])
+        values = scored[1][f"{side}_ref_logps"]
+        assert len(values) == ids.shape[1] and values[0] == 0.0
+        assert torch.allclose(torch.tensor(values[1:]), naive_token_logps(ref(ids).logits, ids)[0], atol=1e-5)
+    batch = PreferenceCollator(tokenizer.pad_token_id)(list(scored))
+    live = ref(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], score_tokens=True).token_logps
+    assert batch["ref_token_logps"].shape == live.shape
+    torch.testing.assert_close(batch["ref_token_logps"], live * batch["loss_mask"], atol=1e-5, rtol=0)
+    assert batch["loss_mask"].sum() == sum(len(r["chosen_ids"]) + len(r["rejected_ids"]) for r in pairs) - 2
+
+
 def _loss(tokenizer, pairs, precompute: bool, weighting: str = "uniform", **settings):
     config = TokenweightConfig(output_dir="/tmp/tw-ref", use_cpu=True, report_to="none", beta=0.1,
                                weighting=weighting, precompute_ref_log_probs=precompute, **settings)

@@ -39,6 +39,7 @@ import datasets
 import torch
 
 from tokenweight.errors import UserError
+from tokenweight.masks import to_shifted
 from tokenweight.sources import load_preference_split  # noqa: F401  (re-exported: the public loading entry)
 
 logger = logging.getLogger(__name__)
@@ -372,7 +373,7 @@ def _truncate(tokens: dict, max_length: int | None, max_prompt_length: int | Non
 
 
 #: Per-completion-token float columns a row may carry (``chosen_<name>`` / ``rejected_<name>``, one value per
-#: completion token) and the ``[2B, L]`` batch tensor the collator lays each out as.
+#: completion token) and the ``[2B, L-1]`` (shifted) batch tensor the collator lays each out as.
 TOKEN_COLUMNS = {"weights": "token_weights", "ref_logps": "ref_token_logps"}
 
 
@@ -381,9 +382,12 @@ class PreferenceCollator:
     """Stack ``B`` tokenized pairs into one right-padded ``[2B, L]`` batch: chosen rows, then rejected rows.
 
     Returns ``input_ids`` and ``attention_mask`` ``[2B, L]``, ``completion_mask`` ``[2B, L]`` (1 on completion
-    tokens) and ``row_index`` ``[B]``. Rows carrying per-token columns (:data:`TOKEN_COLUMNS`) also give
-    ``token_weights`` (dataset or cached weights) and/or ``ref_token_logps`` (precomputed reference log-probs)
-    ``[2B, L]``: each completion token's value at its position, 0 on prompt and padding.
+    tokens), ``loss_mask`` ``[2B, L-1]`` bool (``completion_mask`` in the shifted alignment of
+    :func:`tokenweight.masks.to_shifted`: index ``t`` is token ``t + 1``) and ``row_index`` ``[B]``. Rows carrying
+    per-token columns (:data:`TOKEN_COLUMNS`) also give ``token_weights`` (dataset or cached weights) and/or
+    ``ref_token_logps`` (precomputed reference log-probs) ``[2B, L-1]``, shifted like ``loss_mask``: each
+    completion token's value at the position that predicts it, 0 on prompt and padding (and the value of a
+    completion token at position 0, which no position predicts, is dropped).
     """
 
     pad_token_id: int
@@ -409,8 +413,9 @@ class PreferenceCollator:
             "completion_mask": _pad(completion, length, 0, torch.long),
             "row_index": torch.tensor([row.get("row_index", -1) for row in rows], dtype=torch.long),
         }
+        batch["loss_mask"] = to_shifted(batch["completion_mask"]).bool()
         for name in present:
-            batch[TOKEN_COLUMNS[name]] = _pad(values[name], length, 0.0, torch.float32)
+            batch[TOKEN_COLUMNS[name]] = to_shifted(_pad(values[name], length, 0.0, torch.float32))
         return batch
 
 

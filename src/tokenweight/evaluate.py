@@ -21,6 +21,7 @@ from tqdm.auto import tqdm
 
 from tokenweight.data import PreferenceCollator
 from tokenweight.logps import enable_token_scoring
+from tokenweight.masks import from_shifted
 from tokenweight.weights import TokenWeights, WeightingInputs, WeightingScheme, check_weights
 
 
@@ -53,12 +54,12 @@ def score_pairs(model: nn.Module, ref_model: nn.Module | None, dataset, pad_toke
     sums = {"policy": [], "ref": [], "len": []}
     for batch in tqdm(loader, desc="scoring pairs", disable=not progress, leave=False):
         batch = {k: v.to(device) for k, v in batch.items()}
-        mask = batch["completion_mask"][:, 1:].float()
+        mask = batch["loss_mask"].float()
         for name, m in zip(("policy", "ref"), models):
             out = m(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], score_tokens=True)
             sums[name].append((out.token_logps * mask).sum(dim=1).cpu())
         if ref_model is None and "ref_token_logps" in batch:
-            sums["ref"].append((batch["ref_token_logps"][:, 1:] * mask).sum(dim=1).cpu())
+            sums["ref"].append((batch["ref_token_logps"] * mask).sum(dim=1).cpu())
         sums["len"].append(mask.sum(dim=1).cpu())
     for m, was_training in zip(models, training):
         m.train(was_training)
@@ -101,7 +102,7 @@ def scheme_token_weights(scheme: WeightingScheme, model: nn.Module, batch: dict[
     Schemes with ``needs_hidden_states`` get the detached final hidden states of a scoring forward first.
     Returns :class:`TokenWeights` whose ``weights`` are ``[2B, L-1]`` (shifted alignment), checked.
     """
-    loss_mask = batch["completion_mask"][:, 1:].bool()
+    loss_mask = batch["loss_mask"]
     inputs = WeightingInputs(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
                              completion_mask=batch["completion_mask"], loss_mask=loss_mask, batch=batch, model=model)
     if scheme.needs_hidden_states:
@@ -117,7 +118,8 @@ def scheme_token_weights(scheme: WeightingScheme, model: nn.Module, batch: dict[
 def pair_token_weights(scheme: WeightingScheme, model: nn.Module, dataset, pad_token_id: int, batch_size: int = 8,
                        progress: bool = True) -> list[tuple[list[float], list[float]]]:
     """Per tokenized pair, the scheme's weights of its chosen and of its rejected completion tokens, in completion
-    order (EOS included; entry ``k`` belongs to ``chosen_ids[k]`` / ``rejected_ids[k]``)."""
+    order (EOS included; entry ``k`` belongs to ``chosen_ids[k]`` / ``rejected_ids[k]``; 0 for a first completion
+    token at position 0, which no position predicts)."""
     loader = DataLoader(dataset, batch_size=batch_size, collate_fn=PreferenceCollator(pad_token_id=pad_token_id))
     device = next(model.parameters()).device
     was_training = model.training
@@ -125,9 +127,8 @@ def pair_token_weights(scheme: WeightingScheme, model: nn.Module, dataset, pad_t
     out = []
     for batch in tqdm(loader, desc=f"token weights ({scheme.name})", disable=not progress, leave=False):
         batch = {k: v.to(device) for k, v in batch.items()}
-        weights = scheme_token_weights(scheme, model, batch).weights.float().cpu()
-        mask = batch["completion_mask"][:, 1:].bool().cpu()
-        rows = [w[m].tolist() for w, m in zip(weights, mask)]
+        weights = from_shifted(scheme_token_weights(scheme, model, batch).weights.float().cpu())
+        rows = [w[m].tolist() for w, m in zip(weights, batch["completion_mask"].bool().cpu())]
         pairs = len(rows) // 2
         out.extend(zip(rows[:pairs], rows[pairs:]))
     model.train(was_training)
@@ -176,7 +177,7 @@ def score_weighted_pairs(model: nn.Module, ref_model: nn.Module, scheme: Weighti
         with torch.no_grad():
             ratios = [m(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], score_tokens=True)
                       .token_logps for m in (model, ref_model)]
-        mask = batch["completion_mask"][:, 1:].float()
+        mask = batch["loss_mask"].float()
         weighted = ((ratios[0] - ratios[1]) * mask * weights.float()).sum(dim=1).cpu()
         c, r = weighted.chunk(2)
         chosen.append(c)

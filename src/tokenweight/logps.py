@@ -21,6 +21,8 @@ import torch
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
+from tokenweight.masks import to_shifted
+
 
 @dataclass
 class TokenStats:
@@ -157,7 +159,7 @@ def enable_token_scoring(model: nn.Module, chunk_size: int = 256) -> nn.Module:
         kwargs["use_cache"] = False
         outputs = backbone(model)(input_ids, *args[1:], **kwargs)
         hidden = outputs.last_hidden_state[:, :-1]
-        token_logps, stats = scores_from_hidden(hidden, input_ids[:, 1:], output_head(model), chunk_size,
+        token_logps, stats = scores_from_hidden(hidden, to_shifted(input_ids), output_head(model), chunk_size,
                                                 with_stats=return_stats)
         return TokenScores(token_logps=token_logps, hidden=hidden if return_hidden else None, stats=stats)
 

@@ -1,11 +1,24 @@
-"""The shared mask helpers: pack-left, last set position, position ids of padded rows.
+"""The shared mask helpers: the shift to the predicting-position alignment and back, pack-left, last set
+position, position ids of padded rows.
 
-Masks are ``[R, T]`` (bool or 0/1); rows are independent.
+Masks are ``[R, T]`` (bool or 0/1); rows are independent. *Token* alignment ``[R, L]``: index ``t`` is token
+``t``. *Shifted* alignment ``[R, L-1]`` (log-probs, loss mask, token weights): index ``t`` is token ``t + 1``, the
+token that position ``t`` predicts.
 """
 
 from __future__ import annotations
 
 import torch
+
+
+def to_shifted(values: torch.Tensor) -> torch.Tensor:
+    """Token alignment ``[R, L, ...]`` → shifted alignment ``[R, L-1, ...]`` (token 0 is predicted by no position)."""
+    return values[:, 1:]
+
+
+def from_shifted(values: torch.Tensor) -> torch.Tensor:
+    """Shifted alignment ``[R, L-1]`` → token alignment ``[R, L]``, with 0 for token 0 (no position predicts it)."""
+    return torch.nn.functional.pad(values, (1, 0))
 
 
 def pack_left(values: torch.Tensor, mask: torch.Tensor,

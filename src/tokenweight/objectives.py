@@ -42,6 +42,7 @@ import torch
 import torch.nn.functional as F
 
 from tokenweight.logps import TokenStats
+from tokenweight.masks import last_index
 
 LOSS_TYPES = ("sigmoid", "ipo", "hinge")
 COUNT_SUFFIXES = ("_failures", "_pairs", "_rows", "_tokens")
@@ -140,7 +141,7 @@ def weight_statistics(weights: torch.Tensor, loss_mask: torch.Tensor) -> dict[st
         eff = total ** 2 / (n * (w ** 2).sum(dim=1)).clamp(min=1e-12)
         positions = torch.arange(mask.shape[1], device=mask.device).expand_as(mask)
         first = torch.where(mask, positions, mask.shape[1]).min(dim=1).values.clamp(max=mask.shape[1] - 1)
-        last = torch.where(mask, positions, -1).max(dim=1).values.clamp(min=0)
+        last = last_index(mask).clamp(min=0)
         rows = torch.arange(mask.shape[0], device=mask.device)
         return {
             "weights/mean": total.sum() / mask.sum().clamp(min=1),

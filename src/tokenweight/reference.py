@@ -1,9 +1,9 @@
 """Precomputed reference log-probs (``precompute_ref_log_probs``): one pass of the frozen reference over the data.
 
 After it, every row carries ``chosen_ref_logps`` / ``rejected_ref_logps`` — one log-prob per completion token,
-``log π_ref(y_t | x, y_<t)`` — the collator lays them out as ``ref_token_logps`` ``[2B, L]``, and the trainer needs
-no reference forward (nor the reference model in memory) during training. Schemes that need the reference's hidden
-states at every step (TI-DPO's TDPO2 KL term) cannot use it.
+``log π_ref(y_t | x, y_<t)`` — the collator lays them out as ``ref_token_logps`` ``[2B, L-1]`` (shifted), and the
+trainer needs no reference forward (nor the reference model in memory) during training. Schemes that need the
+reference's hidden states at every step (TI-DPO's TDPO2 KL term) cannot use it.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ from tqdm.auto import tqdm
 
 from tokenweight.data import PreferenceCollator
 from tokenweight.logps import enable_token_scoring
+from tokenweight.masks import from_shifted
 
 
 @torch.no_grad()
@@ -30,10 +31,8 @@ def precompute_reference_logps(ref_model: nn.Module, dataset: datasets.Dataset, 
     for batch in tqdm(loader, desc=f"reference log-probs ({name})", disable=not progress):
         logps = ref_model(input_ids=batch["input_ids"].to(device), attention_mask=batch["attention_mask"].to(device),
                           score_tokens=True).token_logps.float().cpu()
-        mask = batch["completion_mask"][:, 1:].bool()
-        # A completion that starts at position 0 (empty prompt) has no log-prob for its first token: 0.0 there.
-        starts_at_zero = batch["completion_mask"][:, 0].bool().tolist()
-        rows = [[0.0] * first + row[m].tolist() for row, m, first in zip(logps, mask, starts_at_zero)]
+        # Token alignment: a completion that starts at position 0 (empty prompt) gets 0.0 for its first token.
+        rows = [row[m].tolist() for row, m in zip(from_shifted(logps), batch["completion_mask"].bool())]
         pairs = len(rows) // 2
         chosen.extend(rows[:pairs])
         rejected.extend(rows[pairs:])

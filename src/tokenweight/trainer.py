@@ -78,7 +78,7 @@ class TokenweightTrainer(Trainer):
         if mode == "train":
             self._remember_step_rows(inputs)
         completion_mask = inputs["completion_mask"]
-        loss_mask = completion_mask[:, 1:].bool()
+        loss_mask = inputs["loss_mask"]
         scheme = self.scheme
         weighting_inputs = WeightingInputs(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"],
                                            completion_mask=completion_mask, loss_mask=loss_mask, batch=inputs,
@@ -144,7 +144,7 @@ class TokenweightTrainer(Trainer):
     def _reference_scores(self, inputs: dict, return_hidden: bool) -> TokenScores:
         """The reference's per-token log-probs ``[2B, L-1]``: precomputed in the batch, or a no-grad forward."""
         if "ref_token_logps" in inputs:
-            return TokenScores(token_logps=inputs["ref_token_logps"][:, 1:].float())
+            return TokenScores(token_logps=inputs["ref_token_logps"].float())
         if self.ref_model is None:
             raise ValueError(f"batch of dataset rows {inputs['row_index'].tolist()} carries no precomputed reference "
                              "log-probs and the trainer has no reference model")

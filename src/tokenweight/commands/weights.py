@@ -106,7 +106,7 @@ def otpo_plans(config, model, pairs, pad_token_id: int) -> list[np.ndarray]:
         batch = {k: v.to(device) for k, v in collate([row]).items()}
         hidden = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], score_tokens=True,
                        return_hidden=True).hidden
-        mask = batch["completion_mask"][:, 1:].bool()
+        mask = batch["loss_mask"]
         chosen, chosen_mask, _ = pack_left(hidden[:1], mask[:1])
         rejected, rejected_mask, _ = pack_left(hidden[1:], mask[1:])
         *_, log = otpo_weights(chosen, rejected, chosen_mask, rejected_mask, reg=config.otpo_reg,

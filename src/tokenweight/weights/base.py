@@ -31,7 +31,7 @@ class WeightingInputs:
         input_ids: ``[2B, L]`` token ids, right padded.
         attention_mask: ``[2B, L]`` 1 on real tokens.
         completion_mask: ``[2B, L]`` 1 on completion (response) tokens, EOS included.
-        loss_mask: ``[2B, L-1]`` bool, ``completion_mask[:, 1:]`` (shifted alignment).
+        loss_mask: ``[2B, L-1]`` bool, ``completion_mask`` shifted (the collated batch's ``loss_mask``).
         batch: the full collated batch (extra columns such as ``token_weights`` or ``row_index``).
         model: the policy model (possibly wrapped by accelerate/DDP/FSDP).
         hidden: ``[2B, L-1, d]`` detached fp32-or-model-dtype final hidden states in shifted alignment, only for

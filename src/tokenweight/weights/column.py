@@ -2,7 +2,7 @@
 
 The rows carry ``chosen_weights`` / ``rejected_weights``: one float per completion token, EOS included
 (validated in :func:`tokenweight.data.tokenize_preference_dataset`). The collator lays them out as
-``token_weights`` ``[2B, L]``; here they are shifted to the log-prob alignment ``[2B, L-1]``.
+``token_weights`` ``[2B, L-1]``, already in the log-prob (shifted) alignment.
 """
 
 from __future__ import annotations
@@ -18,5 +18,5 @@ class ColumnScheme(WeightingScheme):
         if "token_weights" not in inputs.batch:
             raise ValueError(f"weighting={self.name!r} needs the dataset columns 'chosen_weights' and "
                              "'rejected_weights' (one float per completion token)")
-        token_weights = inputs.batch["token_weights"][:, 1:].to(inputs.loss_mask.device).float()
+        token_weights = inputs.batch["token_weights"].to(inputs.loss_mask.device).float()
         return TokenWeights(weights=token_weights * inputs.loss_mask)

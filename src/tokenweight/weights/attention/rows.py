@@ -18,6 +18,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from tokenweight.masks import last_index, position_ids_from_mask
+
 
 @dataclass(frozen=True)
 class _AttentionKind:
@@ -80,8 +82,7 @@ def last_positions(attention_mask: torch.Tensor) -> torch.Tensor:
     """``[B]`` index of the last real token of each row of ``attention_mask`` ``[B, T]`` (left or right padding)."""
     if not attention_mask.bool().any(dim=1).all():
         raise ValueError("attention_mask has a row without any token")
-    length = attention_mask.shape[1]
-    return length - 1 - attention_mask.bool().flip(1).int().argmax(dim=1)
+    return last_index(attention_mask)
 
 
 def _allowed_keys(key_mask: torch.Tensor, last: torch.Tensor, window: int | None) -> torch.Tensor:
@@ -214,7 +215,7 @@ def last_token_attention(model: nn.Module, input_ids: torch.Tensor, attention_ma
     if method not in METHODS:
         raise ValueError(f"unknown attention method {method!r}; expected one of {METHODS}")
     attention_mask = attention_mask.to(input_ids.device)
-    position_ids = (attention_mask.long().cumsum(dim=1) - 1).clamp(min=0)
+    position_ids = position_ids_from_mask(attention_mask)
     if method == "hook":
         modules = attention_modules(model)
         chosen = resolve_layers(layers, len(modules))

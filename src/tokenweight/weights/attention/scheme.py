@@ -2,8 +2,8 @@
 
 The weights reach the batch exactly like dataset-supplied ones:
 :func:`tokenweight.weights.attention.ensure_attention_cache` returns per-row ``chosen_weights`` /
-``rejected_weights`` (one float per completion token), the collator lays them out as ``token_weights`` ``[2B, L]``,
-and this scheme shifts and masks them like ``column`` does.
+``rejected_weights`` (one float per completion token), the collator lays them out as ``token_weights`` ``[2B, L-1]``
+(shifted), and this scheme masks them like ``column`` does.
 """
 
 from __future__ import annotations

@@ -31,7 +31,7 @@ from transformers import (GenerationConfig, GenerationMixin, LogitsProcessor, Lo
 
 from tokenweight.errors import UserError
 from tokenweight.logps import backbone, logps_from_hidden, output_head
-from tokenweight.masks import pack_left, position_ids_from_mask
+from tokenweight.masks import pack_left, position_ids_from_mask, to_shifted
 from tokenweight.weights.tidpo.common import eval_mode
 
 
@@ -187,4 +187,4 @@ def anchor_token_logps(model: nn.Module, anchor: AnchorBatch, chunk_size: int = 
     hidden = backbone(model)(anchor.input_ids, attention_mask=anchor.attention_mask,
                              position_ids=position_ids_from_mask(anchor.attention_mask),
                              use_cache=False).last_hidden_state[:, :-1]
-    return logps_from_hidden(hidden, anchor.input_ids[:, 1:], output_head(model), chunk_size)
+    return logps_from_hidden(hidden, to_shifted(anchor.input_ids), output_head(model), chunk_size)

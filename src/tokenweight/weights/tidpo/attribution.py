@@ -82,7 +82,7 @@ def gaussian_prior(span_mask: torch.Tensor, sigma_div: float) -> torch.Tensor:
     """
     span = span_mask.float()
     length = span.sum(dim=1, keepdim=True)
-    t = span.cumsum(dim=1) - 1
+    t = position_ids_from_mask(span_mask).float()
     sigma = (length / sigma_div).clamp(min=1.0)
     prior = torch.exp(-0.5 * ((t - (length - 1) / 2) / sigma) ** 2) * span
     return prior / prior.sum(dim=1, keepdim=True)

@@ -32,6 +32,7 @@ from torch import nn
 
 from tokenweight.errors import UserError
 from tokenweight.logps import output_head
+from tokenweight.masks import to_shifted
 from tokenweight.weights.base import LossContext, TokenWeights, WeightingInputs, WeightingScheme, register_scheme
 from tokenweight.weights.tidpo.anchor import anchor_seeds, anchor_token_logps, sample_anchors
 from tokenweight.weights.tidpo.attribution import tidpo_weights
@@ -90,7 +91,7 @@ class TIDPOScheme(WeightingScheme):
             failures = self._count_or_raise(error)
             weights, metrics = tidpo_weights(*batch, lam=0.0, sigma_div=s.sigma_div, span=s.span)
         metrics["tidpo/attribution_failures"] = failures
-        return TokenWeights(weights=weights[:, 1:] * inputs.loss_mask, metrics=metrics)
+        return TokenWeights(weights=to_shifted(weights) * inputs.loss_mask, metrics=metrics)
 
     def margin_offset(self, ctx: LossContext) -> tuple[torch.Tensor, dict[str, float]] | None:
         """``(α · (K(y_l) − sg K(y_w)) [B], metrics)``, to be subtracted from Δ; ``None`` when α = 0."""
@@ -144,7 +145,7 @@ class TIDPOScheme(WeightingScheme):
         policy_anchor = anchor_token_logps(policy, anchor)
         with torch.no_grad():
             ref_anchor = anchor_token_logps(reference, anchor)
-        anchor_ratios, anchor_len = left_align(policy_anchor - ref_anchor, anchor.completion_mask[:, 1:])
+        anchor_ratios, anchor_len = left_align(policy_anchor - ref_anchor, to_shifted(anchor.completion_mask))
         ratios, lengths = left_align(ctx.policy_logps - ctx.ref_logps, inputs.loss_mask)
         metrics = {"tidpo/anchor_len": anchor.anchor_lengths.float().mean().item()}
         try:
