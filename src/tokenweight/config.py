@@ -163,8 +163,8 @@ def _compose(settings_classes: tuple[type, ...]) -> type:
     for settings_class in settings_classes:
         for item in dataclasses.fields(settings_class):
             if item.name in owner:
-                raise TypeError(f"{settings_class.__name__}.{item.name} clashes with the config key of the same name "
-                                f"in {owner[item.name]}; prefix a scheme's settings with its name")
+                raise TypeError(f"config key `{item.name}` is defined twice, by {owner[item.name]} and by "
+                                f"{settings_class.__name__}; prefix a scheme's settings with the scheme's name")
             owner[item.name] = settings_class.__name__
 
     def __post_init__(self):
