@@ -16,5 +16,6 @@ from tokenweight.weights.attention.rows import last_token_attention
 from tokenweight.weights.attention.scheme import AttentionScheme, AttentionSettings
 
 __all__ = ["AttentionScheme", "AttentionSettings", "CacheDamagedError", "CacheIncompleteError", "CacheMismatchError",
-           "CachedWeights", "JudgeSettings", "WeightStats", "attention_weights", "cache_fingerprint", "ensure_attention_cache",
-           "last_token_attention", "load_attention_weights", "precompute_attention_weights", "split_completion"]
+           "CachedWeights", "JudgeSettings", "WeightStats", "attention_weights", "cache_fingerprint",
+           "ensure_attention_cache", "last_token_attention", "load_attention_weights", "precompute_attention_weights",
+           "split_completion"]

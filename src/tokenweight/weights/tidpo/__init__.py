@@ -15,5 +15,5 @@ from tokenweight.weights.tidpo.scheme import TIDPOScheme
 from tokenweight.weights.tidpo.triplet import left_align, triplet_loss
 
 __all__ = ["AnchorBatch", "PRESETS", "TIDPOParameters", "TIDPOScheme", "TIDPOSettings", "anchor_seeds",
-           "anchor_token_logps", "gaussian_prior", "input_attribution", "left_align", "preset_beta", "resolve_tidpo_settings",
-           "sample_anchors", "tdpo2_offset", "tdpo_kl", "tidpo_weights", "triplet_loss"]
+           "anchor_token_logps", "gaussian_prior", "input_attribution", "left_align", "preset_beta",
+           "resolve_tidpo_settings", "sample_anchors", "tdpo2_offset", "tdpo_kl", "tidpo_weights", "triplet_loss"]
