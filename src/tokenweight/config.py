@@ -156,6 +156,8 @@ def config_class() -> type:
 
 
 _COMPOSED: dict[tuple[type, ...], type] = {}
+CONFIG_DOC = """The run configuration: :class:`CoreConfig` (every ``TrainingArguments`` flag plus tokenweight's own) and
+the settings of every registered scheme (built by :func:`config_class`)."""
 
 
 def _compose(settings_classes: tuple[type, ...]) -> type:
@@ -176,14 +178,11 @@ def _compose(settings_classes: tuple[type, ...]) -> type:
     # Bases in this order put the fields in the order TrainingArguments, CoreConfig, then each scheme's settings.
     return dataclasses.make_dataclass("TokenweightConfig", [], bases=(*reversed(settings_classes), CoreConfig),
                                       namespace={"__post_init__": __post_init__, "__module__": __name__,
-                                                 "__doc__": CONFIG_DOC, "settings_classes": settings_classes})
-
-
-CONFIG_DOC = """The run configuration: :class:`CoreConfig` (every ``TrainingArguments`` flag plus tokenweight's own) and
-the settings of every registered scheme (built by :func:`config_class`)."""
+                                                 "__doc__": CONFIG_DOC})
 
 
 def __getattr__(name: str):
+    """``TokenweightConfig`` is looked up here, so that it always includes the schemes registered so far."""
     if name == "TokenweightConfig":
         return config_class()
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
