@@ -100,12 +100,10 @@ def scheme_steps(size: dict, device: str, steps: int) -> str:
 
 def otpo_solver(size: dict, device: str, budget: float) -> str:
     """Part 2: batched OTPO weights against the per-pair POT loop on the same bf16 states."""
-    import argparse as _argparse
-
-    from tokenweight.weights.otpo import OTPOScheme
+    from tokenweight.weights.otpo import OTPOScheme, OTPOSettings
 
     pairs, length, hidden = size["otpo"]
-    scheme = OTPOScheme(_argparse.Namespace(otpo_reg=1.0, otpo_reg_m=0.2))
+    scheme = OTPOScheme(OTPOSettings(otpo_reg=1.0, otpo_reg_m=[0.2]))
     inputs = make_inputs(pairs, length, hidden, 128, device)
     ours, weights, *_ = time_ours(inputs, scheme, device)  # (time, weights, host reads, iterations)
     pot, extrapolated, official, *_ = time_official(inputs, 1.0, 0.2, device, budget)

@@ -31,7 +31,7 @@ import ot
 import torch
 
 from tokenweight.weights.base import WeightingInputs
-from tokenweight.weights.otpo import OTPOScheme
+from tokenweight.weights.otpo import OTPOScheme, OTPOSettings
 
 FULL_GRID = {"batch": [2, 8, 32], "length": [256, 1024, 2048], "hidden": [2048, 4096]}
 QUICK_GRID = {"batch": [2, 8], "length": [256, 1024], "hidden": [2048]}
@@ -176,7 +176,7 @@ def main(argv: list[str] | None = None) -> None:
     print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     extrapolated_any = False
     for reg in args.reg:
-        scheme = OTPOScheme(argparse.Namespace(otpo_reg=reg, otpo_reg_m=args.reg_m))
+        scheme = OTPOScheme(OTPOSettings(otpo_reg=reg, otpo_reg_m=[args.reg_m]))
         for hidden in grid["hidden"]:
             for length in grid["length"]:
                 for pairs in grid["batch"]:

@@ -2,7 +2,6 @@
 
 import importlib.util
 from pathlib import Path
-from types import SimpleNamespace
 
 import pytest
 import torch
@@ -10,7 +9,7 @@ import torch
 from tokenweight.weights.otpo import otpo_weights
 from tokenweight.weights.base import SCHEMES, WeightingInputs, check_weights
 from tokenweight.masks import pack_left
-from tokenweight.weights.otpo import OTPOScheme
+from tokenweight.weights.otpo import OTPOScheme, OTPOSettings
 
 PROMPTS = [4, 2, 6]          # prompt tokens per pair (shared by chosen and rejected)
 CHOSEN = [9, 14, 3]          # chosen completion tokens
@@ -63,7 +62,7 @@ def direct_weights(inputs, reg, reg_m):
 
 @pytest.mark.parametrize("args, reg, reg_m", [
     (None, 1.0, 0.2),
-    (SimpleNamespace(otpo_reg=0.1, otpo_reg_m=[0.2, 0.5]), 0.1, [0.2, 0.5]),
+    (OTPOSettings(otpo_reg=0.1, otpo_reg_m=[0.2, 0.5]), 0.1, [0.2, 0.5]),
 ])
 def test_scheme_equals_direct_call(args, reg, reg_m):
     inputs = make_inputs()
@@ -114,7 +113,7 @@ def test_one_host_read_per_step_plus_one_per_convergence_check():
     benchmark = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(benchmark)
     inputs = make_inputs()
-    for args, reg, reg_m in ((None, 1.0, 0.2), (SimpleNamespace(otpo_reg=0.1, otpo_reg_m=[0.2, 0.5]), 0.1, [0.2, 0.5])):
+    for args, reg, reg_m in ((None, 1.0, 0.2), (OTPOSettings(otpo_reg=0.1, otpo_reg_m=[0.2, 0.5]), 0.1, [0.2, 0.5])):
         with benchmark.count_host_reads() as reads:
             OTPOScheme(args).compute(inputs)
         longest = int(direct_weights(inputs, reg, reg_m)[1]["iterations"].max())  # the loop runs this long

@@ -22,7 +22,8 @@ PROMPTS, COMPLETIONS = [3, 5, 2, 4], [4, 2, 6, 3]  # pairs (0, 2) and (1, 3)
 
 def config(**fields):
     return SimpleNamespace(**{"tidpo_preset": "paper", "max_length": None,
-                              **{key: None for key in CONFIG_FIELDS.values()}, **fields})
+                              **{key: None for key in CONFIG_FIELDS.values()}, "loss_type": "sigmoid", "seed": 0,
+                              **fields})
 
 
 def weighting_inputs(model, ids=None, rows=(0, 1)):

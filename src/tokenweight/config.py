@@ -1,11 +1,13 @@
 """The run configuration: every ``transformers.TrainingArguments`` flag plus tokenweight's own.
 
 Names follow TRL's ``DPOConfig`` where the meaning is the same (``beta``, ``loss_type``, ``label_smoothing``,
-``max_length``, ``max_prompt_length``). Scheme settings carry the scheme's prefix (``otpo_``, ``tidpo_``,
-``attention_``). TI-DPO settings left at ``None`` come from the chosen ``tidpo_preset``.
+``max_length``, ``max_prompt_length``). ``TokenweightConfig`` is :class:`CoreConfig` composed with the settings
+dataclass of every registered scheme (:func:`config_class`): the schemes' fields (``otpo_reg`` …) are defined and
+checked in the schemes' own folders under ``weights/``, never here.
 
 :class:`ConfigArgumentParser` is the ``tokenweight train`` parser: HfArgumentParser's flags, shown in the groups of
-:data:`FLAG_GROUPS`, with errors raised as :class:`~tokenweight.errors.UserError`.
+:data:`FLAG_GROUPS` and one group per scheme with settings, with errors raised as
+:class:`~tokenweight.errors.UserError`.
 """
 
 from __future__ import annotations
@@ -32,7 +34,10 @@ DEFAULT_MAX_LENGTH = 1024
 
 
 @dataclass
-class TokenweightConfig(TrainingArguments):
+class CoreConfig(TrainingArguments):
+    """Every ``TrainingArguments`` flag plus tokenweight's own, without the schemes' settings (see
+    :func:`config_class`)."""
+
     # ---------------------------------------------------------------- model and data
     model_name_or_path: str | None = field(default=None, metadata={
         "help": "Policy model (hub id or local folder). Default: the built-in KeyFact tiny model."})
@@ -83,36 +88,6 @@ class TokenweightConfig(TrainingArguments):
     disable_dropout: bool = field(default=True, metadata={"help": "Turn dropout off in policy and reference."})
     logps_chunk_size: int = field(default=256, metadata={
         "help": "Sequence chunk of the memory-lean log-prob head (smaller: less memory)."})
-    # ---------------------------------------------------------------- OTPO
-    otpo_reg: float = field(default=1.0, metadata={"help": "OTPO entropic regulariser ε1 (POT `reg`)."})
-    otpo_reg_m: list[float] = field(default_factory=lambda: [0.2], metadata={
-        "help": "OTPO marginal relaxation ε2 (POT `reg_m`): one value, or two (rows, columns)."})
-    # ---------------------------------------------------------------- TI-DPO (None: from the preset)
-    tidpo_preset: str = field(default="paper", metadata={"help": "TI-DPO preset: paper or upstream."})
-    tidpo_lambda: float | None = field(default=None, metadata={"help": "Attribution vs prior mix λ."})
-    tidpo_sigma_div: float | None = field(default=None, metadata={"help": "Prior σ = T / sigma_div."})
-    tidpo_span: str | None = field(default=None, metadata={"help": "Weighted span: response or full."})
-    tidpo_kl_alpha: float | None = field(default=None, metadata={"help": "TDPO2 KL weight α (0: off)."})
-    tidpo_gamma: float | None = field(default=None, metadata={"help": "Triplet loss weight γ (0: off)."})
-    tidpo_margin: float | None = field(default=None, metadata={"help": "Triplet margin."})
-    tidpo_anchor_top_k: int | None = field(default=None, metadata={"help": "Anchor sampling top-k (50)."})
-    tidpo_anchor_top_p: float | None = field(default=None, metadata={"help": "Anchor sampling top-p (0.95)."})
-    tidpo_anchor_temperature: float | None = field(default=None, metadata={"help": "Anchor temperature (0.8)."})
-    tidpo_anchor_max_new_tokens: int | None = field(default=None, metadata={"help": "Anchor length cap (64)."})
-    tidpo_on_failure: str | None = field(default=None, metadata={
-        "help": "raise (default) on a non-finite attribution/KL/triplet; count: drop that part for the step and "
-                "count it in tidpo/*_failures."})
-    # ---------------------------------------------------------------- AttentionPO
-    attention_weights: str | None = field(default=None, metadata={
-        "help": "Folder of precomputed attention weights (computed there first when missing)."})
-    attention_layers: list[int] | None = field(default=None, metadata={
-        "help": "Judge layers whose attention rows are averaged (default: the last)."})
-    attention_template: str | None = field(default=None, metadata={"help": "Judge template file."})
-    attention_eos_weight: float = field(default=0.0, metadata={
-        "help": "Weight of trailing end-of-turn/EOS completion tokens."})
-    attention_max_length: int | None = field(default=None, metadata={
-        "help": "Judge input cap in tokens (default: the model's context)."})
-    attention_batch_size: int = field(default=4, metadata={"help": "Judge passes per batch."})
     # ---------------------------------------------------------------- built-in KeyFact task
     keyfact_facts: str | None = field(default=None, metadata={"help": "KeyFact facts JSON (default: built-in)."})
     keyfact_train_size: int = field(default=512, metadata={"help": "KeyFact training pairs."})
@@ -137,8 +112,6 @@ class TokenweightConfig(TrainingArguments):
             raise UserError("config key `label_smoothing`: only supported with loss_type=sigmoid")
         if not 0 <= self.label_smoothing < 0.5:
             raise UserError("config key `label_smoothing` must be in [0, 0.5)")
-        if len(self.otpo_reg_m) not in (1, 2):
-            raise UserError("config key `otpo_reg_m`: give one value or two (rows, columns)")
         if self.beta is not None and self.beta <= 0:
             raise UserError("config key `beta` must be positive")
         for key in ("per_device_train_batch_size", "per_device_eval_batch_size", "gradient_accumulation_steps",
@@ -155,13 +128,64 @@ class TokenweightConfig(TrainingArguments):
 
     @property
     def effective_beta(self) -> float:
-        """β of the run: the explicit value, else the TI-DPO preset's, else 0.1."""
+        """β of the run: the explicit value, else the scheme's default (TI-DPO: its preset's; most: 0.1)."""
         if self.beta is not None:
             return self.beta
-        if self.weighting == "tidpo":
-            from tokenweight.weights.tidpo import preset_beta
-            return preset_beta(self.tidpo_preset)
-        return 0.1
+        from tokenweight.weights import SCHEMES
+        return SCHEMES[self.weighting].default_beta(self)
+
+
+def config_class() -> type:
+    """``TokenweightConfig``: a dataclass of :class:`CoreConfig` and the settings dataclass of every registered
+    scheme (``settings_class``), so that each scheme's flags are config keys, flags and recipe keys without this
+    module naming them. Its ``__post_init__`` runs :class:`CoreConfig`'s checks, then each settings class's.
+
+    The class is built once per set of settings classes: a scheme registered later (a plugin) gets a new class,
+    which the ``train`` parser uses; ``tokenweight.config.TokenweightConfig`` is always the current one.
+
+    Raises:
+        TypeError: two settings classes, or a settings class and :class:`CoreConfig`, define the same field.
+    """
+    from tokenweight.weights import SCHEMES
+
+    settings_classes = tuple(dict.fromkeys(SCHEMES[name].settings_class for name in sorted(SCHEMES)
+                                           if SCHEMES[name].settings_class is not None))
+    if settings_classes not in _COMPOSED:
+        _COMPOSED[settings_classes] = _compose(settings_classes)
+    return _COMPOSED[settings_classes]
+
+
+_COMPOSED: dict[tuple[type, ...], type] = {}
+CONFIG_DOC = """The run configuration: :class:`CoreConfig` (every ``TrainingArguments`` flag plus tokenweight's own) and
+the settings of every registered scheme (built by :func:`config_class`)."""
+
+
+def _compose(settings_classes: tuple[type, ...]) -> type:
+    owner = {item.name: CoreConfig.__name__ for item in dataclasses.fields(CoreConfig)}
+    for settings_class in settings_classes:
+        for item in dataclasses.fields(settings_class):
+            if item.name in owner:
+                raise TypeError(f"config key `{item.name}` is defined twice, by {owner[item.name]} and by "
+                                f"{settings_class.__name__}; prefix a scheme's settings with the scheme's name")
+            owner[item.name] = settings_class.__name__
+
+    def __post_init__(self):
+        CoreConfig.__post_init__(self)
+        for settings_class in settings_classes:
+            if hasattr(settings_class, "__post_init__"):
+                settings_class.__post_init__(self)
+
+    # Bases in this order put the fields in the order TrainingArguments, CoreConfig, then each scheme's settings.
+    return dataclasses.make_dataclass("TokenweightConfig", [], bases=(*reversed(settings_classes), CoreConfig),
+                                      namespace={"__post_init__": __post_init__, "__module__": __name__,
+                                                 "__doc__": CONFIG_DOC})
+
+
+def __getattr__(name: str):
+    """``TokenweightConfig`` is looked up here, so that it always includes the schemes registered so far."""
+    if name == "TokenweightConfig":
+        return config_class()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def accelerator_available() -> bool:
@@ -207,8 +231,8 @@ def resolve_max_length(max_length: int | None, model_path: str) -> int:
     return max_length
 
 
-#: ``tokenweight train --help`` groups: title -> config keys. Each registered scheme also gets a group of the keys
-#: with its prefix (``otpo_`` …); other tokenweight keys go under "objective", the rest under the last title.
+#: ``tokenweight train --help`` groups: title -> config keys. Each registered scheme with settings also gets a group
+#: of its settings' fields; other tokenweight keys go under "objective", the rest under the last title.
 FLAG_GROUPS = {
     "model": ("model_name_or_path", "ref_model_name_or_path", "model_dtype", "attn_implementation", "use_peft",
               "lora_r", "lora_alpha", "lora_dropout", "lora_target_modules"),
@@ -224,20 +248,25 @@ class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescript
 
 
 class ConfigArgumentParser(HfArgumentParser):
-    """HfArgumentParser of :class:`TokenweightConfig` (parsing unchanged) whose ``--help`` shows the flags in the
-    groups of :data:`FLAG_GROUPS`, lists the registered schemes as ``--weighting`` choices, and whose errors are
-    :class:`UserError` s."""
+    """HfArgumentParser of the current ``TokenweightConfig`` (:func:`config_class`; parsing unchanged) whose
+    ``--help`` shows the flags in the groups of :data:`FLAG_GROUPS` and one group per scheme with settings, lists
+    the registered schemes as ``--weighting`` choices, and whose errors are :class:`UserError` s."""
 
     def __init__(self, **kwargs):
         kwargs.setdefault("formatter_class", HelpFormatter)
-        super().__init__(TokenweightConfig, **kwargs)
+        super().__init__(config_class(), **kwargs)
 
     def _add_dataclass_arguments(self, dtype) -> None:
         from tokenweight.weights import SCHEMES
 
         type_hints = get_type_hints(dtype)
+        scheme_of = {}  # settings field -> the first scheme (by name) whose settings define it
+        for name in sorted(SCHEMES, reverse=True):
+            if SCHEMES[name].settings_class is not None:
+                scheme_of.update({item.name: name for item in dataclasses.fields(SCHEMES[name].settings_class)})
         groups = {title: self.add_argument_group(title) for title in FLAG_GROUPS}
-        groups.update({name: self.add_argument_group(f"{name} (--weighting {name})") for name in sorted(SCHEMES)})
+        groups.update({name: self.add_argument_group(f"{name} (--weighting {name})")
+                       for name in sorted(set(scheme_of.values()))})
         groups[KEYFACT_GROUP] = self.add_argument_group(KEYFACT_GROUP)
         groups[TRAINING_ARGUMENTS_GROUP] = self.add_argument_group(TRAINING_ARGUMENTS_GROUP)
         inherited = {f.name for f in dataclasses.fields(TrainingArguments)}
@@ -248,14 +277,15 @@ class ConfigArgumentParser(HfArgumentParser):
             if item.name == "weighting":
                 item = copy.copy(item)
                 item.metadata = types.MappingProxyType({**item.metadata, "choices": sorted(SCHEMES)})
-            self._parse_dataclass_field(groups[self._group_of(item.name, inherited, SCHEMES)], item)
+            self._parse_dataclass_field(groups[self._group_of(item.name, inherited, scheme_of)], item)
 
     @staticmethod
-    def _group_of(key: str, inherited: set[str], schemes) -> str:
+    def _group_of(key: str, inherited: set[str], scheme_of: dict[str, str]) -> str:
         titled = [title for title, keys in FLAG_GROUPS.items() if key in keys]
-        prefixed = [name for name in schemes if key.startswith(f"{name}_")]
-        if titled or prefixed:
-            return (titled or prefixed)[0]
+        if titled:
+            return titled[0]
+        if key in scheme_of:
+            return scheme_of[key]
         if key.startswith("keyfact_"):
             return KEYFACT_GROUP
         return TRAINING_ARGUMENTS_GROUP if key in inherited else "objective"
@@ -263,7 +293,7 @@ class ConfigArgumentParser(HfArgumentParser):
     def error(self, message: str):
         raise UserError(f"{message} (see `{self.prog} --help`)")
 
-    def parse_config(self, args: list[str]) -> TokenweightConfig:
+    def parse_config(self, args: list[str]):
         """The config of ``args``; an unknown flag is a :class:`UserError` naming it (and the closest known one),
         and so is a setting that ``TrainingArguments`` rejects."""
         try:
@@ -272,7 +302,7 @@ class ConfigArgumentParser(HfArgumentParser):
             raise UserError(str(error)) from error
         if unknown:
             flags = [word for word in unknown if word.startswith("-")]
-            known = [f"--{item.name}" for item in dataclasses.fields(TokenweightConfig)]
+            known = [f"--{item.name}" for item in dataclasses.fields(self.dataclass_types[0])]
             close = difflib.get_close_matches(flags[0], known, n=1) if flags else []
             hint = f"; did you mean {close[0]}?" if close else ""
             raise UserError(f"unrecognized arguments: {' '.join(unknown)}{hint}")

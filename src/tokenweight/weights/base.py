@@ -10,12 +10,14 @@ token ``input_ids[:, t + 1]``; ``token_logps[:, t] = log p(input_ids[:, t + 1] |
 ``t + 1``; ``loss_mask[:, t] = completion_mask[:, t + 1]``. Rows ``[0, B)`` are the chosen responses and rows
 ``[B, 2B)`` the rejected responses of the same pairs.
 
-Adding a scheme = one file in ``weights/`` that subclasses :class:`WeightingScheme`, decorated with
-:func:`register_scheme`, plus one import line in ``weights/__init__.py``.
+Adding a scheme = one file or folder in ``weights/`` with its settings dataclass (flags ``<name>_…``) and a
+:class:`WeightingScheme` subclass decorated with :func:`register_scheme`, plus one import line in
+``weights/__init__.py`` (docs/ADDING_A_SCHEME.md). The run configuration gains the settings' fields by itself.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -86,22 +88,61 @@ class LossContext:
     step: int | None = None
 
 
+#: β of a run that sets no ``beta`` and whose scheme states no default of its own.
+DEFAULT_BETA = 0.1
+
+
+@dataclass(frozen=True)
+class SchemeContext:
+    """The few run settings, shared by every scheme, that a scheme may use besides its own settings.
+
+    Attributes:
+        beta: the run's β (explicit, else the scheme's :meth:`WeightingScheme.default_beta`).
+        loss_type: the pair loss, ``sigmoid``, ``ipo`` or ``hinge``.
+        max_length: the cap on prompt + completion tokens (``None``: none).
+        seed: the run's seed (TI-DPO seeds its anchors with it).
+    """
+
+    beta: float = DEFAULT_BETA
+    loss_type: str = "sigmoid"
+    max_length: int | None = None
+    seed: int = 0
+
+
 class WeightingScheme:
     """Base class of a weighting scheme.
 
     The trainer calls :meth:`compute` *before* the policy forward when ``needs_hidden_states`` is False (so a
     scheme may run its own passes without two graphs alive at once), and *after* it otherwise, with
-    ``inputs.hidden`` filled. ``args`` is the :class:`~tokenweight.config.TokenweightConfig` of the run.
+    ``inputs.hidden`` filled.
+
+    A scheme is built from its own settings (an instance of ``settings_class``, a dataclass whose fields are the
+    scheme's flags, ``<name>_…``, validated in its ``__post_init__``; ``None`` when the scheme has no settings)
+    and a :class:`SchemeContext`; :func:`build_scheme` takes both from a run configuration.
     """
 
     name: ClassVar[str] = ""
     needs_hidden_states: ClassVar[bool] = False
-    #: True when :meth:`extra_loss` / :meth:`margin_offset` need ``LossContext.policy_hidden/ref_hidden`` even
-    #: though the weights themselves are computed before the forward (TI-DPO's TDPO2 KL term).
-    needs_hidden_for_loss: ClassVar[bool] = False
+    #: The dataclass of the scheme's flags; the run configuration is composed of every registered one.
+    settings_class: ClassVar[type | None] = None
 
-    def __init__(self, args: Any = None):
-        self.args = args
+    def __init__(self, settings: Any = None, context: SchemeContext | None = None):
+        if self.settings_class is not None and settings is None:
+            settings = self.settings_class()
+        self.settings = settings
+        self.context = SchemeContext() if context is None else context
+
+    @property
+    def needs_hidden_for_loss(self) -> bool:
+        """True when :meth:`extra_loss` / :meth:`margin_offset` need ``LossContext.policy_hidden/ref_hidden``
+        even though the weights themselves are computed before the forward (TI-DPO's TDPO2 KL term)."""
+        return False
+
+    @classmethod
+    def default_beta(cls, settings: Any = None) -> float:
+        """β of a run with this scheme that sets no ``beta`` (precedence: explicit ``beta`` > this); ``settings``
+        is an instance of ``settings_class`` (or any object with its fields), ``None`` for the defaults."""
+        return DEFAULT_BETA
 
     def compute(self, inputs: WeightingInputs) -> TokenWeights:
         raise NotImplementedError
@@ -125,15 +166,44 @@ def register_scheme(cls: type[WeightingScheme]) -> type[WeightingScheme]:
         raise ValueError(f"{cls.__name__} must set a non-empty `name` to be registered")
     if cls.name in SCHEMES and SCHEMES[cls.name] is not cls:
         raise ValueError(f"weighting scheme {cls.name!r} is already registered by {SCHEMES[cls.name].__name__}")
+    if cls.settings_class is not None and not dataclasses.is_dataclass(cls.settings_class):
+        raise TypeError(f"{cls.__name__}.settings_class must be a dataclass, got {cls.settings_class!r}")
     SCHEMES[cls.name] = cls
     return cls
 
 
-def build_scheme(name: str, args: Any = None) -> WeightingScheme:
-    """Instantiate the registered scheme ``name``; an unknown name is an error listing the known ones."""
+def scheme_class(name: str) -> type[WeightingScheme]:
+    """The registered scheme ``name``; an unknown name is an error listing the known ones."""
     if name not in SCHEMES:
         raise ValueError(f"unknown weighting scheme {name!r} (config key `weighting`); known: {sorted(SCHEMES)}")
-    return SCHEMES[name](args)
+    return SCHEMES[name]
+
+
+def scheme_settings(name: str, config: Any = None) -> Any:
+    """The settings of scheme ``name`` read from ``config`` (an object with the settings' fields as attributes,
+    such as the run's :class:`~tokenweight.config.TokenweightConfig`); the defaults when ``config`` is ``None``;
+    ``None`` for a scheme without settings."""
+    settings_class = scheme_class(name).settings_class
+    if settings_class is None:
+        return None
+    if config is None:
+        return settings_class()
+    return settings_class(**{item.name: getattr(config, item.name) for item in dataclasses.fields(settings_class)
+                             if item.init})
+
+
+def build_scheme(name: str, config: Any = None) -> WeightingScheme:
+    """Instantiate the registered scheme ``name`` from ``config``: its settings (:func:`scheme_settings`) and the
+    shared :class:`SchemeContext` (``config``'s β — explicit, else the scheme's default — ``loss_type``,
+    ``max_length``, ``seed``); ``config=None`` gives the defaults. An unknown name is an error listing the
+    known ones."""
+    cls = scheme_class(name)
+    settings = scheme_settings(name, config)
+    if config is None:
+        return cls(settings, SchemeContext(beta=cls.default_beta(settings)))
+    beta = config.beta if config.beta is not None else cls.default_beta(settings)
+    return cls(settings, SchemeContext(beta=beta, loss_type=config.loss_type, max_length=config.max_length,
+                                       seed=config.seed))
 
 
 def check_weights(weights: torch.Tensor, loss_mask: torch.Tensor, scheme: str) -> None:

@@ -13,8 +13,9 @@ from tokenweight.weights.attention.normalize import WeightStats
 from tokenweight.weights.attention.precompute import (JudgeSettings, attention_weights, cache_fingerprint,
                                                       ensure_attention_cache, precompute_attention_weights)
 from tokenweight.weights.attention.rows import last_token_attention
-from tokenweight.weights.attention.scheme import AttentionScheme
+from tokenweight.weights.attention.scheme import AttentionScheme, AttentionSettings
 
-__all__ = ["AttentionScheme", "CacheDamagedError", "CacheIncompleteError", "CacheMismatchError", "CachedWeights",
-           "JudgeSettings", "WeightStats", "attention_weights", "cache_fingerprint", "ensure_attention_cache",
-           "last_token_attention", "load_attention_weights", "precompute_attention_weights", "split_completion"]
+__all__ = ["AttentionScheme", "AttentionSettings", "CacheDamagedError", "CacheIncompleteError", "CacheMismatchError",
+           "CachedWeights", "JudgeSettings", "WeightStats", "attention_weights", "cache_fingerprint",
+           "ensure_attention_cache", "last_token_attention", "load_attention_weights", "precompute_attention_weights",
+           "split_completion"]

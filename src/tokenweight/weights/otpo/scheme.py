@@ -3,7 +3,8 @@
 Pair ``b`` is batch rows ``b`` (chosen) and ``B + b`` (rejected). Each row's completion positions (``loss_mask``,
 shifted alignment, so each token is represented by the state that predicts it) are packed to the left, the pairs
 are weighted together by :func:`~tokenweight.weights.otpo.plan.otpo_weights`, and the weights are scattered back.
-Config keys: ``otpo_reg`` (ε1, default 1.0) and ``otpo_reg_m`` (ε2, default 0.2, or a ``[chosen, rejected]`` pair).
+Settings (:class:`OTPOSettings`, the flags): ``otpo_reg`` (ε1, default 1.0) and ``otpo_reg_m`` (ε2, default 0.2,
+or a ``[chosen, rejected]`` pair).
 
 Host reads per step: one (packing widths and input checks) plus one per convergence check of the solver; the
 metrics are 0-d tensors, read when the trainer logs them.
@@ -11,24 +12,40 @@ metrics are 0-d tensors, read when the trainer logs them.
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+
 import torch
 
+from tokenweight.errors import UserError
 from tokenweight.masks import pack_left
 from tokenweight.weights.base import TokenWeights, WeightingInputs, WeightingScheme, register_scheme
 from tokenweight.weights.otpo.cost import raise_response_problems
 from tokenweight.weights.otpo.plan import otpo_weights
 
 
+@dataclass
+class OTPOSettings:
+    """OTPO's flags: the entropic regulariser ε1 and the marginal relaxation ε2 of the unbalanced Sinkhorn."""
+
+    otpo_reg: float = field(default=1.0, metadata={"help": "OTPO entropic regulariser ε1 (POT `reg`)."})
+    otpo_reg_m: list[float] = field(default_factory=lambda: [0.2], metadata={
+        "help": "OTPO marginal relaxation ε2 (POT `reg_m`): one value, or two (rows, columns)."})
+
+    def __post_init__(self):
+        if len(self.otpo_reg_m) not in (1, 2):
+            raise UserError("config key `otpo_reg_m`: give one value or two (rows, columns)")
+
+
 @register_scheme
 class OTPOScheme(WeightingScheme):
     name = "otpo"
     needs_hidden_states = True
+    settings_class = OTPOSettings
 
     def compute(self, inputs: WeightingInputs) -> TokenWeights:
         if inputs.hidden is None:
             raise ValueError("weighting='otpo' needs the policy's final hidden states (WeightingInputs.hidden)")
-        reg = 1.0 if self.args is None else self.args.otpo_reg
-        reg_m = 0.2 if self.args is None else self.args.otpo_reg_m
+        reg, reg_m = self.settings.otpo_reg, self.settings.otpo_reg_m
         loss_mask = inputs.loss_mask.bool()
         pairs = loss_mask.shape[0] // 2
         chosen_width, rejected_width, flags = _widths_and_problems(inputs.hidden, loss_mask, pairs)

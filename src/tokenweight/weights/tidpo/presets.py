@@ -1,22 +1,23 @@
-"""TI-DPO presets and settings resolution (spec tidpo.md §4, §9.1).
+"""TI-DPO's settings, presets and their resolution (spec tidpo.md §4, §9.1).
 
-``paper`` follows the ICLR 2026 paper (Table B13; margin from the README), ``upstream`` the official code's
-``config/loss/tidpo.yaml``. Every value can be overridden by its own config field; a field left at ``None`` takes
-the preset's value.
+:class:`TIDPOSettings` holds the scheme's flags (``tidpo_…``); :func:`resolve_tidpo_settings` turns them into the
+:class:`TIDPOParameters` the scheme runs with. ``paper`` follows the ICLR 2026 paper (Table B13; margin from the
+README), ``upstream`` the official code's ``config/loss/tidpo.yaml``. Every value can be overridden by its own flag;
+a flag left at ``None`` takes the preset's value.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from tokenweight.errors import UserError
 
 
 @dataclass(frozen=True)
-class TIDPOSettings:
-    """Resolved TI-DPO settings (config field in brackets).
+class TIDPOParameters:
+    """Resolved TI-DPO settings: a preset with the explicit flags applied (config field in brackets).
 
     Attributes:
         beta: β inside σ [``beta``]; the trainer applies it when the user left ``beta`` unset.
@@ -48,11 +49,35 @@ class TIDPOSettings:
     seed: int = 0
 
 
-PRESETS: dict[str, TIDPOSettings] = {
-    "paper": TIDPOSettings(beta=0.1, lam=0.7, sigma_div=4.0, span="response", kl_alpha=0.5, gamma=0.1, margin=0.01),
-    "upstream": TIDPOSettings(beta=0.2, lam=0.2, sigma_div=8.0, span="full", kl_alpha=0.5, gamma=0.001,
+PRESETS: dict[str, TIDPOParameters] = {
+    "paper": TIDPOParameters(beta=0.1, lam=0.7, sigma_div=4.0, span="response", kl_alpha=0.5, gamma=0.1, margin=0.01),
+    "upstream": TIDPOParameters(beta=0.2, lam=0.2, sigma_div=8.0, span="full", kl_alpha=0.5, gamma=0.001,
                               margin=0.001),
 }
+
+@dataclass
+class TIDPOSettings:
+    """TI-DPO's flags; ``None`` takes the value of the preset ``tidpo_preset``. Checked on creation (an unknown
+    preset or an out-of-range value is a :class:`UserError` naming the flag)."""
+
+    tidpo_preset: str = field(default="paper", metadata={"help": "TI-DPO preset: paper or upstream."})
+    tidpo_lambda: float | None = field(default=None, metadata={"help": "Attribution vs prior mix λ."})
+    tidpo_sigma_div: float | None = field(default=None, metadata={"help": "Prior σ = T / sigma_div."})
+    tidpo_span: str | None = field(default=None, metadata={"help": "Weighted span: response or full."})
+    tidpo_kl_alpha: float | None = field(default=None, metadata={"help": "TDPO2 KL weight α (0: off)."})
+    tidpo_gamma: float | None = field(default=None, metadata={"help": "Triplet loss weight γ (0: off)."})
+    tidpo_margin: float | None = field(default=None, metadata={"help": "Triplet margin."})
+    tidpo_anchor_top_k: int | None = field(default=None, metadata={"help": "Anchor sampling top-k (50)."})
+    tidpo_anchor_top_p: float | None = field(default=None, metadata={"help": "Anchor sampling top-p (0.95)."})
+    tidpo_anchor_temperature: float | None = field(default=None, metadata={"help": "Anchor temperature (0.8)."})
+    tidpo_anchor_max_new_tokens: int | None = field(default=None, metadata={"help": "Anchor length cap (64)."})
+    tidpo_on_failure: str | None = field(default=None, metadata={
+        "help": "raise (default) on a non-finite attribution/KL/triplet; count: drop that part for the step and "
+                "count it in tidpo/*_failures."})
+
+    def __post_init__(self):
+        resolve_tidpo_settings(self)
+
 
 # settings attribute -> config field overriding it
 CONFIG_FIELDS: dict[str, str] = {
@@ -72,7 +97,7 @@ CONFIG_FIELDS: dict[str, str] = {
 }
 
 
-def _validate(settings: TIDPOSettings) -> None:
+def _validate(settings: TIDPOParameters) -> None:
     checks = [
         (settings.beta > 0, "beta", "must be > 0"),
         (0.0 <= settings.lam <= 1.0, "tidpo_lambda", "must be in [0, 1]"),
@@ -92,9 +117,11 @@ def _validate(settings: TIDPOSettings) -> None:
             raise UserError(f"TI-DPO config `{key}` {message}")
 
 
-def resolve_tidpo_settings(args: Any = None) -> TIDPOSettings:
+def resolve_tidpo_settings(args: Any = None) -> TIDPOParameters:
     """Settings of the preset ``args.tidpo_preset`` (default ``paper``) with every non-``None`` field of ``args``
-    listed in :data:`CONFIG_FIELDS` overriding its value; ``args=None`` gives the ``paper`` preset.
+    listed in :data:`CONFIG_FIELDS` overriding its value; ``args=None`` gives the ``paper`` preset. ``args`` is a
+    :class:`TIDPOSettings` or any object with its fields (the run configuration: then its ``beta`` and ``seed``
+    apply too).
 
     Raises:
         UserError: an unknown preset or an out-of-range value, naming the config key.
@@ -107,7 +134,7 @@ def resolve_tidpo_settings(args: Any = None) -> TIDPOSettings:
     return settings
 
 
-def get_preset(preset_name: str) -> TIDPOSettings:
+def get_preset(preset_name: str) -> TIDPOParameters:
     """The preset ``preset_name``; an unknown name is an error naming ``tidpo_preset``."""
     if preset_name not in PRESETS:
         raise UserError(f"unknown TI-DPO preset {preset_name!r} (config key `tidpo_preset`); known: {sorted(PRESETS)}")

@@ -24,6 +24,7 @@ triplet term.
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import torch
@@ -33,11 +34,12 @@ from torch import nn
 from tokenweight.errors import UserError
 from tokenweight.logps import output_head
 from tokenweight.masks import to_shifted
-from tokenweight.weights.base import LossContext, TokenWeights, WeightingInputs, WeightingScheme, register_scheme
+from tokenweight.weights.base import (LossContext, SchemeContext, TokenWeights, WeightingInputs, WeightingScheme,
+                                      register_scheme)
 from tokenweight.weights.tidpo.anchor import anchor_seeds, anchor_token_logps, sample_anchors
 from tokenweight.weights.tidpo.attribution import tidpo_weights
 from tokenweight.weights.tidpo.kl import tdpo2_offset, tdpo_kl
-from tokenweight.weights.tidpo.presets import preset_beta, resolve_tidpo_settings
+from tokenweight.weights.tidpo.presets import TIDPOSettings, preset_beta, resolve_tidpo_settings
 from tokenweight.weights.tidpo.triplet import left_align, triplet_loss
 
 
@@ -53,26 +55,35 @@ def special_token_ids(model: nn.Module) -> tuple[int, int | list[int]]:
 
 @register_scheme
 class TIDPOScheme(WeightingScheme):
+    """TI-DPO built from its flags (:class:`TIDPOSettings`) and the run's ``loss_type``, ``max_length``, ``seed`` and
+    β (:class:`SchemeContext`); ``self.settings`` holds the resolved
+    :class:`~tokenweight.weights.tidpo.presets.TIDPOParameters` (preset + explicit flags, the run's β and seed)."""
+
     name = "tidpo"
     needs_hidden_states = False
-    needs_hidden_for_loss = True
+    settings_class = TIDPOSettings
 
-    def __init__(self, args: Any = None):
-        super().__init__(args)
-        self.settings = resolve_tidpo_settings(args)
-        self.needs_hidden_for_loss = self.settings.kl_alpha > 0
-        if getattr(args, "loss_type", "sigmoid") == "ipo" and self.settings.kl_alpha > 0:
+    def __init__(self, settings: TIDPOSettings | None = None, context: SchemeContext | None = None):
+        super().__init__(settings, context)
+        resolved = resolve_tidpo_settings(self.settings)
+        self.settings = dataclasses.replace(resolved, beta=self.context.beta, seed=self.context.seed)
+        if self.context.loss_type == "ipo" and self.settings.kl_alpha > 0:
             raise UserError(
                 f"weighting=tidpo with loss_type=ipo needs tidpo_kl_alpha=0 (got {self.settings.kl_alpha}): IPO "
                 "divides the weighted margin by the completion lengths, while the TDPO2 KL offset is a sum over the "
                 "sequence, and the TI-DPO spec defines that offset inside the sigmoid loss only; use loss_type "
                 "sigmoid, or set tidpo_kl_alpha 0")
 
-    @staticmethod
-    def default_beta(args: Any = None) -> float:
-        """The scheme's default β: that of the preset ``args.tidpo_preset`` (``paper`` when unset), used when the
-        run leaves ``beta`` unset (precedence: explicit ``beta`` > preset > built-in default)."""
-        return preset_beta(getattr(args, "tidpo_preset", None) or "paper")
+    @property
+    def needs_hidden_for_loss(self) -> bool:
+        """True when the TDPO2 KL weight α > 0: the KL term needs both models' final hidden states."""
+        return self.settings.kl_alpha > 0
+
+    @classmethod
+    def default_beta(cls, settings: Any = None) -> float:
+        """The scheme's default β: that of the preset ``settings.tidpo_preset`` (``paper`` when unset), used when
+        the run leaves ``beta`` unset (precedence: explicit ``beta`` > preset > built-in default)."""
+        return preset_beta(getattr(settings, "tidpo_preset", None) or "paper")
 
     def _count_or_raise(self, error: FloatingPointError) -> float:
         if self.settings.on_failure == "raise":
@@ -141,7 +152,7 @@ class TIDPOScheme(WeightingScheme):
             seeds=anchor_seeds(s.seed, rows.tolist(), ctx.step), pad_token_id=pad_token_id,
             eos_token_id=eos_token_id, top_k=s.anchor_top_k, top_p=s.anchor_top_p,
             temperature=s.anchor_temperature, max_new_tokens=s.anchor_max_new_tokens,
-            max_length=getattr(self.args, "max_length", None))
+            max_length=self.context.max_length)
         policy_anchor = anchor_token_logps(policy, anchor)
         with torch.no_grad():
             ref_anchor = anchor_token_logps(reference, anchor)
