@@ -224,9 +224,9 @@ def test_documented_command_runs(command, env, tmp_path, monkeypatch):
         assert config.model_name_or_path == env["model"]
         return
     argv = substitute(words[1:], env, tmp_path)
-    if argv[0] == "eval":
+    if argv[:1] == ["eval"]:
         Path(env["model"], "eval.json").unlink(missing_ok=True)  # each documented eval writes its own
-    if argv[0] == "train" and "--ref_log_probs" in argv:
+    if argv[:1] == ["train"] and "--ref_log_probs" in argv:
         cache = argv[argv.index("--ref_log_probs") + 1]
         flags = [w for i, w in enumerate(argv[1:]) if w != "--ref_log_probs" and argv[i] != "--ref_log_probs"]
         assert main(["precompute", "reference", "--output", cache, *flags]) == 0
