@@ -155,13 +155,11 @@ class TokenweightConfig(TrainingArguments):
 
     @property
     def effective_beta(self) -> float:
-        """β of the run: the explicit value, else the TI-DPO preset's, else 0.1."""
+        """β of the run: the explicit value, else the scheme's default (TI-DPO: its preset's; others 0.1)."""
         if self.beta is not None:
             return self.beta
-        if self.weighting == "tidpo":
-            from tokenweight.weights.tidpo import preset_beta
-            return preset_beta(self.tidpo_preset)
-        return 0.1
+        from tokenweight.weights import SCHEMES
+        return SCHEMES[self.weighting].default_beta(self)
 
 
 def accelerator_available() -> bool:
