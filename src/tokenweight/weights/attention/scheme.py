@@ -15,6 +15,7 @@ from pathlib import Path
 
 import datasets
 
+from tokenweight.weights.attention.normalize import WeightStats
 from tokenweight.weights.base import PrepareContext, register_scheme
 from tokenweight.weights.column import ColumnScheme
 
@@ -37,12 +38,10 @@ class AttentionScheme(ColumnScheme):
         to stderr and to ``context.summary[split]["attention"]``.
         """
         from tokenweight.data import tokenize_preference_dataset
-        from tokenweight.weights.attention.normalize import WeightStats
 
         full, _ = tokenize_preference_dataset(raw, context.tokenizer, name=f"{split} (judge input)")
         if context.output_dir is None:
-            stats = WeightStats()
-            judged = _judge_in_memory(context, list(full), stats)
+            judged, stats = _judge_in_memory(context, list(full))
             chosen, rejected = [w["chosen_weights"] for w in judged], [w["rejected_weights"] for w in judged]
         else:
             cached = _judge_into_cache(context, split, full)
@@ -68,8 +67,8 @@ def _judge_into_cache(context: PrepareContext, split: str, full: datasets.Datase
         return ensure_attention_cache(config, context.model_path, context.tokenizer, full)
 
 
-def _judge_in_memory(context: PrepareContext, rows: list[dict], stats) -> list[dict]:
-    """Per tokenized row, ``{"chosen_weights", "rejected_weights"}`` judged in memory (``stats`` accumulates)."""
+def _judge_in_memory(context: PrepareContext, rows: list[dict]) -> tuple[list[dict], WeightStats]:
+    """Per tokenized row, ``{"chosen_weights", "rejected_weights"}`` judged in memory, and the pass's counts."""
     from tokenweight.models import freeze, load_causal_lm
     from tokenweight.weights.attention.precompute import attention_weights, template_from_config
 
@@ -81,6 +80,6 @@ def _judge_in_memory(context: PrepareContext, rows: list[dict], stats) -> list[d
     weights = attention_weights(judge, context.tokenizer, rows, layers=config.attention_layers,
                                 template=template_from_config(config), eos_weight=config.attention_eos_weight,
                                 max_length=config.attention_max_length, batch_size=config.attention_batch_size,
-                                stats=stats)
+                                log=True)
     judge.train(was_training)
     return weights
