@@ -41,21 +41,21 @@ def main() -> None:
 
     from tokenweight.config import TokenweightConfig
     from tokenweight.data import tokenize_preference_dataset
-    from tokenweight.evaluate import add_attention_columns, pair_token_weights
+    from tokenweight.evaluate import pair_token_weights
     from tokenweight.keyfact import build_keyfact, key_position, keyfact_base_model
     from tokenweight.models import load_causal_lm, load_tokenizer
+    from tokenweight.run import prepare_raw
     from tokenweight.weights import build_scheme
 
     path = args.model_name_or_path or str(keyfact_base_model())
     tokenizer, model = load_tokenizer(path), load_causal_lm(path)
     raw = build_keyfact(n_train=8, n_eval=args.pairs)["eval"]
-    dataset, _ = tokenize_preference_dataset(raw, tokenizer)
     keys = [key_position(tokenizer, row) for row in raw]
     table = []
     for name, settings in SETTINGS.items():
         config = TokenweightConfig(output_dir="/tmp/key_weight_share", use_cpu=True, report_to="none", **settings)
-        scored = add_attention_columns(dataset, model, tokenizer, config) if settings["weighting"] == "attention" \
-            else dataset
+        prepared = prepare_raw(config, path, tokenizer, raw, "eval", model=model)  # in memory (AttentionPO: judge)
+        scored, _ = tokenize_preference_dataset(prepared, tokenizer)
         weights = pair_token_weights(build_scheme(config.weighting, config), model, scored, tokenizer.pad_token_id,
                                      progress=False)
         shares, key_weights, ranks = [], [], []

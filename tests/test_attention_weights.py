@@ -80,8 +80,7 @@ def test_single_pair_call_and_cap_counts_unjudged(setup):
     assert set(full) == {"chosen_weights", "rejected_weights"}
     pieces = template_pieces(tokenizer, default_template())
     cap = sum(len(p) for p in pieces) + 12  # room for 4 question + 4 + 4 answer tokens
-    stats = WeightStats()
-    capped = attention_weights(model, tokenizer, rows[2], max_length=cap, stats=stats)
+    capped, stats = attention_weights(model, tokenizer, rows[2], max_length=cap, log=True)
     chosen = capped["chosen_weights"]
     assert len(chosen) == len(full["chosen_weights"])
     assert sum(chosen[:4]) == pytest.approx(4.0) and chosen[4:-1] == [1.0] * (len(chosen) - 5)

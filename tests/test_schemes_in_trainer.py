@@ -45,8 +45,8 @@ def test_otpo_weights_change_the_loss(tokenizer):
 
 
 def test_tidpo_without_kl_triplet_and_with_unit_weights_is_the_uniform_loss(tokenizer, monkeypatch):
-    def unit_weights(model, input_ids, attention_mask, completion_mask, **kwargs):
-        return completion_mask.float(), {"tidpo/weight_on_last_token": 1.0}
+    def unit_weights(model, input_ids, attention_mask, completion_mask, log=False, **kwargs):
+        return (completion_mask.float(), {"tidpo/weight_on_last_token": 1.0}) if log else completion_mask.float()
 
     monkeypatch.setattr(tidpo_scheme, "tidpo_weights", unit_weights)
     loss = trainer_loss(tokenizer, "tidpo", tidpo_kl_alpha=0.0, tidpo_gamma=0.0)

@@ -61,7 +61,7 @@ def test_registered_and_flags():
 def test_compute_returns_shifted_weights(models):
     inputs = weighting_inputs(models[0])
     result = build_scheme("tidpo", config()).compute(inputs)
-    unshifted, _ = tidpo_weights(models[0], inputs.input_ids, inputs.attention_mask, inputs.completion_mask)
+    unshifted = tidpo_weights(models[0], inputs.input_ids, inputs.attention_mask, inputs.completion_mask)
     torch.testing.assert_close(result.weights, unshifted[:, 1:] * inputs.loss_mask)
     check_weights(result.weights, inputs.loss_mask, "tidpo")
     torch.testing.assert_close(result.weights.sum(1), inputs.loss_mask.sum(1).float())  # mean 1, response span
@@ -134,7 +134,7 @@ def test_nan_attribution_raises_or_is_counted():
     with pytest.raises(FloatingPointError, match=r"rows \[3\]"):
         build_scheme("tidpo", config()).compute(inputs)
     counted = build_scheme("tidpo", config(tidpo_on_failure="count")).compute(inputs)
-    prior, _ = tidpo_weights(model, ids, inputs.attention_mask, inputs.completion_mask, lam=0.0)
+    prior = tidpo_weights(model, ids, inputs.attention_mask, inputs.completion_mask, lam=0.0)
     torch.testing.assert_close(counted.weights, prior[:, 1:] * inputs.loss_mask)
     assert counted.metrics["tidpo/attribution_failures"] == 1.0
 

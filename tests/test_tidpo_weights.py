@@ -29,7 +29,8 @@ def span_of(attention, completion, span):
 def test_mixture_equals_independent_oracle(model, batch, lam, span):
     """w = T·(λ·I/ΣI + (1−λ)·prior) on the span, 0 elsewhere; the attribution oracle runs each row alone."""
     ids, attention, completion = batch
-    weights, metrics = tidpo_weights(model, ids, attention, completion, lam=lam, sigma_div=4.0, span=span)
+    weights, metrics = tidpo_weights(model, ids, attention, completion, lam=lam, sigma_div=4.0, span=span,
+                                     log=True)
     spans = span_of(attention, completion, span)
     for r in range(ids.shape[0]):
         n = int(attention[r].sum())
@@ -49,7 +50,7 @@ def test_mixture_equals_independent_oracle(model, batch, lam, span):
 
 def test_full_span_spreads_over_prompt_and_response(model, batch):
     ids, attention, completion = batch
-    weights, _ = tidpo_weights(model, ids, attention, completion, lam=0.2, sigma_div=8.0, span="full")
+    weights = tidpo_weights(model, ids, attention, completion, lam=0.2, sigma_div=8.0, span="full")
     prompt = attention.bool() & ~completion.bool()
     assert (weights[prompt] > 0).all()
     torch.testing.assert_close(weights.sum(1), attention.sum(1).float())
@@ -61,16 +62,16 @@ def test_prior_sigma_floor_and_shape():
     assert gaussian_prior_list(3, 4.0) == pytest.approx([v / sum(values) for v in values])
     model = make_model(VOCAB, seed=1)
     ids, attention, completion = make_batch([2], [3])
-    weights, _ = tidpo_weights(model, ids, attention, completion, lam=0.0)
+    weights = tidpo_weights(model, ids, attention, completion, lam=0.0)
     torch.testing.assert_close(weights[0, 2:5], 3 * torch.tensor(gaussian_prior_list(3, 4.0)))
 
 
 def test_row_alone_equals_row_in_padded_batch(model, batch):
     ids, attention, completion = batch
-    weights, _ = tidpo_weights(model, ids, attention, completion)
+    weights = tidpo_weights(model, ids, attention, completion)
     for r in range(ids.shape[0]):
         n = int(attention[r].sum())
-        alone, _ = tidpo_weights(model, ids[r:r + 1, :n], attention[r:r + 1, :n], completion[r:r + 1, :n])
+        alone = tidpo_weights(model, ids[r:r + 1, :n], attention[r:r + 1, :n], completion[r:r + 1, :n])
         torch.testing.assert_close(alone[0], weights[r, :n], rtol=1e-5, atol=1e-6)
 
 
@@ -80,8 +81,8 @@ def test_zero_attribution_rows_use_prior_and_are_counted(batch):
     with torch.no_grad():
         model.lm_head.weight.zero_()
     ids, attention, completion = batch
-    weights, metrics = tidpo_weights(model, ids, attention, completion, lam=0.7)
-    prior_only, _ = tidpo_weights(model, ids, attention, completion, lam=0.0)
+    weights, metrics = tidpo_weights(model, ids, attention, completion, lam=0.7, log=True)
+    prior_only = tidpo_weights(model, ids, attention, completion, lam=0.0)
     torch.testing.assert_close(weights, prior_only)
     assert metrics["tidpo/zero_attribution_rows"] == 4.0
 

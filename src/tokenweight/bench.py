@@ -37,8 +37,6 @@ VARIANTS: dict[str, dict[str, float]] = {
     "noise0.4": {"keyfact_chosen_longer": 0.5, "keyfact_label_noise": 0.4},
 }
 METRICS = ("key_acc", "key_margin", "pref_acc", "gen_len", "key_weight_share")
-#: Registered schemes that need per-token weights supplied by the dataset, which KeyFact does not have.
-DATASET_WEIGHT_SCHEMES = ("column",)
 DOCS_BEGIN, DOCS_END = "<!-- keyfact:begin -->", "<!-- keyfact:end -->"
 
 
@@ -80,9 +78,9 @@ def quick_settings(settings: BenchSettings) -> BenchSettings:
 
 
 def default_schemes() -> list[str]:
-    """Every registered scheme that can run on KeyFact (all but those needing dataset-supplied weights)."""
+    """Every registered scheme that can run on KeyFact (all but those needing dataset-supplied weight columns)."""
     from tokenweight.weights import SCHEMES
-    return [name for name in SCHEMES if name not in DATASET_WEIGHT_SCHEMES]
+    return [name for name, scheme in SCHEMES.items() if not scheme.needs_weight_columns]
 
 
 # ----------------------------------------------------------------------------------------------- one run
@@ -156,22 +154,18 @@ def key_weight_shares(scheme, model, tokenizer, pairs, rows, settings: BenchSett
 def run_one(settings: BenchSettings, base_path: str, scheme: str, variant: str, seed: int,
             output_dir: Path) -> dict:
     """Train one scheme on one variant and seed; returns its metrics, learning curve and the pair weights."""
-    from tokenweight.evaluate import add_attention_columns
     from tokenweight.models import load_causal_lm, load_tokenizer
-    from tokenweight.run import load_raw_splits, tokenize_split, tokenize_with_attention_weights
+    from tokenweight.run import load_raw_splits, prepare_split
     from tokenweight.trainer import TokenweightTrainer
 
     start = time.perf_counter()
     config = run_config(settings, scheme, variant, seed, output_dir)
     tokenizer = load_tokenizer(base_path)
     train_rows, eval_rows = load_raw_splits(config)
-    evaluation = tokenize_split(config, tokenizer, eval_rows, "eval")
+    # every split through the scheme's data preparation, as `tokenweight train` does (AttentionPO: the judge's cache)
+    train = prepare_split(config, base_path, tokenizer, train_rows, "train")
+    evaluation = prepare_split(config, base_path, tokenizer, eval_rows, "eval")
     policy, reference = load_causal_lm(base_path), load_causal_lm(base_path)
-    if scheme == "attention":  # the frozen reference judges the pairs once, as `tokenweight train` does
-        train = tokenize_with_attention_weights(config, base_path, tokenizer, train_rows)
-        evaluation = add_attention_columns(evaluation, reference, tokenizer, config)
-    else:
-        train = tokenize_split(config, tokenizer, train_rows, "train")
     curve_pairs = evaluation.select(range(min(settings.curve_eval_size, len(evaluation))))
     curve_rows = eval_rows.select(curve_pairs["row_index"])
     curve = CurveCallback(lambda model: held_out(model, reference, tokenizer, curve_pairs, curve_rows, settings),

@@ -22,7 +22,7 @@ from tqdm.auto import tqdm
 from tokenweight.data import PreferenceCollator
 from tokenweight.logps import enable_token_scoring
 from tokenweight.masks import from_shifted
-from tokenweight.weights import TokenWeights, WeightingInputs, WeightingScheme, check_weights
+from tokenweight.weights import WeightingScheme, batch_inputs, weigh_batch
 
 
 @dataclass
@@ -94,64 +94,43 @@ def preference_report(scores: PairScores, beta: float) -> dict[str, float]:
 # ----------------------------------------------------------------------------------------------- scheme weights
 
 
-def scheme_token_weights(scheme: WeightingScheme, model: nn.Module, batch: dict[str, torch.Tensor]) -> TokenWeights:
-    """The scheme's token weights on one collated batch, computed as the trainer does.
-
-    ``batch`` is a :class:`~tokenweight.data.PreferenceCollator` output (``[2B, L]`` tensors, chosen rows then
-    rejected rows) on the model's device; ``model`` has :func:`~tokenweight.logps.enable_token_scoring` applied.
-    Schemes with ``needs_hidden_states`` get the detached final hidden states of a scoring forward first.
-    Returns :class:`TokenWeights` whose ``weights`` are ``[2B, L-1]`` (shifted alignment), checked.
-    """
-    loss_mask = batch["loss_mask"]
-    inputs = WeightingInputs(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
-                             completion_mask=batch["completion_mask"], loss_mask=loss_mask, batch=batch, model=model)
-    if scheme.needs_hidden_states:
+def _policy_forward(model: nn.Module, batch: dict[str, torch.Tensor]):
+    """``forward(return_hidden)`` of :func:`~tokenweight.weights.weigh_batch` for a frozen scoring pass."""
+    def forward(return_hidden: bool):
         with torch.no_grad():
-            inputs.hidden = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
-                                  score_tokens=True, return_hidden=True).hidden
-    result = scheme.compute(inputs)
-    result.weights = result.weights.detach()
-    check_weights(result.weights, loss_mask, scheme.name)
-    return result
+            return model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], score_tokens=True,
+                         return_hidden=return_hidden)
+    return forward
 
 
 def pair_token_weights(scheme: WeightingScheme, model: nn.Module, dataset, pad_token_id: int, batch_size: int = 8,
-                       progress: bool = True) -> list[tuple[list[float], list[float]]]:
+                       progress: bool = True, plans: bool = False):
     """Per tokenized pair, the scheme's weights of its chosen and of its rejected completion tokens, in completion
     order (EOS included; entry ``k`` belongs to ``chosen_ids[k]`` / ``rejected_ids[k]``; 0 for a first completion
-    token at position 0, which no position predicts)."""
+    token at position 0, which no position predicts), weighed as the trainer weighs a batch
+    (:func:`~tokenweight.weights.weigh_batch`). With ``plans=True`` also, per pair, the scheme's coupling
+    ``[n_chosen, n_rejected]`` over the predicted completion tokens (a numpy array; OTPO's transport plan) or
+    ``None``."""
     loader = DataLoader(dataset, batch_size=batch_size, collate_fn=PreferenceCollator(pad_token_id=pad_token_id))
     device = next(model.parameters()).device
     was_training = model.training
     enable_token_scoring(model).eval()
-    out = []
+    out, couplings = [], []
     for batch in tqdm(loader, desc=f"token weights ({scheme.name})", disable=not progress, leave=False):
         batch = {k: v.to(device) for k, v in batch.items()}
-        weights = from_shifted(scheme_token_weights(scheme, model, batch).weights.float().cpu())
+        inputs = batch_inputs(batch, model)
+        token_weights, _ = weigh_batch(scheme, inputs, _policy_forward(model, batch))
+        weights = from_shifted(token_weights.weights.float().cpu())
         rows = [w[m].tolist() for w, m in zip(weights, batch["completion_mask"].bool().cpu())]
+        mask = inputs.loss_mask.cpu()
         pairs = len(rows) // 2
         out.extend(zip(rows[:pairs], rows[pairs:]))
+        counts = mask.sum(dim=1).tolist()
+        plan = None if token_weights.plan is None else token_weights.plan.float().cpu()
+        couplings.extend(None if plan is None else plan[b, :counts[b], :counts[pairs + b]].numpy()
+                         for b in range(pairs))
     model.train(was_training)
-    return out
-
-
-def add_attention_columns(dataset, judge: nn.Module, tokenizer, config) -> "datasets.Dataset":
-    """``dataset`` (tokenized) with AttentionPO ``chosen_weights``/``rejected_weights`` computed in memory by the
-    frozen ``judge`` (the reference), using the config keys ``attention_layers``, ``attention_template`` (a file),
-    ``attention_eos_weight``, ``attention_max_length`` and ``attention_batch_size``."""
-    from tokenweight.weights.attention import attention_weights
-    from tokenweight.weights.attention.precompute import template_from_config
-
-    template = template_from_config(config)
-    rows = list(dataset)
-    weights = attention_weights(judge, tokenizer, rows, layers=config.attention_layers, template=template,
-                                eos_weight=config.attention_eos_weight, max_length=config.attention_max_length,
-                                batch_size=config.attention_batch_size)
-    for column in ("chosen_weights", "rejected_weights"):
-        if column in dataset.column_names:
-            dataset = dataset.remove_columns(column)
-        dataset = dataset.add_column(column, [w[column] for w in weights])
-    return dataset
+    return (out, couplings) if plans else out
 
 
 @dataclass
@@ -164,7 +143,9 @@ class WeightedScores:
 
 def score_weighted_pairs(model: nn.Module, ref_model: nn.Module, scheme: WeightingScheme, dataset,
                          pad_token_id: int, batch_size: int = 8, progress: bool = True) -> WeightedScores:
-    """Weighted log-ratio sums of every tokenized pair under ``scheme``'s weights (trainer-like forward)."""
+    """Weighted log-ratio sums of every tokenized pair under ``scheme``'s weights, weighed as the trainer weighs a
+    batch (:func:`~tokenweight.weights.weigh_batch`: the same policy forward gives the weights' hidden states and
+    the log-probs)."""
     loader = DataLoader(dataset, batch_size=batch_size, collate_fn=PreferenceCollator(pad_token_id=pad_token_id))
     device = next(model.parameters()).device
     training = [m.training for m in (model, ref_model)]
@@ -173,12 +154,12 @@ def score_weighted_pairs(model: nn.Module, ref_model: nn.Module, scheme: Weighti
     chosen, rejected = [], []
     for batch in tqdm(loader, desc=f"weighted scoring ({scheme.name})", disable=not progress, leave=False):
         batch = {k: v.to(device) for k, v in batch.items()}
-        weights = scheme_token_weights(scheme, model, batch).weights
+        inputs = batch_inputs(batch, model)
+        token_weights, policy = weigh_batch(scheme, inputs, _policy_forward(model, batch))
         with torch.no_grad():
-            ratios = [m(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], score_tokens=True)
-                      .token_logps for m in (model, ref_model)]
-        mask = batch["loss_mask"].float()
-        weighted = ((ratios[0] - ratios[1]) * mask * weights.float()).sum(dim=1).cpu()
+            ref = ref_model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], score_tokens=True)
+        mask = inputs.loss_mask.float()
+        weighted = ((policy.token_logps - ref.token_logps) * mask * token_weights.weights.float()).sum(dim=1).cpu()
         c, r = weighted.chunk(2)
         chosen.append(c)
         rejected.append(r)

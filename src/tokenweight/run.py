@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import copy
-import dataclasses
 import json
 import logging
 import sys
@@ -70,52 +68,30 @@ def tokenize_split(config: TokenweightConfig, tokenizer, raw: datasets.Dataset, 
                                                    max_prompt_length=config.max_prompt_length,
                                                    name=label or name, source_rows=source_rows)
     if summary is not None:
-        summary[name] = {"split": label or name, **stats.as_dict()}
+        summary[name] = {"split": label or name, **stats.as_dict(), **summary.get(name, {})}
         print_data_summary(stats, f"{name} split {label or name}")
     return tokenized
 
 
-def tokenize_with_attention_weights(config: TokenweightConfig, model_path: str, tokenizer, raw: datasets.Dataset,
-                                    name: str = "train", summary: dict | None = None,
-                                    label: str | None = None) -> datasets.Dataset:
-    """The tokenized split ``name`` carrying AttentionPO weights as ``chosen_weights``/``rejected_weights``.
+def prepare_raw(config: TokenweightConfig, model_path: str, tokenizer, raw: datasets.Dataset, name: str,
+                output_dir: str | None = None, summary: dict | None = None, model=None) -> datasets.Dataset:
+    """The raw split ``name`` after its scheme's data preparation
+    (:meth:`~tokenweight.weights.base.WeightingScheme.prepare`; AttentionPO: the judge's weights), which may cache
+    what it computes in ``output_dir`` (``None``: in memory) and add its counts to ``summary[name]``."""
+    from tokenweight.weights import PrepareContext, build_scheme
 
-    The frozen initial model judges the untruncated pairs once (main process first; the others then load the
-    cache), the weights are attached to the raw rows, and tokenization validates and truncates them with the
-    completions. The train cache folder defaults to ``output_dir/attention-weights``; any other split is cached in
-    its own sub-folder of it (``attention-weights/eval``).
-    """
-    from accelerate import PartialState
-
-    from tokenweight.weights.attention import ensure_attention_cache
-
-    if config.attention_weights is None:
-        config.attention_weights = str(Path(config.output_dir, "attention-weights"))
-    split_config = config
-    if name != "train":
-        split_config = copy.copy(config)
-        split_config.attention_weights = str(Path(config.attention_weights, name))
-    full, _ = tokenize_preference_dataset(raw, tokenizer, name=f"{name} (judge input)")
-    with PartialState().main_process_first():
-        cached = ensure_attention_cache(split_config, model_path, tokenizer, full)
-    weighted = raw.select(full["row_index"])
-    weighted = weighted.add_column("chosen_weights", cached.chosen_weights)
-    weighted = weighted.add_column("rejected_weights", cached.rejected_weights)
-    tokenized = tokenize_split(config, tokenizer, weighted, name, summary, label)
-    if summary is not None:
-        summary[name]["attention"] = dataclasses.asdict(cached.stats)
-        print(f"data {name}: {cached.stats.summary()}", file=sys.stderr)
-    return tokenized
+    context = PrepareContext(config=config, model_path=model_path, tokenizer=tokenizer, output_dir=output_dir,
+                             summary=summary, model=model)
+    return build_scheme(config.weighting, config).prepare(raw, name, context)
 
 
 def prepare_split(config: TokenweightConfig, model_path: str, tokenizer, raw: datasets.Dataset, name: str,
                   summary: dict | None = None, label: str | None = None,
                   source_rows: list[int] | None = None) -> datasets.Dataset:
-    """One split tokenized with its scheme's data preparation (AttentionPO: the judge's weights), so that every
-    split the trainer sees — train and eval — carries what the scheme reads."""
-    if config.weighting == "attention":
-        return tokenize_with_attention_weights(config, model_path, tokenizer, raw, name, summary, label)
-    return tokenize_split(config, tokenizer, raw, name, summary, label, source_rows)
+    """One split of the run prepared by its scheme (cached under ``output_dir``) and tokenized, so that every split
+    the trainer sees — train and eval — carries what the scheme reads."""
+    prepared = prepare_raw(config, model_path, tokenizer, raw, name, config.output_dir, summary)
+    return tokenize_split(config, tokenizer, prepared, name, summary, label, source_rows)
 
 
 def resolve_model_path(config: TokenweightConfig) -> str:

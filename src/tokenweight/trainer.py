@@ -20,7 +20,7 @@ from tokenweight.logps import TokenScores, enable_token_scoring
 from tokenweight.models import disable_dropout, freeze
 from tokenweight.objectives import (MetricValue, completion_statistics, pair_loss, record_metrics, reduce_metrics,
                                     weight_statistics)
-from tokenweight.weights import LossContext, WeightingInputs, build_scheme, check_weights
+from tokenweight.weights import LossContext, batch_inputs, build_scheme, weigh_batch
 
 
 class TokenweightTrainer(Trainer):
@@ -77,26 +77,20 @@ class TokenweightTrainer(Trainer):
         mode = "train" if model.training else "eval"
         if mode == "train":
             self._remember_step_rows(inputs)
-        completion_mask = inputs["completion_mask"]
-        loss_mask = inputs["loss_mask"]
         scheme = self.scheme
-        weighting_inputs = WeightingInputs(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"],
-                                           completion_mask=completion_mask, loss_mask=loss_mask, batch=inputs,
-                                           model=model)
-        want_hidden = scheme.needs_hidden_states or scheme.needs_hidden_for_loss
-        if not scheme.needs_hidden_states:
-            token_weights = scheme.compute(weighting_inputs)
-        policy = model(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"], score_tokens=True,
-                       return_hidden=want_hidden, return_stats=True)
-        if scheme.needs_hidden_states:
-            weighting_inputs.hidden = policy.hidden.detach()
-            token_weights = scheme.compute(weighting_inputs)
-        weights = token_weights.weights.detach()
-        check_weights(weights, loss_mask, scheme.name)
+        weighting_inputs = batch_inputs(inputs, model)
+        loss_mask = weighting_inputs.loss_mask
+
+        def forward(return_hidden: bool):
+            return model(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"], score_tokens=True,
+                         return_hidden=return_hidden, return_stats=True)
+
+        token_weights, policy = weigh_batch(scheme, weighting_inputs, forward)
+        weights = token_weights.weights
         ref = self._reference_scores(inputs, scheme.needs_hidden_for_loss)
         context = LossContext(model=model, ref_model=self.ref_model, inputs=weighting_inputs,
                               policy_logps=policy.token_logps, ref_logps=ref.token_logps, weights=weights,
-                              policy_hidden=policy.hidden if want_hidden else None, ref_hidden=ref.hidden,
+                              policy_hidden=policy.hidden, ref_hidden=ref.hidden,
                               step=self.state.global_step if model.training else None)
         metrics = dict(token_weights.metrics)
         offset = scheme.margin_offset(context)

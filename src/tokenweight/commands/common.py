@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from collections.abc import Callable
 from pathlib import Path
 
 import datasets
@@ -44,8 +45,11 @@ def build_config(args: argparse.Namespace, **overrides) -> TokenweightConfig:
 
 
 def load_pairs(config: TokenweightConfig, tokenizer, split: str, limit: int | None = None,
+               prepare: Callable[[datasets.Dataset, str], datasets.Dataset] | None = None,
                ) -> tuple[datasets.Dataset, datasets.Dataset]:
-    """``(tokenized, raw)`` pairs of ``split`` (KeyFact: ``train`` or ``eval``), at most ``limit`` of them.
+    """``(tokenized, raw)`` pairs of ``split`` (KeyFact: ``train`` or ``eval``), at most ``limit`` of them;
+    ``prepare(raw, split)`` (the scheme's data preparation, :func:`tokenweight.run.prepare_raw`) runs on the raw
+    rows first.
 
     ``tokenized`` rows carry ``row_index`` into ``raw`` (rows whose prompt fills ``max_length`` are dropped).
     """
@@ -65,6 +69,8 @@ def load_pairs(config: TokenweightConfig, tokenizer, split: str, limit: int | No
         raw = load_preference_split(config.dataset_name, split)
         if limit is not None:
             raw = raw.select(range(min(limit, len(raw))))
+    if prepare is not None:
+        raw = prepare(raw, split)
     tokenized, stats = tokenize_preference_dataset(raw, tokenizer, max_length=config.max_length,
                                                    max_prompt_length=config.max_prompt_length, name=split)
     print_data_summary(stats, split)

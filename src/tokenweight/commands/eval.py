@@ -85,9 +85,11 @@ def output_path(args: argparse.Namespace) -> Path:
     return output
 
 
-def held_out_rows(args: argparse.Namespace, config, tokenizer) -> tuple[str, datasets.Dataset, datasets.Dataset]:
+def held_out_rows(args: argparse.Namespace, config, tokenizer, prepare=None,
+                  ) -> tuple[str, datasets.Dataset, datasets.Dataset]:
     """``(split name, tokenized pairs, raw rows)`` of the evaluated split, the name saying where it comes from:
-    ``test (file x.jsonl, 12 rows)``, ``train[eval_fraction 0.1, seed 0] (file x.jsonl, 3 rows)``, …"""
+    ``test (file x.jsonl, 12 rows)``, ``train[eval_fraction 0.1, seed 0] (file x.jsonl, 3 rows)``, …;
+    ``prepare(raw, split)`` (the scheme's data preparation) runs on the raw rows before tokenization."""
     from tokenweight.data import print_data_summary, tokenize_preference_dataset
     from tokenweight.sources import describe_source, load_splits
 
@@ -98,6 +100,8 @@ def held_out_rows(args: argparse.Namespace, config, tokenizer) -> tuple[str, dat
                              args.split_seed)
         raw = splits.eval if args.num_pairs is None else splits.eval.select(range(min(args.num_pairs,
                                                                                         len(splits.eval))))
+        if prepare is not None:
+            raw = prepare(raw, "eval")
         pairs, stats = tokenize_preference_dataset(raw, tokenizer, max_length=config.max_length,
                                                    max_prompt_length=config.max_prompt_length,
                                                    name=splits.eval_name, source_rows=splits.eval_rows)
@@ -109,7 +113,7 @@ def held_out_rows(args: argparse.Namespace, config, tokenizer) -> tuple[str, dat
         source_is_file = Path(config.dataset_name).expanduser().is_file()
         split = args.eval_split or ("train" if source_is_file else "test")
         where = describe_source(config.dataset_name)
-    pairs, raw = load_pairs(config, tokenizer, split, args.num_pairs)
+    pairs, raw = load_pairs(config, tokenizer, split, args.num_pairs, prepare)
     return f"{split} ({where}, {len(raw)} rows)", pairs, raw
 
 
@@ -117,14 +121,21 @@ def evaluate_model(args: argparse.Namespace) -> dict:
     """Every metric of ``tokenweight eval`` as a nested dict (see the module docstring)."""
     from tokenweight import evaluate as ev
     from tokenweight.models import load_causal_lm, load_tokenizer
+    from tokenweight.run import prepare_raw
 
     config = build_config(args)
     keyfact = config.dataset_name is None
     ref_path = args.ref_model_name_or_path or (keyfact_model_path(config) if keyfact else None)
+    if args.weighting is not None and ref_path is None:
+        raise UserError("--weighting needs a reference model (--ref_model_name_or_path) for the implicit reward")
     tokenizer = load_tokenizer(args.model_name_or_path)
     policy = load_causal_lm(args.model_name_or_path, config.model_dtype, config.attn_implementation)
     ref = load_causal_lm(ref_path, config.model_dtype, config.attn_implementation) if ref_path else None
-    split, pairs, raw = held_out_rows(args, config, tokenizer)
+    prepare = None
+    if args.weighting is not None:  # the scheme's data preparation, in memory, with the reference as its model
+        def prepare(raw, split):
+            return prepare_raw(config, ref_path, tokenizer, raw, split, model=ref)
+    split, pairs, raw = held_out_rows(args, config, tokenizer, prepare)
     beta = config.effective_beta
     results = {"model": args.model_name_or_path, "reference": ref_path, "dataset": config.dataset_name or "keyfact",
                "split": split, "pairs": len(pairs), "beta": beta}
@@ -135,8 +146,6 @@ def evaluate_model(args: argparse.Namespace) -> dict:
         preference = {"logp_acc": preference["logp_acc"]}
     results["preference"] = preference
     if args.weighting is not None:
-        if ref is None:
-            raise UserError("--weighting needs a reference model (--ref_model_name_or_path) for the implicit reward")
         results["weighted"] = {"weighting": args.weighting, **weighted_metrics(config, policy, ref, tokenizer, pairs,
                                                                               args.batch_size)}
 
@@ -150,12 +159,10 @@ def evaluate_model(args: argparse.Namespace) -> dict:
 
 
 def weighted_metrics(config, policy, ref, tokenizer, pairs, batch_size: int) -> dict:
-    """``weighted_pref_acc`` / ``weighted_margin`` under ``config.weighting`` (AttentionPO: judged by ``ref``)."""
+    """``weighted_pref_acc`` / ``weighted_margin`` under ``config.weighting`` on ``pairs`` prepared by the scheme."""
     from tokenweight import evaluate as ev
     from tokenweight.weights import build_scheme
 
-    if config.weighting == "attention":
-        pairs = ev.add_attention_columns(pairs, ref, tokenizer, config)
     scheme = build_scheme(config.weighting, config)
     scores = ev.score_weighted_pairs(policy, ref, scheme, pairs, tokenizer.pad_token_id,
                                      batch_size=batch_size)

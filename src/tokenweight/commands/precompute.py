@@ -1,7 +1,8 @@
-"""``tokenweight precompute attention|reference``: one offline pass over the data, cached on disk.
+"""``tokenweight precompute <scheme>|reference``: one offline pass over the data, cached on disk.
 
-``attention``: the frozen judge's AttentionPO weights. ``reference``: the frozen reference's per-token log-probs of
-every completion token (train and eval splits), so that training loads no reference model.
+``<scheme>``: the data preparation of any scheme that has one (``attention``: the frozen judge's AttentionPO
+weights), run on the train split exactly as ``tokenweight train`` runs it. ``reference``: the frozen reference's
+per-token log-probs of every completion token (train and eval splits), so that training loads no reference model.
 """
 
 from __future__ import annotations
@@ -26,18 +27,26 @@ Every `tokenweight train` flag is accepted (model, dataset, lengths, attention_*
 
 
 def register(subparsers) -> None:
-    parser = subparsers.add_parser("precompute", help="precompute cached token weights (attention) or reference "
-                                   "log-probs (reference)", description=__doc__, epilog=EXAMPLES,
+    parser = subparsers.add_parser("precompute", help="precompute a scheme's cached data preparation (attention) "
+                                   "or reference log-probs (reference)", description=__doc__, epilog=EXAMPLES,
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("what", choices=["attention", "reference"], help="what to precompute")
+    parser.add_argument("what", choices=precompute_choices(),
+                        help="a scheme with a data preparation, or reference")
     _add_own_flags(parser)
     parser.add_argument("flags", nargs=argparse.REMAINDER, help="any `tokenweight train` flag")
     parser.set_defaults(func=run)
 
 
+def precompute_choices() -> list[str]:
+    """The registered schemes with a data-preparation hook, then ``reference``."""
+    from tokenweight.weights import SCHEMES
+
+    return sorted(name for name, scheme in SCHEMES.items() if scheme.has_prepare()) + ["reference"]
+
+
 def _add_own_flags(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--output", help="cache folder (required; the train flag --attention_weights or "
-                        "--ref_log_probs)")
+    parser.add_argument("--output", help="cache folder (required; the scheme's train flag, e.g. "
+                        "--attention_weights, or --ref_log_probs)")
     parser.add_argument("--shard_size", type=int, help="reference: pairs per shard file (default 256)")
 
 
@@ -60,16 +69,24 @@ def run(args: argparse.Namespace) -> int:
     args = _own_flags(args)
     if args.what == "reference":
         return _reference(args)
+    return _scheme(args)
+
+
+def _scheme(args: argparse.Namespace) -> int:
+    """The train split through the scheme's prepare hook, its cache in ``--output`` (the scheme's cache setting)."""
     from tokenweight.cli import parse_train_config
     from tokenweight.models import load_tokenizer
-    from tokenweight.run import load_raw_splits, resolve_model_path, tokenize_with_attention_weights
+    from tokenweight.run import load_raw_splits, prepare_raw, resolve_model_path
+    from tokenweight.weights import SCHEMES
 
-    config = parse_train_config(list(args.flags) + ["--weighting", "attention", "--attention_weights", args.output])
+    setting = SCHEMES[args.what].cache_setting
+    cache_flags = [f"--{setting}", args.output] if setting else ["--output_dir", args.output]
+    config = parse_train_config(list(args.flags) + ["--weighting", args.what, *cache_flags])
     model_path = resolve_model_path(config)
     tokenizer = load_tokenizer(model_path)
     train_raw, _ = load_raw_splits(config)
-    weighted = tokenize_with_attention_weights(config, model_path, tokenizer, train_raw)
-    print(f"attention weights for {len(weighted)} pairs cached in {args.output}")
+    prepared = prepare_raw(config, model_path, tokenizer, train_raw, "train", config.output_dir)
+    print(f"{args.what}: data preparation of {len(prepared)} pairs cached in {args.output}")
     return 0
 
 

@@ -6,8 +6,6 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-import numpy as np
-import torch
 from rich.console import Console
 
 from tokenweight.run import keyfact_model_path
@@ -64,52 +62,28 @@ def scheme_settings(config, model_path: str, split: str) -> dict:
 
 def weight_views(config, model_path: str, split: str, num_pairs: int, batch_size: int = 8) -> list:
     """:class:`~tokenweight.viz.PairView` of the first ``num_pairs`` pairs of ``split`` under ``config.weighting``,
-    with the (frozen, eval-mode) model at ``model_path`` as policy — and as judge for AttentionPO."""
-    from tokenweight.evaluate import add_attention_columns, pair_token_weights
+    with the (frozen, eval-mode) model at ``model_path`` as policy — and as the model of the scheme's data
+    preparation (AttentionPO's judge), run in memory; a scheme's pair coupling (OTPO's transport plan) is shown
+    with each pair."""
+    from tokenweight.evaluate import pair_token_weights
     from tokenweight.models import load_causal_lm, load_tokenizer
+    from tokenweight.run import prepare_raw
     from tokenweight.viz import PairView, token_texts
     from tokenweight.weights import build_scheme
 
     tokenizer = load_tokenizer(model_path)
     model = load_causal_lm(model_path, config.model_dtype, config.attn_implementation).eval()
-    pairs, _ = load_pairs(config, tokenizer, split, num_pairs)
-    if config.weighting == "attention":
-        pairs = add_attention_columns(pairs, model, tokenizer, config)
+
+    def prepare(raw, name):
+        return prepare_raw(config, model_path, tokenizer, raw, name, model=model)
+
+    pairs, _ = load_pairs(config, tokenizer, split, num_pairs, prepare)
     scheme = build_scheme(config.weighting, config)
-    weights = pair_token_weights(scheme, model, pairs, tokenizer.pad_token_id, batch_size)
-    plans = otpo_plans(config, model, pairs, tokenizer.pad_token_id) if config.weighting == "otpo" else None
+    weights, plans = pair_token_weights(scheme, model, pairs, tokenizer.pad_token_id, batch_size, plans=True)
     views = []
-    for index, (row, (chosen, rejected)) in enumerate(zip(pairs, weights)):
+    for index, (row, (chosen, rejected), plan) in enumerate(zip(pairs, weights, plans)):
         views.append(PairView(index=index, prompt=tokenizer.decode(row["prompt_ids"], skip_special_tokens=True),
                               chosen_tokens=token_texts(tokenizer, row["chosen_ids"]), chosen_weights=chosen,
                               rejected_tokens=token_texts(tokenizer, row["rejected_ids"]), rejected_weights=rejected,
-                              plan=None if plans is None else plans[index]))
+                              plan=plan))
     return views
-
-
-@torch.no_grad()
-def otpo_plans(config, model, pairs, pad_token_id: int) -> list[np.ndarray]:
-    """OTPO's transport plan of each pair, ``[n_chosen, n_rejected]``, scaled like the weights (``τ Γ / ‖Γ‖₁``, so
-    its row sums are the chosen weights and its column sums the rejected weights): the ``plan`` of
-    :func:`~tokenweight.weights.otpo.otpo_weights` ``(..., log=True)`` on the states packed as the scheme packs them.
-    """
-    from tokenweight.data import PreferenceCollator
-    from tokenweight.logps import enable_token_scoring
-    from tokenweight.masks import pack_left
-    from tokenweight.weights.otpo import otpo_weights
-
-    enable_token_scoring(model)
-    device = next(model.parameters()).device
-    collate = PreferenceCollator(pad_token_id=pad_token_id)
-    plans = []
-    for row in pairs:
-        batch = {k: v.to(device) for k, v in collate([row]).items()}
-        hidden = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], score_tokens=True,
-                       return_hidden=True).hidden
-        mask = batch["loss_mask"]
-        chosen, chosen_mask, _ = pack_left(hidden[:1], mask[:1])
-        rejected, rejected_mask, _ = pack_left(hidden[1:], mask[1:])
-        *_, log = otpo_weights(chosen, rejected, chosen_mask, rejected_mask, reg=config.otpo_reg,
-                               reg_m=config.otpo_reg_m, log=True)
-        plans.append(log["plan"][0][chosen_mask[0]][:, rejected_mask[0]].cpu().numpy())
-    return plans

@@ -13,16 +13,27 @@ token ``input_ids[:, t + 1]``; ``token_logps[:, t] = log p(input_ids[:, t + 1] |
 Adding a scheme = one file or folder in ``weights/`` with its settings dataclass (flags ``<name>_…``) and a
 :class:`WeightingScheme` subclass decorated with :func:`register_scheme`, plus one import line in
 ``weights/__init__.py`` (docs/ADDING_A_SCHEME.md). The run configuration gains the settings' fields by itself.
+
+Where the library meets a scheme: :meth:`WeightingScheme.prepare` on every split before tokenization (training,
+``tokenweight eval``, ``weights``, ``bench``, ``precompute``), and :func:`weigh_batch` on every batch (the trainer's
+``compute_loss`` and evaluation). Nothing outside ``weights/`` branches on a scheme's name.
 """
 
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
 from torch import nn
+
+if TYPE_CHECKING:
+    import datasets
+
+#: β of a run that leaves ``beta`` unset, for a scheme without a default of its own.
+DEFAULT_BETA = 0.1
 
 
 @dataclass
@@ -59,6 +70,32 @@ class TokenWeights:
 
     weights: torch.Tensor
     metrics: dict[str, float] = field(default_factory=dict)
+    #: ``[B, N, M]`` an optional coupling of each pair's chosen and rejected tokens, both packed left in completion
+    #: order (OTPO: its transport plan, scaled like the weights), shown by ``tokenweight weights``.
+    plan: torch.Tensor | None = None
+
+
+@dataclass
+class PrepareContext:
+    """What :meth:`WeightingScheme.prepare` may use for one split.
+
+    Attributes:
+        config: the run's :class:`~tokenweight.config.TokenweightConfig` (length limits, the scheme's settings).
+        model_path: the frozen initial model: the policy's checkpoint, i.e. the reference (AttentionPO's judge).
+        tokenizer: the run's tokenizer.
+        output_dir: the run's folder, where the scheme may cache what it computes; ``None``: compute in memory and
+            write nothing (``tokenweight eval`` and ``weights``).
+        summary: the run's data summary ``{split: {...}}`` (``results.json``) when there is one: the scheme adds its
+            counts under ``summary[split]``.
+        model: the model at ``model_path``, when the caller has it in memory already (saves loading it again).
+    """
+
+    config: Any
+    model_path: str
+    tokenizer: Any
+    output_dir: str | None = None
+    summary: dict | None = None
+    model: nn.Module | None = None
 
 
 @dataclass
@@ -86,10 +123,6 @@ class LossContext:
     policy_hidden: torch.Tensor | None = None
     ref_hidden: torch.Tensor | None = None
     step: int | None = None
-
-
-#: β of a run that sets no ``beta`` and whose scheme states no default of its own.
-DEFAULT_BETA = 0.1
 
 
 @dataclass(frozen=True)
@@ -125,6 +158,12 @@ class WeightingScheme:
     needs_hidden_states: ClassVar[bool] = False
     #: The dataclass of the scheme's flags; the run configuration is composed of every registered one.
     settings_class: ClassVar[type | None] = None
+    #: True when the weights must come with the dataset (columns ``chosen_weights``/``rejected_weights``), so the
+    #: scheme cannot run on data without them (the built-in KeyFact task).
+    needs_weight_columns: ClassVar[bool] = False
+    #: The config key naming the folder of the cache :meth:`prepare` writes (``tokenweight precompute <scheme>
+    #: --output DIR`` sets it); ``None`` for a scheme without a prepare hook.
+    cache_setting: ClassVar[str | None] = None
 
     def __init__(self, settings: Any = None, context: SchemeContext | None = None):
         if self.settings_class is not None and settings is None:
@@ -143,6 +182,17 @@ class WeightingScheme:
         """β of a run with this scheme that sets no ``beta`` (precedence: explicit ``beta`` > this); ``settings``
         is an instance of ``settings_class`` (or any object with its fields), ``None`` for the defaults."""
         return DEFAULT_BETA
+
+    def prepare(self, raw: "datasets.Dataset", split: str, context: PrepareContext) -> "datasets.Dataset":
+        """The raw preference rows of ``split`` with what the scheme reads added as columns (AttentionPO: the judge's
+        ``chosen_weights``/``rejected_weights``), the same rows in the same order; tokenization follows. The default
+        adds nothing (a scheme without a prepare hook; see :func:`has_prepare`)."""
+        return raw
+
+    @classmethod
+    def has_prepare(cls) -> bool:
+        """True when the scheme overrides :meth:`prepare` (``tokenweight precompute <scheme>`` offers it)."""
+        return cls.prepare is not WeightingScheme.prepare
 
     def compute(self, inputs: WeightingInputs) -> TokenWeights:
         raise NotImplementedError
@@ -204,6 +254,36 @@ def build_scheme(name: str, config: Any = None) -> WeightingScheme:
     beta = config.beta if config.beta is not None else cls.default_beta(settings)
     return cls(settings, SchemeContext(beta=beta, loss_type=config.loss_type, max_length=config.max_length,
                                        seed=config.seed))
+
+
+def batch_inputs(batch: dict[str, Any], model: nn.Module | None) -> WeightingInputs:
+    """The :class:`WeightingInputs` of one collated batch (``[2B, L]`` tensors, chosen rows then rejected rows)."""
+    return WeightingInputs(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                           completion_mask=batch["completion_mask"], loss_mask=batch["loss_mask"],
+                           batch=batch, model=model)
+
+
+def weigh_batch(scheme: WeightingScheme, inputs: WeightingInputs,
+                forward: Callable[[bool], Any]) -> tuple[TokenWeights, Any]:
+    """Weigh one batch as every caller must: the scheme's weights and the policy forward, in the scheme's order.
+
+    ``forward(return_hidden)`` runs the policy on the batch and returns its
+    :class:`~tokenweight.logps.TokenScores` (``token_logps`` ``[2B, L-1]``, ``hidden`` ``[2B, L-1, d]`` when asked
+    for); it is asked for hidden states when the weights or the loss need them. Without ``needs_hidden_states`` the
+    weights are computed *before* the forward (a scheme's own passes never overlap the policy's graph), else after
+    it from the detached hidden states (``inputs.hidden`` is filled). The weights are detached and checked
+    (:func:`check_weights`). Returns ``(token weights, policy scores)``.
+    """
+    want_hidden = scheme.needs_hidden_states or scheme.needs_hidden_for_loss
+    if not scheme.needs_hidden_states:
+        token_weights = scheme.compute(inputs)
+    policy = forward(want_hidden)
+    if scheme.needs_hidden_states:
+        inputs.hidden = policy.hidden.detach()
+        token_weights = scheme.compute(inputs)
+    token_weights.weights = token_weights.weights.detach()
+    check_weights(token_weights.weights, inputs.loss_mask, scheme.name)
+    return token_weights, policy
 
 
 def check_weights(weights: torch.Tensor, loss_mask: torch.Tensor, scheme: str) -> None:

@@ -13,6 +13,7 @@ from tokenweight.weights.base import TokenWeights, WeightingInputs, WeightingSch
 @register_scheme
 class ColumnScheme(WeightingScheme):
     name = "column"
+    needs_weight_columns = True
 
     def compute(self, inputs: WeightingInputs) -> TokenWeights:
         if "token_weights" not in inputs.batch:

@@ -99,21 +99,23 @@ def _weigh(model: nn.Module, tokenizer, rows: Sequence[dict], first_index: int, 
 
 def attention_weights(model: nn.Module, tokenizer, rows: dict | Sequence[dict], *, layers: list[int] | None = None,
                       template: str | None = None, eos_weight: float = 0.0, max_length: int | None = None,
-                      batch_size: int = 4, method: str = "hook", stats: WeightStats | None = None,
-                      ) -> dict | list[dict]:
+                      batch_size: int = 4, method: str = "hook", log: bool = False,
+                      ) -> dict | list[dict] | tuple[dict | list[dict], WeightStats]:
     """AttentionPO weights of one tokenized pair (a dict) or several (a sequence of dicts), in memory.
 
     Returns ``{"chosen_weights": [...], "rejected_weights": [...]}`` per pair, one float per completion token
     (mean 1 over the judged answer tokens, 1.0 beyond the judge cap, ``eos_weight`` on trailing EOS/end-of-turn
-    tokens). ``stats``, when given, accumulates the counts of :class:`WeightStats`.
+    tokens); with ``log=True`` (as POT's) also the :class:`WeightStats` counts of the pass.
     """
     single = isinstance(rows, dict)
     settings = JudgeSettings(layers, template, eos_weight, max_length, batch_size, method).resolved(model)
     model.eval()
+    stats = WeightStats()
     chosen, rejected = _weigh(model, tokenizer, [rows] if single else rows, 0, settings,
-                              template_pieces(tokenizer, settings.template), stats or WeightStats())
+                              template_pieces(tokenizer, settings.template), stats)
     result = [{"chosen_weights": c, "rejected_weights": r} for c, r in zip(chosen, rejected)]
-    return result[0] if single else result
+    result = result[0] if single else result
+    return (result, stats) if log else result
 
 
 def cache_fingerprint(model: nn.Module, tokenizer, rows: Sequence[dict], settings: JudgeSettings) -> dict:

@@ -61,7 +61,7 @@ class OTPOScheme(WeightingScheme):
         metrics = {"otpo/mass_scale": log["mass_scale"].double().mean(),
                    "otpo/iterations": log["iterations"].double().mean(),
                    "otpo/unconverged_pairs": (~log["converged"]).sum().double()}
-        return TokenWeights(weights=weights, metrics=metrics)
+        return TokenWeights(weights=weights, metrics=metrics, plan=log["plan"])
 
 
 def _widths_and_problems(hidden: torch.Tensor, loss_mask: torch.Tensor, pairs: int) -> tuple[int, int, list]:

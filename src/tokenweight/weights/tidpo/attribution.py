@@ -90,8 +90,8 @@ def gaussian_prior(span_mask: torch.Tensor, sigma_div: float) -> torch.Tensor:
 
 def tidpo_weights(model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor,
                   completion_mask: torch.Tensor, lam: float = 0.7, sigma_div: float = 4.0,
-                  span: str = "response") -> tuple[torch.Tensor, dict[str, float]]:
-    """TI-DPO token weights ``[2B, L]`` (fp32, detached, unshifted) and their logging statistics.
+                  span: str = "response", log: bool = False) -> torch.Tensor | tuple[torch.Tensor, dict[str, float]]:
+    """TI-DPO token weights ``[2B, L]`` (fp32, detached, unshifted), with ``log=True`` also their statistics.
 
     Args:
         model: the current policy, unwrapped (run in eval mode for the attribution, training mode restored).
@@ -99,9 +99,11 @@ def tidpo_weights(model: nn.Module, input_ids: torch.Tensor, attention_mask: tor
         lam: λ, weight of the normalised attribution against the prior (λ = 0: prior only, no attribution pass).
         sigma_div: prior width divisor, ``σ = max(1, T / sigma_div)``.
         span: ``"response"`` (completion tokens) or ``"full"`` (prompt + response, as upstream).
+        log: also return a dict of diagnostics (as POT's ``log=True``).
 
     Returns:
-        ``(weights, metrics)``: ``weights`` has mean 1 over each row's span and 0 elsewhere; ``metrics`` holds
+        ``weights``, or ``(weights, log)`` with ``log=True``: ``weights`` has mean 1 over each row's span and 0
+        elsewhere; ``log`` holds
         ``tidpo/weight_on_last_token`` (mean weight of the last completion token), ``tidpo/weight_max`` and
         ``tidpo/zero_attribution_rows`` (rows whose attribution sums to 0 over the span: those use the prior alone).
 
@@ -135,7 +137,8 @@ def tidpo_weights(model: nn.Module, input_ids: torch.Tensor, attention_mask: tor
     else:
         mixed = prior
     weights = (mixed / mixed.sum(dim=1, keepdim=True) * length * span_mask).detach()
-
+    if not log:
+        return weights
     rows = torch.arange(weights.shape[0], device=weights.device)
     metrics = {
         "tidpo/weight_on_last_token": weights[rows, last_index(completion)].mean().item(),

@@ -97,10 +97,10 @@ class TIDPOScheme(WeightingScheme):
         batch = (model, inputs.input_ids, inputs.attention_mask, inputs.completion_mask)
         failures = 0.0
         try:
-            weights, metrics = tidpo_weights(*batch, lam=s.lam, sigma_div=s.sigma_div, span=s.span)
+            weights, metrics = tidpo_weights(*batch, lam=s.lam, sigma_div=s.sigma_div, span=s.span, log=True)
         except FloatingPointError as error:
             failures = self._count_or_raise(error)
-            weights, metrics = tidpo_weights(*batch, lam=0.0, sigma_div=s.sigma_div, span=s.span)
+            weights, metrics = tidpo_weights(*batch, lam=0.0, sigma_div=s.sigma_div, span=s.span, log=True)
         metrics["tidpo/attribution_failures"] = failures
         return TokenWeights(weights=to_shifted(weights) * inputs.loss_mask, metrics=metrics)
 
