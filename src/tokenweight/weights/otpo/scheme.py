@@ -37,7 +37,8 @@ class OTPOScheme(WeightingScheme):
         rejected_hidden, rejected_mask, rejected_order = pack_left(inputs.hidden[pairs:], loss_mask[pairs:],
                                                                    rejected_width)
         chosen_weights, rejected_weights, log = otpo_weights(
-            chosen_hidden, rejected_hidden, chosen_mask, rejected_mask, reg=reg, reg_m=reg_m, log=True, check=False)
+            chosen_hidden, rejected_hidden, chosen_mask, rejected_mask, reg=reg, reg_m=reg_m, log=True, check=False,
+            with_plan=False)
         weights = torch.zeros(loss_mask.shape, dtype=chosen_weights.dtype, device=loss_mask.device)
         weights[:pairs].scatter_(1, chosen_order, chosen_weights)
         weights[pairs:].scatter_(1, rejected_order, rejected_weights)
