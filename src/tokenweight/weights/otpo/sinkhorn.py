@@ -34,7 +34,8 @@ two masked log-sum-exps ``LSE_j((g_j − C_ij)/reg)`` and ``LSE_i((f_i − C_ij)
   a reused ``[B, N, M]`` buffer (:class:`_LogSums`), which also gives the final masses and plan.
 
 Host synchronisations: one per convergence check (and one at the end when ``max_iter`` stops the loop between
-checks); validating the inputs and choosing the form costs one more unless the caller passes ``max_cost``.
+checks); validating the inputs and choosing the form costs one more unless the caller passes ``max_cost``; a rerun
+of the log form in its exact evaluation (only when a stabilised sum could have underflowed) adds its own checks.
 """
 
 from __future__ import annotations
