@@ -318,7 +318,7 @@ class _PotState:
 class _KernelSums:
     """The two masked log-sum-exps by mat-vecs with the kernel ``exp(−C/reg)`` ``[B, N, M]`` (0 off the masks)."""
 
-    inexact = None  # exact whenever it is chosen (max C / reg ≤ MAX_SCALING_EXPONENT)
+    inexact = None  # not watched: "auto" picks this form only while max C / reg ≤ MAX_SCALING_EXPONENT
 
     def __init__(self, cost: torch.Tensor, valid: torch.Tensor, reg: float):
         self.dtype, self.reg = cost.dtype, reg
