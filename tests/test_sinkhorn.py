@@ -191,3 +191,28 @@ def test_large_reg_m_over_reg_does_not_converge_falsely():
         assert result.converged.item() and abs(result.iterations.item() - 691) <= 10
         fp64 = unbalanced_sinkhorn(cost.double(), mc, mr, 0.1, 10.0, method=method)
         assert fp64.iterations.item() == 691
+
+
+def test_small_reg_iterates_without_a_rerun_on_otpo_like_costs():
+    # the log form's iterations use the stabilised kernels; on costs in (0.05, 0.95] no sum can underflow, so
+    # the solve makes one read per check only (a rerun in the exact form would double them) and still equals POT
+    cost, row_mask, col_mask = random_problem(seed=2)
+    result = unbalanced_sinkhorn(cost, row_mask, col_mask, reg=0.01, reg_m=0.2, max_cost=1.0)
+    assert result.method == "log" and result.iterations.tolist() == [131, 1000, 101, 1000]
+    assert result.host_reads == 100 + 1  # checks at 0, 10, …, 990, and the read after iteration 999
+
+
+def test_small_reg_reruns_exactly_when_a_stabilised_sum_underflows():
+    # column 1 is far (cost 1) from both rows and column 0 is next to row 0: at reg 0.008, v_1 / v_0 reaches
+    # ~e^120, so row 0's stabilised fp32 sum (terms e^-120 · 1 and 1 · e^-125) underflows to 0, where POT's fp64
+    # sum does not; without the exact rerun the masses come out ~1e37 wrong after 2 iterations
+    cost = torch.tensor([[[1e-4, 1.0], [1.0, 1.0]]])
+    mask = torch.ones(1, 2, dtype=torch.bool)
+    plan, iterations, converged = pot_unbalanced(cost[0].double().numpy(), np.ones(2), np.ones(2), 0.008, 0.2)
+    assert (iterations, converged) == (71, True)
+    result = unbalanced_sinkhorn(cost, mask, mask, reg=0.008, reg_m=0.2, max_cost=1.0)
+    assert result.method == "log"
+    assert relative_difference(result.row_mass[0], plan.sum(1)) <= 1e-5
+    assert relative_difference(result.col_mass[0], plan.sum(0)) <= 1e-5
+    assert result.iterations.item() == 71 and result.converged.item()
+    assert result.host_reads > 8  # 8 checks (0, 10, …, 70) of the exact run, plus the abandoned run's reads

@@ -32,6 +32,7 @@ def otpo_weights(
     log: bool = False,
     check: bool = True,
     max_iter: int = 1000,
+    with_plan: bool = True,
 ) -> tuple[torch.Tensor, torch.Tensor] | tuple[torch.Tensor, torch.Tensor, dict[str, Any]]:
     """OTPO token weights for ``B`` preference pairs, batched on the inputs' device.
 
@@ -52,6 +53,8 @@ def otpo_weights(
             caller that has checked them already (the ``otpo`` scheme): the result is then meaningless for such
             pairs.
         max_iter: the solver's iteration budget (POT's ``numItermax``).
+        with_plan: with ``log``, include the ``[B, N, M]`` ``plan`` (``False``: ``plan`` is ``None``, which saves
+            two passes over ``[B, N, M]``; the ``otpo`` scheme needs only the other diagnostics).
 
     Returns:
         ``(chosen_weights [B, N], rejected_weights [B, M])`` (plus the log dict when ``log=True``), fp32 (fp64 for
@@ -62,7 +65,7 @@ def otpo_weights(
     """
     cost = otpo_cost(chosen_hidden, rejected_hidden, chosen_mask, rejected_mask, check=check)
     result = unbalanced_sinkhorn(cost, chosen_mask, rejected_mask, reg=reg, reg_m=reg_m, max_iter=max_iter,
-                                 max_cost=MAX_COST, return_plan=log)
+                                 max_cost=MAX_COST, return_plan=log and with_plan)
     budget = torch.minimum(chosen_mask.sum(dim=1), rejected_mask.sum(dim=1)).double()
     log_total = torch.logsumexp(result.log_row_mass, dim=1)  # ‖Γ‖₁ in fp64 logs: no underflow, no 0/0
     dtype = result.row_mass.dtype
@@ -71,7 +74,8 @@ def otpo_weights(
     if not log:
         return chosen_weights, rejected_weights
     scale = (budget / log_total.exp()).to(dtype)
-    diagnostics = {"plan": result.plan.mul_(scale[:, None, None]), "cost": cost,
+    plan = None if result.plan is None else result.plan.mul_(scale[:, None, None])
+    diagnostics = {"plan": plan, "cost": cost,
                    "mass_scale": (log_total.exp() / budget).to(dtype), "iterations": result.iterations,
                    "converged": result.converged, "method": result.method, "host_reads": result.host_reads}
     return chosen_weights, rejected_weights, diagnostics

@@ -54,7 +54,8 @@ class OTPOScheme(WeightingScheme):
         rejected_hidden, rejected_mask, rejected_order = pack_left(inputs.hidden[pairs:], loss_mask[pairs:],
                                                                    rejected_width)
         chosen_weights, rejected_weights, log = otpo_weights(
-            chosen_hidden, rejected_hidden, chosen_mask, rejected_mask, reg=reg, reg_m=reg_m, log=True, check=False)
+            chosen_hidden, rejected_hidden, chosen_mask, rejected_mask, reg=reg, reg_m=reg_m, log=True, check=False,
+            with_plan=False)
         weights = torch.zeros(loss_mask.shape, dtype=chosen_weights.dtype, device=loss_mask.device)
         weights[:pairs].scatter_(1, chosen_order, chosen_weights)
         weights[pairs:].scatter_(1, rejected_order, rejected_weights)
@@ -71,7 +72,18 @@ def _widths_and_problems(hidden: torch.Tensor, loss_mask: torch.Tensor, pairs: i
     ``hidden`` ``[2B, T, d]``, ``loss_mask`` ``[2B, T]`` bool.
     """
     counts = loss_mask.sum(dim=1)
-    finite = (torch.isfinite(hidden.sum(dim=2, dtype=torch.float32)) | ~loss_mask).all(dim=1)  # NaN/inf propagate
+    finite = (torch.isfinite(_state_sums(hidden)) | ~loss_mask).all(dim=1)  # NaN/inf propagate
     flags = torch.stack([counts[:pairs] == 0, counts[pairs:] == 0, ~finite[:pairs], ~finite[pairs:]])
     values = torch.cat([counts[:pairs].amax()[None], counts[pairs:].amax()[None], flags.flatten().long()]).tolist()
     return values[0], values[1], [[bool(x) for x in values[2 + k * pairs:2 + (k + 1) * pairs]] for k in range(4)]
+
+
+def _state_sums(hidden: torch.Tensor) -> torch.Tensor:
+    """``[2B, T]`` sums over the hidden size, finite exactly when the state is (barring sums beyond ~3e38).
+
+    bf16 (and fp32, fp64) have fp32's range: summed in their own dtype (fp32 accumulation, no fp32 copy of the
+    states, which costs ~10× the sum on CPU); fp16's range (65504) is too small, so fp16 is summed into fp32.
+    """
+    if torch.finfo(hidden.dtype).max < torch.finfo(torch.float32).max / 2:
+        return hidden.sum(dim=2, dtype=torch.float32)
+    return hidden.sum(dim=2)

@@ -28,10 +28,14 @@ two masked log-sum-exps ``LSE_j((g_j − C_ij)/reg)`` and ``LSE_i((f_i − C_ij)
   ``max C / reg ≤ MAX_SCALING_EXPONENT`` (50): every kernel entry is then ``≥ e^-50``, so the largest term of each
   sum is a normal fp32 number and what underflows is below ``e^-37`` of it. For OTPO's costs in ``(0, 1]`` this is
   ``reg ≥ 0.02``.
-* **log** — an in-place masked log-sum-exp over a reused ``[B, N, M]`` buffer — otherwise (e.g. ``reg = 0.01``).
+* **log** — otherwise (e.g. ``reg = 0.01``): the iterations use mat-vecs with a row- and a column-stabilised
+  kernel ``exp(−(C_ij − min C)/reg)`` (:class:`_StabilisedKernelSums`), which flag any sum that fp32 underflow
+  could have made inexact; a flag seen at a check reruns the solve with the exact in-place masked log-sum-exp over
+  a reused ``[B, N, M]`` buffer (:class:`_LogSums`), which also gives the final masses and plan.
 
 Host synchronisations: one per convergence check (and one at the end when ``max_iter`` stops the loop between
-checks); validating the inputs and choosing the form costs one more unless the caller passes ``max_cost``.
+checks); validating the inputs and choosing the form costs one more unless the caller passes ``max_cost``; a rerun
+of the log form in its exact evaluation (only when a stabilised sum could have underflowed) adds its own checks.
 """
 
 from __future__ import annotations
@@ -159,44 +163,80 @@ def unbalanced_sinkhorn(
         raise ValueError(f"method='scaling' would underflow exp(-C/reg) (max|C|/reg = {max_cost / reg:.3g}); "
                          "use method='log'")
     work = cost.to(torch.promote_types(cost.dtype, torch.float32))
-    sums = (_KernelSums if method == "scaling" else _LogSums)(work, valid, reg)
-    del work, valid
+    sums = (_KernelSums if method == "scaling" else _StabilisedKernelSums)(work, valid, reg)
     # a NaN or −inf valid cost makes its pair's kernel sum NaN/inf (a +inf cost is a forbidden entry, as in POT)
     invalid = (~row_mask.any(dim=1)) | (~col_mask.any(dim=1)) | ~torch.isfinite(sums.total())
-    col_min_cost = sums.col_min_cost()  # [B, M], for POT's "Kᵀu == 0" exit
-    state = _PotState(row_mask, col_mask, col_min_cost, reg, rho_rows, rho_cols, reg_m_rows, reg_m_cols, tau)
-    active = ~invalid
-    stopped = torch.zeros_like(invalid)  # POT's early exit on a numerical error
-    iterations = torch.where(invalid, 0, max_iter).to(torch.int64)
-    read_after_last = False
-    for k in range(max_iter):
-        log_u_prev = state.log_u
-        absorbing, numerical_error = state.step(sums, active)
-        iterations = torch.where(numerical_error, k, iterations)
-        stopped = stopped | numerical_error
-        active = active & ~numerical_error
-        if k % check_every == 0:
-            checked = active if k == 0 else active & ~absorbing
-            newly_converged = checked & (state.relative_change(log_u_prev) <= stop_thr)
-            iterations = torch.where(newly_converged, k + 1, iterations)
-            active = active & ~newly_converged
-            host_reads += 1
-            read_after_last = True
-            if not bool(active.any()):
-                break
-        else:
-            read_after_last = False
-    if not read_after_last:
-        host_reads += 1  # the caller will read the last iterations' results; count it here
+    settings = (reg, rho_rows, rho_cols, reg_m_rows, reg_m_cols, tau, stop_thr, check_every, max_iter)
+    run = _Run(sums, row_mask, col_mask, invalid, *settings)
+    host_reads += run.host_reads
+    if method == "log":
+        del sums  # the final masses (and a rerun, should a stabilised sum have been inexact) use the exact form
+        sums = _LogSums(work, valid, reg)
+        if run.inexact:
+            run = _Run(sums, row_mask, col_mask, invalid, *settings)
+            host_reads += run.host_reads
+    del work, valid
+    state = run.state
     log_rows, log_cols = state.log_masses(sums)
     row_mass, col_mass = log_rows.exp(), log_cols.exp()
     plan = sums.plan(state.f, state.g) if return_plan else None
     out_dtype = sums.dtype
     return SinkhornResult(row_mass=row_mass.to(out_dtype), col_mass=col_mass.to(out_dtype),
                           total_mass=row_mass.sum(dim=1).to(out_dtype), log_row_mass=log_rows, log_col_mass=log_cols,
-                          iterations=iterations, converged=~active & ~invalid & ~stopped, invalid=invalid,
-                          numerical_error=stopped, method=method,
+                          iterations=run.iterations, converged=~run.active & ~invalid & ~run.stopped,
+                          invalid=invalid, numerical_error=run.stopped, method=method,
                           host_reads=host_reads, plan=plan)
+
+
+class _Run:
+    """POT's loop for every pair, with the periodic convergence check (one host read each) and frozen pairs.
+
+    ``sums`` may flag inexact log-sum-exps (:class:`_StabilisedKernelSums`): the flag is read with each check,
+    and the run stops at the first check that sees it, with ``inexact`` set (the caller reruns in the exact form).
+    Attributes after the run: ``state`` (:class:`_PotState`), ``iterations`` ``[B]``, ``active`` ``[B]`` (pairs
+    still running), ``stopped`` ``[B]`` (POT's numerical-error exit), ``inexact``, ``host_reads``.
+    """
+
+    def __init__(self, sums, row_mask, col_mask, invalid, reg, rho_rows, rho_cols, reg_m_rows, reg_m_cols, tau,
+                 stop_thr, check_every, max_iter):
+        col_min_cost = sums.col_min_cost()  # [B, M], for POT's "Kᵀu == 0" exit
+        state = _PotState(row_mask, col_mask, col_min_cost, reg, rho_rows, rho_cols, reg_m_rows, reg_m_cols, tau)
+        active = ~invalid
+        stopped = torch.zeros_like(invalid)  # POT's early exit on a numerical error
+        iterations = torch.where(invalid, 0, max_iter).to(torch.int64)
+        self.host_reads, self.inexact = 0, False
+        read_after_last = False
+        for k in range(max_iter):
+            log_u_prev = state.log_u
+            absorbing, numerical_error = state.step(sums, active)
+            iterations = torch.where(numerical_error, k, iterations)
+            stopped = stopped | numerical_error
+            active = active & ~numerical_error
+            if k % check_every == 0:
+                checked = active if k == 0 else active & ~absorbing
+                newly_converged = checked & (state.relative_change(log_u_prev) <= stop_thr)
+                iterations = torch.where(newly_converged, k + 1, iterations)
+                active = active & ~newly_converged
+                self.host_reads += 1
+                read_after_last = True
+                running, self.inexact = _read_flags(active, sums.inexact)
+                if not running or self.inexact:
+                    break
+            else:
+                read_after_last = False
+        if not read_after_last:
+            # the caller reads the results of the iterations after the last check: that read, made here
+            self.host_reads += 1
+            self.inexact = _read_flags(active, sums.inexact)[1]
+        self.state, self.iterations, self.active, self.stopped = state, iterations, active, stopped
+
+
+def _read_flags(active: torch.Tensor, inexact: torch.Tensor | None) -> tuple[bool, bool]:
+    """``(any pair active, any sum inexact)`` in one host read."""
+    if inexact is None:
+        return bool(active.any()), False
+    running, flagged = torch.stack([active.any(), inexact.any()]).tolist()
+    return running, flagged
 
 
 class _PotState:
@@ -278,25 +318,21 @@ class _PotState:
 class _KernelSums:
     """The two masked log-sum-exps by mat-vecs with the kernel ``exp(−C/reg)`` ``[B, N, M]`` (0 off the masks)."""
 
+    inexact = None  # not watched: "auto" picks this form only while max C / reg ≤ MAX_SCALING_EXPONENT
+
     def __init__(self, cost: torch.Tensor, valid: torch.Tensor, reg: float):
         self.dtype, self.reg = cost.dtype, reg
         self.kernel = cost.mul(-1.0 / reg).exp_().masked_fill_(~valid, 0.0)
 
-    def _scaled(self, potential: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(exp(p/reg − s) in the kernel dtype, s [B, 1])`` with ``s`` the largest finite ``p/reg`` per pair."""
-        scaled = potential / self.reg
-        shift = scaled.amax(dim=1, keepdim=True)
-        shift = torch.where(torch.isfinite(shift), shift, torch.zeros_like(shift))
-        return (scaled - shift).exp().to(self.dtype), shift
-
     def rows(self, g: torch.Tensor) -> torch.Tensor:
         """``[B, N]`` fp64 ``LSE_j((g_j − C_ij)/reg)`` for ``g`` ``[B, M]``."""
-        weights, shift = self._scaled(g)
-        return torch.bmm(self.kernel, weights[:, :, None])[:, :, 0].double().log() + shift
+        weights, shift = _scaled_weights(g, self.reg, self.dtype)
+        # [1, M] × [M, N] with Kᵀ a transposed view: BLAS reads K row by row (bmm(K, w[:, :, None]) is ~10× slower)
+        return torch.bmm(weights[:, None, :], self.kernel.transpose(1, 2))[:, 0, :].double().log() + shift
 
     def cols(self, f: torch.Tensor) -> torch.Tensor:
         """``[B, M]`` fp64 ``LSE_i((f_i − C_ij)/reg)`` for ``f`` ``[B, N]``."""
-        weights, shift = self._scaled(f)
+        weights, shift = _scaled_weights(f, self.reg, self.dtype)
         return torch.bmm(weights[:, None, :], self.kernel)[:, 0, :].double().log() + shift
 
     def total(self) -> torch.Tensor:
@@ -308,14 +344,87 @@ class _KernelSums:
         return self.kernel.amax(dim=1).double().log().mul(-self.reg)
 
     def plan(self, f: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
-        """``[B, N, M]`` ``Γ = exp(f_i/reg) K_ij exp(g_j/reg)``, via the per-pair shift of :meth:`_scaled`."""
-        row, row_shift = self._scaled(f)
+        """``[B, N, M]`` ``Γ = exp(f_i/reg) K_ij exp(g_j/reg)``, via the per-pair shift of :func:`_scaled_weights`."""
+        row, row_shift = _scaled_weights(f, self.reg, self.dtype)
         col = ((g / self.reg) + row_shift).exp().to(self.dtype)
         return row[:, :, None] * self.kernel * col[:, None, :]
 
 
+class _StabilisedKernelSums:
+    """The two masked log-sum-exps by mat-vecs with a row- and a column-stabilised kernel ``[B, N, M]``::
+
+        LSE_j(o_j − C_ij/reg) = −r_i/reg + log Σ_j exp(o_j) · exp(−(C_ij − r_i)/reg),   r_i = min_j C_ij
+
+    (and the same per column with ``c_j = min_i C_ij``). Each kernel is ``≤ 1`` with a 1 in every row (column),
+    and the weights ``exp(o_j)`` are ``≤ 1``, so a term lost to fp32 underflow is below 1.2e-38 and a sum loses
+    at most ``M · 1.2e-38`` of itself. A row or column with a finite cost whose sum is below
+    :data:`MIN_STABLE_SUM` sets ``inexact`` ``[B]`` (read with the solver's checks, which then rerun the solve in
+    the exact form :class:`_LogSums`). Two mat-vecs per iteration instead of two ``[B, N, M]`` exps.
+    """
+
+    def __init__(self, cost: torch.Tensor, valid: torch.Tensor, reg: float):
+        self.dtype, self.reg = cost.dtype, reg
+        log_kernel = cost.mul(-1.0 / reg).masked_fill_(~valid, -math.inf)
+        row_top, col_top = log_kernel.amax(dim=2), log_kernel.amax(dim=1)
+        # rows / columns with a finite entry (the valid ones, unless all their costs are +inf)
+        self.row_watched, self.col_watched = row_top > -math.inf, col_top > -math.inf
+        self.col_min = col_top.double().mul(-reg)  # [B, M] c_j (inf for a masked column)
+        self.row_top, self.col_top = _no_minus_inf(row_top), _no_minus_inf(col_top)  # −r_i/reg, −c_j/reg
+        self.row_kernel = torch.sub(log_kernel, self.row_top[:, :, None]).exp_()
+        self.col_kernel = log_kernel.sub_(self.col_top[:, None, :]).exp_()
+        # pairs with a NaN or −inf cost are invalid (see total()): their sums are not watched
+        self.watched = torch.isfinite(self.total())
+        self.inexact = torch.zeros(valid.shape[0], dtype=torch.bool, device=valid.device)
+
+    def _flag(self, sums: torch.Tensor, watched: torch.Tensor) -> None:
+        bad = ((sums < MIN_STABLE_SUM) & watched).any(dim=1) | ~torch.isfinite(sums).all(dim=1)
+        self.inexact |= bad & self.watched
+
+    def rows(self, g: torch.Tensor) -> torch.Tensor:
+        """``[B, N]`` fp64 ``LSE_j((g_j − C_ij)/reg)`` for ``g`` ``[B, M]``."""
+        weights, shift = _scaled_weights(g, self.reg, self.dtype)
+        sums = torch.bmm(weights[:, None, :], self.row_kernel.transpose(1, 2))[:, 0, :]
+        self._flag(sums, self.row_watched)
+        return sums.double().log() + shift + self.row_top.double()
+
+    def cols(self, f: torch.Tensor) -> torch.Tensor:
+        """``[B, M]`` fp64 ``LSE_i((f_i − C_ij)/reg)`` for ``f`` ``[B, N]``."""
+        weights, shift = _scaled_weights(f, self.reg, self.dtype)
+        sums = torch.bmm(weights[:, None, :], self.col_kernel)[:, 0, :]
+        self._flag(sums, self.col_watched)
+        return sums.double().log() + shift + self.col_top.double()
+
+    def total(self) -> torch.Tensor:
+        """``[B]`` the sum of the rows' largest ``−C/reg`` (NaN or inf when a valid cost is NaN or −inf)."""
+        return self.row_top.sum(dim=1)
+
+    def col_min_cost(self) -> torch.Tensor:
+        """``[B, M]`` the smallest valid cost of each column (inf for a masked column)."""
+        return self.col_min
+
+
+MIN_STABLE_SUM = 1e-25
+"""Below this, a stabilised kernel sum (``≥`` its largest term) may have lost more than ``4096 · 1.2e-38 / 1e-25``
+≈ 5e-10 of itself to fp32 underflow: :class:`_StabilisedKernelSums` flags it."""
+
+
+def _no_minus_inf(values: torch.Tensor) -> torch.Tensor:
+    """``values`` with −inf (a row or column without a finite entry) replaced by 0; NaN and +inf are kept."""
+    return torch.where(values == -math.inf, torch.zeros_like(values), values)
+
+
+def _scaled_weights(potential: torch.Tensor, reg: float, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(exp(p/reg − s) in dtype, s [B, 1])`` with ``s`` the largest finite ``p/reg`` per pair (weights ≤ 1)."""
+    scaled = potential / reg
+    shift = scaled.amax(dim=1, keepdim=True)
+    shift = torch.where(torch.isfinite(shift), shift, torch.zeros_like(shift))
+    return (scaled - shift).exp().to(dtype), shift
+
+
 class _LogSums:
     """The two masked log-sum-exps over ``−C/reg`` ``[B, N, M]`` (−inf off the masks), in one reused buffer."""
+
+    inexact = None
 
     def __init__(self, cost: torch.Tensor, valid: torch.Tensor, reg: float):
         self.dtype, self.reg = cost.dtype, reg
