@@ -13,7 +13,7 @@ from tokenweight.weights import TokenWeights, WeightingScheme, batch_inputs, wei
 def batch() -> dict[str, torch.Tensor]:
     completion = torch.tensor([[0, 0, 1, 1, 1], [0, 0, 1, 1, 0], [0, 1, 1, 1, 1], [0, 0, 0, 1, 1]])
     return {"input_ids": torch.arange(20).view(4, 5), "attention_mask": torch.ones(4, 5, dtype=torch.long),
-            "completion_mask": completion}
+            "completion_mask": completion, "loss_mask": completion[:, 1:].bool()}  # as the collator shifts it
 
 
 class Recording(WeightingScheme):

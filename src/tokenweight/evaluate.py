@@ -118,7 +118,7 @@ def pair_token_weights(scheme: WeightingScheme, model: nn.Module, dataset, pad_t
     out, couplings = [], []
     for batch in tqdm(loader, desc=f"token weights ({scheme.name})", disable=not progress, leave=False):
         batch = {k: v.to(device) for k, v in batch.items()}
-        inputs = batch_inputs(batch, model)
+        inputs = batch_inputs(batch, model, want_plan=plans)
         token_weights, _ = weigh_batch(scheme, inputs, _policy_forward(model, batch))
         weights = from_shifted(token_weights.weights.float().cpu())
         rows = [w[m].tolist() for w, m in zip(weights, batch["completion_mask"].bool().cpu())]

@@ -49,6 +49,8 @@ class WeightingInputs:
         model: the policy model (possibly wrapped by accelerate/DDP/FSDP).
         hidden: ``[2B, L-1, d]`` detached fp32-or-model-dtype final hidden states in shifted alignment, only for
             schemes with ``needs_hidden_states = True`` (``None`` otherwise).
+        want_plan: True when the caller shows the scheme's pair coupling (``tokenweight weights``): a scheme that
+            has one (OTPO's transport plan) returns it in :attr:`TokenWeights.plan`; training leaves it False.
     """
 
     input_ids: torch.Tensor
@@ -58,6 +60,7 @@ class WeightingInputs:
     batch: dict[str, Any]
     model: nn.Module | None = None
     hidden: torch.Tensor | None = None
+    want_plan: bool = False
 
 
 @dataclass
@@ -256,11 +259,11 @@ def build_scheme(name: str, config: Any = None) -> WeightingScheme:
                                        seed=config.seed))
 
 
-def batch_inputs(batch: dict[str, Any], model: nn.Module | None) -> WeightingInputs:
+def batch_inputs(batch: dict[str, Any], model: nn.Module | None, want_plan: bool = False) -> WeightingInputs:
     """The :class:`WeightingInputs` of one collated batch (``[2B, L]`` tensors, chosen rows then rejected rows)."""
     return WeightingInputs(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
                            completion_mask=batch["completion_mask"], loss_mask=batch["loss_mask"],
-                           batch=batch, model=model)
+                           batch=batch, model=model, want_plan=want_plan)
 
 
 def weigh_batch(scheme: WeightingScheme, inputs: WeightingInputs,

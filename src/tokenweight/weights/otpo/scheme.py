@@ -55,14 +55,14 @@ class OTPOScheme(WeightingScheme):
                                                                    rejected_width)
         chosen_weights, rejected_weights, log = otpo_weights(
             chosen_hidden, rejected_hidden, chosen_mask, rejected_mask, reg=reg, reg_m=reg_m, log=True, check=False,
-            with_plan=False)
+            with_plan=inputs.want_plan)  # training never needs the [B, N, M] plan
         weights = torch.zeros(loss_mask.shape, dtype=chosen_weights.dtype, device=loss_mask.device)
         weights[:pairs].scatter_(1, chosen_order, chosen_weights)
         weights[pairs:].scatter_(1, rejected_order, rejected_weights)
         metrics = {"otpo/mass_scale": log["mass_scale"].double().mean(),
                    "otpo/iterations": log["iterations"].double().mean(),
                    "otpo/unconverged_pairs": (~log["converged"]).sum().double()}
-        return TokenWeights(weights=weights, metrics=metrics, plan=log["plan"])
+        return TokenWeights(weights=weights, metrics=metrics, plan=log.get("plan"))
 
 
 def _widths_and_problems(hidden: torch.Tensor, loss_mask: torch.Tensor, pairs: int) -> tuple[int, int, list]:
