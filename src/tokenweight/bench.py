@@ -155,13 +155,14 @@ def run_one(settings: BenchSettings, base_path: str, scheme: str, variant: str, 
             output_dir: Path) -> dict:
     """Train one scheme on one variant and seed; returns its metrics, learning curve and the pair weights."""
     from tokenweight.models import load_causal_lm, load_tokenizer
-    from tokenweight.run import load_raw_splits, prepare_split
+    from tokenweight.run import load_run_splits, prepare_split
     from tokenweight.trainer import TokenweightTrainer
 
     start = time.perf_counter()
     config = run_config(settings, scheme, variant, seed, output_dir)
     tokenizer = load_tokenizer(base_path)
-    train_rows, eval_rows = load_raw_splits(config)
+    splits = load_run_splits(config)
+    train_rows, eval_rows = splits.train, splits.eval
     # every split through the scheme's data preparation, as `tokenweight train` does (AttentionPO: the judge's cache)
     train = prepare_split(config, base_path, tokenizer, train_rows, "train")
     evaluation = prepare_split(config, base_path, tokenizer, eval_rows, "eval")
@@ -186,11 +187,11 @@ def run_one(settings: BenchSettings, base_path: str, scheme: str, variant: str, 
 def reference_metrics(settings: BenchSettings, base_path: str, seed: int, output_dir: Path) -> dict[str, float]:
     """The base model's held-out metrics on seed ``seed``'s eval split (the same for every variant)."""
     from tokenweight.models import load_causal_lm, load_tokenizer
-    from tokenweight.run import load_raw_splits, tokenize_split
+    from tokenweight.run import load_run_splits, tokenize_split
 
     config = run_config(settings, "uniform", settings.variants[0], seed, output_dir)
     tokenizer = load_tokenizer(base_path)
-    eval_rows = load_raw_splits(config)[1]
+    eval_rows = load_run_splits(config).eval
     evaluation = tokenize_split(config, tokenizer, eval_rows, "eval")
     model = load_causal_lm(base_path)
     return held_out(model, None, tokenizer, evaluation, eval_rows, settings)

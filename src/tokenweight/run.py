@@ -38,12 +38,6 @@ KEYFACT_DEFAULTS = {
 }
 
 
-def load_raw_splits(config: TokenweightConfig) -> tuple[datasets.Dataset, datasets.Dataset | None]:
-    """The raw train split and the raw eval split (``None`` without ``eval_split``); KeyFact by default."""
-    splits = load_run_splits(config)
-    return splits.train, splits.eval
-
-
 def load_run_splits(config: TokenweightConfig) -> PreferenceSplits:
     """The run's raw splits and their names: ``eval_split`` or an ``eval_fraction`` of the training split."""
     if config.dataset_name is not None:

@@ -76,7 +76,7 @@ def _scheme(args: argparse.Namespace) -> int:
     """The train split through the scheme's prepare hook, its cache in ``--output`` (the scheme's cache setting)."""
     from tokenweight.cli import parse_train_config
     from tokenweight.models import load_tokenizer
-    from tokenweight.run import load_raw_splits, prepare_raw, resolve_model_path
+    from tokenweight.run import load_run_splits, prepare_raw, resolve_model_path
     from tokenweight.weights import SCHEMES
 
     setting = SCHEMES[args.what].cache_setting
@@ -84,7 +84,7 @@ def _scheme(args: argparse.Namespace) -> int:
     config = parse_train_config(list(args.flags) + ["--weighting", args.what, *cache_flags])
     model_path = resolve_model_path(config)
     tokenizer = load_tokenizer(model_path)
-    train_raw, _ = load_raw_splits(config)
+    train_raw = load_run_splits(config).train
     prepared = prepare_raw(config, model_path, tokenizer, train_raw, "train", config.output_dir)
     print(f"{args.what}: data preparation of {len(prepared)} pairs cached in {args.output}")
     return 0
@@ -99,15 +99,15 @@ def _reference(args: argparse.Namespace) -> int:
     from tokenweight import reference_cache
     from tokenweight.cli import parse_train_config
     from tokenweight.models import freeze, load_causal_lm, load_tokenizer
-    from tokenweight.run import load_raw_splits, resolve_model_path, tokenize_split
+    from tokenweight.run import load_run_splits, resolve_model_path, tokenize_split
 
     config = parse_train_config(list(args.flags))
     state = PartialState()
     model_path = resolve_model_path(config)
     tokenizer = load_tokenizer(model_path)
-    train_raw, eval_raw = load_raw_splits(config)
-    splits = {"train": tokenize_split(config, tokenizer, train_raw, "train"),
-              "eval": tokenize_split(config, tokenizer, eval_raw, "eval") if eval_raw is not None else None}
+    raw = load_run_splits(config)
+    splits = {"train": tokenize_split(config, tokenizer, raw.train, "train"),
+              "eval": tokenize_split(config, tokenizer, raw.eval, "eval") if raw.eval is not None else None}
     reference = freeze(load_causal_lm(config.ref_model_name_or_path or model_path, config.model_dtype,
                                       config.attn_implementation))
     batch_size = config.precompute_ref_batch_size or config.per_device_eval_batch_size
