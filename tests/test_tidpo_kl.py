@@ -7,7 +7,7 @@ from torch import nn
 from conftest import make_model
 from tidpo_oracles import UNIQUE_TOKEN, VOCAB, make_batch, naive_kl
 from tokenweight.logps import OutputHead, backbone, output_head
-from tokenweight.weights.tidpo.kl import tdpo_kl
+from tokenweight.weights.kl import tdpo_kl
 
 
 def random_inputs(dtype, seed=0):

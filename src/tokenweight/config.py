@@ -68,6 +68,9 @@ class CoreConfig(TrainingArguments):
                 f"value is an error."})
     max_prompt_length: int | None = field(default=None, metadata={
         "help": "Max prompt tokens; longer prompts keep their last tokens."})
+    swap_pairs: bool = field(default=False, metadata={
+        "help": "Exchange chosen and rejected in every split at load time (TIS-DPO's negative model: DPO on the "
+                "swapped pairs); the count is printed and written to results.json (swapped_pairs)."})
     # ---------------------------------------------------------------- objective
     weighting: str = field(default="uniform", metadata={
         "help": "Token-weighting scheme (uniform: plain DPO)."})
@@ -236,7 +239,7 @@ def resolve_max_length(max_length: int | None, model_path: str) -> int:
 FLAG_GROUPS = {
     "model": ("model_name_or_path", "ref_model_name_or_path", "model_dtype", "attn_implementation", "use_peft",
               "lora_r", "lora_alpha", "lora_dropout", "lora_target_modules"),
-    "data": ("dataset_name", "dataset_split", "eval_split", "max_length", "max_prompt_length"),
+    "data": ("dataset_name", "dataset_split", "eval_split", "max_length", "max_prompt_length", "swap_pairs"),
     "objective": (),
 }
 KEYFACT_GROUP = "built-in KeyFact task (used when neither a model nor a dataset is named)"

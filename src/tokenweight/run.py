@@ -16,7 +16,7 @@ from transformers import set_seed
 from tokenweight.checkpoints import claim_output_dir, interrupted_message, non_finite_error, resolve_resume
 from tokenweight.config import TokenweightConfig, resolve_max_length
 from tokenweight.data import print_data_summary, tokenize_preference_dataset
-from tokenweight.sources import PreferenceSplits, load_splits
+from tokenweight.sources import PreferenceSplits, load_splits, swap_pairs
 from tokenweight.evaluate import preference_report, score_pairs
 from tokenweight.errors import UserError
 from tokenweight.models import add_lora_adapters, load_causal_lm, load_tokenizer
@@ -39,7 +39,20 @@ KEYFACT_DEFAULTS = {
 
 
 def load_run_splits(config: TokenweightConfig) -> PreferenceSplits:
-    """The run's raw splits and their names: ``eval_split`` or an ``eval_fraction`` of the training split."""
+    """The run's raw splits and their names: ``eval_split`` or an ``eval_fraction`` of the training split; with
+    ``swap_pairs`` chosen and rejected exchanged in every split (counted on stderr and in ``swapped_pairs``)."""
+    splits = _load_run_splits(config)
+    if config.swap_pairs:
+        for name in ("train", "eval"):
+            if getattr(splits, name) is not None:
+                setattr(splits, name, swap_pairs(getattr(splits, name)))
+                splits.swapped_pairs[name] = len(getattr(splits, name))
+                print(f"data {name}: {len(getattr(splits, name))} pairs swapped (chosen <-> rejected, --swap_pairs)",
+                      file=sys.stderr)
+    return splits
+
+
+def _load_run_splits(config: TokenweightConfig) -> PreferenceSplits:
     if config.dataset_name is not None:
         return load_splits(config.dataset_name, config.dataset_split, config.eval_split, config.eval_fraction,
                            config.seed)
@@ -151,7 +164,8 @@ def run_training(config: TokenweightConfig) -> dict:
     config.max_length = resolve_max_length(config.max_length, model_path)
     tokenizer = load_tokenizer(model_path)
     splits = load_run_splits(config)
-    train_raw, eval_raw, data_summary = splits.train, splits.eval, {}
+    train_raw, eval_raw = splits.train, splits.eval
+    data_summary = {name: {"swapped_pairs": count} for name, count in splits.swapped_pairs.items()}
     train = prepare_split(config, model_path, tokenizer, train_raw, "train", data_summary, splits.train_name,
                           splits.train_rows)
     evaluation = (prepare_split(config, model_path, tokenizer, eval_raw, "eval", data_summary, splits.eval_name,

@@ -128,6 +128,17 @@ def _unreadable_file_message(path: Path, builder: str, error: BaseException) -> 
     return f"dataset file {path} could not be read: {type(cause).__name__}: {str(cause).splitlines()[0][:200]}"
 
 
+#: The columns :func:`swap_pairs` exchanges, side by side.
+SWAPPED_COLUMNS = {"chosen": "rejected", "rejected": "chosen", "chosen_weights": "rejected_weights",
+                   "rejected_weights": "chosen_weights"}
+
+
+def swap_pairs(dataset: datasets.Dataset) -> datasets.Dataset:
+    """``dataset`` with ``chosen`` and ``rejected`` exchanged in every row (and their weight columns, when present):
+    the data of TIS-DPO's negative model, DPO-trained to prefer the rejected answers."""
+    return dataset.rename_columns({old: new for old, new in SWAPPED_COLUMNS.items() if old in dataset.column_names})
+
+
 @dataclass
 class PreferenceSplits:
     """The raw train and eval rows of a run and how results name them.
@@ -142,6 +153,8 @@ class PreferenceSplits:
     eval_name: str | None
     eval_rows: list[int] | None = field(default=None)
     train_rows: list[int] | None = field(default=None)
+    #: ``{split: pairs}`` whose chosen and rejected were exchanged (``swap_pairs``); empty otherwise.
+    swapped_pairs: dict[str, int] = field(default_factory=dict)
 
 
 def load_splits(source: Any, train_split: str, eval_split: str | None, eval_fraction: float | None = None,

@@ -32,13 +32,12 @@ from accelerate.utils import extract_model_from_parallel
 from torch import nn
 
 from tokenweight.errors import UserError
-from tokenweight.logps import output_head
 from tokenweight.masks import to_shifted
 from tokenweight.weights.base import (LossContext, SchemeContext, TokenWeights, WeightingInputs, WeightingScheme,
                                       register_scheme)
+from tokenweight.weights.kl import sequence_kl, tdpo2_offset
 from tokenweight.weights.tidpo.anchor import anchor_seeds, anchor_token_logps, sample_anchors
 from tokenweight.weights.tidpo.attribution import tidpo_weights
-from tokenweight.weights.tidpo.kl import tdpo2_offset, tdpo_kl
 from tokenweight.weights.tidpo.presets import TIDPOSettings, preset_beta, resolve_tidpo_settings
 from tokenweight.weights.tidpo.triplet import left_align, triplet_loss
 
@@ -109,13 +108,8 @@ class TIDPOScheme(WeightingScheme):
         alpha = self.settings.kl_alpha
         if alpha == 0:
             return None
-        if ctx.policy_hidden is None or ctx.ref_hidden is None or ctx.ref_model is None:
-            raise ValueError("TI-DPO's TDPO2 KL (`tidpo_kl_alpha` > 0) needs a reference model and the final hidden "
-                             "states of both models in the LossContext")
-        heads = (output_head(extract_model_from_parallel(ctx.model)),
-                 output_head(extract_model_from_parallel(ctx.ref_model)))
         try:
-            kl = tdpo_kl(ctx.policy_hidden, ctx.ref_hidden, *heads, ctx.inputs.loss_mask)
+            kl = sequence_kl(ctx, "`tidpo_kl_alpha` > 0")
         except FloatingPointError as error:
             failures = self._count_or_raise(error)
             zeros = torch.zeros(ctx.policy_hidden.shape[0] // 2, device=ctx.policy_hidden.device)

@@ -1,8 +1,9 @@
-"""The TDPO2 sequence KL used by TI-DPO's base loss (spec tidpo.md §3 "Weighted quantities").
+"""TDPO's sequential KL, shared by the ``tdpo`` scheme and TI-DPO's base loss (specs/related.md §3, tidpo.md §3).
 
     K(y) = Σ_{t ∈ response} KL(π_ref(·|s_t) ‖ π_θ(·|s_t)) = Σ_t Σ_v p_ref(v) (log p_ref(v) − log p_θ(v))
 
-over the full vocabulary, unweighted. Both distributions use ``log_softmax`` in fp32 (softmax-then-log is
+over the full vocabulary, unweighted; the margin offsets of TDPO1 (``K(y_l) − K(y_w)``) and TDPO2
+(``α · (K(y_l) − sg K(y_w))``) are subtracted from Δ inside the pair loss. Both distributions use ``log_softmax`` in fp32 (softmax-then-log is
 fp16-unsafe). Only response positions are evaluated: their hidden states are gathered into ``[K, d]`` and the
 heads run over chunks of ``chunk_size`` tokens under non-reentrant activation checkpointing, so at most
 ``[chunk_size, V]`` logits per model exist at any time, forward or backward.
@@ -13,7 +14,9 @@ from __future__ import annotations
 import torch
 from torch.utils.checkpoint import checkpoint
 
-from tokenweight.logps import OutputHead
+from accelerate.utils import extract_model_from_parallel
+
+from tokenweight.logps import OutputHead, output_head
 
 
 def _token_kl(policy_hidden: torch.Tensor, ref_hidden: torch.Tensor, policy_head: OutputHead,
@@ -55,8 +58,27 @@ def tdpo_kl(policy_hidden: torch.Tensor, ref_hidden: torch.Tensor, policy_head: 
     kl = torch.zeros(mask.shape[0], dtype=torch.float32, device=mask.device).index_add(0, row_of_token, token_kl)
     bad_rows = (~torch.isfinite(kl)).nonzero().flatten().tolist()
     if bad_rows:
-        raise FloatingPointError(f"TDPO2 KL term is non-finite in batch rows {bad_rows}")
+        raise FloatingPointError(f"TDPO KL term is non-finite in batch rows {bad_rows}")
     return kl
+
+
+def sequence_kl(ctx, setting: str) -> torch.Tensor:
+    """``K`` ``[2B]`` of a batch's chosen then rejected rows from a :class:`~tokenweight.weights.base.LossContext`
+    (both models' final hidden states and output heads); ``setting`` names the flag that asked for the term in the
+    error raised when the context lacks the reference model or hidden states."""
+    if ctx.policy_hidden is None or ctx.ref_hidden is None or ctx.ref_model is None:
+        raise ValueError(f"the TDPO KL term ({setting}) needs a reference model and the final hidden states of both "
+                         "models in the LossContext")
+    heads = (output_head(extract_model_from_parallel(ctx.model)),
+             output_head(extract_model_from_parallel(ctx.ref_model)))
+    return tdpo_kl(ctx.policy_hidden, ctx.ref_hidden, *heads, ctx.inputs.loss_mask)
+
+
+def tdpo1_offset(kl: torch.Tensor) -> torch.Tensor:
+    """TDPO1's margin offset ``K(y_l) − K(y_w)`` ``[B]`` from per-sequence KLs ``[2B]`` (chosen rows first); the
+    gradient flows through both terms."""
+    kl_chosen, kl_rejected = kl.chunk(2)
+    return kl_rejected - kl_chosen
 
 
 def tdpo2_offset(kl: torch.Tensor, alpha: float) -> torch.Tensor:

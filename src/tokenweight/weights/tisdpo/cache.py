@@ -1,0 +1,86 @@
+"""On-disk cache of TIS-DPO token rewards r̂ = log π₊ − log π₋, one folder per split.
+
+Layout::
+
+    manifest.json         format, fingerprint (positive model, negative model, tokenizer, dataset rows), row count,
+                          SHA-256 of the rewards file
+    rewards.safetensors   flat fp32 r̂ of every chosen and rejected completion token + per-row lengths
+
+The rewards, not the weights, are cached, so another transform (``tisdpo_transform``, ``tisdpo_preset`` …) reuses
+them without a model pass. The rewards file is written first and the manifest last (both atomically), so a folder
+with a manifest is complete; a manifest whose fingerprint differs from the run's (other contrastive models, another
+tokenizer, other data) is refused naming the file and the differing parts. One file, not resumable shards: the pass
+costs two forwards per response (the attention cache's shards exist for a judge pass that may run for hours).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+from safetensors import SafetensorError
+from safetensors.torch import load, save
+
+from tokenweight.cache_files import flatten_rows, unflatten_rows, write_atomic
+from tokenweight.errors import UserError
+from tokenweight.fingerprint import fingerprint_differences
+
+FORMAT = "tokenweight-tisdpo-rewards/1"
+MANIFEST = "manifest.json"
+REWARDS = "rewards.safetensors"
+PARTS = ("positive_model", "negative_model", "tokenizer", "dataset")
+
+
+def read_manifest(folder: Path) -> dict | None:
+    """The manifest of the cache ``folder``, ``None`` when there is none; another format is a :class:`UserError`."""
+    path = Path(folder) / MANIFEST
+    if not path.exists():
+        return None
+    try:
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise UserError(f"TIS-DPO reward cache {path} is damaged ({error}); delete the folder to recompute") from None
+    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
+        raise UserError(f"{path} is not a tokenweight TIS-DPO reward cache of format {FORMAT!r}; delete the folder "
+                        "or choose another --tisdpo_weights")
+    return manifest
+
+
+def check_fingerprint(manifest: dict, expected: dict, folder: Path, parts: tuple[str, ...] = PARTS) -> None:
+    """Raise :class:`UserError` naming the manifest and every part of ``parts`` where it differs from ``expected``."""
+    differing, details = fingerprint_differences(manifest["fingerprint"], expected, parts)
+    if differing:
+        raise UserError(f"TIS-DPO reward cache {Path(folder) / MANIFEST} is stale: computed for a different "
+                        f"{', '.join(differing)} ({details}); delete the folder or choose another --tisdpo_weights "
+                        "to recompute")
+
+
+def write_rewards(folder: Path, fingerprint: dict, chosen: list[list[float]], rejected: list[list[float]]) -> None:
+    """Write the rewards file, then the manifest naming its checksum."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    (chosen_values, chosen_lengths), (rejected_values, rejected_lengths) = flatten_rows(chosen), flatten_rows(rejected)
+    data = save({"chosen": chosen_values, "chosen_lengths": chosen_lengths,
+                 "rejected": rejected_values, "rejected_lengths": rejected_lengths})
+    write_atomic(folder / REWARDS, data)
+    manifest = {"format": FORMAT, "fingerprint": fingerprint, "num_rows": len(chosen),
+                "sha256": hashlib.sha256(data).hexdigest()}
+    write_atomic(folder / MANIFEST, json.dumps(manifest, indent=1).encode())
+
+
+def read_rewards(folder: Path, manifest: dict) -> tuple[list[list[float]], list[list[float]]]:
+    """Per-row ``(chosen, rejected)`` rewards of a cache whose fingerprint was checked; a missing or damaged rewards
+    file is a :class:`UserError` naming it."""
+    path = Path(folder) / REWARDS
+    data = path.read_bytes() if path.exists() else None
+    if data is None or hashlib.sha256(data).hexdigest() != manifest["sha256"]:
+        raise UserError(f"TIS-DPO reward cache {path} is {'missing' if data is None else 'damaged'} (checksum in "
+                        f"{MANIFEST}); delete the folder to recompute")
+    try:
+        tensors = load(data)
+        chosen = unflatten_rows(tensors["chosen"], tensors["chosen_lengths"])
+        rejected = unflatten_rows(tensors["rejected"], tensors["rejected_lengths"])
+    except (SafetensorError, KeyError, RuntimeError) as error:
+        raise UserError(f"TIS-DPO reward cache {path} is unreadable ({error})") from None
+    return chosen, rejected
