@@ -78,9 +78,10 @@ def quick_settings(settings: BenchSettings) -> BenchSettings:
 
 
 def default_schemes() -> list[str]:
-    """Every registered scheme that can run on KeyFact (all but those needing dataset-supplied weight columns)."""
+    """Every registered scheme that can run on KeyFact (all but those needing dataset-supplied weight columns or
+    models the user trains first)."""
     from tokenweight.weights import SCHEMES
-    return [name for name, scheme in SCHEMES.items() if not scheme.needs_weight_columns]
+    return [name for name, scheme in SCHEMES.items() if not (scheme.needs_weight_columns or scheme.needs_user_models)]
 
 
 # ----------------------------------------------------------------------------------------------- one run

@@ -164,6 +164,9 @@ class WeightingScheme:
     #: True when the weights must come with the dataset (columns ``chosen_weights``/``rejected_weights``), so the
     #: scheme cannot run on data without them (the built-in KeyFact task).
     needs_weight_columns: ClassVar[bool] = False
+    #: True when the scheme needs models the user trains first (TIS-DPO's contrastive models), so it cannot run on
+    #: the built-in KeyFact task by itself (``tokenweight bench keyfact`` leaves it out unless named).
+    needs_user_models: ClassVar[bool] = False
     #: The config key naming the folder of the cache :meth:`prepare` writes (``tokenweight precompute <scheme>
     #: --output DIR`` sets it); ``None`` for a scheme without a prepare hook.
     cache_setting: ClassVar[str | None] = None

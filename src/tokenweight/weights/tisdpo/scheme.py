@@ -82,6 +82,7 @@ class TISDPOScheme(ColumnScheme):
     name = "tisdpo"
     settings_class = TISDPOSettings
     needs_weight_columns = False
+    needs_user_models = True
     cache_setting = "tisdpo_weights"
 
     def prepare(self, raw: datasets.Dataset, split: str, context: PrepareContext) -> datasets.Dataset:
