@@ -12,7 +12,8 @@ Each runs in a fresh working folder through ``tokenweight.cli.main`` with the ti
 - placeholders: ``DIR`` a fresh folder, ``M`` the model, ``S`` otpo, ``N`` 2, ``F`` 0.25, ``SEED`` 0 (an unknown
   one fails the test);
 - a command that reads what another writes first gets it written: ``train --ref_log_probs DIR`` runs
-  ``precompute reference --output DIR`` with the same flags before it.
+  ``precompute reference --output DIR`` with the same flags before it; commands joined by ``&&`` (a pipeline such
+  as the TIS-DPO recipe) run in order in one working folder, each reading what the ones before wrote.
 
 ``accelerate launch`` lines are parsed only (the recipe read, the flags parsed into a config, the accelerate config
 file found): they need several processes, which ``tests/test_distributed.py`` covers. ``make`` targets and Python
@@ -213,6 +214,12 @@ def test_the_documents_show_commands_of_every_kind():
 @pytest.mark.parametrize("command", _params())
 def test_documented_command_runs(command, env, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
+    for step in command.split(" && "):  # a pipeline (the TIS-DPO recipe): each step reads what the one before wrote
+        run_documented(step, env, tmp_path)
+
+
+def run_documented(command: str, env: dict, tmp_path: Path) -> None:
+    """Run one documented ``tokenweight`` command (or parse an ``accelerate launch`` line) in the tiny world."""
     words = shlex.split(command)
     if words[0] == "accelerate":
         if "--config_file" in words:

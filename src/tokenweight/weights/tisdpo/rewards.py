@@ -17,6 +17,7 @@ import torch
 
 from tokenweight.errors import UserError
 from tokenweight.fingerprint import dataset_fingerprint, model_fingerprint, tokenizer_fingerprint
+from tokenweight.sources import looks_like_local_path
 from tokenweight.weights.tisdpo import cache
 
 #: The config keys of the two contrastive models, in the order they are loaded.
@@ -52,6 +53,9 @@ def _load(config: Any, key: str):
     if not path:
         raise UserError(f"weighting=tisdpo needs both contrastive models: --{key.removeprefix('tisdpo_')} PATH "
                         f"(config key `{key}`; see the TIS-DPO pipeline in the README)")
+    if looks_like_local_path(path) and not Path(path).expanduser().exists():
+        raise UserError(f"config key `{key}`: {path} does not exist (looked in {Path.cwd()}); train it first (see "
+                        "the TIS-DPO pipeline in the README)")
     model = freeze(load_causal_lm(path, config.model_dtype, config.attn_implementation))
     return model.to(getattr(config, "device", "cpu"))
 
