@@ -7,10 +7,10 @@ Every scheme runs the same optimizer step (``TokenweightTrainer.compute_loss`` â
 same seeded model and the same batch, each in a fresh process (memory method: ``benchmarks/_common.py``).
 Schemes: ``uniform``; ``otpo`` (Sinkhorn on the policy's hidden states, every step); ``tidpo`` without the triplet
 term (attribution pass + TDPO2 KL, ``tidpo_gamma=0``) and ``tidpo+triplet`` (anchor sampling and scoring, preset
-``paper``); ``attention`` with its weights cached (they are dataset columns by then, as after
-``tokenweight precompute attention``); ``uniform (cached reference)``: plain DPO with no reference model in
-memory, its per-token log-probs read from the batch (as with ``--ref_log_probs DIR`` after ``tokenweight precompute
-reference``; the values are any fixed numbers, which do not change the step's cost). Besides the peak the step
+``paper``); ``attention`` and ``tisdpo`` with their weights cached (they are dataset columns by then, as after
+``tokenweight precompute attention|tisdpo``); ``tdpo`` (TDPO2's full-vocabulary KL every step); ``uniform
+(cached reference)``: plain DPO with no reference model in memory, its per-token log-probs read from the batch
+(as with ``--ref_log_probs DIR`` after ``tokenweight precompute reference``; the values are any fixed numbers, which do not change the step's cost). Besides the peak the step
 adds, each child reports its peak with the models resident (policy, reference, optimizer state), measured from
 before the models are built. Runs are interleaved over ``--rounds`` rounds and the median step time of
 each is reported, so that load on a shared machine hits every scheme alike.
@@ -35,8 +35,13 @@ VARIANTS = {
     "tidpo": {"weighting": "tidpo", "tidpo_gamma": 0.0},
     "tidpo+triplet": {"weighting": "tidpo"},
     "attention (cached)": {"weighting": "attention"},
+    "tdpo": {"weighting": "tdpo"},
+    "tisdpo (cached)": {"weighting": "tisdpo"},
     "uniform (cached reference)": {"weighting": "uniform", "precompute_ref_log_probs": True},
 }
+
+#: Variants whose weights are dataset columns by then (after ``tokenweight precompute attention|tisdpo``).
+CACHED_WEIGHTS = ("attention (cached)", "tisdpo (cached)")
 
 
 def variant_dataset(variant: str, tokenizer, rows: list[dict]):
@@ -53,7 +58,7 @@ def variant_dataset(variant: str, tokenizer, rows: list[dict]):
         dataset = dataset.map(lambda row: {
             "chosen_ref_logps": (-torch.rand(len(row["chosen_ids"]), generator=generator) * 8).tolist(),
             "rejected_ref_logps": (-torch.rand(len(row["rejected_ids"]), generator=generator) * 8).tolist()})
-    if VARIANTS[variant]["weighting"] == "attention":
+    if variant in CACHED_WEIGHTS:
         dataset = dataset.map(lambda row: {
             "chosen_weights": (torch.rand(len(row["chosen_ids"]), generator=generator) * 2).tolist(),
             "rejected_weights": (torch.rand(len(row["rejected_ids"]), generator=generator) * 2).tolist()})

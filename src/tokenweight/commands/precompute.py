@@ -30,8 +30,8 @@ and --tisdpo_weights DIR (the whole pipeline, with the training of both models: 
 
 
 def register(subparsers) -> None:
-    parser = subparsers.add_parser("precompute", help="precompute a scheme's cached data preparation (attention, tisdpo) "
-                                   "or reference log-probs (reference)", description=__doc__, epilog=EXAMPLES,
+    parser = subparsers.add_parser("precompute", help="precompute a scheme's cached data preparation (attention, "
+                                   "tisdpo) or reference log-probs (reference)", description=__doc__, epilog=EXAMPLES,
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("what", choices=precompute_choices(),
                         help="a scheme with a data preparation, or reference")
