@@ -24,7 +24,8 @@ _HOT = (214, 39, 40)  # the colour of the largest weight
 class PairView:
     """One pair: ``*_tokens`` are the completion tokens' texts, ``*_weights`` their weights (same lengths).
 
-    ``plan`` is an optional ``[n_chosen, n_rejected]`` matrix drawn under the pair (OTPO's transport plan).
+    ``plan`` is an optional ``[n_chosen, n_rejected]`` matrix drawn under the pair (OTPO's transport plan);
+    ``chosen_key`` / ``rejected_key`` optionally mark one token of each side (KeyFact's key slot) in the figures.
     """
 
     index: int
@@ -34,6 +35,8 @@ class PairView:
     rejected_tokens: list[str]
     rejected_weights: list[float]
     plan: np.ndarray | None = None
+    chosen_key: int | None = None
+    rejected_key: int | None = None
 
     def __post_init__(self):
         for side in ("chosen", "rejected"):
@@ -157,19 +160,26 @@ def pyplot():
     return plt
 
 
+def _token_labels(tokens: list[str], key: int | None) -> list[str]:
+    """``"position token"`` tick labels, the key marked with ``▶``."""
+    return [f"{'▶ ' if t == key else ''}{t} {token.strip() or repr(token)}" for t, token in enumerate(tokens)]
+
+
 def plan_png_base64(pair: PairView) -> str:
-    """The pair's ``plan`` ``[n_chosen, n_rejected]`` as a base64 PNG (rows: chosen tokens, columns: rejected)."""
+    """The pair's ``plan`` ``[n_chosen, n_rejected]`` as a base64 PNG (rows: chosen tokens, columns: rejected), each
+    axis labelled with token positions and texts (the key slots marked ``▶`` when known)."""
     if pair.plan is None:
         raise ValueError(f"pair {pair.index} has no plan")
     plt = pyplot()
     rows, cols = pair.plan.shape
-    fig, ax = plt.subplots(figsize=(1.5 + 0.22 * cols, 1.0 + 0.22 * rows), dpi=100)
+    fig, ax = plt.subplots(figsize=(2.5 + 0.3 * cols, 2.0 + 0.3 * rows), dpi=100)
     image = ax.imshow(pair.plan, cmap="Reds", aspect="auto")
-    ax.set_yticks(range(rows), pair.chosen_tokens[:rows], fontsize=6)
-    ax.set_xticks(range(cols), pair.rejected_tokens[:cols], fontsize=6, rotation=90)
-    ax.set_ylabel("chosen")
-    ax.set_xlabel("rejected")
-    fig.colorbar(image, ax=ax, fraction=0.04)
+    ax.set_yticks(range(rows), _token_labels(pair.chosen_tokens, pair.chosen_key)[:rows], fontsize=8)
+    ax.set_xticks(range(cols), _token_labels(pair.rejected_tokens, pair.rejected_key)[:cols], fontsize=8,
+                  rotation=90)
+    ax.set_ylabel("chosen token (position, text)")
+    ax.set_xlabel("rejected token (position, text)")
+    fig.colorbar(image, ax=ax, fraction=0.04, label="transported mass")
     fig.tight_layout()
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png")
@@ -178,21 +188,27 @@ def plan_png_base64(pair: PairView) -> str:
 
 
 def pair_heatmap_png(pair: PairView, path, title: str = "") -> None:
-    """Save one pair's chosen and rejected token weights as a two-row heatmap PNG at ``path``."""
+    """Save one pair's chosen and rejected token weights as a two-row heatmap PNG at ``path``: one colour scale for
+    both rows (the colour bar), the key tokens outlined when known."""
+    from matplotlib.patches import Rectangle
+
     plt = pyplot()
     width = max(len(pair.chosen_tokens), len(pair.rejected_tokens))
-    fig, axes = plt.subplots(2, 1, figsize=(1.0 + 0.55 * width, 2.4), dpi=100)
+    fig, axes = plt.subplots(2, 1, figsize=(2.0 + 0.55 * width, 2.6), dpi=100)
     for ax, side in zip(axes, ("chosen", "rejected")):
         tokens, weights = getattr(pair, f"{side}_tokens"), getattr(pair, f"{side}_weights")
         row = np.full((1, width), np.nan)
         row[0, :len(weights)] = weights
-        ax.imshow(row, cmap="Reds", vmin=pair.low, vmax=max(pair.top, pair.low + 1e-9), aspect="auto")
+        image = ax.imshow(row, cmap="Reds", vmin=pair.low, vmax=max(pair.top, pair.low + 1e-9), aspect="auto")
         for x, (token, weight) in enumerate(zip(tokens, weights)):
             ax.text(x, 0, token, ha="center", va="center", fontsize=7, rotation=45,
                     color=_text_colour(pair.share(weight)))
+        key = getattr(pair, f"{side}_key")
+        if key is not None:
+            ax.add_patch(Rectangle((key - 0.5, -0.5), 1, 1, fill=False, edgecolor="tab:blue", linewidth=2.5))
         ax.set_yticks([0], [side])
         ax.set_xticks([])
-    fig.suptitle(f"{title or pair.prompt}  (weights {pair.low:.3g} … {pair.top:.3g})", fontsize=9)
-    fig.tight_layout()
-    fig.savefig(path)
+    fig.colorbar(image, ax=list(axes), fraction=0.02, pad=0.01, label="weight")
+    fig.suptitle(f"{title or pair.prompt}  (weights {pair.low:.3g} … {pair.top:.3g}; key outlined)", fontsize=9)
+    fig.savefig(path, bbox_inches="tight")
     plt.close(fig)

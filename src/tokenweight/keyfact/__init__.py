@@ -15,11 +15,13 @@ Typical use::
 from .base_model import SIZES, cache_root, keyfact_base_model, one_thread
 from .facts import DEFAULT_FACTS_PATH, load_facts, resolve_facts, save_facts, validate_facts
 from .generator import build_keyfact
-from .metrics import (evaluate_keyfact, generated_keys, greedy_generations, key_margins, key_position,
-                      key_weight_share, pref_acc)
+from .metrics import (OUTCOMES, answer_set_logps, evaluate_keyfact, generated_keys, greedy_generations,
+                      greedy_outcomes, key_margins, key_position, key_slot, key_weight_share, key_weight_stats,
+                      keyfact_item_metrics, nonkey_kl, pref_acc)
 from .tokenizer import build_keyfact_tokenizer, keyfact_vocabulary
 
-__all__ = ["DEFAULT_FACTS_PATH", "SIZES", "build_keyfact", "build_keyfact_tokenizer", "cache_root",
-           "evaluate_keyfact", "generated_keys", "greedy_generations", "key_margins", "key_position",
-           "key_weight_share", "keyfact_base_model", "keyfact_vocabulary", "load_facts", "one_thread", "pref_acc",
+__all__ = ["DEFAULT_FACTS_PATH", "OUTCOMES", "SIZES", "answer_set_logps", "build_keyfact", "build_keyfact_tokenizer",
+           "cache_root", "evaluate_keyfact", "generated_keys", "greedy_generations", "greedy_outcomes", "key_margins",
+           "key_position", "key_slot", "key_weight_share", "key_weight_stats", "keyfact_base_model",
+           "keyfact_item_metrics", "keyfact_vocabulary", "load_facts", "nonkey_kl", "one_thread", "pref_acc",
            "resolve_facts", "save_facts", "validate_facts"]

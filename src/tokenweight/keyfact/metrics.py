@@ -50,13 +50,22 @@ def _slot(tokenizer, prompt: list[dict], content: str, key_char: int, word: str)
     raise ValueError(f"no completion token covers the key {word!r} in {content!r}")
 
 
-def key_position(tokenizer, row: dict, facts: Any = None) -> int:
-    """Index of the key slot within the chosen completion ids of ``row`` (``facts``: the row's facts file,
-    ``None`` = built-in). The token there is ``row["key"]``, or ``row["wrong_key"]`` for a noisy row."""
+def key_slot(tokenizer, row: dict, facts: Any = None, side: str = "chosen") -> tuple[int, int]:
+    """``(index, length)``: the key slot within the ``side`` (``chosen`` or ``rejected``) completion ids of ``row``
+    and the number of those ids, EOS included (``facts``: the row's facts file, ``None`` = built-in). The chosen
+    token there is ``row["key"]`` and the rejected one ``row["wrong_key"]``, swapped for a noisy row."""
     facts = resolve_facts(facts)
-    word = row["wrong_key"] if row["noisy"] else row["key"]
+    if side not in ("chosen", "rejected"):
+        raise ValueError(f"side must be 'chosen' or 'rejected', got {side!r}")
+    word = row["wrong_key"] if row["noisy"] == (side == "chosen") else row["key"]
     key_char = key_char_offset(_answer_template(facts, row), row["subject"])
-    return _slot(tokenizer, row["prompt"], row["chosen"][-1]["content"], key_char, word)[2]
+    _, completion_ids, index = _slot(tokenizer, row["prompt"], row[side][-1]["content"], key_char, word)
+    return index, len(completion_ids)
+
+
+def key_position(tokenizer, row: dict, facts: Any = None) -> int:
+    """Index of the key slot within the chosen completion ids of ``row`` (:func:`key_slot`)."""
+    return key_slot(tokenizer, row, facts)[0]
 
 
 def _model_device(model) -> torch.device:
@@ -101,13 +110,9 @@ def generated_keys(tokenizer, rows: list[dict], generations: list[list[int]], fa
     return keys
 
 
-@torch.no_grad()
-def key_margins(model, tokenizer, rows: list[dict], facts: Any = None, batch_size: int = 64) -> torch.Tensor:
-    """``[N]`` log-prob margins at the key slot: ``log p(key) - max_d log p(d)`` over the row's distractors ``d``,
-    given the prompt and the chosen answer's tokens before the key."""
-    facts = resolve_facts(facts)
-    was_training, device = model.training, _model_device(model)
-    model.eval()
+def _slot_contexts(tokenizer, rows: list[dict], facts: dict[str, Any]) -> tuple[list[list[int]], list[list[int]]]:
+    """Per row, the ids before the key slot of the clean answer template (prompt + answer prefix) and the token ids
+    of ``[key, *distractors]`` (``distractors[0]`` is the lure)."""
     contexts, candidates = [], []
     for row in rows:
         template, facts_row = _answer_template(facts, row), find_row(facts, row["family"], row["subject"])
@@ -117,20 +122,121 @@ def key_margins(model, tokenizer, rows: list[dict], facts: Any = None, batch_siz
         prompt_ids, completion_ids, index = slots[0]  # the context before the slot is the same for every word
         contexts.append(prompt_ids + completion_ids[:index])
         candidates.append([completion[slot] for _, completion, slot in slots])
-    margins = []
+    return contexts, candidates
+
+
+def _right_padded(sequences: list[list[int]], pad_id: int, device) -> tuple[torch.Tensor, torch.Tensor]:
+    width = max(len(s) for s in sequences)
+    ids = torch.tensor([s + [pad_id] * (width - len(s)) for s in sequences], device=device)
+    mask = torch.tensor([[1] * len(s) + [0] * (width - len(s)) for s in sequences], device=device)
+    return ids, mask
+
+
+@torch.no_grad()
+def answer_set_logps(model, tokenizer, rows: list[dict], facts: Any = None, batch_size: int = 64) -> list[torch.Tensor]:
+    """Per row, ``[1 + D]`` log-probs at the key slot of the clean answer template, teacher-forced on the prompt and
+    the answer's tokens before the key: the correct key first, then the row's distractors (the lure first)."""
+    facts = resolve_facts(facts)
+    was_training, device = model.training, _model_device(model)
+    model.eval()
+    contexts, candidates = _slot_contexts(tokenizer, rows, facts)
+    out = []
     for begin in range(0, len(rows), batch_size):
         chunk = contexts[begin:begin + batch_size]
-        width = max(len(c) for c in chunk)
-        input_ids = torch.tensor([c + [tokenizer.pad_token_id] * (width - len(c)) for c in chunk], device=device)
-        attention_mask = torch.tensor([[1] * len(c) + [0] * (width - len(c)) for c in chunk], device=device)
+        input_ids, attention_mask = _right_padded(chunk, tokenizer.pad_token_id, device)
         logits = model(input_ids=input_ids, attention_mask=attention_mask).logits.float()
         last = torch.tensor([len(c) - 1 for c in chunk], device=device)
         logps = torch.log_softmax(logits[torch.arange(len(chunk), device=device), last], dim=-1)  # [b, V]
-        for b, ids in enumerate(candidates[begin:begin + batch_size]):
-            scores = logps[b, ids]
-            margins.append(scores[0] - scores[1:].max())
+        out.extend(logps[b, ids].cpu() for b, ids in enumerate(candidates[begin:begin + batch_size]))
     model.train(was_training)
-    return torch.stack(margins).cpu()
+    return out
+
+
+def key_margins(model, tokenizer, rows: list[dict], facts: Any = None, batch_size: int = 64) -> torch.Tensor:
+    """``[N]`` log-prob margins at the key slot: ``log p(key) - max_d log p(d)`` over the row's distractors ``d``,
+    given the prompt and the chosen answer's tokens before the key."""
+    return torch.stack([s[0] - s[1:].max() for s in answer_set_logps(model, tokenizer, rows, facts, batch_size)])
+
+
+@torch.no_grad()
+def nonkey_kl(model, ref_model, tokenizer, rows: list[dict], facts: Any = None, batch_size: int = 64) -> torch.Tensor:
+    """``[N]`` mean over the chosen completion's tokens other than the key slot (EOS included) of
+    ``KL(π(·|y_<t) ‖ π_ref(·|y_<t))`` over the whole vocabulary, teacher-forced on the chosen answer."""
+    facts = resolve_facts(facts)
+    device = _model_device(model)
+    training = [model.training, ref_model.training]
+    model.eval()
+    ref_model.eval()
+    sequences, spans = [], []
+    for row in rows:
+        word = row["wrong_key"] if row["noisy"] else row["key"]
+        key_char = key_char_offset(_answer_template(facts, row), row["subject"])
+        prompt_ids, completion_ids, key = _slot(tokenizer, row["prompt"], row["chosen"][-1]["content"], key_char, word)
+        sequences.append(prompt_ids + completion_ids)
+        spans.append((len(prompt_ids), len(completion_ids), key))
+    out = []
+    for begin in range(0, len(rows), batch_size):
+        input_ids, attention_mask = _right_padded(sequences[begin:begin + batch_size], tokenizer.pad_token_id, device)
+        logp = torch.log_softmax(model(input_ids=input_ids, attention_mask=attention_mask).logits.float(), dim=-1)
+        logq = torch.log_softmax(ref_model(input_ids=input_ids, attention_mask=attention_mask).logits.float(), dim=-1)
+        kl = (logp.exp() * (logp - logq)).sum(dim=-1)  # [b, L]: position p predicts token p + 1
+        for b, (start, length, key) in enumerate(spans[begin:begin + batch_size]):
+            positions = [start + t - 1 for t in range(length) if t != key]
+            out.append(kl[b, positions].mean().cpu())
+    model.train(training[0])
+    ref_model.train(training[1])
+    return torch.stack(out)
+
+
+#: Greedy outcomes at the key slot, in the order of :func:`greedy_outcomes`.
+OUTCOMES = ("correct", "lure", "other_answer", "outside", "format")
+
+
+def greedy_outcomes(rows: list[dict], keys: list[str | None], facts: Any = None) -> list[str]:
+    """Per row, what its greedy generation put in the key slot (``keys`` from :func:`generated_keys`): ``correct``,
+    the ``lure`` (``distractors[0]``), an ``other_answer`` word (another distractor), a word ``outside`` the answer
+    set, or ``format`` (the answer template was not followed up to the slot)."""
+    facts = resolve_facts(facts)
+    outcomes = []
+    for row, key in zip(rows, keys, strict=True):
+        distractors = find_row(facts, row["family"], row["subject"])["distractors"]
+        outcomes.append("format" if key is None else "correct" if key == row["key"] else
+                        "lure" if key == distractors[0] else "other_answer" if key in distractors else "outside")
+    return outcomes
+
+
+def keyfact_item_metrics(model, ref_model, tokenizer, rows, facts: Any = None, max_new_tokens: int = 48,
+                         batch_size: int = 64) -> dict[str, list[float]]:
+    """The two metric axes of KeyFact v2, per row (docs/KEYFACT.md), each a list of ``N`` floats:
+
+    learning the key (teacher-forced on the clean answer template)
+        ``forced_acc`` (1 when the key outscores every distractor), ``key_margin`` (key minus best distractor),
+        ``lure_margin`` (key minus lure), in log-prob;
+    collateral damage
+        ``answer_mass`` (probability of the answer set — key and distractors — at the key slot), ``format_fail``,
+        ``gen_len`` (greedy tokens before EOS), ``kl_nonkey`` (:func:`nonkey_kl`; 0 when ``ref_model`` is None);
+    the combined outcome (greedy)
+        ``key_acc`` and the indicators ``greedy_lure``, ``greedy_other``, ``greedy_outside`` (``format_fail`` is
+        the fourth way to miss).
+    """
+    facts = resolve_facts(facts)
+    rows = list(rows)
+    scores = answer_set_logps(model, tokenizer, rows, facts, batch_size)
+    generations = greedy_generations(model, tokenizer, rows, max_new_tokens, batch_size)
+    outcomes = greedy_outcomes(rows, generated_keys(tokenizer, rows, generations, facts), facts)
+    kl = ([0.0] * len(rows) if ref_model is None else
+          nonkey_kl(model, ref_model, tokenizer, rows, facts, batch_size).tolist())
+    return {"forced_acc": [float(s[0] > s[1:].max()) for s in scores],
+            "key_margin": [(s[0] - s[1:].max()).item() for s in scores],
+            "lure_margin": [(s[0] - s[1]).item() for s in scores],
+            "answer_mass": [s.exp().sum().item() for s in scores],
+            "format_fail": [float(o == "format") for o in outcomes],
+            "gen_len": [float(len(g)) for g in generations],
+            "kl_nonkey": kl,
+            "key_acc": [float(o == "correct") for o in outcomes],
+            "greedy_lure": [float(o == "lure") for o in outcomes],
+            "greedy_other": [float(o == "other_answer") for o in outcomes],
+            "greedy_outside": [float(o == "outside") for o in outcomes]}
 
 
 def key_weight_share(weights: torch.Tensor, key_positions: torch.Tensor | list[int]) -> torch.Tensor:
@@ -149,6 +255,24 @@ def key_weight_share(weights: torch.Tensor, key_positions: torch.Tensor | list[i
     if empty:
         raise ValueError(f"key_weight_share: rows {empty} have zero total weight")
     return weights[torch.arange(weights.shape[0], device=weights.device), positions] / totals
+
+
+def key_weight_stats(weights: list[list[float]], key_positions: list[int]) -> tuple[list[float], list[float]]:
+    """``(share, relative)`` of each chosen completion's key weight, one float per row each.
+
+    ``share`` = the key's weight over the total weight from the key slot onward (the tokens before it are the same in
+    chosen and rejected, so their log-ratios cancel); ``relative`` = the key's weight over the row's mean weight per
+    completion token (uniform: 1; all of uniform's total ``n`` on the key: ``n``). ``weights`` holds one list per
+    row, one weight per completion token (EOS included); raises for a row with zero weight from its key onward.
+    """
+    shares, relative = [], []
+    for index, (row, key) in enumerate(zip(weights, key_positions, strict=True)):
+        tail = sum(row[key:])
+        if tail <= 0:
+            raise ValueError(f"key_weight_stats: row {index} has zero weight from its key slot {key} onward")
+        shares.append(row[key] / tail)
+        relative.append(row[key] * len(row) / sum(row))
+    return shares, relative
 
 
 def pref_acc(chosen_logratios: torch.Tensor, rejected_logratios: torch.Tensor) -> float:

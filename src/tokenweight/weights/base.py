@@ -170,6 +170,12 @@ class WeightingScheme:
     #: The config key naming the folder of the cache :meth:`prepare` writes (``tokenweight precompute <scheme>
     #: --output DIR`` sets it); ``None`` for a scheme without a prepare hook.
     cache_setting: ClassVar[str | None] = None
+    #: False for a reference-free scheme (SimPO …): the trainer gets no reference model (the KeyFact bench still
+    #: loads the base model, to *measure* the policy against it).
+    uses_reference: ClassVar[bool] = True
+    #: Named settings overrides that isolate one part of the scheme (its weights alone, its extra loss terms alone),
+    #: reported by ``tokenweight bench keyfact`` as rows ``<name>:<ablation>``; ``{}``: nothing to separate.
+    ablations: ClassVar[dict[str, dict[str, Any]]] = {}
 
     def __init__(self, settings: Any = None, context: SchemeContext | None = None):
         if self.settings_class is not None and settings is None:

@@ -61,6 +61,10 @@ class TIDPOScheme(WeightingScheme):
     name = "tidpo"
     needs_hidden_states = False
     settings_class = TIDPOSettings
+    #: ``weights``: attribution × prior weights, no TDPO2 KL, no triplet; ``kl``: the TDPO2 KL alone on uniform
+    #: weights (λ 0 and σ = T / 1e-9: the Gaussian prior is flat, so every weight is 1 to float precision).
+    ablations = {"weights": {"tidpo_kl_alpha": 0.0, "tidpo_gamma": 0.0},
+                 "kl": {"tidpo_lambda": 0.0, "tidpo_sigma_div": 1e-9, "tidpo_gamma": 0.0}}
 
     def __init__(self, settings: TIDPOSettings | None = None, context: SchemeContext | None = None):
         super().__init__(settings, context)

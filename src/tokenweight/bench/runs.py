@@ -1,0 +1,197 @@
+"""One KeyFact run (a row on a variant and a seed): train from the base model, then measure it item by item.
+
+The run's training data is drawn with the seed (``keyfact_seed``, and the training order ``seed``); the evaluation
+set is fixed (``BenchSettings.eval_seed``), the same for every run, so every metric is a list over the same items
+and rows compare pairwise (:mod:`tokenweight.bench.stats`). The base model is also the frozen reference: it is
+handed to the trainer only for a scheme that ``uses_reference``, but always used to *measure* (``pref_acc``,
+``kl_nonkey``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from multiprocessing import get_context
+from pathlib import Path
+
+import datasets
+import torch
+from tqdm.auto import tqdm
+from transformers import TrainerCallback
+
+from tokenweight.bench.rows import BenchRow, baseline_label, bench_row, oracle_weights
+from tokenweight.bench.settings import VARIANTS, BenchSettings
+from tokenweight.errors import UserError
+
+#: Means of these item metrics are measured along training (the learning curves).
+CURVE_METRICS = ("forced_acc", "key_acc", "answer_mass", "pref_acc")
+
+
+def run_config(settings: BenchSettings, row: BenchRow, variant: str, seed: int, output_dir: Path,
+               learning_rate: float):
+    """The :class:`TokenweightConfig` of one run: the KeyFact budget, the variant's data, the row's overrides."""
+    from tokenweight.config import TokenweightConfig
+    from tokenweight.run import KEYFACT_DEFAULTS
+
+    known = {f.name for f in dataclasses.fields(TokenweightConfig)}
+    for source, overrides in ((f"variant {variant!r}", VARIANTS[variant]), (f"row {row.label!r}", row.overrides)):
+        unknown = sorted(set(overrides) - known)
+        if unknown:
+            raise UserError(f"KeyFact bench {source} sets {unknown}, which this version's config does not have")
+    return TokenweightConfig(**{
+        **KEYFACT_DEFAULTS, "output_dir": str(output_dir), "weighting": row.scheme, "seed": seed, "keyfact_seed": seed,
+        "keyfact_facts": settings.facts, "keyfact_train_size": settings.train_size, "keyfact_eval_size": 1,
+        "num_train_epochs": settings.epochs, "per_device_train_batch_size": settings.batch_size,
+        "per_device_eval_batch_size": settings.batch_size, "learning_rate": learning_rate, "beta": settings.beta,
+        "max_length": settings.max_length, "logging_strategy": "no", "save_strategy": "no", "report_to": "none",
+        "disable_tqdm": True, **VARIANTS[variant], **row.overrides})
+
+
+def evaluation_rows(settings: BenchSettings, seed: int, size: int) -> datasets.Dataset:
+    """``size`` held-out KeyFact pairs drawn with ``seed`` (held-out paraphrases, filler and subjects; clean)."""
+    from tokenweight.keyfact import build_keyfact
+    return build_keyfact(facts_path=settings.facts, n_train=1, n_eval=size, seed=seed)["eval"]
+
+
+def with_oracle_weights(rows: datasets.Dataset, row: BenchRow, tokenizer, facts) -> datasets.Dataset:
+    """``rows`` with the oracle's key-only ``chosen_weights``/``rejected_weights`` columns (unchanged otherwise)."""
+    if row.oracle is None:
+        return rows
+    columns = [oracle_weights(tokenizer, r, facts, row.oracle) for r in rows]
+    for name in ("chosen_weights", "rejected_weights"):
+        rows = rows.add_column(name, [c[name] for c in columns])
+    return rows
+
+
+def item_metrics(model, reference, tokenizer, pairs, rows, settings: BenchSettings, scheme=None) -> dict[str, list]:
+    """Per evaluation item: :func:`~tokenweight.keyfact.keyfact_item_metrics`, ``pref_acc`` (1 when the unweighted
+    implicit reward ranks the pair right, ½ on a tie; needs ``reference``) and, with ``scheme``, the key weight's
+    ``key_share`` (of the weight from the key onward) and ``key_weight_rel`` (over the mean weight) on the chosen
+    completion, with the weights the scheme computes for ``model``. ``pairs``: ``rows`` tokenized, same order."""
+    from tokenweight.evaluate import pair_token_weights, score_pairs
+    from tokenweight.keyfact import key_position, key_weight_stats, keyfact_item_metrics
+
+    if list(pairs["row_index"]) != list(range(len(rows))):
+        raise ValueError("KeyFact bench: tokenization dropped or reordered evaluation rows; raise --max_length")
+    items = keyfact_item_metrics(model, reference, tokenizer, rows, settings.facts, settings.max_new_tokens)
+    if reference is not None:
+        scores = score_pairs(model, reference, pairs, tokenizer.pad_token_id, batch_size=64, progress=False)
+        reward_c, reward_r = scores.policy_chosen - scores.ref_chosen, scores.policy_rejected - scores.ref_rejected
+        items["pref_acc"] = ((reward_c > reward_r).float() + 0.5 * (reward_c == reward_r).float()).tolist()
+    if scheme is not None:
+        weights = pair_token_weights(scheme, model, pairs, tokenizer.pad_token_id, 64, progress=False)
+        keys = [key_position(tokenizer, r, settings.facts) for r in rows]
+        items["key_share"], items["key_weight_rel"] = key_weight_stats([c for c, _ in weights], keys)
+        items["_weights"] = weights
+    return items
+
+
+class CurveCallback(TrainerCallback):
+    """Evaluates ``evaluate(model)`` at step 0 and at ``points`` evenly spaced steps up to the last one."""
+
+    def __init__(self, evaluate, points: int):
+        self.evaluate, self.points, self.steps, self.curve = evaluate, points, set(), []
+
+    def on_train_begin(self, args, state, control, model=None, **kwargs):
+        self.steps = {round(state.max_steps * (k + 1) / self.points) for k in range(self.points)}
+        self.curve.append({"step": 0, **self.evaluate(model)})
+
+    def on_step_end(self, args, state, control, model=None, **kwargs):
+        if state.global_step in self.steps:
+            self.curve.append({"step": state.global_step, **self.evaluate(model)})
+
+
+def _means(items: dict[str, list], names) -> dict[str, float]:
+    return {name: sum(items[name]) / len(items[name]) for name in names if name in items}
+
+
+def run_one(settings: BenchSettings, base_path: str, label: str, variant: str, seed: int, output_dir: str,
+            learning_rate: float, eval_seed: int, eval_size: int, heatmap_pairs: int = 0) -> dict:
+    """Train row ``label`` on ``variant`` with ``seed``; returns its per-item metrics on the ``eval_size`` pairs
+    drawn with ``eval_seed``, their means, the learning curve and ``heatmap_pairs`` pairs' weights."""
+    from tokenweight.keyfact import key_slot
+    from tokenweight.models import load_causal_lm, load_tokenizer
+    from tokenweight.run import load_run_splits, prepare_split
+    from tokenweight.trainer import TokenweightTrainer
+
+    start = time.perf_counter()
+    row = bench_row(label)
+    config = run_config(settings, row, variant, seed, Path(output_dir), learning_rate)
+    tokenizer = load_tokenizer(base_path)
+    train_rows = with_oracle_weights(load_run_splits(config).train, row, tokenizer, settings.facts)
+    eval_rows = with_oracle_weights(evaluation_rows(settings, eval_seed, eval_size), row, tokenizer, settings.facts)
+    # every split through the scheme's data preparation, as `tokenweight train` does (AttentionPO: the judge's cache)
+    train = prepare_split(config, base_path, tokenizer, train_rows, "train")
+    evaluation = prepare_split(config, base_path, tokenizer, eval_rows, "eval")
+    policy, reference = load_causal_lm(base_path), load_causal_lm(base_path)
+    curve_pairs = evaluation.select(range(min(settings.curve_eval_size, len(evaluation))))
+    curve_rows = eval_rows.select(range(len(curve_pairs)))
+    curve = CurveCallback(lambda model: _means(item_metrics(model, reference, tokenizer, curve_pairs, curve_rows,
+                                                            settings), CURVE_METRICS), settings.curve_points)
+    trainer = TokenweightTrainer(model=policy, ref_model=reference if trainer_uses_reference(row) else None,
+                                 args=config, train_dataset=train, processing_class=tokenizer, callbacks=[curve])
+    trainer.train()
+    items = item_metrics(trainer.model, reference, tokenizer, evaluation, eval_rows, settings, trainer.scheme)
+    weights = items.pop("_weights")
+    pairs = []
+    for k in range(min(heatmap_pairs, len(evaluation))):
+        pair, raw = evaluation[k], eval_rows[k]
+        pairs.append({"prompt_ids": pair["prompt_ids"], "chosen_ids": pair["chosen_ids"],
+                      "rejected_ids": pair["rejected_ids"], "chosen_weights": weights[k][0],
+                      "rejected_weights": weights[k][1],
+                      "chosen_key": key_slot(tokenizer, raw, settings.facts, "chosen")[0],
+                      "rejected_key": key_slot(tokenizer, raw, settings.facts, "rejected")[0]})
+    return {"label": label, "scheme": row.scheme, "variant": variant, "seed": seed, "learning_rate": learning_rate,
+            "metrics": _means(items, items), "items": items, "curve": curve.curve, "steps": trainer.state.global_step,
+            "seconds": time.perf_counter() - start, "pairs": pairs}
+
+
+def trainer_uses_reference(row: BenchRow) -> bool:
+    """Whether the trainer gets the reference model (a reference-free scheme trains without one)."""
+    from tokenweight.weights.base import scheme_class
+    return scheme_class(row.scheme).uses_reference
+
+
+def reference_items(settings: BenchSettings, base_path: str) -> dict[str, list]:
+    """The base model's per-item metrics on the fixed evaluation set (no training; ``kl_nonkey`` 0)."""
+    from tokenweight.models import load_causal_lm, load_tokenizer
+    from tokenweight.run import tokenize_split
+
+    config = run_config(settings, bench_row(baseline_label()), settings.variants[0], 0, Path("unused"),
+                        settings.learning_rate)
+    tokenizer = load_tokenizer(base_path)
+    rows = evaluation_rows(settings, settings.eval_seed, settings.eval_size)
+    pairs = tokenize_split(config, tokenizer, rows, "eval")
+    items = item_metrics(load_causal_lm(base_path), None, tokenizer, pairs, rows, settings)
+    return {**items, "pref_acc": [0.5] * len(rows)}  # the reference is its own reference: every pair ties
+
+
+def _one_thread() -> None:
+    torch.set_num_threads(1)
+
+
+def _run_task(task: dict) -> dict:
+    return run_one(**task)
+
+
+def execute(tasks: list[dict], jobs: int, description: str) -> list[dict]:
+    """Every ``run_one(**task)``, in ``jobs`` worker processes of one thread each (in this process for 1), in the
+    order of ``tasks``."""
+    bar = tqdm(total=len(tasks), desc=description)
+    if jobs == 1:
+        results = []
+        for task in tasks:
+            bar.set_postfix_str(f"{task['variant']} {task['label']} seed {task['seed']}")
+            results.append(_run_task(task))
+            bar.update()
+        bar.close()
+        return results
+    results = [None] * len(tasks)
+    with ProcessPoolExecutor(jobs, mp_context=get_context("spawn"), initializer=_one_thread) as pool:
+        futures = {pool.submit(_run_task, task): k for k, task in enumerate(tasks)}
+        for future in as_completed(futures):
+            results[futures[future]] = future.result()
+            bar.update()
+    bar.close()
+    return results

@@ -1,0 +1,85 @@
+"""What one ``tokenweight bench keyfact`` call runs: rows, seeds, data variants and the one training budget."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+
+from tokenweight.errors import UserError
+
+#: Data variants: config overrides of the training data (the evaluation set is always the same, clean one).
+#: ``shortcut``: a filler sentence that co-occurs with chosen in training, at β 0.5, where the sigmoid of plain DPO
+#: saturates on the easy pairs (docs/KEYFACT.md, "Variants").
+VARIANTS: dict[str, dict[str, float]] = {
+    "base": {"keyfact_chosen_longer": 0.5, "keyfact_label_noise": 0.0},
+    "verbosity": {"keyfact_chosen_longer": 0.8, "keyfact_label_noise": 0.0},
+    "noise0.1": {"keyfact_chosen_longer": 0.5, "keyfact_label_noise": 0.1},
+    "noise0.2": {"keyfact_chosen_longer": 0.5, "keyfact_label_noise": 0.2},
+    "noise0.4": {"keyfact_chosen_longer": 0.5, "keyfact_label_noise": 0.4},
+    "shortcut": {"keyfact_chosen_longer": 0.5, "keyfact_label_noise": 0.0, "keyfact_shortcut": 0.9, "beta": 0.5},
+}
+#: The learning rates ``--tune`` tries per row (× the budget's learning rate).
+TUNE_FACTORS = (0.5, 1.0, 2.0)
+
+
+def budget() -> dict:
+    """The KeyFact training budget of ``tokenweight train`` (``run.KEYFACT_DEFAULTS``): learning rate, epochs,
+    batch size, max length, and β when it sets one (else every scheme's own default β, as in ``train``)."""
+    from tokenweight.run import KEYFACT_DEFAULTS as defaults
+
+    return {"learning_rate": defaults["learning_rate"], "epochs": float(defaults["num_train_epochs"]),
+            "batch_size": defaults["per_device_train_batch_size"], "max_length": defaults["max_length"],
+            "beta": defaults.get("beta")}
+
+
+@dataclass
+class BenchSettings:
+    """Every run shares all of this except its row, variant and seed.
+
+    ``rows``: table rows (:func:`~tokenweight.bench.rows.bench_row`); the first variant is the one where ablation
+    rows (``scheme:ablation``) run. ``eval_seed`` draws the fixed evaluation set (independent of the training seeds);
+    ``validation_seed`` the ``--tune`` selection set. ``jobs``: worker processes (one thread each).
+    """
+
+    rows: list[str]
+    seeds: list[int]
+    variants: list[str] = field(default_factory=lambda: list(VARIANTS))
+    model_size: str = "default"
+    base_seed: int = 0
+    facts: str | None = None
+    train_size: int = 512
+    eval_size: int = 512
+    eval_seed: int = 1000
+    validation_seed: int = 2000
+    validation_size: int = 256
+    learning_rate: float = field(default_factory=lambda: budget()["learning_rate"])
+    epochs: float = field(default_factory=lambda: budget()["epochs"])
+    batch_size: int = field(default_factory=lambda: budget()["batch_size"])
+    max_length: int = field(default_factory=lambda: budget()["max_length"])
+    beta: float | None = field(default_factory=lambda: budget()["beta"])
+    max_new_tokens: int = 40
+    curve_points: int = 4
+    curve_eval_size: int = 64
+    heatmap_pairs: int = 3
+    bootstrap: int = 2000
+    jobs: int = 1
+    tune: bool = False
+
+    def __post_init__(self):
+        unknown = [v for v in self.variants if v not in VARIANTS]
+        if unknown:
+            raise UserError(f"--variants: unknown KeyFact variant(s) {unknown}; known: {list(VARIANTS)}")
+        if not self.rows or not self.seeds or not self.variants:
+            raise UserError("the benchmark needs at least one scheme, one seed and one variant")
+        if self.jobs < 1:
+            raise UserError(f"--jobs must be at least 1, got {self.jobs}")
+
+    @property
+    def ablation_variant(self) -> str:
+        return self.variants[0]
+
+
+def quick_settings(settings: BenchSettings) -> BenchSettings:
+    """The ``--quick`` budget: the small base model, tiny data, one epoch, the base variant, two seeds."""
+    return replace(settings, model_size="small", train_size=32, eval_size=16, validation_size=16, epochs=1.0,
+                   batch_size=8, max_new_tokens=24, curve_points=2, curve_eval_size=8, heatmap_pairs=1,
+                   bootstrap=200, seeds=settings.seeds[:2], variants=["base"])
