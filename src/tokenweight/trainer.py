@@ -16,6 +16,7 @@ from transformers import Trainer
 
 from tokenweight.config import TokenweightConfig
 from tokenweight.data import PreferenceCollator
+from tokenweight.fsdp import enable_fsdp_on_cpu, reshard, shard_reference
 from tokenweight.logps import TokenScores, enable_token_scoring
 from tokenweight.models import disable_dropout, freeze
 from tokenweight.objectives import (MetricValue, completion_statistics, pair_loss, record_metrics, reduce_metrics,
@@ -63,12 +64,22 @@ class TokenweightTrainer(Trainer):
         self._metrics = {"train": defaultdict(list), "eval": defaultdict(list)}
         self._step_rows: tuple[int, list[torch.Tensor]] = (-1, [])  # (global step, row_index of its micro-batches)
 
+    def create_accelerator_and_postprocess(self):
+        """The Trainer's accelerator; a multi-process CPU run that asked for FSDP v2 gets FSDP, not accelerate's
+        silent DDP (:func:`tokenweight.fsdp.enable_fsdp_on_cpu`)."""
+        super().create_accelerator_and_postprocess()
+        if enable_fsdp_on_cpu(self.accelerator, self.args.fsdp_plugin_args):
+            self.is_fsdp_enabled = True
+
     def _prepare_reference(self, ref_model: nn.Module) -> nn.Module:
         """DeepSpeed: an inference engine with the run's ZeRO stage (ZeRO-3 partitions the reference too).
-        DDP and FSDP: a full frozen copy on each process's device (it needs no gradient synchronisation)."""
+        FSDP (v2): sharded in place with the policy's plan, no optimizer (:func:`tokenweight.fsdp.shard_reference`).
+        DDP: a full frozen copy on each process's device (it needs no gradient synchronisation)."""
         if self.is_deepspeed_enabled:
             return _deepspeed_inference_engine(ref_model, self.accelerator.state.deepspeed_plugin.deepspeed_config,
                                                self.args)
+        if self.is_fsdp_enabled:
+            return shard_reference(ref_model, self.accelerator)
         return ref_model.to(self.accelerator.device)
 
     # ------------------------------------------------------------------------------------------ the loss
@@ -115,6 +126,8 @@ class TokenweightTrainer(Trainer):
         if mode == "train":
             metrics["num_tokens"] = inputs["attention_mask"].sum()
         self._record(mode, metrics)
+        if self.is_fsdp_enabled and self.ref_model is not None:
+            reshard(self.ref_model)  # its last use in this step: free the units FSDP keeps gathered
         return (loss, {"per_pair": result.per_pair}) if return_outputs else loss
 
     def _remember_step_rows(self, inputs: dict) -> None:
