@@ -30,6 +30,7 @@ from conftest import make_model, make_tokenizer, standard_rows  # noqa: E402
 
 from tokenweight.config import TokenweightConfig  # noqa: E402
 from tokenweight.data import tokenize_preference_dataset  # noqa: E402
+from tokenweight.run import prepare_raw  # noqa: E402
 from tokenweight.trainer import TokenweightTrainer  # noqa: E402
 
 
@@ -64,8 +65,6 @@ def main() -> None:
     cli = parser.parse_args()
 
     tokenizer = make_tokenizer()
-    dataset, _ = tokenize_preference_dataset(datasets.Dataset.from_list(standard_rows(12)), tokenizer,
-                                             max_length=None)
     args = TokenweightConfig(output_dir=str(cli.out / "run"), use_cpu=True, report_to=[], save_strategy="no",
                              disable_tqdm=True, max_steps=cli.steps, per_device_train_batch_size=cli.batch,
                              gradient_accumulation_steps=cli.grad_accum, train_sampling_strategy="sequential",
@@ -73,8 +72,14 @@ def main() -> None:
                              weight_decay=0.0, max_grad_norm=1.0, logging_steps=1, beta=0.1, seed=0,
                              max_length=None, weighting=cli.weighting,
                              tidpo_gamma=cli.tidpo_gamma)
-    trainer = TokenweightTrainer(make_model(len(tokenizer), seed=0), make_model(len(tokenizer), seed=1), args,
-                                 train_dataset=dataset, processing_class=tokenizer)
+    # A context that holds AttentionPO's judge template (the parameters do not depend on it).
+    reference = make_model(len(tokenizer), seed=1, max_position_embeddings=256)
+    # The scheme's data preparation (AttentionPO: the judge, on the unwrapped reference, in memory) before training.
+    raw = prepare_raw(args, "reference (in memory)", tokenizer, datasets.Dataset.from_list(standard_rows(12)),
+                      "train", model=reference)
+    dataset, _ = tokenize_preference_dataset(raw, tokenizer, max_length=None)
+    policy = make_model(len(tokenizer), seed=0, max_position_embeddings=256)
+    trainer = TokenweightTrainer(policy, reference, args, train_dataset=dataset, processing_class=tokenizer)
     recorder = RowRecorder(trainer.data_collator)
     trainer.data_collator = recorder
     trainer.train()

@@ -77,7 +77,21 @@ def shard_reference(model: nn.Module, accelerator: Accelerator) -> nn.Module:
                         "with --ref_log_probs DIR (no reference model at all)")
     if any(parameter.requires_grad for parameter in model.parameters()):
         raise ValueError("shard_reference: the reference model must be frozen (tokenweight.models.freeze)")
-    return fsdp2_prepare_model(accelerator, model)
+    model = fsdp2_prepare_model(accelerator, model)
+    init_root(model)
+    return model
+
+
+def init_root(model: nn.Module) -> None:
+    """Make the FSDP2 model ``model`` the root of its units (idempotent; a no-op for other models).
+
+    FSDP2 takes as root the first unit that runs a forward. Scheme passes call the input embedding, the decoder
+    stack or the output head on their own (TI-DPO's attribution before the policy's first forward, anchor scoring,
+    the TDPO2 KL), which would make a sub-unit the root and then fail ("FSDP requires a single root module").
+    This runs FSDP2's lazy initialisation from the model itself, as its first forward would.
+    """
+    if isinstance(model, FSDPModule):
+        model._get_fsdp_state()._lazy_init()
 
 
 def reshard(model: nn.Module) -> None:

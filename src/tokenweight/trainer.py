@@ -16,7 +16,7 @@ from transformers import Trainer
 
 from tokenweight.config import TokenweightConfig
 from tokenweight.data import PreferenceCollator
-from tokenweight.fsdp import enable_fsdp_on_cpu, reshard, shard_reference
+from tokenweight.fsdp import enable_fsdp_on_cpu, init_root, reshard, shard_reference
 from tokenweight.logps import TokenScores, enable_token_scoring
 from tokenweight.models import disable_dropout, freeze
 from tokenweight.objectives import (MetricValue, completion_statistics, pair_loss, record_metrics, reduce_metrics,
@@ -89,6 +89,8 @@ class TokenweightTrainer(Trainer):
         if mode == "train":
             self._remember_step_rows(inputs)
         scheme = self.scheme
+        if self.is_fsdp_enabled:
+            init_root(model)  # before a scheme's own passes call its sub-units
         weighting_inputs = batch_inputs(inputs, model)
         loss_mask = weighting_inputs.loss_mask
 
