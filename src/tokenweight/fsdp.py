@@ -94,6 +94,32 @@ def init_root(model: nn.Module) -> None:
         model._get_fsdp_state()._lazy_init()
 
 
+def end_reference_step(model: nn.Module) -> None:
+    """Free every gathered unit of the FSDP2 reference ``model`` at the end of a step (a no-op for other models).
+
+    FSDP2 keeps the units with ``reshard_after_forward=False`` (final norm + output head, root) gathered after a
+    forward until their backward, and a grouped unit whose modules ran only partly (TI-DPO's standalone head calls:
+    the TDPO2 KL, anchor scoring) stays in its forward state, which a plain ``reshard()`` skips. A frozen reference
+    has no backward, so its step ends here: ``reset_iter_state()`` reshards every unit and clears FSDP's
+    per-iteration records (its post-forward order would otherwise grow by one entry per unit and forward). It
+    discards only in-flight gradient reductions, and the reference has none.
+    """
+    if isinstance(model, FSDPModule):
+        model.reset_iter_state()
+
+
+def init_root(model: nn.Module) -> None:
+    """Make the FSDP2 model ``model`` the root of its units (idempotent; a no-op for other models).
+
+    FSDP2 takes as root the first unit that runs a forward. Scheme passes call the input embedding, the decoder
+    stack or the output head on their own (TI-DPO's attribution before the policy's first forward, anchor scoring,
+    the TDPO2 KL), which would make a sub-unit the root and then fail ("FSDP requires a single root module").
+    This runs FSDP2's lazy initialisation from the model itself, as its first forward would.
+    """
+    if isinstance(model, FSDPModule):
+        model._get_fsdp_state()._lazy_init()
+
+
 def reshard(model: nn.Module) -> None:
     """Free the gathered full parameters of every FSDP2 unit of ``model`` (a no-op for units already sharded).
 

@@ -16,7 +16,7 @@ from transformers import Trainer
 
 from tokenweight.config import TokenweightConfig
 from tokenweight.data import PreferenceCollator
-from tokenweight.fsdp import enable_fsdp_on_cpu, init_root, reshard, shard_reference
+from tokenweight.fsdp import enable_fsdp_on_cpu, end_reference_step, init_root, shard_reference
 from tokenweight.logps import TokenScores, enable_token_scoring
 from tokenweight.models import disable_dropout, freeze
 from tokenweight.objectives import (MetricValue, completion_statistics, pair_loss, record_metrics, reduce_metrics,
@@ -128,9 +128,19 @@ class TokenweightTrainer(Trainer):
         if mode == "train":
             metrics["num_tokens"] = inputs["attention_mask"].sum()
         self._record(mode, metrics)
-        if self.is_fsdp_enabled and self.ref_model is not None:
-            reshard(self.ref_model)  # its last use in this step: free the units FSDP keeps gathered
         return (loss, {"per_pair": result.per_pair}) if return_outputs else loss
+
+    def training_step(self, model, inputs, num_items_in_batch=None):
+        loss = super().training_step(model, inputs, num_items_in_batch)
+        self._end_reference_step()
+        return loss
+
+    def _end_reference_step(self) -> None:
+        """After the micro-step's last use of the reference (the backward may recompute checkpointed reference head
+        chunks, TI-DPO's KL): under FSDP free every reference unit still gathered
+        (:func:`tokenweight.fsdp.end_reference_step`)."""
+        if self.is_fsdp_enabled and self.ref_model is not None:
+            end_reference_step(self.ref_model)
 
     def _remember_step_rows(self, inputs: dict) -> None:
         """Keep the dataset rows of the current optimizer step's micro-batches (named by a non-finite gradient)."""
@@ -165,6 +175,7 @@ class TokenweightTrainer(Trainer):
         inputs = self._prepare_inputs(inputs)
         with torch.no_grad():
             loss = self.compute_loss(model, inputs)
+        self._end_reference_step()
         return loss.detach(), None, None
 
     # ------------------------------------------------------------------------------------------ metrics
