@@ -1,14 +1,15 @@
 """A short CPU training run of ``TokenweightTrainer`` for ``tests/test_distributed.py``.
 
-Run once under ``accelerate launch --multi_gpu --num_processes 2`` (with ``use_cpu`` the processes join a gloo
-group) and once as a plain single process with ``--grad_accum 2``. Every process writes the dataset rows of each of
-its micro-batches to ``OUT/rows_rank{r}.json``; the main process writes the trained parameters to
-``OUT/params.pt`` and the logged metrics to ``OUT/log_history.json``.
+Run once under ``accelerate launch --multi_gpu --num_processes 2`` (DDP; with ``use_cpu`` the processes join a
+gloo group) or ``accelerate launch --config_file fsdp.yaml --num_processes 2`` (FSDP2), and once as a plain single
+process with ``--grad_accum 2``. Every process writes the dataset rows of each of its micro-batches and how its
+policy and reference are sharded to ``OUT/rows_rank{r}.json``; the main process writes the trained (full)
+parameters to ``OUT/params.pt`` and the logged metrics to ``OUT/log_history.json``.
 
-    python tests/distributed_worker.py OUT --grad_accum 2 [--weighting otpo]
+    python tests/distributed_worker.py OUT --grad_accum 2 [--weighting otpo] [--tidpo_gamma 0.1]
 
-TI-DPO runs without its triplet term (anchors are sampled, so ranks and a single process would draw different
-ones); its attribution pass and TDPO2 KL term are exercised.
+TI-DPO runs without its triplet term unless ``--tidpo_gamma`` is given; its attribution pass and TDPO2 KL term are
+exercised. Anchors are seeded per dataset row and step, so processes and a single process draw the same ones.
 """
 
 from __future__ import annotations
@@ -21,12 +22,15 @@ from pathlib import Path
 
 import datasets
 import torch
+from torch.distributed.fsdp import FSDPModule
+from torch.distributed.tensor import DTensor
 
 sys.path.insert(0, str(Path(__file__).parent))
 from conftest import make_model, make_tokenizer, standard_rows  # noqa: E402
 
 from tokenweight.config import TokenweightConfig  # noqa: E402
 from tokenweight.data import tokenize_preference_dataset  # noqa: E402
+from tokenweight.run import prepare_raw  # noqa: E402
 from tokenweight.trainer import TokenweightTrainer  # noqa: E402
 
 
@@ -43,6 +47,13 @@ class RowRecorder:
         return batch
 
 
+def sharding(model: torch.nn.Module) -> dict:
+    """Whether ``model`` is an FSDP2 module, and per parameter ``[local elements, full elements]``."""
+    return {"fsdp_module": isinstance(model, FSDPModule),
+            "params": {name: [p.to_local().numel() if isinstance(p, DTensor) else p.numel(), p.numel()]
+                       for name, p in model.named_parameters()}}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("out", type=Path)
@@ -50,29 +61,40 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=2)
     parser.add_argument("--steps", type=int, default=3)
     parser.add_argument("--weighting", default="uniform")
+    parser.add_argument("--tidpo_gamma", type=float, default=0.0)
     cli = parser.parse_args()
 
     tokenizer = make_tokenizer()
-    dataset, _ = tokenize_preference_dataset(datasets.Dataset.from_list(standard_rows(12)), tokenizer,
-                                             max_length=None)
     args = TokenweightConfig(output_dir=str(cli.out / "run"), use_cpu=True, report_to=[], save_strategy="no",
                              disable_tqdm=True, max_steps=cli.steps, per_device_train_batch_size=cli.batch,
                              gradient_accumulation_steps=cli.grad_accum, train_sampling_strategy="sequential",
                              learning_rate=1e-2, lr_scheduler_type="constant", optim="adamw_torch",
                              weight_decay=0.0, max_grad_norm=1.0, logging_steps=1, beta=0.1, seed=0,
-                             max_length=None, weighting=cli.weighting, tidpo_gamma=0.0)
-    trainer = TokenweightTrainer(make_model(len(tokenizer), seed=0), make_model(len(tokenizer), seed=1), args,
-                                 train_dataset=dataset, processing_class=tokenizer)
+                             max_length=None, weighting=cli.weighting,
+                             tidpo_gamma=cli.tidpo_gamma)
+    # A context that holds AttentionPO's judge template (the parameters do not depend on it).
+    reference = make_model(len(tokenizer), seed=1, max_position_embeddings=256)
+    # The scheme's data preparation (AttentionPO: the judge, on the unwrapped reference, in memory) before training.
+    raw = prepare_raw(args, "reference (in memory)", tokenizer, datasets.Dataset.from_list(standard_rows(12)),
+                      "train", model=reference)
+    dataset, _ = tokenize_preference_dataset(raw, tokenizer, max_length=None)
+    policy = make_model(len(tokenizer), seed=0, max_position_embeddings=256)
+    trainer = TokenweightTrainer(policy, reference, args, train_dataset=dataset, processing_class=tokenizer)
     recorder = RowRecorder(trainer.data_collator)
     trainer.data_collator = recorder
     trainer.train()
 
     cli.out.mkdir(parents=True, exist_ok=True)
     rank, world = trainer.accelerator.process_index, trainer.accelerator.num_processes
-    (cli.out / f"rows_rank{rank}.json").write_text(json.dumps({"world_size": world, "rows": recorder.rows}))
+    model = trainer.accelerator.unwrap_model(trainer.model)
+    (cli.out / f"rows_rank{rank}.json").write_text(json.dumps({
+        "world_size": world, "rows": recorder.rows, "distributed_type": str(trainer.accelerator.distributed_type),
+        "policy": sharding(model), "reference": sharding(trainer.ref_model)}))
+    # FSDP: gathering a parameter's full tensor is a collective, so every process does it.
+    params = {name: (p.full_tensor() if isinstance(p, DTensor) else p).detach().clone()
+              for name, p in model.named_parameters()}
     if trainer.accelerator.is_main_process:
-        model = trainer.accelerator.unwrap_model(trainer.model)
-        torch.save({name: p.detach().clone() for name, p in model.named_parameters()}, cli.out / "params.pt")
+        torch.save(params, cli.out / "params.pt")
         (cli.out / "log_history.json").write_text(json.dumps(trainer.state.log_history))
     trainer.accelerator.wait_for_everyone()
 

@@ -1,11 +1,23 @@
-"""Data parallelism is the Trainer's and works with our patched forward: 2 CPU processes (DDP over gloo) with
-per-device batch 2 train to the same parameters as 1 process with batch 2 and ``gradient_accumulation_steps=2``.
+"""Data parallelism and FSDP are the Trainer's and work with our patched forward and the schemes' own passes: 2 CPU
+processes over gloo with per-device batch 2 train to the same parameters as 1 process with batch 2 and
+``gradient_accumulation_steps=2``, under DDP (``accelerate launch --multi_gpu``) and under FSDP2 (the shipped
+``accelerate_configs/fsdp.yaml``; accelerate enables FSDP only for accelerators, tokenweight switches a CPU state
+to it, see ``tokenweight.fsdp``).
 
 With the sequential sampler, step ``k`` of the 2-process run gives micro-batch ``2k`` to rank 0 and ``2k+1`` to
 rank 1 (accelerate shards batches round-robin); the single process sees micro-batches ``2k`` and ``2k+1`` in the
-same step. DDP averages the two gradients; gradient accumulation sums the two losses divided by 2. Both then clip
-and step identically. The logged metrics agree too: means are averaged and counts (``num_tokens``) summed over the
-two processes exactly as over the two micro-steps."""
+same step. DDP averages the two gradients, FSDP reduce-scatters their mean; gradient accumulation sums the two
+losses divided by 2. All then clip and step identically. The logged metrics agree too: means are averaged and counts
+(``num_tokens``) summed over the two processes exactly as over the two micro-steps.
+
+Tolerances: FSDP2 all-gathers parameters exactly and reduce-scatters gradients in a different summation order than
+one process's accumulation, so agreement is not guaranteed bitwise: the maximum parameter difference after 3 steps
+must stay below 1e-6 (measured: 0.0 on CPU for every scheme here). DDP keeps its 1e-5 bound.
+
+TI-DPO runs with its triplet term (``tidpo_gamma 0.1``): anchors are seeded per dataset row and step, and
+``generate`` on an FSDP2 policy keeps the processes' forwards in step (transformers sets ``synced_gpus`` for
+``fully_shard`` modules). AttentionPO's judge runs before training on the unwrapped reference.
+"""
 
 from __future__ import annotations
 
@@ -21,6 +33,8 @@ import torch
 
 WORKER = Path(__file__).with_name("distributed_worker.py")
 ACCELERATE = Path(sys.executable).with_name("accelerate")
+FSDP_CONFIG = Path(__file__).parents[1] / "src" / "tokenweight" / "accelerate_configs" / "fsdp.yaml"
+TIDPO_GAMMA = "0.1"
 
 
 def free_port() -> int:
@@ -35,38 +49,79 @@ def run(command: list[str]) -> None:
     assert result.returncode == 0, f"{' '.join(command)} failed:\n{result.stderr[-4000:]}"
 
 
-@pytest.mark.parametrize("weighting", ["uniform", "otpo", "tidpo"])
-def test_two_process_ddp_equals_single_process_gradient_accumulation(tmp_path, weighting):
-    ddp, single = tmp_path / "ddp", tmp_path / "single"
-    run([str(ACCELERATE), "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
+def launch(launcher_flags: list[str], out: Path, weighting: str) -> None:
+    """The worker in 2 processes under ``accelerate launch`` with ``launcher_flags``."""
+    run([str(ACCELERATE), "launch", *launcher_flags, "--num_processes", "2", "--num_machines", "1",
          "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(free_port()),
-         str(WORKER), str(ddp), "--weighting", weighting])
-    run([sys.executable, str(WORKER), str(single), "--grad_accum", "2", "--weighting", weighting])
+         str(WORKER), str(out), "--weighting", weighting, "--tidpo_gamma", TIDPO_GAMMA])
 
-    rank0, rank1 = (json.loads((ddp / f"rows_rank{r}.json").read_text()) for r in (0, 1))
-    assert rank0["world_size"] == rank1["world_size"] == 2  # really distributed
+
+@pytest.fixture(scope="module")
+def single_process(tmp_path_factory):
+    """``weighting -> folder`` of the 1-process run with 2 accumulation steps (run once, shared by DDP and FSDP)."""
+    root, done = tmp_path_factory.mktemp("single"), {}
+
+    def get(weighting: str) -> Path:
+        if weighting not in done:
+            run([sys.executable, str(WORKER), str(root / weighting), "--grad_accum", "2", "--weighting", weighting,
+                 "--tidpo_gamma", TIDPO_GAMMA])
+            done[weighting] = root / weighting
+        return done[weighting]
+    return get
+
+
+@pytest.mark.parametrize("weighting", ["uniform", "otpo", "tidpo"])
+def test_two_process_ddp_equals_single_process_gradient_accumulation(tmp_path, single_process, weighting):
+    launch(["--multi_gpu"], tmp_path / "ddp", weighting)
+    ranks = assert_same_training(tmp_path / "ddp", single_process(weighting), tolerance=1e-5)
+    assert all(rank["distributed_type"] == "DistributedType.MULTI_CPU" for rank in ranks)
+
+
+@pytest.mark.parametrize("weighting", ["uniform", "otpo", "tidpo", "attention"])
+def test_two_process_fsdp2_equals_single_process_with_a_sharded_reference(tmp_path, single_process, weighting):
+    launch(["--config_file", str(FSDP_CONFIG)], tmp_path / "fsdp", weighting)
+    ranks = assert_same_training(tmp_path / "fsdp", single_process(weighting), tolerance=1e-6)
+    for rank in ranks:  # really FSDP, not accelerate's DDP fallback
+        assert rank["distributed_type"] == "DistributedType.FSDP"
+        assert rank["policy"]["fsdp_module"] and rank["reference"]["fsdp_module"]
+    for model in ("policy", "reference"):
+        shards = [rank[model]["params"] for rank in ranks]
+        assert shards[0].keys() == shards[1].keys() and len(shards[0]) > 0
+        for name, (local, full) in shards[0].items():
+            assert 0 < local < full, (model, name, local, full)  # every parameter is a shard ...
+            assert local + shards[1][name][0] == full, (model, name)  # ... and the two shards are the whole
+
+
+def assert_same_training(multi: Path, single: Path, tolerance: float) -> list[dict]:
+    """The 2-process run in ``multi`` saw the single run's rows, logged the same metrics and trained the same
+    parameters (maximum difference below ``tolerance``); returns the two ranks' reports."""
+    ranks = [json.loads((multi / f"rows_rank{r}.json").read_text()) for r in (0, 1)]
+    assert ranks[0]["world_size"] == ranks[1]["world_size"] == 2  # really distributed
     accumulated = json.loads((single / "rows_rank0.json").read_text())["rows"]
-    assert len(accumulated) == 6 and len(rank0["rows"]) == len(rank1["rows"]) == 3
+    assert len(accumulated) == 6 and len(ranks[0]["rows"]) == len(ranks[1]["rows"]) == 3
     for step in range(3):
-        assert sorted(rank0["rows"][step] + rank1["rows"][step]) == sorted(
+        assert sorted(ranks[0]["rows"][step] + ranks[1]["rows"][step]) == sorted(
             accumulated[2 * step] + accumulated[2 * step + 1]), f"step {step} saw different rows"
 
-    ddp_params, single_params = torch.load(ddp / "params.pt"), torch.load(single / "params.pt")
+    multi_params, single_params = torch.load(multi / "params.pt"), torch.load(single / "params.pt")
     initial = _initial_params()
-    assert ddp_params.keys() == single_params.keys()
-    moved = max((ddp_params[n] - initial[n]).abs().max().item() for n in ddp_params)
+    assert multi_params.keys() == single_params.keys() == initial.keys()
+    moved = max((multi_params[n] - initial[n]).abs().max().item() for n in multi_params)
     assert moved > 1e-3  # training changed the weights
-    difference = max((ddp_params[n] - single_params[n]).abs().max().item() for n in ddp_params)
-    assert difference < 1e-5, difference
+    difference = max((multi_params[n] - single_params[n]).abs().max().item() for n in multi_params)
+    assert difference < tolerance, difference
 
-    ddp_logs, single_logs = ([e for e in json.loads((d / "log_history.json").read_text()) if "loss" in e]
-                             for d in (ddp, single))
-    assert len(ddp_logs) == len(single_logs) == 3
-    for step, (a, b) in enumerate(zip(ddp_logs, single_logs)):
+    multi_logs, single_logs = ([e for e in json.loads((d / "log_history.json").read_text()) if "loss" in e]
+                               for d in (multi, single))
+    assert len(multi_logs) == len(single_logs) == 3
+    for step, (a, b) in enumerate(zip(multi_logs, single_logs)):
         assert a["num_tokens"] == b["num_tokens"], step  # summed over processes as over micro-steps
         for name in ("rewards/chosen", "rewards/margins", "weights/mean", "logps/chosen"):
             assert a[name] == pytest.approx(b[name], rel=1e-4, abs=1e-6), (step, name)
-    assert ddp_logs[-1]["num_tokens"] > ddp_logs[0]["num_tokens"] > 0
+        if "tidpo/triplet_loss" in b:  # the same anchors were drawn
+            assert a["tidpo/triplet_loss"] == pytest.approx(b["tidpo/triplet_loss"], rel=1e-4), step
+    assert multi_logs[-1]["num_tokens"] > multi_logs[0]["num_tokens"] > 0
+    return ranks
 
 
 def _initial_params() -> dict[str, torch.Tensor]:

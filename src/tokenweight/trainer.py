@@ -16,6 +16,7 @@ from transformers import Trainer
 
 from tokenweight.config import TokenweightConfig
 from tokenweight.data import PreferenceCollator
+from tokenweight.fsdp import enable_fsdp_on_cpu, end_reference_step, init_root, shard_reference
 from tokenweight.logps import TokenScores, enable_token_scoring
 from tokenweight.models import disable_dropout, freeze
 from tokenweight.objectives import (MetricValue, completion_statistics, pair_loss, record_metrics, reduce_metrics,
@@ -63,12 +64,22 @@ class TokenweightTrainer(Trainer):
         self._metrics = {"train": defaultdict(list), "eval": defaultdict(list)}
         self._step_rows: tuple[int, list[torch.Tensor]] = (-1, [])  # (global step, row_index of its micro-batches)
 
+    def create_accelerator_and_postprocess(self):
+        """The Trainer's accelerator; a multi-process CPU run that asked for FSDP v2 gets FSDP, not accelerate's
+        silent DDP (:func:`tokenweight.fsdp.enable_fsdp_on_cpu`)."""
+        super().create_accelerator_and_postprocess()
+        if enable_fsdp_on_cpu(self.accelerator, self.args.fsdp_plugin_args):
+            self.is_fsdp_enabled = True
+
     def _prepare_reference(self, ref_model: nn.Module) -> nn.Module:
         """DeepSpeed: an inference engine with the run's ZeRO stage (ZeRO-3 partitions the reference too).
-        DDP and FSDP: a full frozen copy on each process's device (it needs no gradient synchronisation)."""
+        FSDP (v2): sharded in place with the policy's plan, no optimizer (:func:`tokenweight.fsdp.shard_reference`).
+        DDP: a full frozen copy on each process's device (it needs no gradient synchronisation)."""
         if self.is_deepspeed_enabled:
             return _deepspeed_inference_engine(ref_model, self.accelerator.state.deepspeed_plugin.deepspeed_config,
                                                self.args)
+        if self.is_fsdp_enabled:
+            return shard_reference(ref_model, self.accelerator)
         return ref_model.to(self.accelerator.device)
 
     # ------------------------------------------------------------------------------------------ the loss
@@ -78,6 +89,8 @@ class TokenweightTrainer(Trainer):
         if mode == "train":
             self._remember_step_rows(inputs)
         scheme = self.scheme
+        if self.is_fsdp_enabled:
+            init_root(model)  # before a scheme's own passes call its sub-units
         weighting_inputs = batch_inputs(inputs, model)
         loss_mask = weighting_inputs.loss_mask
 
@@ -117,6 +130,18 @@ class TokenweightTrainer(Trainer):
         self._record(mode, metrics)
         return (loss, {"per_pair": result.per_pair}) if return_outputs else loss
 
+    def training_step(self, model, inputs, num_items_in_batch=None):
+        loss = super().training_step(model, inputs, num_items_in_batch)
+        self._end_reference_step()
+        return loss
+
+    def _end_reference_step(self) -> None:
+        """After the micro-step's last use of the reference (the backward may recompute checkpointed reference head
+        chunks, TI-DPO's KL): under FSDP free every reference unit still gathered
+        (:func:`tokenweight.fsdp.end_reference_step`)."""
+        if self.is_fsdp_enabled and self.ref_model is not None:
+            end_reference_step(self.ref_model)
+
     def _remember_step_rows(self, inputs: dict) -> None:
         """Keep the dataset rows of the current optimizer step's micro-batches (named by a non-finite gradient)."""
         step, rows = self._step_rows
@@ -150,6 +175,7 @@ class TokenweightTrainer(Trainer):
         inputs = self._prepare_inputs(inputs)
         with torch.no_grad():
             loss = self.compute_loss(model, inputs)
+        self._end_reference_step()
         return loss.detach(), None, None
 
     # ------------------------------------------------------------------------------------------ metrics
