@@ -8,7 +8,8 @@ same seeded model and the same batch, each in a fresh process (memory method: ``
 Schemes: ``uniform``; ``otpo`` (Sinkhorn on the policy's hidden states, every step); ``tidpo`` without the triplet
 term (attribution pass + TDPO2 KL, ``tidpo_gamma=0``) and ``tidpo+triplet`` (anchor sampling and scoring, preset
 ``paper``); ``attention`` with its weights cached (they are dataset columns by then, as after
-``tokenweight precompute attention``); ``uniform (cached reference)``: plain DPO with no reference model in
+``tokenweight precompute attention``); ``lddpo``, ``sampo`` (two seeded host-side draws per step) and ``d2po``, the
+position baselines; ``uniform + WPO``: plain DPO with TRL's ``use_weighting`` pair weights; ``uniform (cached reference)``: plain DPO with no reference model in
 memory, its per-token log-probs read from the batch (as with ``--ref_log_probs DIR`` after ``tokenweight precompute
 reference``; the values are any fixed numbers, which do not change the step's cost). Besides the peak the step
 adds, each child reports its peak with the models resident (policy, reference, optimizer state), measured from
@@ -35,6 +36,10 @@ VARIANTS = {
     "tidpo": {"weighting": "tidpo", "tidpo_gamma": 0.0},
     "tidpo+triplet": {"weighting": "tidpo"},
     "attention (cached)": {"weighting": "attention"},
+    "lddpo": {"weighting": "lddpo"},
+    "sampo": {"weighting": "sampo"},
+    "d2po": {"weighting": "d2po"},
+    "uniform + WPO": {"weighting": "uniform", "use_weighting": True},
     "uniform (cached reference)": {"weighting": "uniform", "precompute_ref_log_probs": True},
 }
 
