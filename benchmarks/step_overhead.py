@@ -8,9 +8,11 @@ same seeded model and the same batch, each in a fresh process (memory method: ``
 Schemes: ``uniform``; ``otpo`` (Sinkhorn on the policy's hidden states, every step); ``tidpo`` without the triplet
 term (attribution pass + TDPO2 KL, ``tidpo_gamma=0``) and ``tidpo+triplet`` (anchor sampling and scoring, preset
 ``paper``); ``attention`` and ``tisdpo`` with their weights cached (they are dataset columns by then, as after
-``tokenweight precompute attention|tisdpo``); ``tdpo`` (TDPO2's full-vocabulary KL every step); ``uniform
-(cached reference)``: plain DPO with no reference model in memory, its per-token log-probs read from the batch
-(as with ``--ref_log_probs DIR`` after ``tokenweight precompute reference``; the values are any fixed numbers, which do not change the step's cost). Besides the peak the step
+``tokenweight precompute attention|tisdpo``); ``tdpo`` (TDPO2's full-vocabulary KL every step); ``lddpo``,
+``sampo`` (two seeded host-side draws per step) and ``d2po``, the position baselines; ``uniform + WPO``: plain
+DPO with TRL's ``use_weighting`` pair weights; ``uniform (cached reference)``: plain DPO with no reference model
+in memory, its per-token log-probs read from the batch (as with ``--ref_log_probs DIR`` after ``tokenweight
+precompute reference``; the values are any fixed numbers, which do not change the step's cost). Besides the peak the step
 adds, each child reports its peak with the models resident (policy, reference, optimizer state), measured from
 before the models are built. Runs are interleaved over ``--rounds`` rounds and the median step time of
 each is reported, so that load on a shared machine hits every scheme alike.
@@ -37,6 +39,10 @@ VARIANTS = {
     "attention (cached)": {"weighting": "attention"},
     "tdpo": {"weighting": "tdpo"},
     "tisdpo (cached)": {"weighting": "tisdpo"},
+    "lddpo": {"weighting": "lddpo"},
+    "sampo": {"weighting": "sampo"},
+    "d2po": {"weighting": "d2po"},
+    "uniform + WPO": {"weighting": "uniform", "use_weighting": True},
     "uniform (cached reference)": {"weighting": "uniform", "precompute_ref_log_probs": True},
 }
 

@@ -9,7 +9,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+from tokenweight.weights import SCHEMES
+
 SCRIPT = Path(__file__).parents[1] / "benchmarks" / "gpu_check.py"
+sys.path.insert(0, str(SCRIPT.parent))
+from step_overhead import VARIANTS  # noqa: E402
 
 
 def table_rows(report: str, first_header: str) -> dict[str, list[str]]:
@@ -32,8 +36,10 @@ def test_gpu_check_tiny_runs_every_part_on_cpu(tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     report = (tmp_path / "report.md").read_text()
     steps = table_rows(report, "scheme")
-    assert list(steps) == ["uniform", "otpo", "tidpo", "tidpo+triplet", "attention (cached)",
-                           "uniform (cached reference)"]
+    assert list(steps) == list(VARIANTS)
+    # every registered scheme that runs without weight columns has a row (step_overhead's VARIANTS)
+    assert {settings["weighting"] for settings in VARIANTS.values()} >= {
+        name for name, scheme in SCHEMES.items() if not scheme.needs_weight_columns}
     assert all(float(row[0]) > 0 for row in steps.values())  # step (ms)
     assert steps["uniform"][1] == "1.00"
     (otpo,) = table_rows(report, "B").values()

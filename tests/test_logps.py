@@ -56,12 +56,14 @@ def test_chunked_head_matches_naive(chunk_size, softcap):
         assert max_error(ours, reference) < TOL, what
 
 
-def naive_stats(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Entropy, mean logit and top-1 ``[N, T]`` from full ``[N, T, V]`` logits, by their textbook formulas."""
+def naive_stats(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """Entropy, mean logit, top-1 and log Σ p² ``[N, T]`` from full ``[N, T, V]`` logits, by their textbook
+    formulas."""
     logits = logits.double()
     logp = torch.log_softmax(logits, dim=-1)
     entropy = -(logp.exp() * logp).sum(dim=-1)
-    return entropy, logits.sum(dim=-1) / logits.shape[-1], logits.argmax(dim=-1) == labels
+    return (entropy, logits.sum(dim=-1) / logits.shape[-1], logits.argmax(dim=-1) == labels,
+            torch.logsumexp(2 * logp, dim=-1))
 
 
 @pytest.mark.parametrize("chunk_size", [4, 5, 64])
@@ -81,10 +83,11 @@ def test_chunked_stats_match_full_logits_and_leave_gradients_unchanged(chunk_siz
     naive = values_and_grads(naive_logps_from_hidden, hidden, labels, head, upstream)
     for ours, reference, what in zip(chunked, naive, ("values", "d hidden", "d head weight")):
         assert max_error(ours, reference) < TOL, what
-    entropy, mean_logit, is_top1 = naive_stats(head.logits(hidden.detach()), labels)
+    entropy, mean_logit, is_top1, log_sum_sq_probs = naive_stats(head.logits(hidden.detach()), labels)
     got = stats["value"]
     assert not got.entropy.requires_grad and got.entropy.shape == labels.shape
     assert max_error(got.entropy.double(), entropy) < TOL
+    assert max_error(got.log_sum_sq_probs.double(), log_sum_sq_probs) < TOL
     assert max_error(got.mean_logit.double(), mean_logit) < TOL
     assert torch.equal(got.is_top1, is_top1)
     assert 4 <= int(is_top1.sum()) < is_top1.numel()  # both outcomes occur
@@ -135,7 +138,7 @@ def test_patched_forward_matches_model_logits(build, chunk_size):
     naive = naive_token_logps(outputs.logits, input_ids)
     assert max_error(scores.token_logps * valid, naive * valid) < TOL
     assert torch.equal(scores.hidden, outputs.hidden_states[-1][:, :-1])
-    entropy, mean_logit, is_top1 = naive_stats(outputs.logits[:, :-1].detach(), input_ids[:, 1:])
+    entropy, mean_logit, is_top1, _ = naive_stats(outputs.logits[:, :-1].detach(), input_ids[:, 1:])
     assert max_error(scores.stats.entropy.double() * valid, entropy * valid) < TOL
     assert max_error(scores.stats.mean_logit.double() * valid, mean_logit * valid) < TOL
     assert torch.equal(scores.stats.is_top1, is_top1)

@@ -209,3 +209,21 @@ def test_column_weight_two_matches_hand_loss(tokenizer, tmp_path):
     expected = sum(-log_sigmoid(BETA * (sums[i] - sums[4 + i])) for i in range(4)) / 4
     assert loss.item() == pytest.approx(expected, abs=1e-6)
     assert trainer._metrics["train"]["weights/max"][-1] == 2.0
+
+
+def test_reference_weights_and_pair_weights_enter_the_loss_as_written():
+    """``ref_weights`` weigh the reference's log-probs alone, ``pair_weights`` scale each pair's loss (naive sums)."""
+    policy, ref, mask = make_pairs(seed=4)
+    generator = torch.Generator().manual_seed(5)
+    weights = torch.rand(mask.shape, generator=generator, dtype=torch.float64) * mask
+    ref_weights = torch.rand(mask.shape, generator=generator, dtype=torch.float64) * mask
+    pair_weights = torch.tensor([0.5, 1.5, 0.25], dtype=torch.float64)
+    result = pair_loss(policy, ref, weights, mask, BETA, ref_weights=ref_weights, pair_weights=pair_weights)
+    pairs = mask.shape[0] // 2
+    sums = [sum(weights[i, t] * policy[i, t] - ref_weights[i, t] * ref[i, t] for t in range(mask.shape[1])
+                if mask[i, t]) for i in range(2 * pairs)]
+    expected = [pair_weights[b] * -math.log(1 / (1 + math.exp(-BETA * (sums[b] - sums[pairs + b]))))
+                for b in range(pairs)]
+    assert result.per_pair.tolist() == pytest.approx([float(e) for e in expected], rel=1e-12)
+    same = pair_loss(policy, ref, weights, mask, BETA, ref_weights=weights)
+    assert same.loss.item() == pytest.approx(pair_loss(policy, ref, weights, mask, BETA).loss.item(), rel=1e-12)

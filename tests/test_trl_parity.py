@@ -23,8 +23,15 @@ COMMON_ARGS = dict(report_to=[], use_cpu=True, bf16=False, fp16=False, gradient_
                    disable_tqdm=True, save_strategy="no", seed=0)
 
 
-def build_trainers(tokenizer, rows, loss_type, tmp_path, **training):
-    """TRL's DPOTrainer and ours on the same rows, with identical fresh policies and references."""
+#: the training run of the 20-step comparisons: same optimizer, schedule and data order in both trainers
+TWENTY_STEPS = dict(max_steps=20, per_device_train_batch_size=2, learning_rate=1e-3, optim="adamw_torch",
+                    lr_scheduler_type="constant", warmup_steps=0, weight_decay=0.0, max_grad_norm=1.0,
+                    logging_steps=1, data_seed=0)
+
+
+def build_trainers(tokenizer, rows, loss_type, tmp_path, ours_only: dict | None = None, **training):
+    """TRL's DPOTrainer and ours on the same rows, with identical fresh policies and references; ``training`` goes
+    to both configurations, ``ours_only`` (e.g. ``weighting``) to ours alone."""
     dataset = datasets.Dataset.from_list(rows)
     vocab = len(tokenizer)
     trl = DPOTrainer(model=make_model(vocab, seed=0), ref_model=make_model(vocab, seed=1), train_dataset=dataset,
@@ -35,7 +42,8 @@ def build_trainers(tokenizer, rows, loss_type, tmp_path, **training):
     ours = TokenweightTrainer(make_model(vocab, seed=0), make_model(vocab, seed=1), train_dataset=ours_dataset,
                               processing_class=tokenizer,
                               args=TokenweightConfig(output_dir=str(tmp_path / "ours"), beta=0.1, loss_type=loss_type,
-                                                     max_length=None, **COMMON_ARGS, **training))
+                                                     max_length=None, **COMMON_ARGS, **training,
+                                                     **(ours_only or {})))
     return trl, ours
 
 
@@ -101,10 +109,7 @@ def step_losses(trainer) -> list[float]:
 
 
 def test_twenty_training_steps_match_trl(tokenizer, tmp_path):
-    training = dict(max_steps=20, per_device_train_batch_size=2, learning_rate=1e-3, optim="adamw_torch",
-                    lr_scheduler_type="constant", warmup_steps=0, weight_decay=0.0, max_grad_norm=1.0,
-                    logging_steps=1, data_seed=0)
-    trl, ours = build_trainers(tokenizer, standard_rows(8), "sigmoid", tmp_path, **training)
+    trl, ours = build_trainers(tokenizer, standard_rows(8), "sigmoid", tmp_path, **TWENTY_STEPS)
     trl.data_collator = RecordingCollator(trl.data_collator)
     ours.data_collator = RecordingCollator(ours.data_collator)
     trl.train()

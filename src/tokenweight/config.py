@@ -78,6 +78,9 @@ class CoreConfig(TrainingArguments):
         "help": "DPO temperature β. Default: 0.1 (TI-DPO: the preset's; an explicit value wins)."})
     loss_type: str = field(default="sigmoid", metadata={"help": "Pair loss: sigmoid (DPO), ipo or hinge."})
     label_smoothing: float = field(default=0.0, metadata={"help": "cDPO label smoothing (sigmoid loss only)."})
+    use_weighting: bool = field(default=False, metadata={
+        "help": "WPO pair weighting (TRL's name): scale each pair's loss by the product of the policy's "
+                "length-normalised probabilities of its two responses (arXiv 2406.11827); with any scheme."})
     precompute_ref_log_probs: bool = field(default=False, metadata={
         "help": "Score the data once with the reference before training and free it (not with TI-DPO's KL term)."})
     ref_log_probs: str | None = field(default=None, metadata={

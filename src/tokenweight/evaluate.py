@@ -22,6 +22,7 @@ from tqdm.auto import tqdm
 from tokenweight.data import PreferenceCollator
 from tokenweight.logps import enable_token_scoring
 from tokenweight.masks import from_shifted
+from tokenweight.objectives import weighted_log_ratios
 from tokenweight.weights import WeightingScheme, batch_inputs, weigh_batch
 
 
@@ -135,7 +136,8 @@ def pair_token_weights(scheme: WeightingScheme, model: nn.Module, dataset, pad_t
 
 @dataclass
 class WeightedScores:
-    """Per-pair weighted log-ratio sums ``Σ_t ω_t (log π_θ − log π_ref)(y_t)``, each ``[P]``."""
+    """Per-pair weighted log-ratio sums ``Σ_t ω_t (log π_θ − log π_ref)(y_t)`` (the reference's terms weighed by the
+    scheme's reference weights when it has them, :func:`~tokenweight.objectives.weighted_log_ratios`), each ``[P]``."""
 
     chosen: torch.Tensor
     rejected: torch.Tensor
@@ -158,8 +160,8 @@ def score_weighted_pairs(model: nn.Module, ref_model: nn.Module, scheme: Weighti
         token_weights, policy = weigh_batch(scheme, inputs, _policy_forward(model, batch))
         with torch.no_grad():
             ref = ref_model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], score_tokens=True)
-        mask = inputs.loss_mask.float()
-        weighted = ((policy.token_logps - ref.token_logps) * mask * token_weights.weights.float()).sum(dim=1).cpu()
+        weighted = weighted_log_ratios(policy.token_logps, ref.token_logps, token_weights.weights.float(),
+                                       inputs.loss_mask, token_weights.ref_weights).cpu()
         c, r = weighted.chunk(2)
         chosen.append(c)
         rejected.append(r)

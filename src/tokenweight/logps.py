@@ -32,11 +32,13 @@ class TokenStats:
         entropy: fp32 ``−Σ_v p_v log p_v``.
         mean_logit: fp32 mean over the vocabulary of the (scaled, softcapped) logits.
         is_top1: bool, the label is the first arg-max of the logits.
+        log_sum_sq_probs: fp32 ``log Σ_v p_v²`` (WPO's pair weights, ``use_weighting``).
     """
 
     entropy: torch.Tensor
     mean_logit: torch.Tensor
     is_top1: torch.Tensor
+    log_sum_sq_probs: torch.Tensor
 
 
 @dataclass
@@ -86,7 +88,8 @@ def output_head(model: nn.Module) -> OutputHead:
 
 def _chunk_scores(hidden: torch.Tensor, labels: torch.Tensor, head: OutputHead,
                   with_stats: bool) -> tuple[torch.Tensor, ...]:
-    """``(logps,)`` or ``(logps, entropy, mean_logit, is_top1)`` of one chunk, each ``[N, chunk]``."""
+    """``(logps,)`` or ``(logps, entropy, mean_logit, is_top1, log_sum_sq_probs)`` of one chunk, each
+    ``[N, chunk]``."""
     logits = head.logits(hidden)
     picked = logits.gather(-1, labels.unsqueeze(-1)).squeeze(-1)  # before the logsumexp: a lower backward peak
     log_normaliser = torch.logsumexp(logits, dim=-1)
@@ -96,8 +99,10 @@ def _chunk_scores(hidden: torch.Tensor, labels: torch.Tensor, head: OutputHead,
     # After the last tensor the backward needs: the checkpoint's recomputation stops before reaching this.
     with torch.no_grad():
         logits, log_normaliser = logits.detach(), log_normaliser.detach()
-        entropy = log_normaliser - (torch.softmax(logits, dim=-1) * logits).sum(dim=-1)
-        return logps, entropy, logits.mean(dim=-1), logits.argmax(dim=-1) == labels
+        probs = torch.softmax(logits, dim=-1)
+        entropy = log_normaliser - (probs * logits).sum(dim=-1)
+        log_sum_sq_probs = probs.square().sum(dim=-1).log()  # Σ p² ≥ 1/V: no underflow in fp32
+        return logps, entropy, logits.mean(dim=-1), logits.argmax(dim=-1) == labels, log_sum_sq_probs
 
 
 def scores_from_hidden(hidden: torch.Tensor, labels: torch.Tensor, head: OutputHead, chunk_size: int = 256,

@@ -9,7 +9,9 @@ Inputs are per-token log-probs in the shifted alignment (see :mod:`tokenweight.w
 - ``ipo``: (Δ_c/n_c − Δ_r/n_r − 1/(2β))², the weighted sums divided by the completion lengths as TRL does
 - ``hinge``: max(0, 1 − βΔ)
 
-``offset`` ``[B]`` lets a scheme move the margin (TI-DPO's TDPO2 KL term); it is 0 otherwise.
+``offset`` ``[B]`` lets a scheme move the margin (TI-DPO's TDPO2 KL term); it is 0 otherwise. A scheme may weigh
+the reference log-probs with weights of their own (``ref_weights``, SamPO's independent reference sample), and the
+per-pair losses may be scaled by detached pair weights (``pair_weights``: WPO, ``use_weighting``).
 
 Metrics stay tensors until the logging step
 -------------------------------------------
@@ -67,9 +69,40 @@ class PairLoss:
     metrics: dict[str, torch.Tensor]
 
 
+def weighted_log_ratios(policy_logps: torch.Tensor, ref_logps: torch.Tensor, weights: torch.Tensor,
+                        loss_mask: torch.Tensor, ref_weights: torch.Tensor | None = None) -> torch.Tensor:
+    """Per response ``Σ_t ω_t ℓ_θ,t − Σ_t ω_ref,t ℓ_ref,t`` over the completion tokens → ``[2B]``.
+
+    ``policy_logps``, ``ref_logps``, ``weights``, ``loss_mask`` and ``ref_weights`` are ``[2B, T]``;
+    ``ref_weights=None`` means the same weights on both, i.e. ``Σ_t ω_t (ℓ_θ,t − ℓ_ref,t)``.
+    """
+    mask = loss_mask.to(policy_logps.dtype)
+    weights = weights.to(policy_logps.dtype)
+    if ref_weights is None:
+        return ((policy_logps - ref_logps) * mask * weights).sum(dim=1)
+    return ((policy_logps * weights - ref_logps * ref_weights.to(policy_logps.dtype)) * mask).sum(dim=1)
+
+
+def wpo_pair_weights(policy_logps: torch.Tensor, log_sum_sq_probs: torch.Tensor,
+                     loss_mask: torch.Tensor) -> torch.Tensor:
+    """WPO's pair weights (arXiv 2406.11827, Eq. 2, as TRL's ``use_weighting``) → ``[B]``, detached.
+
+    Per response, ``w = exp(mean_t (ℓ_θ,t − log Σ_v π_θ(v | ·)²))`` over its completion tokens (the policy's
+    length-normalised probability of the response, relative to the probability that the policy's own sampling
+    repeats its draw); a pair weighs ``w_chosen · w_rejected``. ``policy_logps``, ``log_sum_sq_probs`` (from
+    :class:`~tokenweight.logps.TokenStats`) and ``loss_mask`` are ``[2B, T]``.
+    """
+    with torch.no_grad():
+        mask = loss_mask.to(policy_logps.dtype)
+        aligned = ((policy_logps - log_sum_sq_probs) * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1)
+        chosen, rejected = aligned.exp().chunk(2)
+        return chosen * rejected
+
+
 def pair_loss(policy_logps: torch.Tensor, ref_logps: torch.Tensor, weights: torch.Tensor, loss_mask: torch.Tensor,
               beta: float, loss_type: str = "sigmoid", label_smoothing: float = 0.0,
-              offset: torch.Tensor | None = None) -> PairLoss:
+              offset: torch.Tensor | None = None, ref_weights: torch.Tensor | None = None,
+              pair_weights: torch.Tensor | None = None) -> PairLoss:
     """Token-weighted preference loss.
 
     Args:
@@ -78,15 +111,17 @@ def pair_loss(policy_logps: torch.Tensor, ref_logps: torch.Tensor, weights: torc
         weights: ``[2B, T]`` token weights, 0 outside ``loss_mask`` (no grad).
         loss_mask: ``[2B, T]`` bool, completion tokens.
         offset: optional ``[B]`` subtracted from Δ before the pair loss.
+        ref_weights: optional ``[2B, T]`` weights of the reference log-probs (:func:`weighted_log_ratios`);
+            ``None``: ``weights``.
+        pair_weights: optional ``[B]`` factors of each pair's loss (WPO, :func:`wpo_pair_weights`), no grad.
     """
     if loss_type not in LOSS_TYPES:
         raise ValueError(f"unknown loss_type {loss_type!r} (config key `loss_type`); known: {list(LOSS_TYPES)}")
     if label_smoothing and loss_type != "sigmoid":
         raise ValueError("label_smoothing (cDPO) applies to loss_type='sigmoid' only")
     mask = loss_mask.to(policy_logps.dtype)
-    weights = weights.to(policy_logps.dtype)
     ratios = (policy_logps - ref_logps) * mask
-    weighted = (ratios * weights).sum(dim=1)
+    weighted = weighted_log_ratios(policy_logps, ref_logps, weights, loss_mask, ref_weights)
     chosen_w, rejected_w = weighted.chunk(2)
     delta = chosen_w - rejected_w
     if offset is not None:
@@ -101,6 +136,8 @@ def pair_loss(policy_logps: torch.Tensor, ref_logps: torch.Tensor, weights: torc
         if offset is not None:
             ipo_delta = ipo_delta - offset
         per_pair = (ipo_delta - 1 / (2 * beta)) ** 2
+    if pair_weights is not None:
+        per_pair = per_pair * pair_weights.to(per_pair.dtype)
     return PairLoss(loss=per_pair.mean(), per_pair=per_pair.detach(),
                     metrics=preference_metrics(policy_logps, ratios, weighted, mask, beta))
 

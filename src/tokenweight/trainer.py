@@ -20,7 +20,7 @@ from tokenweight.fsdp import enable_fsdp_on_cpu, end_reference_step, init_root, 
 from tokenweight.logps import TokenScores, enable_token_scoring
 from tokenweight.models import disable_dropout, freeze
 from tokenweight.objectives import (MetricValue, completion_statistics, pair_loss, record_metrics, reduce_metrics,
-                                    weight_statistics)
+                                    weight_statistics, wpo_pair_weights)
 from tokenweight.weights import LossContext, batch_inputs, build_scheme, weigh_batch
 
 
@@ -91,7 +91,8 @@ class TokenweightTrainer(Trainer):
         scheme = self.scheme
         if self.is_fsdp_enabled:
             init_root(model)  # before a scheme's own passes call its sub-units
-        weighting_inputs = batch_inputs(inputs, model)
+        step = self.state.global_step if model.training else None
+        weighting_inputs = batch_inputs(inputs, model, step=step)
         loss_mask = weighting_inputs.loss_mask
 
         def forward(return_hidden: bool):
@@ -103,15 +104,19 @@ class TokenweightTrainer(Trainer):
         ref = self._reference_scores(inputs, scheme.needs_hidden_for_loss)
         context = LossContext(model=model, ref_model=self.ref_model, inputs=weighting_inputs,
                               policy_logps=policy.token_logps, ref_logps=ref.token_logps, weights=weights,
-                              policy_hidden=policy.hidden, ref_hidden=ref.hidden,
-                              step=self.state.global_step if model.training else None)
+                              policy_hidden=policy.hidden, ref_hidden=ref.hidden, step=step)
         metrics = dict(token_weights.metrics)
         offset = scheme.margin_offset(context)
         if offset is not None:
             offset, offset_metrics = offset
             metrics.update(offset_metrics)
+        pair_weights = None
+        if self.args.use_weighting:
+            pair_weights = wpo_pair_weights(policy.token_logps, policy.stats.log_sum_sq_probs, loss_mask)
+            metrics["wpo/pair_weight"] = pair_weights.mean()
         result = pair_loss(policy.token_logps, ref.token_logps, weights, loss_mask, self.beta, self.args.loss_type,
-                           self.args.label_smoothing, offset=offset)
+                           self.args.label_smoothing, offset=offset, ref_weights=token_weights.ref_weights,
+                           pair_weights=pair_weights)
         loss = result.loss
         extra = scheme.extra_loss(context)
         if extra is not None:

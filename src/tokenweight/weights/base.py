@@ -22,6 +22,7 @@ Where the library meets a scheme: :meth:`WeightingScheme.prepare` on every split
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -51,6 +52,8 @@ class WeightingInputs:
             schemes with ``needs_hidden_states = True`` (``None`` otherwise).
         want_plan: True when the caller shows the scheme's pair coupling (``tokenweight weights``): a scheme that
             has one (OTPO's transport plan) returns it in :attr:`TokenWeights.plan`; training leaves it False.
+        step: the trainer's global step of a training batch; ``None`` in evaluation (a scheme that draws random
+            weights seeds them with it and ``batch["row_index"]``, see :func:`row_seeds`).
     """
 
     input_ids: torch.Tensor
@@ -61,11 +64,16 @@ class WeightingInputs:
     model: nn.Module | None = None
     hidden: torch.Tensor | None = None
     want_plan: bool = False
+    step: int | None = None
 
 
 @dataclass
 class TokenWeights:
     """A scheme's output: ``weights`` is ``[2B, L-1]``, detached, exactly 0 where ``loss_mask`` is False.
+
+    ``ref_weights`` ``[2B, L-1]`` (same rules) weighs the *reference* log-probs when they differ from the policy's
+    (SamPO draws its token subsets independently for the two): Δ = Σ ω ℓ_θ − Σ ω_ref ℓ_ref per response; ``None``
+    (every other scheme): ``weights`` weigh both, Δ = Σ ω (ℓ_θ − ℓ_ref).
 
     ``metrics`` holds scheme-specific scalars to log (e.g. ``otpo/iterations``); the generic weight statistics
     (``weights/mean`` …) are computed by the trainer for every scheme.
@@ -73,6 +81,7 @@ class TokenWeights:
 
     weights: torch.Tensor
     metrics: dict[str, float] = field(default_factory=dict)
+    ref_weights: torch.Tensor | None = None
     #: ``[B, N, M]`` an optional coupling of each pair's chosen and rejected tokens, both packed left in completion
     #: order (OTPO: its transport plan, scaled like the weights), shown by ``tokenweight weights``.
     plan: torch.Tensor | None = None
@@ -268,11 +277,34 @@ def build_scheme(name: str, config: Any = None) -> WeightingScheme:
                                        seed=config.seed))
 
 
-def batch_inputs(batch: dict[str, Any], model: nn.Module | None, want_plan: bool = False) -> WeightingInputs:
-    """The :class:`WeightingInputs` of one collated batch (``[2B, L]`` tensors, chosen rows then rejected rows)."""
+def batch_inputs(batch: dict[str, Any], model: nn.Module | None, want_plan: bool = False,
+                 step: int | None = None) -> WeightingInputs:
+    """The :class:`WeightingInputs` of one collated batch (``[2B, L]`` tensors, chosen rows then rejected rows);
+    ``step`` is the trainer's global step of a training batch, ``None`` in evaluation."""
     return WeightingInputs(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
                            completion_mask=batch["completion_mask"], loss_mask=batch["loss_mask"],
-                           batch=batch, model=model, want_plan=want_plan)
+                           batch=batch, model=model, want_plan=want_plan, step=step)
+
+
+def dataset_rows(inputs: WeightingInputs, purpose: str) -> list[int]:
+    """The dataset row of each of the batch's ``B`` pairs (``batch["row_index"]`` ``[B]``, as
+    :func:`~tokenweight.data.tokenize_preference_dataset` gives it); an error naming ``purpose`` when missing."""
+    pairs = inputs.input_ids.shape[0] // 2
+    rows = inputs.batch.get("row_index")
+    if rows is None or rows.shape != (pairs,) or (rows < 0).any():
+        raise ValueError(f"{purpose} seeds each pair's draw from its dataset row: the batch needs `row_index` "
+                         f"[{pairs}] (>= 0), as tokenize_preference_dataset gives it")
+    return rows.tolist()
+
+
+def row_seeds(tag: str, seed: int, rows: list[int], step: int | None) -> list[int]:
+    """One 63-bit generator seed per dataset row: a hash of ``(tag, seed, step, row)``, so a scheme's random draw
+    for a row depends on the run's seed, the global step and the row only (not on the global RNG, the batch's other
+    rows or how often the model was evaluated; a resumed run repeats it). ``step=None`` (evaluation) gives the same
+    seed for a row at every evaluation; ``tag`` keeps the draws of different uses apart."""
+    phase = "eval" if step is None else f"step {step}"
+    return [int.from_bytes(hashlib.blake2b(f"{tag}/{seed}/{phase}/{row}".encode(), digest_size=8).digest(),
+                           "little") >> 1 for row in rows]
 
 
 def weigh_batch(scheme: WeightingScheme, inputs: WeightingInputs,
@@ -295,6 +327,9 @@ def weigh_batch(scheme: WeightingScheme, inputs: WeightingInputs,
         token_weights = scheme.compute(inputs)
     token_weights.weights = token_weights.weights.detach()
     check_weights(token_weights.weights, inputs.loss_mask, scheme.name)
+    if token_weights.ref_weights is not None:
+        token_weights.ref_weights = token_weights.ref_weights.detach()
+        check_weights(token_weights.ref_weights, inputs.loss_mask, f"{scheme.name} (reference weights)")
     return token_weights, policy
 
 

@@ -20,7 +20,6 @@ one batch by :func:`anchor_token_logps`.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -32,6 +31,7 @@ from transformers import (GenerationConfig, GenerationMixin, LogitsProcessor, Lo
 from tokenweight.errors import UserError
 from tokenweight.logps import backbone, logps_from_hidden, output_head
 from tokenweight.masks import pack_left, position_ids_from_mask, to_shifted
+from tokenweight.weights.base import row_seeds
 from tokenweight.weights.tidpo.common import eval_mode
 
 
@@ -55,9 +55,7 @@ class AnchorBatch:
 def anchor_seeds(seed: int, rows: list[int], step: int | None) -> list[int]:
     """One 63-bit generator seed per dataset row: a hash of ``(seed, step, row)``; ``step=None`` (evaluation)
     gives the same seed for a row at every evaluation."""
-    phase = "eval" if step is None else f"step {step}"
-    return [int.from_bytes(hashlib.blake2b(f"tidpo anchor/{seed}/{phase}/{row}".encode(), digest_size=8).digest(),
-                           "little") >> 1 for row in rows]
+    return row_seeds("tidpo anchor", seed, rows, step)
 
 
 class RowSeededSampler(LogitsProcessor):

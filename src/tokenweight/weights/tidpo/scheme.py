@@ -34,7 +34,7 @@ from torch import nn
 from tokenweight.errors import UserError
 from tokenweight.masks import to_shifted
 from tokenweight.weights.base import (LossContext, SchemeContext, TokenWeights, WeightingInputs, WeightingScheme,
-                                      register_scheme)
+                                      dataset_rows, register_scheme)
 from tokenweight.weights.kl import sequence_kl, tdpo2_offset
 from tokenweight.weights.tidpo.anchor import anchor_seeds, anchor_token_logps, sample_anchors
 from tokenweight.weights.tidpo.attribution import tidpo_weights
@@ -141,13 +141,10 @@ class TIDPOScheme(WeightingScheme):
         inputs = ctx.inputs
         pairs = inputs.input_ids.shape[0] // 2
         pad_token_id, eos_token_id = special_token_ids(policy)
-        rows = inputs.batch.get("row_index")
-        if rows is None or rows.shape != (pairs,) or (rows < 0).any():
-            raise ValueError("TI-DPO's triplet loss seeds each pair's anchor from its dataset row: the batch needs "
-                             f"`row_index` [{pairs}] (>= 0), as tokenize_preference_dataset gives it")
+        rows = dataset_rows(inputs, "TI-DPO's triplet loss")
         anchor = sample_anchors(
             policy, inputs.input_ids[:pairs], inputs.attention_mask[:pairs], inputs.completion_mask[:pairs],
-            seeds=anchor_seeds(s.seed, rows.tolist(), ctx.step), pad_token_id=pad_token_id,
+            seeds=anchor_seeds(s.seed, rows, ctx.step), pad_token_id=pad_token_id,
             eos_token_id=eos_token_id, top_k=s.anchor_top_k, top_p=s.anchor_top_p,
             temperature=s.anchor_temperature, max_new_tokens=s.anchor_max_new_tokens,
             max_length=self.context.max_length)
