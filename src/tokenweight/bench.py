@@ -5,7 +5,8 @@ hyperparameters for every scheme) trained from the cached KeyFact base model, wh
 The seed drives the KeyFact data draw (``keyfact_seed``) and the training order (``seed``); the base model is the
 same for every run (``base_seed``). After training, on the held-out split:
 
-- ``pref_acc`` (unweighted implicit reward), ``key_acc``, ``key_margin``, ``gen_len``
+- ``pref_acc`` (unweighted implicit reward; a reference-free scheme, which gets no reference model: its own reward
+  β·Σ ω log π_θ, :func:`tokenweight.evaluate.held_out_preference`), ``key_acc``, ``key_margin``, ``gen_len``
   (:func:`tokenweight.keyfact.evaluate_keyfact`);
 - ``key_weight_share``: the mean over held-out pairs of the share of the chosen completion's total weight that the
   scheme puts on the key token, with the weights the scheme computes for the **trained policy** (OTPO, TI-DPO); for
@@ -101,15 +102,16 @@ def run_config(settings: BenchSettings, scheme: str, variant: str, seed: int, ou
         **VARIANTS[variant]})
 
 
-def held_out(model, ref_model, tokenizer, pairs, rows, settings: BenchSettings) -> dict[str, float]:
+def held_out(model, ref_model, tokenizer, pairs, rows, settings: BenchSettings, scheme=None) -> dict[str, float]:
     """``pref_acc`` and :func:`~tokenweight.keyfact.evaluate_keyfact`'s metrics on tokenized ``pairs`` / raw
-    ``rows`` (the same pairs); ``ref_model=None`` scores ``model`` as its own reference (``pref_acc`` 0.5)."""
-    from tokenweight.evaluate import preference_report, score_pairs
+    ``rows`` (the same pairs); ``ref_model=None`` scores ``model`` as its own reference (``pref_acc`` 0.5), unless
+    ``scheme`` is reference-free (then ``pref_acc`` ranks by the scheme's own reward)."""
+    from tokenweight.evaluate import held_out_preference
     from tokenweight.keyfact import evaluate_keyfact
 
-    scores = score_pairs(model, ref_model, pairs, tokenizer.pad_token_id, batch_size=settings.batch_size,
-                         progress=False)
-    metrics = {"pref_acc": preference_report(scores, settings.beta)["pref_acc"]}
+    preference = held_out_preference(model, ref_model, scheme, pairs, tokenizer.pad_token_id, settings.beta,
+                                     batch_size=settings.batch_size, progress=False)
+    metrics = {"pref_acc": preference["pref_acc"]}
     metrics.update(evaluate_keyfact(model, tokenizer, list(rows), facts=settings.facts,
                                     max_new_tokens=settings.max_new_tokens, batch_size=64))
     return metrics
@@ -157,6 +159,7 @@ def run_one(settings: BenchSettings, base_path: str, scheme: str, variant: str, 
     from tokenweight.models import load_causal_lm, load_tokenizer
     from tokenweight.run import load_run_splits, prepare_split
     from tokenweight.trainer import TokenweightTrainer
+    from tokenweight.weights import build_scheme
 
     start = time.perf_counter()
     config = run_config(settings, scheme, variant, seed, output_dir)
@@ -166,15 +169,17 @@ def run_one(settings: BenchSettings, base_path: str, scheme: str, variant: str, 
     # every split through the scheme's data preparation, as `tokenweight train` does (AttentionPO: the judge's cache)
     train = prepare_split(config, base_path, tokenizer, train_rows, "train")
     evaluation = prepare_split(config, base_path, tokenizer, eval_rows, "eval")
-    policy, reference = load_causal_lm(base_path), load_causal_lm(base_path)
+    weighing = build_scheme(scheme, config)  # the held-out reward of a reference-free scheme
+    policy = load_causal_lm(base_path)
+    reference = load_causal_lm(base_path) if weighing.uses_reference else None
     curve_pairs = evaluation.select(range(min(settings.curve_eval_size, len(evaluation))))
     curve_rows = eval_rows.select(curve_pairs["row_index"])
-    curve = CurveCallback(lambda model: held_out(model, reference, tokenizer, curve_pairs, curve_rows, settings),
-                          settings.curve_points)
+    curve = CurveCallback(lambda model: held_out(model, reference, tokenizer, curve_pairs, curve_rows, settings,
+                                                 weighing), settings.curve_points)
     trainer = TokenweightTrainer(model=policy, ref_model=reference, args=config, train_dataset=train,
                                  processing_class=tokenizer, callbacks=[curve])
     trainer.train()
-    metrics = held_out(trainer.model, trainer.ref_model, tokenizer, evaluation, eval_rows, settings)
+    metrics = held_out(trainer.model, trainer.ref_model, tokenizer, evaluation, eval_rows, settings, weighing)
     shares, weights = key_weight_shares(trainer.scheme, trainer.model, tokenizer, evaluation, eval_rows, settings)
     metrics["key_weight_share"] = sum(shares) / len(shares)
     heatmap_pairs = [{"prompt_ids": p["prompt_ids"], "chosen_ids": p["chosen_ids"], "rejected_ids": p["rejected_ids"],
@@ -283,7 +288,8 @@ Seeds {s['seeds']} (data draw and training order). Variants: {variants}.
 {markdown_table(results)}
 
 Mean ± sample standard deviation over seeds. `pref_acc`: held-out accuracy of the unweighted implicit reward
-(0.5 for the reference by construction); `key_acc`: greedy answers with the correct key; `key_margin`: log-prob
+(0.5 for the reference by construction; reference-free schemes such as SimPO and ConfPO load no reference, so theirs
+ranks by their own reward β·Σ ω log π_θ); `key_acc`: greedy answers with the correct key; `key_margin`: log-prob
 of the correct key minus the best distractor at the key slot; `gen_len`: generated tokens (verbosity drift against
 the reference row); `key_weight_share`: share of the chosen completion's total weight on the key token, with the
 weights the scheme computes for the trained policy (OTPO, TI-DPO), the frozen reference judge (AttentionPO), or
