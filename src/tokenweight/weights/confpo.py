@@ -57,7 +57,8 @@ def low_confidence_tokens(token_logps: torch.Tensor, loss_mask: torch.Tensor) ->
     mask = loss_mask.bool()
     probs = token_logps.detach().float().exp() * mask
     mean = probs.sum(dim=1, keepdim=True) / mask.sum(dim=1, keepdim=True).clamp(min=1)
-    selected = (probs < mean) & mask
+    # below the maximum too: a flat response selects nothing whichever way its mean rounds (others are unchanged)
+    selected = (probs < mean) & (probs < probs.amax(dim=1, keepdim=True)) & mask
     all_equal = mask.any(dim=1) & ~selected.any(dim=1)
     return torch.where(all_equal[:, None], mask, selected), all_equal
 
