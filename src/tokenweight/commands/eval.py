@@ -128,8 +128,8 @@ def evaluate_model(args: argparse.Namespace) -> dict:
     keyfact = config.dataset_name is None
     ref_path = args.ref_model_name_or_path or (keyfact_model_path(config) if keyfact else None)
     if args.weighting is not None and ref_path is None and SCHEMES[config.weighting].uses_reference:
-        raise UserError(f"--weighting {args.weighting} needs a reference model (--ref_model_name_or_path) for the "
-                        "implicit reward")
+        raise UserError(f"--weighting needs a reference model (--ref_model_name_or_path) for the implicit reward "
+                        f"of {args.weighting}")
     tokenizer = load_tokenizer(args.model_name_or_path)
     policy = load_causal_lm(args.model_name_or_path, config.model_dtype, config.attn_implementation)
     ref = load_causal_lm(ref_path, config.model_dtype, config.attn_implementation) if ref_path else None
