@@ -86,16 +86,22 @@ def test_reference_log_prob_settings_are_refused(setting):
         TokenweightConfig(output_dir="/tmp/tw", weighting="confpo", **setting)
 
 
-def test_train_refuses_a_reference_model_path_in_one_line(tmp_path, tiny_model_dir, capsys):
+@pytest.mark.parametrize("command, message", [
+    (["train", "--ref_model_name_or_path", "MODEL"], "config key `ref_model_name_or_path`: weighting=simpo is "
+                                                     "reference-free"),
+    (["train", "--precompute_ref_log_probs", "true"], "config key `precompute_ref_log_probs`: weighting=simpo is "
+                                                      "reference-free"),
+    (["precompute", "reference", "--output", "DIR"], "precompute reference: weighting=simpo is reference-free")])
+def test_reference_settings_are_one_line_errors_on_the_command_line(tmp_path, tiny_model_dir, capsys, command,
+                                                                     message):
     data = tmp_path / "pairs.jsonl"
     data.write_text("".join(json.dumps(row) + "\n" for row in standard_rows(4)))
+    words = [str(tiny_model_dir) if w == "MODEL" else str(tmp_path / "out") if w == "DIR" else w for w in command]
     capsys.readouterr()
-    status = main(["train", "--weighting", "simpo", "--model_name_or_path", str(tiny_model_dir), "--dataset_name",
-                   str(data), "--ref_model_name_or_path", str(tiny_model_dir), "--output_dir", str(tmp_path / "run")])
+    status = main([*words, "--weighting", "simpo", "--model_name_or_path", str(tiny_model_dir), "--dataset_name",
+                   str(data), "--output_dir", str(tmp_path / "run")])
     err = capsys.readouterr().err.strip().splitlines()
-    assert status == 2 and len(err) == 1
-    assert err[0].startswith("tokenweight: error: config key `ref_model_name_or_path`: weighting=simpo is "
-                             "reference-free")
+    assert status == 2 and len(err) == 1 and err[0].startswith(f"tokenweight: error: {message}"), err
 
 
 def test_held_out_preference_of_simpo_ranks_by_the_length_normalised_log_likelihood(tokenizer):
