@@ -142,9 +142,7 @@ class CoreConfig(TrainingArguments):
 def check_scheme_objective(config, scheme) -> None:
     """Refuse a ``loss_type`` the scheme class ``scheme`` does not support, and reference log-prob settings
     (``precompute_ref_log_probs``, ``ref_log_probs``) for a reference-free scheme, which uses no reference."""
-    if config.loss_type not in scheme.loss_types:
-        raise UserError(f"config key `loss_type`: weighting={scheme.name} supports {', '.join(scheme.loss_types)}, "
-                        f"not {config.loss_type}")
+    scheme.check_loss_type(config.loss_type)
     if not scheme.uses_reference:
         for key in ("precompute_ref_log_probs", "ref_log_probs"):
             if getattr(config, key):

@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import torch
 from torch import nn
 
+from tokenweight.errors import UserError
 from tokenweight.objectives import LOSS_TYPES
 
 if TYPE_CHECKING:
@@ -189,6 +190,14 @@ class WeightingScheme:
             settings = self.settings_class()
         self.settings = settings
         self.context = SchemeContext() if context is None else context
+        self.check_loss_type(self.context.loss_type)
+
+    @classmethod
+    def check_loss_type(cls, loss_type: str) -> None:
+        """Refuse a ``loss_type`` outside the scheme's :attr:`loss_types` (a :class:`UserError` naming both)."""
+        if loss_type not in cls.loss_types:
+            raise UserError(f"config key `loss_type`: weighting={cls.name} supports {', '.join(cls.loss_types)}, "
+                            f"not {loss_type}")
 
     @property
     def needs_hidden_for_loss(self) -> bool:
