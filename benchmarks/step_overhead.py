@@ -12,7 +12,8 @@ term (attribution pass + TDPO2 KL, ``tidpo_gamma=0``) and ``tidpo+triplet`` (anc
 ``sampo`` (two seeded host-side draws per step) and ``d2po``, the position baselines; ``uniform + WPO``: plain
 DPO with TRL's ``use_weighting`` pair weights; ``uniform (cached reference)``: plain DPO with no reference model
 in memory, its per-token log-probs read from the batch (as with ``--ref_log_probs DIR`` after ``tokenweight
-precompute reference``; the values are any fixed numbers, which do not change the step's cost). Besides the peak the step
+precompute reference``; the values are any fixed numbers, which do not change the step's cost); ``simpo`` and
+``confpo``: reference-free, so no reference model is built at all (the trainer refuses one). Besides the peak the step
 adds, each child reports its peak with the models resident (policy, reference, optimizer state), measured from
 before the models are built. Runs are interleaved over ``--rounds`` rounds and the median step time of
 each is reported, so that load on a shared machine hits every scheme alike.
@@ -44,6 +45,8 @@ VARIANTS = {
     "d2po": {"weighting": "d2po"},
     "uniform + WPO": {"weighting": "uniform", "use_weighting": True},
     "uniform (cached reference)": {"weighting": "uniform", "precompute_ref_log_probs": True},
+    "simpo": {"weighting": "simpo"},
+    "confpo": {"weighting": "confpo"},
 }
 
 #: Variants whose weights are dataset columns by then (after ``tokenweight precompute attention|tisdpo``).
@@ -73,14 +76,16 @@ def variant_dataset(variant: str, tokenizer, rows: list[dict]):
 
 def build_trainer(variant: str, tokenizer, make_model, device: str, max_length: int, **overrides):
     """A :class:`TokenweightTrainer` of ``variant`` (config ``overrides`` on top) over fresh ``make_model()`` policy
-    and reference (no reference for ``uniform (cached reference)``)."""
+    and reference (no reference for ``uniform (cached reference)`` and for a reference-free scheme)."""
     from tokenweight.config import TokenweightConfig
     from tokenweight.trainer import TokenweightTrainer
+    from tokenweight.weights import SCHEMES
 
     settings = VARIANTS[variant]
     config = TokenweightConfig(output_dir="/tmp/step_overhead", use_cpu=device == "cpu", report_to="none",
                                max_length=max_length, learning_rate=1e-5, beta=0.1, **settings, **overrides)
-    reference = None if settings.get("precompute_ref_log_probs") else make_model()
+    needs_model = SCHEMES[config.weighting].uses_reference and not settings.get("precompute_ref_log_probs")
+    reference = make_model() if needs_model else None
     return TokenweightTrainer(model=make_model(), ref_model=reference, args=config, processing_class=tokenizer)
 
 

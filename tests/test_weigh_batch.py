@@ -74,3 +74,34 @@ def test_weights_outside_the_completion_are_refused():
     forward, _ = forward_recording(events, tuple(inputs.loss_mask.shape))
     with pytest.raises(ValueError, match="scheme 'recording' put weight outside the completion tokens"):
         weigh_batch(Recording(events, spill=True), inputs, forward)
+
+
+class RecordingLogps(WeightingScheme):
+    """Weights ``−policy_logps`` on the completion, from the forward's own token log-probs (as ConfPO weighs)."""
+
+    name = "recording-logps"
+    needs_policy_logps = True
+
+    def __init__(self, events: list):
+        super().__init__()
+        self.events = events
+
+    def compute(self, inputs):
+        self.events.append("compute")
+        assert inputs.hidden is None  # hidden states only for schemes that ask for them
+        return TokenWeights(weights=-inputs.policy_logps * inputs.loss_mask)
+
+
+def test_a_scheme_needing_policy_logps_weighs_after_the_forward_from_its_detached_logps():
+    events: list = []
+    inputs = batch_inputs(batch(), model=None)
+    logps = -torch.rand(inputs.loss_mask.shape, requires_grad=True)
+
+    def forward(return_hidden: bool) -> TokenScores:
+        events.append(f"forward(hidden={return_hidden})")
+        return TokenScores(token_logps=logps)
+
+    token_weights, policy = weigh_batch(RecordingLogps(events), inputs, forward)
+    assert events == ["forward(hidden=False)", "compute"]
+    assert torch.equal(token_weights.weights, (-logps * inputs.loss_mask).detach())
+    assert not inputs.policy_logps.requires_grad and policy.token_logps is logps  # the loss keeps the graph

@@ -30,6 +30,8 @@ SCHEMES = {
     "otpo": [],
     "tidpo": ["--tidpo_gamma", "0.1"],
     "attention": [],
+    "simpo": [],   # reference-free: the policy alone is checkpointed and resumed
+    "confpo": [],
 }
 
 

@@ -75,14 +75,17 @@ class CoreConfig(TrainingArguments):
     weighting: str = field(default="uniform", metadata={
         "help": "Token-weighting scheme (uniform: plain DPO)."})
     beta: float | None = field(default=None, metadata={
-        "help": "DPO temperature β. Default: 0.1 (TI-DPO: the preset's; an explicit value wins)."})
-    loss_type: str = field(default="sigmoid", metadata={"help": "Pair loss: sigmoid (DPO), ipo or hinge."})
+        "help": "DPO temperature β. Default: the scheme's (0.1; TI-DPO: the preset's; SimPO 2.0; ConfPO 1.5); an "
+                "explicit value wins."})
+    loss_type: str = field(default="sigmoid", metadata={
+        "help": "Pair loss: sigmoid (DPO), ipo or hinge (SimPO: sigmoid or hinge; ConfPO: sigmoid)."})
     label_smoothing: float = field(default=0.0, metadata={"help": "cDPO label smoothing (sigmoid loss only)."})
     use_weighting: bool = field(default=False, metadata={
         "help": "WPO pair weighting (TRL's name): scale each pair's loss by the product of the policy's "
                 "length-normalised probabilities of its two responses (arXiv 2406.11827); with any scheme."})
     precompute_ref_log_probs: bool = field(default=False, metadata={
-        "help": "Score the data once with the reference before training and free it (not with TI-DPO's KL term)."})
+        "help": "Score the data once with the reference before training and free it (not with TI-DPO's KL term, "
+                "nor with a reference-free scheme)."})
     ref_log_probs: str | None = field(default=None, metadata={
         "help": "Folder of cached reference log-probs (`tokenweight precompute reference --output DIR`): no "
                 "reference model is loaded; the cache must match the model, tokenizer, data and lengths."})
@@ -129,6 +132,7 @@ class CoreConfig(TrainingArguments):
         if self.weighting not in SCHEMES:
             raise UserError(f"config key `weighting`: unknown scheme {self.weighting!r}; "
                             f"choose one of {', '.join(sorted(SCHEMES))}")
+        check_scheme_objective(self, SCHEMES[self.weighting])
         for key in ("dataset_name", "model_name_or_path", "ref_model_name_or_path"):
             check_local_path(key, getattr(self, key))
 
@@ -139,6 +143,17 @@ class CoreConfig(TrainingArguments):
             return self.beta
         from tokenweight.weights import SCHEMES
         return SCHEMES[self.weighting].default_beta(self)
+
+
+def check_scheme_objective(config, scheme) -> None:
+    """Refuse a ``loss_type`` the scheme class ``scheme`` does not support, and reference log-prob settings
+    (``precompute_ref_log_probs``, ``ref_log_probs``) for a reference-free scheme, which uses no reference."""
+    scheme.check_loss_type(config.loss_type)
+    if not scheme.uses_reference:
+        for key in ("precompute_ref_log_probs", "ref_log_probs"):
+            if getattr(config, key):
+                raise UserError(f"config key `{key}`: weighting={scheme.name} is reference-free (no reference model "
+                                "is loaded or scored); drop the setting")
 
 
 def config_class() -> type:

@@ -5,6 +5,11 @@ The implicit reward of a response is r = β·Σ_t (log π_θ − log π_ref)(y_t
 (unweighted, so that every scheme is judged by the same yardstick). ``pref_acc`` counts a pair as won when
 r(chosen) > r(rejected) and half won on a tie, so a policy equal to its reference scores exactly 0.5.
 ``logp_acc`` ranks by the policy's own log-likelihood Σ_t log π_θ(y_t) (meaningful for the reference too).
+
+A reference-free scheme (SimPO, ConfPO) has no π_ref: its held-out ``pref_acc`` and ``margin``
+(:func:`held_out_preference`) use the scheme's own reward r = β·Σ_t ω_t log π_θ(y_t) (SimPO: the length-normalised
+log-likelihood; ConfPO: the mean log-prob of the low-confidence tokens), the reward it trains and TRL's CPO logs, so
+the untrained policy does not score 0.5 there.
 """
 
 from __future__ import annotations
@@ -80,6 +85,29 @@ def score_pairs(model: nn.Module, ref_model: nn.Module | None, dataset, pad_toke
     return PairScores(pc, pr, rc, rr, lc, lr)
 
 
+#: What ``pref_acc``/``margin`` rank by (``results.json``'s ``reward``), by whether the scheme uses a reference.
+REWARD_DEFINITIONS = {True: "beta * sum_t log(pi/pi_ref)(y_t)",
+                      False: "beta * sum_t w_t log pi(y_t) (the scheme's own reward: reference-free)"}
+
+
+def held_out_preference(model: nn.Module, ref_model: nn.Module | None, scheme: WeightingScheme | None, dataset,
+                        pad_token_id: int, beta: float, batch_size: int = 8, progress: bool = True) -> dict[str, float]:
+    """``pref_acc``, ``logp_acc`` and ``margin`` of the tokenized pairs (:func:`preference_report`). For a
+    reference-free ``scheme`` (``uses_reference = False``) ``pref_acc``/``margin`` come from the scheme's own reward
+    β·Σ ω log π_θ (:func:`score_weighted_pairs`) and ``ref_model`` must be ``None``; otherwise from the implicit
+    reward against ``ref_model`` (``scheme`` is not used; ``None`` is allowed)."""
+    scores = score_pairs(model, ref_model, dataset, pad_token_id, batch_size=batch_size, progress=progress)
+    report = preference_report(scores, beta)
+    if scheme is None or scheme.uses_reference:
+        return report
+    if ref_model is not None:
+        raise ValueError(f"weighting={scheme.name!r} is reference-free: its held-out metrics take no reference model")
+    weighted = weighted_preference_report(score_weighted_pairs(model, None, scheme, dataset, pad_token_id,
+                                                               batch_size, progress), beta)
+    return {"pref_acc": weighted["weighted_pref_acc"], "logp_acc": report["logp_acc"],
+            "margin": weighted["weighted_margin"]}
+
+
 def preference_report(scores: PairScores, beta: float) -> dict[str, float]:
     """``pref_acc``, ``logp_acc`` and mean implicit-reward ``margin`` (β units) from :class:`PairScores`."""
     reward_c = beta * (scores.policy_chosen - scores.ref_chosen)
@@ -137,35 +165,43 @@ def pair_token_weights(scheme: WeightingScheme, model: nn.Module, dataset, pad_t
 @dataclass
 class WeightedScores:
     """Per-pair weighted log-ratio sums ``Σ_t ω_t (log π_θ − log π_ref)(y_t)`` (the reference's terms weighed by the
-    scheme's reference weights when it has them, :func:`~tokenweight.objectives.weighted_log_ratios`), each ``[P]``."""
+    scheme's reference weights when it has them; a reference-free scheme: ``Σ_t ω_t log π_θ(y_t)``;
+    :func:`~tokenweight.objectives.weighted_log_ratios`), each ``[P]``."""
 
     chosen: torch.Tensor
     rejected: torch.Tensor
 
 
-def score_weighted_pairs(model: nn.Module, ref_model: nn.Module, scheme: WeightingScheme, dataset,
+def score_weighted_pairs(model: nn.Module, ref_model: nn.Module | None, scheme: WeightingScheme, dataset,
                          pad_token_id: int, batch_size: int = 8, progress: bool = True) -> WeightedScores:
     """Weighted log-ratio sums of every tokenized pair under ``scheme``'s weights, weighed as the trainer weighs a
     batch (:func:`~tokenweight.weights.weigh_batch`: the same policy forward gives the weights' hidden states and
-    the log-probs)."""
+    the log-probs). A reference-free scheme's sums are of the policy's own log-probs, ``Σ ω log π_θ``, and
+    ``ref_model`` is not used (``None`` is allowed); any other scheme needs ``ref_model``."""
+    if scheme.uses_reference and ref_model is None:
+        raise ValueError(f"weighting={scheme.name!r} scores log-ratios against a reference: give ref_model")
     loader = DataLoader(dataset, batch_size=batch_size, collate_fn=PreferenceCollator(pad_token_id=pad_token_id))
     device = next(model.parameters()).device
-    training = [m.training for m in (model, ref_model)]
-    for m in (model, ref_model):
+    models = (model, ref_model) if scheme.uses_reference else (model,)
+    training = [m.training for m in models]
+    for m in models:
         enable_token_scoring(m).eval()
     chosen, rejected = [], []
     for batch in tqdm(loader, desc=f"weighted scoring ({scheme.name})", disable=not progress, leave=False):
         batch = {k: v.to(device) for k, v in batch.items()}
         inputs = batch_inputs(batch, model)
         token_weights, policy = weigh_batch(scheme, inputs, _policy_forward(model, batch))
-        with torch.no_grad():
-            ref = ref_model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], score_tokens=True)
-        weighted = weighted_log_ratios(policy.token_logps, ref.token_logps, token_weights.weights.float(),
+        ref_logps = None
+        if scheme.uses_reference:
+            with torch.no_grad():
+                ref_logps = ref_model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                                      score_tokens=True).token_logps
+        weighted = weighted_log_ratios(policy.token_logps, ref_logps, token_weights.weights.float(),
                                        inputs.loss_mask, token_weights.ref_weights).cpu()
         c, r = weighted.chunk(2)
         chosen.append(c)
         rejected.append(r)
-    for m, was_training in zip((model, ref_model), training):
+    for m, was_training in zip(models, training):
         m.train(was_training)
     return WeightedScores(torch.cat(chosen), torch.cat(rejected))
 

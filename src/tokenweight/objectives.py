@@ -9,9 +9,15 @@ Inputs are per-token log-probs in the shifted alignment (see :mod:`tokenweight.w
 - ``ipo``: (Δ_c/n_c − Δ_r/n_r − 1/(2β))², the weighted sums divided by the completion lengths as TRL does
 - ``hinge``: max(0, 1 − βΔ)
 
-``offset`` ``[B]`` lets a scheme move the margin (TI-DPO's TDPO2 KL term); it is 0 otherwise. A scheme may weigh
-the reference log-probs with weights of their own (``ref_weights``, SamPO's independent reference sample), and the
-per-pair losses may be scaled by detached pair weights (``pair_weights``: WPO, ``use_weighting``).
+``offset`` ``[B]`` lets a scheme move the margin (TI-DPO's TDPO2 KL term, SimPO's γ/β); it is 0 otherwise. A
+scheme may weigh the reference log-probs with weights of their own (``ref_weights``, SamPO's independent
+reference sample), and the per-pair losses may be scaled by detached pair weights (``pair_weights``: WPO,
+``use_weighting``).
+
+Reference-free (``ref_logps=None``, SimPO and ConfPO): the log-ratios are the policy's own log-probs,
+Δ = Σ_t ω_c,t log π_θ(y_c,t) − Σ_t ω_r,t log π_θ(y_r,t) − offset, and the reward metrics are what TRL's CPO trainer
+logs for ``loss_type="simpo"``: ``rewards/chosen`` = β·Σ_t ω_t log π_θ(y_t) (the length-normalised log-prob for
+SimPO), ``logps/chosen`` = Σ_t ω_t log π_θ(y_t); there are no separate ``rewards/weighted_*`` (they would be equal).
 
 Metrics stay tensors until the logging step
 -------------------------------------------
@@ -69,15 +75,18 @@ class PairLoss:
     metrics: dict[str, torch.Tensor]
 
 
-def weighted_log_ratios(policy_logps: torch.Tensor, ref_logps: torch.Tensor, weights: torch.Tensor,
+def weighted_log_ratios(policy_logps: torch.Tensor, ref_logps: torch.Tensor | None, weights: torch.Tensor,
                         loss_mask: torch.Tensor, ref_weights: torch.Tensor | None = None) -> torch.Tensor:
     """Per response ``Σ_t ω_t ℓ_θ,t − Σ_t ω_ref,t ℓ_ref,t`` over the completion tokens → ``[2B]``.
 
     ``policy_logps``, ``ref_logps``, ``weights``, ``loss_mask`` and ``ref_weights`` are ``[2B, T]``;
-    ``ref_weights=None`` means the same weights on both, i.e. ``Σ_t ω_t (ℓ_θ,t − ℓ_ref,t)``.
+    ``ref_weights=None`` means the same weights on both, i.e. ``Σ_t ω_t (ℓ_θ,t − ℓ_ref,t)``; ``ref_logps=None`` (a
+    reference-free scheme) gives ``Σ_t ω_t ℓ_θ,t``.
     """
     mask = loss_mask.to(policy_logps.dtype)
     weights = weights.to(policy_logps.dtype)
+    if ref_logps is None:
+        return (policy_logps * mask * weights).sum(dim=1)
     if ref_weights is None:
         return ((policy_logps - ref_logps) * mask * weights).sum(dim=1)
     return ((policy_logps * weights - ref_logps * ref_weights.to(policy_logps.dtype)) * mask).sum(dim=1)
@@ -99,15 +108,15 @@ def wpo_pair_weights(policy_logps: torch.Tensor, log_sum_sq_probs: torch.Tensor,
         return chosen * rejected
 
 
-def pair_loss(policy_logps: torch.Tensor, ref_logps: torch.Tensor, weights: torch.Tensor, loss_mask: torch.Tensor,
-              beta: float, loss_type: str = "sigmoid", label_smoothing: float = 0.0,
+def pair_loss(policy_logps: torch.Tensor, ref_logps: torch.Tensor | None, weights: torch.Tensor,
+              loss_mask: torch.Tensor, beta: float, loss_type: str = "sigmoid", label_smoothing: float = 0.0,
               offset: torch.Tensor | None = None, ref_weights: torch.Tensor | None = None,
               pair_weights: torch.Tensor | None = None) -> PairLoss:
     """Token-weighted preference loss.
 
     Args:
         policy_logps: ``[2B, T]`` per-token log-probs of the policy (with grad).
-        ref_logps: ``[2B, T]`` per-token log-probs of the reference.
+        ref_logps: ``[2B, T]`` per-token log-probs of the reference; ``None``: reference-free (module docstring).
         weights: ``[2B, T]`` token weights, 0 outside ``loss_mask`` (no grad).
         loss_mask: ``[2B, T]`` bool, completion tokens.
         offset: optional ``[B]`` subtracted from Δ before the pair loss.
@@ -120,7 +129,7 @@ def pair_loss(policy_logps: torch.Tensor, ref_logps: torch.Tensor, weights: torc
     if label_smoothing and loss_type != "sigmoid":
         raise ValueError("label_smoothing (cDPO) applies to loss_type='sigmoid' only")
     mask = loss_mask.to(policy_logps.dtype)
-    ratios = (policy_logps - ref_logps) * mask
+    ratios = (policy_logps if ref_logps is None else policy_logps - ref_logps) * mask
     weighted = weighted_log_ratios(policy_logps, ref_logps, weights, loss_mask, ref_weights)
     chosen_w, rejected_w = weighted.chunk(2)
     delta = chosen_w - rejected_w
@@ -138,8 +147,9 @@ def pair_loss(policy_logps: torch.Tensor, ref_logps: torch.Tensor, weights: torc
         per_pair = (ipo_delta - 1 / (2 * beta)) ** 2
     if pair_weights is not None:
         per_pair = per_pair * pair_weights.to(per_pair.dtype)
-    return PairLoss(loss=per_pair.mean(), per_pair=per_pair.detach(),
-                    metrics=preference_metrics(policy_logps, ratios, weighted, mask, beta))
+    metrics = (reference_free_metrics(weighted, beta) if ref_logps is None
+               else preference_metrics(policy_logps, ratios, weighted, mask, beta))
+    return PairLoss(loss=per_pair.mean(), per_pair=per_pair.detach(), metrics=metrics)
 
 
 def preference_metrics(policy_logps: torch.Tensor, ratios: torch.Tensor, weighted: torch.Tensor,
@@ -158,6 +168,22 @@ def preference_metrics(policy_logps: torch.Tensor, ratios: torch.Tensor, weighte
             "rewards/weighted_rejected": weighted_r.mean(),
             "rewards/weighted_margins": (weighted_c - weighted_r).mean(),
             "rewards/weighted_accuracies": (weighted_c > weighted_r).float().mean(),
+            "logps/chosen": logps_c.mean(),
+            "logps/rejected": logps_r.mean(),
+        }
+
+
+def reference_free_metrics(weighted: torch.Tensor, beta: float) -> dict[str, torch.Tensor]:
+    """TRL CPO's reward metrics of a reference-free pair loss from the weighted policy log-prob sums ``[2B]``:
+    rewards β·Σ ω log π_θ, ``logps/*`` Σ ω log π_θ (the length-normalised log-probs for SimPO)."""
+    with torch.no_grad():
+        logps_c, logps_r = weighted.detach().chunk(2)
+        rewards_c, rewards_r = beta * logps_c, beta * logps_r
+        return {
+            "rewards/chosen": rewards_c.mean(),
+            "rewards/rejected": rewards_r.mean(),
+            "rewards/margins": (rewards_c - rewards_r).mean(),
+            "rewards/accuracies": (rewards_c > rewards_r).float().mean(),
             "logps/chosen": logps_c.mean(),
             "logps/rejected": logps_r.mean(),
         }

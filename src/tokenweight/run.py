@@ -17,9 +17,10 @@ from tokenweight.checkpoints import claim_output_dir, interrupted_message, non_f
 from tokenweight.config import TokenweightConfig, resolve_max_length
 from tokenweight.data import print_data_summary, tokenize_preference_dataset
 from tokenweight.sources import PreferenceSplits, load_splits, swap_pairs
-from tokenweight.evaluate import preference_report, score_pairs
+from tokenweight.evaluate import REWARD_DEFINITIONS, held_out_preference
 from tokenweight.errors import UserError
 from tokenweight.models import add_lora_adapters, load_causal_lm, load_tokenizer
+from tokenweight.weights import SCHEMES
 
 logger = logging.getLogger(__name__)
 
@@ -137,12 +138,12 @@ def cached_reference_splits(config: TokenweightConfig, model_path: str, policy, 
     return splits["train"], splits["eval"]
 
 
-def held_out_metrics(model, ref_model, tokenizer, eval_tokenized, eval_raw, config, keyfact: bool) -> dict:
-    """``pref_acc``/``logp_acc``/``margin`` on the eval pairs, plus KeyFact's ``key_acc``/``key_margin``/
-    ``gen_len`` for the built-in task."""
-    scores = score_pairs(model, ref_model, eval_tokenized, tokenizer.pad_token_id,
-                         batch_size=config.per_device_eval_batch_size)
-    metrics = preference_report(scores, config.effective_beta)
+def held_out_metrics(model, ref_model, scheme, tokenizer, eval_tokenized, eval_raw, config, keyfact: bool) -> dict:
+    """``pref_acc``/``logp_acc``/``margin`` on the eval pairs (a reference-free ``scheme``: under its own reward,
+    :func:`~tokenweight.evaluate.held_out_preference`), plus KeyFact's ``key_acc``/``key_margin``/``gen_len`` for
+    the built-in task."""
+    metrics = held_out_preference(model, ref_model, scheme, eval_tokenized, tokenizer.pad_token_id,
+                                  config.effective_beta, batch_size=config.per_device_eval_batch_size)
     if keyfact:
         from tokenweight.keyfact import evaluate_keyfact
         metrics.update(evaluate_keyfact(model, tokenizer, eval_raw, facts=config.keyfact_facts))
@@ -157,6 +158,10 @@ def run_training(config: TokenweightConfig) -> dict:
     claim_output_dir(config.output_dir, config.overwrite_output_dir, resume is not None,
                      is_main_process=config.process_index == 0)
     set_seed(config.seed)
+    uses_reference = SCHEMES[config.weighting].uses_reference
+    if not uses_reference and config.ref_model_name_or_path:
+        raise UserError(f"config key `ref_model_name_or_path`: weighting={config.weighting} is reference-free (no "
+                        "reference model is loaded); drop the setting")
     keyfact = config.dataset_name is None
     if keyfact and not torch.cuda.is_available():
         torch.set_num_threads(1)  # a 150k-parameter model: extra intra-op threads only contend
@@ -171,7 +176,10 @@ def run_training(config: TokenweightConfig) -> dict:
     evaluation = (prepare_split(config, model_path, tokenizer, eval_raw, "eval", data_summary, splits.eval_name,
                                 splits.eval_rows) if eval_raw is not None else None)
     policy = load_causal_lm(model_path, config.model_dtype, config.attn_implementation)
-    if config.ref_log_probs:  # no reference model: its log-probs come from the cache
+    if not uses_reference:
+        reference = None
+        print(f"weighting={config.weighting} is reference-free: no reference model is loaded", file=sys.stderr)
+    elif config.ref_log_probs:  # no reference model: its log-probs come from the cache
         reference = None
         train, evaluation = cached_reference_splits(config, model_path, policy, tokenizer, train, evaluation)
     else:
@@ -183,18 +191,18 @@ def run_training(config: TokenweightConfig) -> dict:
     trainer = TokenweightTrainer(model=policy, ref_model=reference, args=config, train_dataset=train,
                                  eval_dataset=evaluation, processing_class=tokenizer)
     results = {"weighting": config.weighting, "model": model_path, "eval_split": splits.eval_name,
-               "data": data_summary}
+               "reward": REWARD_DEFINITIONS[uses_reference], "data": data_summary}
     if splits.eval_rows is not None:
         results["eval_rows"] = splits.eval_rows
     if evaluation is not None and trainer.is_world_process_zero():
-        results["before"] = held_out_metrics(trainer.model, trainer.ref_model, tokenizer, trainer.eval_dataset,
-                                             eval_raw, config, keyfact)
+        results["before"] = held_out_metrics(trainer.model, trainer.ref_model, trainer.scheme, tokenizer,
+                                             trainer.eval_dataset, eval_raw, config, keyfact)
     train_guarded(trainer, resume)
     trainer.save_model()
     trainer.save_state()
     if evaluation is not None and trainer.is_world_process_zero():
-        results["after"] = held_out_metrics(trainer.model, trainer.ref_model, tokenizer, trainer.eval_dataset,
-                                            eval_raw, config, keyfact)
+        results["after"] = held_out_metrics(trainer.model, trainer.ref_model, trainer.scheme, tokenizer,
+                                            trainer.eval_dataset, eval_raw, config, keyfact)
         print_results(results)
     if trainer.is_world_process_zero():
         Path(config.output_dir, "results.json").write_text(json.dumps(results, indent=2))

@@ -1,7 +1,8 @@
 """The token-weighted preference trainer: a ``transformers.Trainer`` whose ``compute_loss`` wires the pieces.
 
 One step (see DESIGN.md): weights from the scheme (before the forward, or after it from the policy's hidden
-states) → policy per-token log-probs → reference per-token log-probs (no grad) → pair loss (+ scheme extras).
+states or log-probs) → policy per-token log-probs → reference per-token log-probs (no grad; none for a
+reference-free scheme) → pair loss (+ scheme extras).
 Everything else — accelerate, DDP/FSDP/DeepSpeed, gradient accumulation, checkpointing, logging backends — is
 ``transformers.Trainer``'s.
 """
@@ -25,7 +26,9 @@ from tokenweight.weights import LossContext, batch_inputs, build_scheme, weigh_b
 
 
 class TokenweightTrainer(Trainer):
-    """Train ``model`` against the frozen ``ref_model`` with the scheme named by ``args.weighting``.
+    """Train ``model`` against the frozen ``ref_model`` with the scheme named by ``args.weighting``;
+    ``ref_model=None`` for a reference-free scheme (``uses_reference = False``: SimPO, ConfPO), which is then given
+    no reference log-probs at all.
 
     ``train_dataset`` / ``eval_dataset`` are tokenized preference datasets
     (:func:`tokenweight.data.tokenize_preference_dataset`).
@@ -33,9 +36,12 @@ class TokenweightTrainer(Trainer):
 
     def __init__(self, model: nn.Module, ref_model: nn.Module | None, args: TokenweightConfig, train_dataset=None,
                  eval_dataset=None, processing_class=None, data_collator=None, **kwargs):
+        scheme = build_scheme(args.weighting, args)
+        if not scheme.uses_reference and ref_model is not None:
+            raise ValueError(f"weighting={scheme.name!r} is reference-free: pass ref_model=None (a reference model "
+                             "would only take memory)")
         if ref_model is model:
             raise ValueError("TokenweightTrainer needs a separate frozen reference model (ref_model)")
-        scheme = build_scheme(args.weighting, args)
         if data_collator is None:
             if processing_class is None:
                 raise ValueError("give processing_class (the tokenizer) or a data_collator")
@@ -51,7 +57,7 @@ class TokenweightTrainer(Trainer):
             train_dataset, eval_dataset = _with_reference_logps(ref_model, args, scheme, data_collator,
                                                                 train_dataset, eval_dataset)
             ref_model = None  # no longer needed: free its memory
-        elif ref_model is None:
+        elif ref_model is None and scheme.uses_reference:
             raise ValueError("TokenweightTrainer needs a frozen reference model (ref_model), unless "
                              "precompute_ref_log_probs=True and the datasets carry the reference log-probs")
         super().__init__(model=model, args=args, train_dataset=train_dataset, eval_dataset=eval_dataset,
@@ -101,10 +107,13 @@ class TokenweightTrainer(Trainer):
 
         token_weights, policy = weigh_batch(scheme, weighting_inputs, forward)
         weights = token_weights.weights
-        ref = self._reference_scores(inputs, scheme.needs_hidden_for_loss)
+        ref_logps = ref_hidden = None  # a reference-free scheme has no reference scores at all
+        if scheme.uses_reference:
+            ref = self._reference_scores(inputs, scheme.needs_hidden_for_loss)
+            ref_logps, ref_hidden = ref.token_logps, ref.hidden
         context = LossContext(model=model, ref_model=self.ref_model, inputs=weighting_inputs,
-                              policy_logps=policy.token_logps, ref_logps=ref.token_logps, weights=weights,
-                              policy_hidden=policy.hidden, ref_hidden=ref.hidden, step=step)
+                              policy_logps=policy.token_logps, ref_logps=ref_logps, weights=weights,
+                              policy_hidden=policy.hidden, ref_hidden=ref_hidden, step=step)
         metrics = dict(token_weights.metrics)
         offset = scheme.margin_offset(context)
         if offset is not None:
@@ -114,7 +123,7 @@ class TokenweightTrainer(Trainer):
         if self.args.use_weighting:
             pair_weights = wpo_pair_weights(policy.token_logps, policy.stats.log_sum_sq_probs, loss_mask)
             metrics["wpo/pair_weight"] = pair_weights.mean()
-        result = pair_loss(policy.token_logps, ref.token_logps, weights, loss_mask, self.beta, self.args.loss_type,
+        result = pair_loss(policy.token_logps, ref_logps, weights, loss_mask, self.beta, self.args.loss_type,
                            self.args.label_smoothing, offset=offset, ref_weights=token_weights.ref_weights,
                            pair_weights=pair_weights)
         loss = result.loss

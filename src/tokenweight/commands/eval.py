@@ -122,12 +122,14 @@ def evaluate_model(args: argparse.Namespace) -> dict:
     from tokenweight import evaluate as ev
     from tokenweight.models import load_causal_lm, load_tokenizer
     from tokenweight.run import prepare_raw
+    from tokenweight.weights import SCHEMES
 
     config = build_config(args)
     keyfact = config.dataset_name is None
     ref_path = args.ref_model_name_or_path or (keyfact_model_path(config) if keyfact else None)
-    if args.weighting is not None and ref_path is None:
-        raise UserError("--weighting needs a reference model (--ref_model_name_or_path) for the implicit reward")
+    if args.weighting is not None and ref_path is None and SCHEMES[config.weighting].uses_reference:
+        raise UserError(f"--weighting needs a reference model (--ref_model_name_or_path) for the implicit reward "
+                        f"of {args.weighting}")
     tokenizer = load_tokenizer(args.model_name_or_path)
     policy = load_causal_lm(args.model_name_or_path, config.model_dtype, config.attn_implementation)
     ref = load_causal_lm(ref_path, config.model_dtype, config.attn_implementation) if ref_path else None
@@ -159,14 +161,16 @@ def evaluate_model(args: argparse.Namespace) -> dict:
 
 
 def weighted_metrics(config, policy, ref, tokenizer, pairs, batch_size: int) -> dict:
-    """``weighted_pref_acc`` / ``weighted_margin`` under ``config.weighting`` on ``pairs`` prepared by the scheme."""
+    """``weighted_pref_acc`` / ``weighted_margin`` under ``config.weighting`` on ``pairs`` prepared by the scheme,
+    and the ``reward`` they rank by (a reference-free scheme: its own, β·Σ ω log π_θ; ``ref`` is not used)."""
     from tokenweight import evaluate as ev
     from tokenweight.weights import build_scheme
 
     scheme = build_scheme(config.weighting, config)
     scores = ev.score_weighted_pairs(policy, ref, scheme, pairs, tokenizer.pad_token_id,
                                      batch_size=batch_size)
-    return ev.weighted_preference_report(scores, config.effective_beta)
+    return {"reward": ev.REWARD_DEFINITIONS[scheme.uses_reference],
+            **ev.weighted_preference_report(scores, config.effective_beta)}
 
 
 def generation_metrics(args, policy, ref, tokenizer, pairs) -> dict:

@@ -101,10 +101,15 @@ def _reference(args: argparse.Namespace) -> int:
 
     from tokenweight import reference_cache
     from tokenweight.cli import parse_train_config
+    from tokenweight.errors import UserError
     from tokenweight.models import freeze, load_causal_lm, load_tokenizer
     from tokenweight.run import load_run_splits, resolve_model_path, tokenize_split
+    from tokenweight.weights import SCHEMES
 
     config = parse_train_config(list(args.flags))
+    if not SCHEMES[config.weighting].uses_reference:
+        raise UserError(f"precompute reference: weighting={config.weighting} is reference-free; its training reads "
+                        "no reference log-probs")
     state = PartialState()
     model_path = resolve_model_path(config)
     tokenizer = load_tokenizer(model_path)

@@ -30,6 +30,9 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import torch
 from torch import nn
 
+from tokenweight.errors import UserError
+from tokenweight.objectives import LOSS_TYPES
+
 if TYPE_CHECKING:
     import datasets
 
@@ -50,6 +53,8 @@ class WeightingInputs:
         model: the policy model (possibly wrapped by accelerate/DDP/FSDP).
         hidden: ``[2B, L-1, d]`` detached fp32-or-model-dtype final hidden states in shifted alignment, only for
             schemes with ``needs_hidden_states = True`` (``None`` otherwise).
+        policy_logps: ``[2B, L-1]`` the policy's detached per-token log-probs of this batch's forward, only for
+            schemes with ``needs_policy_logps = True`` (ConfPO's confidence selection; ``None`` otherwise).
         want_plan: True when the caller shows the scheme's pair coupling (``tokenweight weights``): a scheme that
             has one (OTPO's transport plan) returns it in :attr:`TokenWeights.plan`; training leaves it False.
         step: the trainer's global step of a training batch; ``None`` in evaluation (a scheme that draws random
@@ -63,6 +68,7 @@ class WeightingInputs:
     batch: dict[str, Any]
     model: nn.Module | None = None
     hidden: torch.Tensor | None = None
+    policy_logps: torch.Tensor | None = None
     want_plan: bool = False
     step: int | None = None
 
@@ -116,10 +122,11 @@ class LossContext:
 
     Attributes:
         model, ref_model: policy (trainable) and frozen reference (``ref_model`` is ``None`` when reference
-            log-probs come from a cache).
+            log-probs come from a cache, and for a reference-free scheme).
         inputs: the :class:`WeightingInputs` of the batch.
         policy_logps: ``[2B, L-1]`` per-token log-probs of the policy, with grad.
-        ref_logps: ``[2B, L-1]`` per-token log-probs of the reference, no grad.
+        ref_logps: ``[2B, L-1]`` per-token log-probs of the reference, no grad; ``None`` for a reference-free
+            scheme (``uses_reference = False``).
         policy_hidden / ref_hidden: ``[2B, L-1, d]`` final hidden states (policy with grad), only when the scheme
             sets ``needs_hidden_states``; ``None`` otherwise.
         weights: ``[2B, L-1]`` the scheme's token weights for this batch.
@@ -130,7 +137,7 @@ class LossContext:
     ref_model: nn.Module | None
     inputs: WeightingInputs
     policy_logps: torch.Tensor
-    ref_logps: torch.Tensor
+    ref_logps: torch.Tensor | None
     weights: torch.Tensor
     policy_hidden: torch.Tensor | None = None
     ref_hidden: torch.Tensor | None = None
@@ -157,9 +164,14 @@ class SchemeContext:
 class WeightingScheme:
     """Base class of a weighting scheme.
 
-    The trainer calls :meth:`compute` *before* the policy forward when ``needs_hidden_states`` is False (so a
-    scheme may run its own passes without two graphs alive at once), and *after* it otherwise, with
-    ``inputs.hidden`` filled.
+    The trainer calls :meth:`compute` *before* the policy forward when neither ``needs_hidden_states`` nor
+    ``needs_policy_logps`` is set (so a scheme may run its own passes without two graphs alive at once), and
+    *after* it otherwise, with ``inputs.hidden`` / ``inputs.policy_logps`` filled.
+
+    A scheme with ``uses_reference = False`` (SimPO, ConfPO) is reference-free: its Δ is the weighted sum of the
+    policy's own log-probs, ``Σ ω_c log π_θ(y_c) − Σ ω_r log π_θ(y_r)``; no reference model is loaded, moved or
+    precomputed for it in training (``tokenweight train``, the trainer, ``eval``'s weighted scores, the bench's
+    trainer honour the flag).
 
     A scheme is built from its own settings (an instance of ``settings_class``, a dataclass whose fields are the
     scheme's flags, ``<name>_…``, validated in its ``__post_init__``; ``None`` when the scheme has no settings)
@@ -168,6 +180,13 @@ class WeightingScheme:
 
     name: ClassVar[str] = ""
     needs_hidden_states: ClassVar[bool] = False
+    #: True: :meth:`compute` runs after the policy forward with ``inputs.policy_logps`` (detached) filled.
+    needs_policy_logps: ClassVar[bool] = False
+    #: False for a reference-free scheme: no reference model or reference log-probs in training (see above; the
+    #: KeyFact bench still loads the base model, to *measure* the policy against it).
+    uses_reference: ClassVar[bool] = True
+    #: The pair losses (config key ``loss_type``) the scheme supports; another is refused when the run is built.
+    loss_types: ClassVar[tuple[str, ...]] = LOSS_TYPES
     #: The dataclass of the scheme's flags; the run configuration is composed of every registered one.
     settings_class: ClassVar[type | None] = None
     #: True when the weights must come with the dataset (columns ``chosen_weights``/``rejected_weights``), so the
@@ -179,9 +198,6 @@ class WeightingScheme:
     #: The config key naming the folder of the cache :meth:`prepare` writes (``tokenweight precompute <scheme>
     #: --output DIR`` sets it); ``None`` for a scheme without a prepare hook.
     cache_setting: ClassVar[str | None] = None
-    #: False for a reference-free scheme (SimPO …): the trainer gets no reference model (the KeyFact bench still
-    #: loads the base model, to *measure* the policy against it).
-    uses_reference: ClassVar[bool] = True
     #: Named settings overrides that isolate one part of the scheme (its weights alone, its extra loss terms alone),
     #: reported by ``tokenweight bench keyfact`` as rows ``<name>:<ablation>``; ``{}``: nothing to separate.
     ablations: ClassVar[dict[str, dict[str, Any]]] = {}
@@ -191,6 +207,14 @@ class WeightingScheme:
             settings = self.settings_class()
         self.settings = settings
         self.context = SchemeContext() if context is None else context
+        self.check_loss_type(self.context.loss_type)
+
+    @classmethod
+    def check_loss_type(cls, loss_type: str) -> None:
+        """Refuse a ``loss_type`` outside the scheme's :attr:`loss_types` (a :class:`UserError` naming both)."""
+        if loss_type not in cls.loss_types:
+            raise UserError(f"config key `loss_type`: weighting={cls.name} supports {', '.join(cls.loss_types)}, "
+                            f"not {loss_type}")
 
     @property
     def needs_hidden_for_loss(self) -> bool:
@@ -313,17 +337,22 @@ def weigh_batch(scheme: WeightingScheme, inputs: WeightingInputs,
 
     ``forward(return_hidden)`` runs the policy on the batch and returns its
     :class:`~tokenweight.logps.TokenScores` (``token_logps`` ``[2B, L-1]``, ``hidden`` ``[2B, L-1, d]`` when asked
-    for); it is asked for hidden states when the weights or the loss need them. Without ``needs_hidden_states`` the
-    weights are computed *before* the forward (a scheme's own passes never overlap the policy's graph), else after
-    it from the detached hidden states (``inputs.hidden`` is filled). The weights are detached and checked
-    (:func:`check_weights`). Returns ``(token weights, policy scores)``.
+    for); it is asked for hidden states when the weights or the loss need them. Without ``needs_hidden_states`` or
+    ``needs_policy_logps`` the weights are computed *before* the forward (a scheme's own passes never overlap the
+    policy's graph), else after it from the forward's detached hidden states / token log-probs (``inputs.hidden``,
+    ``inputs.policy_logps`` are filled). The weights are detached and checked (:func:`check_weights`). Returns
+    ``(token weights, policy scores)``.
     """
     want_hidden = scheme.needs_hidden_states or scheme.needs_hidden_for_loss
-    if not scheme.needs_hidden_states:
+    after_forward = scheme.needs_hidden_states or scheme.needs_policy_logps
+    if not after_forward:
         token_weights = scheme.compute(inputs)
     policy = forward(want_hidden)
-    if scheme.needs_hidden_states:
-        inputs.hidden = policy.hidden.detach()
+    if after_forward:
+        if scheme.needs_hidden_states:
+            inputs.hidden = policy.hidden.detach()
+        if scheme.needs_policy_logps:
+            inputs.policy_logps = policy.token_logps.detach()
         token_weights = scheme.compute(inputs)
     token_weights.weights = token_weights.weights.detach()
     check_weights(token_weights.weights, inputs.loss_mask, scheme.name)
