@@ -144,7 +144,7 @@ def test_bench_run_of_a_reference_free_scheme_trains_without_a_reference(tmp_pat
     from tokenweight.keyfact import keyfact_base_model
 
     monkeypatch.setenv("TOKENWEIGHT_CACHE", str(tmp_path.parent / "keyfact-cache"))
-    settings = quick_settings(BenchSettings(schemes=["simpo"], seeds=[0]))
+    settings = quick_settings(BenchSettings(rows=["simpo"], seeds=[0]))
     settings.train_size, settings.curve_eval_size = 16, 4
     base = str(keyfact_base_model(seed=0, size="small"))
     given = []
