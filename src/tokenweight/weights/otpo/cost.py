@@ -20,6 +20,13 @@ MAX_COST = 1.0 + 1e-5
 """An upper bound on every valid entry of :func:`otpo_cost` (passed to the solver, which then need not look)."""
 
 
+CHUNK_BYTES = 16 * 2**20
+"""On CPU, pairs are processed in chunks whose fp32 copy of the states ``[b, max(N, M), d]`` stays under this: glibc
+serves allocations under its largest mmap threshold (32 MiB) from reused heap pages, while each bigger one is
+mapped afresh and page-faulted in, which costs more than the arithmetic of an elementwise pass. CUDA's caching
+allocator reuses memory, so there all pairs form one chunk."""
+
+
 def otpo_cost(chosen_hidden: torch.Tensor, rejected_hidden: torch.Tensor, chosen_mask: torch.Tensor,
               rejected_mask: torch.Tensor, check: bool = True) -> torch.Tensor:
     """OTPO's normalised cost ``C`` ``[B, N, M]`` from ``[B, N, d]`` / ``[B, M, d]`` states and bool masks.
@@ -29,7 +36,8 @@ def otpo_cost(chosen_hidden: torch.Tensor, rejected_hidden: torch.Tensor, chosen
     each pair's mean state is subtracted (exact in real arithmetic; final hidden states share a large common
     component). The matmul form turns an exact 0 into about ``sqrt(eps) · ‖x‖`` — and every chat template makes the
     first response states of chosen and rejected identical — so each row's and each column's nearest entry is
-    recomputed as ``‖x − y‖`` directly (``O((N + M) d)``).
+    recomputed as ``‖x − y‖`` directly (``O((N + M) d)``). Pairs are independent; they are processed in chunks
+    (:data:`CHUNK_BYTES`).
 
     Args:
         check: raise on an empty response or a non-finite valid state (one host read); with ``check=False`` the
@@ -39,30 +47,53 @@ def otpo_cost(chosen_hidden: torch.Tensor, rejected_hidden: torch.Tensor, chosen
         ValueError: a response is empty or a valid hidden state is NaN/inf (naming the batch rows).
     """
     _check_shapes(chosen_hidden, rejected_hidden, chosen_mask, rejected_mask)
+    batch, n, hidden = chosen_hidden.shape
+    m = rejected_hidden.shape[1]
+    dtype = torch.promote_types(chosen_hidden.dtype, torch.float32)
+    cost = torch.empty(batch, n, m, dtype=dtype, device=chosen_hidden.device)
+    norms = []
+    with _ieee_fp32_matmul():  # TF32 (e.g. `--tf32 true`) would ruin near-zero distances
+        for pairs in _chunks(batch, max(n, m) * hidden * dtype.itemsize, chosen_hidden.device):
+            norms.append(_chunk_cost(chosen_hidden[pairs], rejected_hidden[pairs], chosen_mask[pairs],
+                                     rejected_mask[pairs], cost[pairs]))
+    if check:
+        chosen_norms, rejected_norms = (torch.cat(side) for side in zip(*norms))
+        raise_response_problems(response_problems(chosen_mask, rejected_mask, chosen_norms, rejected_norms).tolist())
+    return cost
+
+
+def _chunks(batch: int, bytes_per_pair: int, device: torch.device) -> list[slice]:
+    """Slices of ``range(batch)``: one on CUDA, else chunks of at most :data:`CHUNK_BYTES` per state copy."""
+    size = batch if device.type == "cuda" else max(1, CHUNK_BYTES // max(bytes_per_pair, 1))
+    return [slice(start, min(start + size, batch)) for start in range(0, batch, size)]
+
+
+def _chunk_cost(chosen_hidden: torch.Tensor, rejected_hidden: torch.Tensor, chosen_mask: torch.Tensor,
+                rejected_mask: torch.Tensor, out: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Write the cost of ``b`` pairs into ``out`` ``[b, N, M]``; return the norms ``[b, N]``, ``[b, M]`` of the
+    zero-filled states (NaN/inf where a valid state is not finite)."""
     chosen = _zero_outside(chosen_hidden, chosen_mask)
     rejected = _zero_outside(rejected_hidden, rejected_mask)
     chosen_norms, rejected_norms = chosen.norm(dim=2), rejected.norm(dim=2)
-    if check:
-        raise_response_problems(response_problems(chosen_mask, rejected_mask, chosen_norms, rejected_norms).tolist())
     counts = (chosen_mask.sum(dim=1) + rejected_mask.sum(dim=1)).clamp_min(1).to(chosen.dtype)
     center = ((chosen.sum(dim=1) + rejected.sum(dim=1)) / counts[:, None])[:, None, :]
     chosen.sub_(center)  # off the masks: −center, finite; those distances are overwritten below
     rejected.sub_(center)
     valid = chosen_mask[:, :, None] & rejected_mask[:, None, :]
-    dist = _matmul_distances(chosen, rejected)
-    _exact_nearest(dist, chosen, rejected, valid)  # leaves 0 off `valid`
+    _matmul_distances(chosen, rejected, out)
+    _exact_nearest(out, chosen, rejected, valid)  # leaves 0 off `valid`
     largest_norm = torch.maximum(chosen_norms.amax(dim=1), rejected_norms.amax(dim=1))
-    normaliser = torch.maximum(dist.amax(dim=(1, 2)), largest_norm) + 1e-6
+    normaliser = torch.maximum(out.amax(dim=(1, 2)), largest_norm) + 1e-6
     normaliser = torch.where(normaliser > 1, normaliser, torch.ones_like(normaliser))
-    return dist.add_(1e-6).div_(normaliser[:, None, None])
+    out.add_(1e-6).div_(normaliser[:, None, None])
+    return chosen_norms, rejected_norms
 
 
-def _matmul_distances(chosen: torch.Tensor, rejected: torch.Tensor) -> torch.Tensor:
-    """``[B, N, M]`` Euclidean distances by ``‖x‖² + ‖y‖² − 2x·y`` (one batched matmul)."""
+def _matmul_distances(chosen: torch.Tensor, rejected: torch.Tensor, out: torch.Tensor) -> None:
+    """Write into ``out`` ``[B, N, M]`` the Euclidean distances by ``‖x‖² + ‖y‖² − 2x·y`` (one batched matmul)."""
     rejected_squares = rejected.norm(dim=2).square_()[:, None, :]
-    with _ieee_fp32_matmul():  # TF32 (e.g. `--tf32 true`) would ruin near-zero distances
-        squared = torch.baddbmm(rejected_squares, chosen, rejected.transpose(1, 2), alpha=-2.0)
-    return squared.add_(chosen.norm(dim=2).square_()[:, :, None]).clamp_min_(0.0).sqrt_()
+    torch.baddbmm(rejected_squares, chosen, rejected.transpose(1, 2), alpha=-2.0, out=out)
+    out.add_(chosen.norm(dim=2).square_()[:, :, None]).clamp_min_(0.0).sqrt_()
 
 
 def _exact_nearest(dist: torch.Tensor, chosen: torch.Tensor, rejected: torch.Tensor, valid: torch.Tensor) -> None:
