@@ -27,7 +27,7 @@ Inputs: bf16 states (as a bf16 model returns them) with a shared component plus 
 POT cells whose estimated loop time exceeds ``--max-pot-seconds`` are extrapolated from one timed pair (marked).
 
     python benchmarks/otpo_solver.py [--quick] [--device cpu|cuda] [--reg 1 0.1 0.01] [--max-pot-seconds 10]
-        [--rounds 5] [--threads 1]
+        [--rounds 5] [--threads 1] [--batch 2 8] [--length 256 1024] [--hidden 2048]
 
 Host reads (``.item()``, ``.tolist()``, ``bool(tensor)`` …, each a synchronisation on a GPU) are counted for one
 call of each side by :func:`count_host_reads`.
@@ -202,10 +202,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--reg-m", type=float, default=0.2)
     parser.add_argument("--rounds", type=int, default=5, help="interleaved timing rounds per cell")
     parser.add_argument("--threads", type=int, help="CPU threads for torch (1 gives stable timings on a busy host)")
+    for axis in ("batch", "length", "hidden"):
+        parser.add_argument(f"--{axis}", type=int, nargs="+", help=f"these {axis} sizes instead of the grid's")
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    grid = QUICK_GRID if args.quick else FULL_GRID
+    grid = {axis: getattr(args, axis) or sizes for axis, sizes in (QUICK_GRID if args.quick else FULL_GRID).items()}
 
     device_name = torch.cuda.get_device_name(args.device) if args.device.startswith("cuda") else \
         f"CPU ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
