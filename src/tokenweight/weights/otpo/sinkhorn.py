@@ -19,19 +19,21 @@ iterate: ``v ← 1``) and the stopping rule are POT's, whatever ``reg_m / reg``.
 with ``err ≤ stop_thr`` (``k + 1`` iterations, as POT counts) and is then frozen on the device; the loop ends when
 every pair is frozen or after ``max_iter`` iterations, and pairs still running are reported unconverged.
 
-The iteration is carried in the log domain: potentials ``f = α + reg log u`` and ``g = β + reg log v`` are fp64
-``[B, N]`` / ``[B, M]`` vectors (they grow large when ``reg_m ≫ reg``), and the only ``[B, N, M]`` work is the
-two masked log-sum-exps ``LSE_j((g_j − C_ij)/reg)`` and ``LSE_i((f_i − C_ij)/reg)`` per iteration, in fp32
-(fp64 for fp64 costs). Two ways to evaluate them:
+The iteration is carried in the log domain, in units of ``reg``: ``log u``, ``log v`` (fp64 ``[B, N]`` /
+``[B, M]``) and ``a = α/reg``, ``b = β/reg`` (fp64 ``[B]``; they grow large when ``reg_m ≫ reg``), so that
+``log K v = a + b + LSE_j(log v_j − C_ij/reg)``; the only ``[B, N, M]`` work is the two masked log-sum-exps
+``LSE_j(log v_j − C_ij/reg)`` and ``LSE_i(log u_i − C_ij/reg)`` per iteration, in fp32 (fp64 for fp64 costs).
+Two ways to evaluate them:
 
-* **scaling** — a mat-vec with the fixed kernel ``exp(−C/reg)`` against ``exp(g/reg − max g/reg)`` — when
+* **scaling** — a mat-vec with the fixed kernel ``exp(−C/reg)`` against ``exp(log v − max log v)`` — when
   ``max C / reg ≤ MAX_SCALING_EXPONENT`` (50): every kernel entry is then ``≥ e^-50``, so the largest term of each
   sum is a normal fp32 number and what underflows is below ``e^-37`` of it. For OTPO's costs in ``(0, 1]`` this is
   ``reg ≥ 0.02``.
 * **log** — otherwise (e.g. ``reg = 0.01``): the iterations use mat-vecs with a row- and a column-stabilised
-  kernel ``exp(−(C_ij − min C)/reg)`` (:class:`_StabilisedKernelSums`), which flag any sum that fp32 underflow
-  could have made inexact; a flag seen at a check reruns the solve with the exact in-place masked log-sum-exp over
-  a reused ``[B, N, M]`` buffer (:class:`_LogSums`), which also gives the final masses and plan.
+  kernel ``exp(−(C_ij − min C)/reg)`` (:class:`_StabilisedKernelSums`), which flag (at the checks, from the
+  smallest sum seen) any sum that fp32 underflow could have made inexact; a flag reruns the solve with the exact
+  in-place masked log-sum-exp over a reused ``[B, N, M]`` buffer (:class:`_LogSums`), which also gives the final
+  masses and plan.
 
 Host synchronisations: one per convergence check (and one at the end when ``max_iter`` stops the loop between
 checks); validating the inputs and choosing the form costs one more unless the caller passes ``max_cost``; a rerun
@@ -253,6 +255,7 @@ class _PotState:
         self.a_damping = 0.0 if math.isinf(reg_m_rows) else reg / (reg + reg_m_rows)
         self.b_damping = 0.0 if math.isinf(reg_m_cols) else reg / (reg + reg_m_cols)
         self.log_tau = math.log(tau)
+        self.log_guard = torch.tensor(math.log(GUARD), dtype=dtype, device=device)  # POT's + 1e-16, in logs
         self.log_u = torch.zeros(row_mask.shape, dtype=dtype, device=device).masked_fill(self.row_invalid, -math.inf)
         self.log_v_reset = torch.zeros(col_mask.shape, dtype=dtype, device=device).masked_fill(
             self.col_invalid, -math.inf)  # v = 1 (POT's reset on absorption)
@@ -279,11 +282,11 @@ class _PotState:
         """
         # log K_ij = a + b − C_ij/reg:  log(K v + 1e-16) = logaddexp(a + b + LSE_j(log v_j − C_ij/reg), log 1e-16)
         ab = (self.a + self.b)[:, None]
-        log_kv = torch.logaddexp(sums.rows(self.log_v).add_(ab), LOG_GUARD_TENSOR.to(ab.device))
+        log_kv = torch.logaddexp(sums.rows(self.log_v).add_(ab), self.log_guard)
         log_u = log_kv.mul_(-self.rho_rows).sub_(self.a[:, None] * self.a_damping).masked_fill_(
             self.row_invalid, -math.inf)
         log_ktu_raw = sums.cols(log_u).add_(ab)
-        log_v = torch.logaddexp(log_ktu_raw, LOG_GUARD_TENSOR.to(ab.device)).mul_(-self.rho_cols).sub_(
+        log_v = torch.logaddexp(log_ktu_raw, self.log_guard).mul_(-self.rho_cols).sub_(
             self.b[:, None] * self.b_damping).masked_fill_(self.col_invalid, -math.inf)
         max_log_u, max_log_v = log_u.amax(dim=1), log_v.amax(dim=1)
         top = torch.maximum(max_log_u, max_log_v)  # NaN if any u or v is NaN
@@ -314,10 +317,6 @@ class _PotState:
         rows = (sums.rows(self.log_v) + ab + self.log_u).masked_fill(self.row_invalid, -math.inf)
         cols = (sums.cols(self.log_u) + ab + self.log_v).masked_fill(self.col_invalid, -math.inf)
         return rows, cols
-
-
-LOG_GUARD_TENSOR = torch.tensor(math.log(GUARD), dtype=torch.float64)
-"""``log 1e-16`` as a 0-d fp64 tensor (``torch.logaddexp`` takes tensors only)."""
 
 
 class _KernelSums:
