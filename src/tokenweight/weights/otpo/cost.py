@@ -20,11 +20,13 @@ MAX_COST = 1.0 + 1e-5
 """An upper bound on every valid entry of :func:`otpo_cost` (passed to the solver, which then need not look)."""
 
 
-CHUNK_BYTES = 16 * 2**20
-"""On CPU, pairs are processed in chunks whose fp32 copy of the states ``[b, max(N, M), d]`` stays under this: glibc
-serves allocations under its largest mmap threshold (32 MiB) from reused heap pages, while each bigger one is
-mapped afresh and page-faulted in, which costs more than the arithmetic of an elementwise pass. CUDA's caching
-allocator reuses memory, so there all pairs form one chunk."""
+CHUNK_BYTES = 4 * 2**20
+"""On CPU, pairs are processed in chunks whose fp32 copy of the states ``[b, max(N, M), d]`` stays under this
+(at least one pair per chunk). Each fresh allocation over glibc's mmap threshold (32 MiB at most) is mapped anew
+and page-faulted in, which costs more than the arithmetic of an elementwise pass, and small chunks stay in cache:
+at d=2048 one pair per chunk ran the cost 1.15× (1024 tokens) to 1.45× (256 tokens, 2 pairs per chunk) faster than
+16 MiB chunks, and 1.3× faster than the whole batch at once. CUDA's caching allocator reuses memory, so there
+all pairs form one chunk."""
 
 
 def otpo_cost(chosen_hidden: torch.Tensor, rejected_hidden: torch.Tensor, chosen_mask: torch.Tensor,
