@@ -138,11 +138,12 @@ def _exact_nearest(dist: torch.Tensor, chosen: torch.Tensor, rejected: torch.Ten
 
 
 def _gather_rows(states: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
-    """``states[b, index[b, k]]`` ``[B, K, d]`` for ``states`` ``[B, T, d]`` and ``index`` ``[B, K]`` (an
-    ``embedding`` lookup on the flattened rows: on CPU ~10× faster than ``index_select`` or advanced indexing)."""
+    """``states[b, index[b, k]]`` ``[B, K, d]`` for ``states`` ``[B, T, d]`` and ``index`` ``[B, K]`` (one
+    ``index_select`` on the flattened rows: on CPU ~2× faster than advanced indexing)."""
     batch, length, hidden = states.shape
     offsets = torch.arange(batch, device=index.device)[:, None] * length
-    return torch.nn.functional.embedding(index + offsets, states.reshape(batch * length, hidden))
+    return states.reshape(batch * length, hidden).index_select(0, (index + offsets).flatten()).view(
+        batch, index.shape[1], hidden)
 
 
 @contextmanager
