@@ -201,3 +201,13 @@ def test_chunks_of_pairs_and_unpacked_states_give_the_packed_cost(monkeypatch):
     with pytest.raises(ValueError, match="chosen mask"):
         otpo_cost(*unpacked, chosen_mask, rejected_mask, chosen_positions=positions[0][:, :-1],
                   rejected_positions=positions[1])
+
+
+def test_empty_response_over_nan_states_is_reported_as_empty_only():
+    chosen, rejected, chosen_mask, rejected_mask = random_pairs(seed=16)
+    chosen_mask = chosen_mask.clone()
+    chosen_mask[1] = False  # its states stay finite, but the slots of an empty response read garbage
+    chosen = chosen.clone()
+    chosen[1] = math.nan
+    with pytest.raises(ValueError, match=r"^OTPO weights: empty chosen response in batch rows \[1\]$"):
+        otpo_weights(chosen, rejected, chosen_mask, rejected_mask)

@@ -68,7 +68,8 @@ def otpo_cost(chosen_hidden: torch.Tensor, rejected_hidden: torch.Tensor, chosen
             norms.append(_chunk_cost(chosen, rejected, chosen_mask[pairs], rejected_mask[pairs], cost[pairs]))
     if check:
         chosen_norms, rejected_norms = (torch.cat(side) for side in zip(*norms))
-        chosen_norms, rejected_norms = chosen_norms * chosen_mask, rejected_norms * rejected_mask  # 0 off the masks
+        chosen_norms = torch.where(chosen_mask, chosen_norms, 0.0)  # an empty response reads a garbage row
+        rejected_norms = torch.where(rejected_mask, rejected_norms, 0.0)
         raise_response_problems(response_problems(chosen_mask, rejected_mask, chosen_norms, rejected_norms).tolist())
     return cost
 
