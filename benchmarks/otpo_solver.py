@@ -1,6 +1,6 @@
 """Batched OTPO weights vs the official per-pair POT loop, same inputs, same run.
 
-Ours: the ``otpo`` scheme's ``compute`` (pack the completion states, one batched distance matmul on the responses,
+Ours: the ``otpo`` scheme's ``compute`` (gather the completion states chunk by chunk, a distance matmul on the responses,
 batched unbalanced Sinkhorn, scatter back). Official: for each pair, zero vectors off the response, fp32 cdist on
 the full ``(L-1) × (L-1)`` matrix, + 1e-6, divide by its max if > 1, POT's ``sinkhorn_unbalanced(method=
 "sinkhorn_stabilized", reg_type="entropy")`` on torch tensors, row/column sums over ``‖Γ‖₁ / τ``.
@@ -9,7 +9,7 @@ What is timed, on each side (the comparison is the whole weighting computation, 
 weights, not the solver alone):
 
 * both start from the same bf16 ``[2B, L-1, d]`` states and ``loss_mask`` on the same device, and both upcast to
-  fp32 inside the timed region (ours after packing, the loop per pair);
+  fp32 inside the timed region (ours as it gathers the response rows, the loop per pair);
 * both build their cost matrix inside the timed region (ours: the ``[B, N, M]`` response block; the loop: the
   official full padded ``(L-1) × (L-1)`` matrix per pair, which is what the official code computes, prompt and
   padding included);
