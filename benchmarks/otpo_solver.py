@@ -1,7 +1,7 @@
 """Batched OTPO weights vs the official per-pair POT loop, same inputs, same run.
 
-Ours: the ``otpo`` scheme's ``compute`` (gather the completion states chunk by chunk, a distance matmul on the responses,
-batched unbalanced Sinkhorn, scatter back). Official: for each pair, zero vectors off the response, fp32 cdist on
+Ours: the ``otpo`` scheme's ``compute`` (gather the completion states chunk by chunk, a distance matmul on the
+responses, batched unbalanced Sinkhorn, scatter back). Official: for each pair, zero vectors off the response, fp32 cdist on
 the full ``(L-1) × (L-1)`` matrix, + 1e-6, divide by its max if > 1, POT's ``sinkhorn_unbalanced(method=
 "sinkhorn_stabilized", reg_type="entropy")`` on torch tensors, row/column sums over ``‖Γ‖₁ / τ``.
 
