@@ -30,7 +30,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).parent))
 from _common import MIB, PeakMemory, command_line, markdown_table  # noqa: E402
 from dpo_vs_trl import make_rows, make_tokenizer  # noqa: E402
-from otpo_solver import make_inputs, max_relative_difference, time_official, time_ours  # noqa: E402
+from otpo_solver import compare, make_inputs, max_relative_difference  # noqa: E402
 from step_overhead import VARIANTS, build_trainer, timed_steps, variant_dataset  # noqa: E402
 
 SIZES = {
@@ -105,13 +105,15 @@ def otpo_solver(size: dict, device: str, budget: float) -> str:
     pairs, length, hidden = size["otpo"]
     scheme = OTPOScheme(OTPOSettings(otpo_reg=1.0, otpo_reg_m=[0.2]))
     inputs = make_inputs(pairs, length, hidden, 128, device)
-    ours, weights, *_ = time_ours(inputs, scheme, device)  # (time, weights, host reads, iterations)
-    pot, extrapolated, official, *_ = time_official(inputs, 1.0, 0.2, device, budget)
-    mark = "*" if extrapolated else ""
+    cell = compare(inputs, scheme, 1.0, 0.2, device, budget, rounds=3)
+    ours, pot = statistics.median(cell.ours), statistics.median(cell.pot)
+    mark = "*" if cell.extrapolated else ""
     row = [str(pairs), f"{length}/{3 * length // 4}", str(hidden), f"{ours:.3f}", f"{pot:.3f}{mark}",
-           f"{pot / ours:.1f}{mark}", f"{max_relative_difference(weights, official, pairs):.1e}"]
-    note = f"\n\n\\* extrapolated from one pair × B (the loop would exceed {budget} s)" if extrapolated else ""
-    return "reg 1.0, reg_m 0.2, prompt 128 tokens, rejected = 3/4 of chosen, bf16 states\n\n" + markdown_table(
+           f"{statistics.median(cell.ratios):.1f}{mark}",
+           f"{max_relative_difference(cell.weights, cell.official, pairs):.1e}"]
+    note = f"\n\n\\* extrapolated from one pair × B (the loop would exceed {budget} s)" if cell.extrapolated else ""
+    return ("reg 1.0, reg_m 0.2, prompt 128 tokens, rejected = 3/4 of chosen, bf16 states, median of 3 interleaved "
+            "rounds\n\n") + markdown_table(
         ["B", "chosen/rejected tokens", "d", "ours (s)", "POT per-pair loop (s)", "POT/ours", "max rel. diff"],
         [row]) + note
 

@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from otpo_oracles import log_domain_unbalanced, normalised_cost, official_otpo_weights
+import tokenweight.weights.otpo.cost as cost_module
 from tokenweight.weights.otpo import otpo_cost, otpo_weights
 
 HIDDEN = 32
@@ -173,3 +174,40 @@ def test_ieee_matmul_guard_works_without_fp32_precision(monkeypatch):
     monkeypatch.setattr(torch, "baddbmm", lambda *a, **k: seen.append(old_backend.allow_tf32) or baddbmm(*a, **k))
     otpo_cost(chosen, rejected, chosen_mask, rejected_mask)
     assert seen == [False] and old_backend.allow_tf32 is True
+
+
+def test_chunks_of_pairs_and_unpacked_states_give_the_packed_cost(monkeypatch):
+    """Pairs are processed in chunks (one pair each with a 1-byte budget) and states may be gathered from unpacked
+    rows by ``positions``: neither may change a valid cost, and states off the masks (NaN here) are never read."""
+    chosen, rejected, chosen_mask, rejected_mask = random_pairs(seed=14)
+    valid = chosen_mask[:, :, None] & rejected_mask[:, None, :]
+    whole = otpo_cost(chosen, rejected, chosen_mask, rejected_mask)
+    assert torch.isfinite(whole[valid]).all()
+    monkeypatch.setattr(cost_module, "CHUNK_BYTES", 1)
+    chunked = otpo_cost(chosen, rejected, chosen_mask, rejected_mask)
+    torch.testing.assert_close(chunked[valid], whole[valid], rtol=1e-6, atol=0)
+    generator = torch.Generator().manual_seed(15)
+    unpacked, positions = [], []
+    for states in (chosen, rejected):
+        batch, width, hidden = states.shape
+        spread = torch.full((batch, 2 * width + 3, hidden), math.nan)  # the rows at random positions, NaN elsewhere
+        order = torch.stack([torch.randperm(2 * width + 3, generator=generator)[:width] for _ in range(batch)])
+        spread[torch.arange(batch)[:, None], order] = states
+        unpacked.append(spread)
+        positions.append(order)
+    gathered = otpo_cost(*unpacked, chosen_mask, rejected_mask, chosen_positions=positions[0],
+                         rejected_positions=positions[1])
+    torch.testing.assert_close(gathered[valid], whole[valid], rtol=1e-6, atol=0)
+    with pytest.raises(ValueError, match="chosen mask"):
+        otpo_cost(*unpacked, chosen_mask, rejected_mask, chosen_positions=positions[0][:, :-1],
+                  rejected_positions=positions[1])
+
+
+def test_empty_response_over_nan_states_is_reported_as_empty_only():
+    chosen, rejected, chosen_mask, rejected_mask = random_pairs(seed=16)
+    chosen_mask = chosen_mask.clone()
+    chosen_mask[1] = False  # its states stay finite, but the slots of an empty response read garbage
+    chosen = chosen.clone()
+    chosen[1] = math.nan
+    with pytest.raises(ValueError, match=r"^OTPO weights: empty chosen response in batch rows \[1\]$"):
+        otpo_weights(chosen, rejected, chosen_mask, rejected_mask)

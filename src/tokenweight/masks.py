@@ -37,15 +37,22 @@ def pack_left(values: torch.Tensor, mask: torch.Tensor,
         within a row, so weights can be scattered back with ``scatter_(1, order, packed_weights)`` when they are 0
         off ``packed_mask``.
     """
+    order, packed_mask = pack_order(mask, width)
+    packed = values[torch.arange(values.shape[0], device=values.device)[:, None], order]
+    return packed, packed_mask, order
+
+
+def pack_order(mask: torch.Tensor, width: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(order [R, N], packed_mask [R, N])`` of :func:`pack_left`, without gathering any values (for a caller
+    that gathers them itself, e.g. chunk by chunk)."""
     mask = mask.bool()
     counts = mask.sum(dim=1)
     if width is None:
         width = int(counts.max()) if mask.numel() else 0
     width = max(width, 1)
     order = torch.argsort((~mask).to(torch.int8), dim=1, stable=True)[:, :width]
-    packed = values[torch.arange(values.shape[0], device=values.device)[:, None], order]
     packed_mask = torch.arange(width, device=mask.device)[None, :] < counts[:, None]
-    return packed, packed_mask, order
+    return order, packed_mask
 
 
 def last_index(mask: torch.Tensor) -> torch.Tensor:

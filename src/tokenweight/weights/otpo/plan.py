@@ -33,6 +33,8 @@ def otpo_weights(
     check: bool = True,
     max_iter: int = 1000,
     with_plan: bool = True,
+    chosen_positions: torch.Tensor | None = None,
+    rejected_positions: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor] | tuple[torch.Tensor, torch.Tensor, dict[str, Any]]:
     """OTPO token weights for ``B`` preference pairs, batched on the inputs' device.
 
@@ -53,6 +55,8 @@ def otpo_weights(
             caller that has checked them already (the ``otpo`` scheme): the result is then meaningless for such
             pairs.
         max_iter: the solver's iteration budget (POT's ``numItermax``).
+        chosen_positions, rejected_positions: optional ``[B, N]`` / ``[B, M]`` int64 rows of unpacked
+            ``[B, T, d]`` states (see :func:`~tokenweight.weights.otpo.cost.otpo_cost`).
         with_plan: with ``log``, include the ``[B, N, M]`` ``plan`` (``False``: ``plan`` is ``None``, which saves
             two passes over ``[B, N, M]``; the ``otpo`` scheme needs only the other diagnostics).
 
@@ -63,7 +67,8 @@ def otpo_weights(
     Raises:
         ValueError: a response is empty or a valid hidden state is NaN/inf (the message names the batch rows).
     """
-    cost = otpo_cost(chosen_hidden, rejected_hidden, chosen_mask, rejected_mask, check=check)
+    cost = otpo_cost(chosen_hidden, rejected_hidden, chosen_mask, rejected_mask, check=check,
+                     chosen_positions=chosen_positions, rejected_positions=rejected_positions)
     result = unbalanced_sinkhorn(cost, chosen_mask, rejected_mask, reg=reg, reg_m=reg_m, max_iter=max_iter,
                                  max_cost=MAX_COST, return_plan=log and with_plan)
     budget = torch.minimum(chosen_mask.sum(dim=1), rejected_mask.sum(dim=1)).double()

@@ -1,7 +1,8 @@
 """``otpo``: optimal-transport token weights from the policy's final hidden states (Li et al. 2025).
 
 Pair ``b`` is batch rows ``b`` (chosen) and ``B + b`` (rejected). Each row's completion positions (``loss_mask``,
-shifted alignment, so each token is represented by the state that predicts it) are packed to the left, the pairs
+shifted alignment, so each token is represented by the state that predicts it) are packed to the left (gathered
+chunk by chunk inside the cost), the pairs
 are weighted together by :func:`~tokenweight.weights.otpo.plan.otpo_weights`, and the weights are scattered back.
 Settings (:class:`OTPOSettings`, the flags): ``otpo_reg`` (ε1, default 1.0) and ``otpo_reg_m`` (ε2, default 0.2,
 or a ``[chosen, rejected]`` pair).
@@ -17,7 +18,7 @@ from dataclasses import dataclass, field
 import torch
 
 from tokenweight.errors import UserError
-from tokenweight.masks import pack_left
+from tokenweight.masks import pack_order
 from tokenweight.weights.base import TokenWeights, WeightingInputs, WeightingScheme, register_scheme
 from tokenweight.weights.otpo.cost import raise_response_problems
 from tokenweight.weights.otpo.plan import otpo_weights
@@ -50,12 +51,12 @@ class OTPOScheme(WeightingScheme):
         pairs = loss_mask.shape[0] // 2
         chosen_width, rejected_width, flags = _widths_and_problems(inputs.hidden, loss_mask, pairs)
         raise_response_problems(flags)
-        chosen_hidden, chosen_mask, chosen_order = pack_left(inputs.hidden[:pairs], loss_mask[:pairs], chosen_width)
-        rejected_hidden, rejected_mask, rejected_order = pack_left(inputs.hidden[pairs:], loss_mask[pairs:],
-                                                                   rejected_width)
+        chosen_order, chosen_mask = pack_order(loss_mask[:pairs], chosen_width)
+        rejected_order, rejected_mask = pack_order(loss_mask[pairs:], rejected_width)
         chosen_weights, rejected_weights, log = otpo_weights(
-            chosen_hidden, rejected_hidden, chosen_mask, rejected_mask, reg=reg, reg_m=reg_m, log=True, check=False,
-            with_plan=inputs.want_plan)  # training never needs the [B, N, M] plan
+            inputs.hidden[:pairs], inputs.hidden[pairs:], chosen_mask, rejected_mask, reg=reg, reg_m=reg_m, log=True,
+            check=False, with_plan=inputs.want_plan,  # training never needs the [B, N, M] plan
+            chosen_positions=chosen_order, rejected_positions=rejected_order)  # gathered chunk by chunk
         weights = torch.zeros(loss_mask.shape, dtype=chosen_weights.dtype, device=loss_mask.device)
         weights[:pairs].scatter_(1, chosen_order, chosen_weights)
         weights[pairs:].scatter_(1, rejected_order, rejected_weights)

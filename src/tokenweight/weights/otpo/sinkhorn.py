@@ -19,19 +19,21 @@ iterate: ``v ← 1``) and the stopping rule are POT's, whatever ``reg_m / reg``.
 with ``err ≤ stop_thr`` (``k + 1`` iterations, as POT counts) and is then frozen on the device; the loop ends when
 every pair is frozen or after ``max_iter`` iterations, and pairs still running are reported unconverged.
 
-The iteration is carried in the log domain: potentials ``f = α + reg log u`` and ``g = β + reg log v`` are fp64
-``[B, N]`` / ``[B, M]`` vectors (they grow large when ``reg_m ≫ reg``), and the only ``[B, N, M]`` work is the
-two masked log-sum-exps ``LSE_j((g_j − C_ij)/reg)`` and ``LSE_i((f_i − C_ij)/reg)`` per iteration, in fp32
-(fp64 for fp64 costs). Two ways to evaluate them:
+The iteration is carried in the log domain, in units of ``reg``: ``log u``, ``log v`` (fp64 ``[B, N]`` /
+``[B, M]``) and ``a = α/reg``, ``b = β/reg`` (fp64 ``[B]``; they grow large when ``reg_m ≫ reg``), so that
+``log K v = a + b + LSE_j(log v_j − C_ij/reg)``; the only ``[B, N, M]`` work is the two masked log-sum-exps
+``LSE_j(log v_j − C_ij/reg)`` and ``LSE_i(log u_i − C_ij/reg)`` per iteration, in fp32 (fp64 for fp64 costs).
+Two ways to evaluate them:
 
-* **scaling** — a mat-vec with the fixed kernel ``exp(−C/reg)`` against ``exp(g/reg − max g/reg)`` — when
+* **scaling** — a mat-vec with the fixed kernel ``exp(−C/reg)`` against ``exp(log v − max log v)`` — when
   ``max C / reg ≤ MAX_SCALING_EXPONENT`` (50): every kernel entry is then ``≥ e^-50``, so the largest term of each
   sum is a normal fp32 number and what underflows is below ``e^-37`` of it. For OTPO's costs in ``(0, 1]`` this is
   ``reg ≥ 0.02``.
 * **log** — otherwise (e.g. ``reg = 0.01``): the iterations use mat-vecs with a row- and a column-stabilised
-  kernel ``exp(−(C_ij − min C)/reg)`` (:class:`_StabilisedKernelSums`), which flag any sum that fp32 underflow
-  could have made inexact; a flag seen at a check reruns the solve with the exact in-place masked log-sum-exp over
-  a reused ``[B, N, M]`` buffer (:class:`_LogSums`), which also gives the final masses and plan.
+  kernel ``exp(−(C_ij − min C)/reg)`` (:class:`_StabilisedKernelSums`), which flag (at the checks, from the
+  smallest sum seen) any sum that fp32 underflow could have made inexact; a flag reruns the solve with the exact
+  in-place masked log-sum-exp over a reused ``[B, N, M]`` buffer (:class:`_LogSums`), which also gives the final
+  masses and plan.
 
 Host synchronisations: one per convergence check (and one at the end when ``max_iter`` stops the loop between
 checks); validating the inputs and choosing the form costs one more unless the caller passes ``max_cost``; a rerun
@@ -179,7 +181,7 @@ def unbalanced_sinkhorn(
     state = run.state
     log_rows, log_cols = state.log_masses(sums)
     row_mass, col_mass = log_rows.exp(), log_cols.exp()
-    plan = sums.plan(state.f, state.g) if return_plan else None
+    plan = sums.plan(state.log_row_potential, state.log_col_potential) if return_plan else None
     out_dtype = sums.dtype
     return SinkhornResult(row_mass=row_mass.to(out_dtype), col_mass=col_mass.to(out_dtype),
                           total_mass=row_mass.sum(dim=1).to(out_dtype), log_row_mass=log_rows, log_col_mass=log_cols,
@@ -219,7 +221,7 @@ class _Run:
                 active = active & ~newly_converged
                 self.host_reads += 1
                 read_after_last = True
-                running, self.inexact = _read_flags(active, sums.inexact)
+                running, self.inexact = _read_flags(active, sums.inexact())
                 if not running or self.inexact:
                     break
             else:
@@ -227,7 +229,7 @@ class _Run:
         if not read_after_last:
             # the caller reads the results of the iterations after the last check: that read, made here
             self.host_reads += 1
-            self.inexact = _read_flags(active, sums.inexact)[1]
+            self.inexact = _read_flags(active, sums.inexact())[1]
         self.state, self.iterations, self.active, self.stopped = state, iterations, active, stopped
 
 
@@ -240,33 +242,36 @@ def _read_flags(active: torch.Tensor, inexact: torch.Tensor | None) -> tuple[boo
 
 
 class _PotState:
-    """POT's iterate for ``B`` pairs: fp64 ``log u`` ``[B, N]``, ``log v`` ``[B, M]`` (relative to the absorbed
-    scalars ``α, β`` ``[B]``), −inf on masked entries; ``f = α + reg log u``, ``g = β + reg log v``."""
+    """POT's iterate for ``B`` pairs, in units of ``reg``: fp64 ``log u`` ``[B, N]``, ``log v`` ``[B, M]`` (−inf on
+    masked entries) and the absorbed scalars ``a = α/reg``, ``b = β/reg`` ``[B]``; the dual potentials are
+    ``f/reg = a + log u`` (:attr:`log_row_potential`) and ``g/reg = b + log v``."""
 
     def __init__(self, row_mask, col_mask, col_min_cost, reg, rho_rows, rho_cols, reg_m_rows, reg_m_cols, tau):
-        dtype = torch.float64
-        self.col_min_cost = col_min_cost.to(dtype)  # [B, M] smallest valid cost per column
+        dtype, device = torch.float64, row_mask.device
         self.row_invalid, self.col_invalid = ~row_mask, ~col_mask
-        self.reg, self.rho_rows, self.rho_cols = reg, rho_rows, rho_cols
-        self.alpha_damping = 0.0 if math.isinf(reg_m_rows) else 1.0 / (reg + reg_m_rows)
-        self.beta_damping = 0.0 if math.isinf(reg_m_cols) else 1.0 / (reg + reg_m_cols)
+        self.col_top = col_min_cost.to(dtype) / -reg  # −min_i C_ij/reg: column j of K is 0 when a + b + this is
+        self.rho_rows, self.rho_cols = rho_rows, rho_cols
+        # POT's exp(−α/(reg + reg_m)) in log u: −a · reg/(reg + reg_m)
+        self.a_damping = 0.0 if math.isinf(reg_m_rows) else reg / (reg + reg_m_rows)
+        self.b_damping = 0.0 if math.isinf(reg_m_cols) else reg / (reg + reg_m_cols)
         self.log_tau = math.log(tau)
-        self.log_guard = torch.tensor(math.log(GUARD), dtype=dtype, device=row_mask.device)
-        batch = row_mask.shape[0]
-        self.log_u = torch.zeros(row_mask.shape, dtype=dtype, device=row_mask.device).masked_fill(
-            self.row_invalid, -math.inf)
-        self.log_v = torch.zeros(col_mask.shape, dtype=dtype, device=col_mask.device).masked_fill(
-            self.col_invalid, -math.inf)
-        self.alpha = torch.zeros(batch, dtype=dtype, device=row_mask.device)
-        self.beta = torch.zeros(batch, dtype=dtype, device=row_mask.device)
+        self.log_guard = torch.tensor(math.log(GUARD), dtype=dtype, device=device)  # POT's + 1e-16, in logs
+        self.log_u = torch.zeros(row_mask.shape, dtype=dtype, device=device).masked_fill(self.row_invalid, -math.inf)
+        self.log_v_reset = torch.zeros(col_mask.shape, dtype=dtype, device=device).masked_fill(
+            self.col_invalid, -math.inf)  # v = 1 (POT's reset on absorption)
+        self.log_v = self.log_v_reset
+        self.a = torch.zeros(row_mask.shape[0], dtype=dtype, device=device)
+        self.b = torch.zeros_like(self.a)
 
     @property
-    def f(self) -> torch.Tensor:
-        return self.alpha[:, None] + self.reg * self.log_u
+    def log_row_potential(self) -> torch.Tensor:
+        """``[B, N]`` ``f/reg = α/reg + log u``."""
+        return self.a[:, None] + self.log_u
 
     @property
-    def g(self) -> torch.Tensor:
-        return self.beta[:, None] + self.reg * self.log_v
+    def log_col_potential(self) -> torch.Tensor:
+        """``[B, M]`` ``g/reg = β/reg + log v``."""
+        return self.b[:, None] + self.log_v
 
     def step(self, sums, active: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """One POT iteration for the ``active`` pairs (others keep their state).
@@ -275,65 +280,66 @@ class _PotState:
         has a zero, or ``u``/``v`` overflow, in POT's float64): the pair keeps its previous ``u, v`` (and, as in
         POT, the absorbed ``α, β`` of this iteration) and stops unconverged.
         """
-        reg = self.reg
-        # log(K v + 1e-16) with K = exp((α + β − C)/reg):  α/reg + LSE_j((g_j − C_ij)/reg), guarded
-        log_kv = torch.logaddexp(self.alpha[:, None] / reg + sums.rows(self.g), self.log_guard)
-        log_u = (-self.rho_rows * log_kv - self.alpha[:, None] * self.alpha_damping).masked_fill(
+        # log K_ij = a + b − C_ij/reg:  log(K v + 1e-16) = logaddexp(a + b + LSE_j(log v_j − C_ij/reg), log 1e-16)
+        ab = (self.a + self.b)[:, None]
+        log_kv = torch.logaddexp(sums.rows(self.log_v).add_(ab), self.log_guard)
+        log_u = log_kv.mul_(-self.rho_rows).sub_(self.a[:, None] * self.a_damping).masked_fill_(
             self.row_invalid, -math.inf)
-        f = self.alpha[:, None] + reg * log_u
-        log_ktu_raw = self.beta[:, None] / reg + sums.cols(f)
-        log_ktu = torch.logaddexp(log_ktu_raw, self.log_guard)
-        log_v = (-self.rho_cols * log_ktu - self.beta[:, None] * self.beta_damping).masked_fill(
-            self.col_invalid, -math.inf)
+        log_ktu_raw = sums.cols(log_u).add_(ab)
+        log_v = torch.logaddexp(log_ktu_raw, self.log_guard).mul_(-self.rho_cols).sub_(
+            self.b[:, None] * self.b_damping).masked_fill_(self.col_invalid, -math.inf)
         max_log_u, max_log_v = log_u.amax(dim=1), log_v.amax(dim=1)
-        absorbing = active & ((max_log_u > self.log_tau) | (max_log_v > self.log_tau))
-        kernel_all_zero = (self.alpha + self.beta)[:, None] / reg - self.col_min_cost / reg < LOG_FP64_TINY
-        zero_ktu = ((log_ktu_raw < LOG_FP64_TINY) | kernel_all_zero) & ~self.col_invalid
-        overflow = (max_log_u > LOG_FP64_HUGE) | (max_log_v > LOG_FP64_HUGE) | log_u.isnan().any(dim=1) \
-            | log_v.isnan().any(dim=1)
-        numerical_error = active & (zero_ktu.any(dim=1) | overflow)
-        alpha = torch.where(absorbing, self.alpha + reg * max_log_u, self.alpha)
-        beta = torch.where(absorbing, self.beta + reg * max_log_v, self.beta)
-        log_v = torch.where(absorbing[:, None], torch.zeros_like(log_v), log_v).masked_fill(self.col_invalid, -math.inf)
+        top = torch.maximum(max_log_u, max_log_v)  # NaN if any u or v is NaN
+        absorbing = active & (top > self.log_tau)
+        overflow = ~(top <= LOG_FP64_HUGE)
+        # Kᵀu has a zero on a valid column: its sum underflows, or its whole kernel column does
+        zero_ktu = torch.minimum(log_ktu_raw, self.col_top + ab).masked_fill_(self.col_invalid, math.inf).amin(
+            dim=1) < LOG_FP64_TINY
+        numerical_error = active & (zero_ktu | overflow)
+        a = torch.where(absorbing, self.a + max_log_u, self.a)
+        b = torch.where(absorbing, self.b + max_log_v, self.b)
+        log_v = torch.where(absorbing[:, None], self.log_v_reset, log_v)
         keep = (active & ~numerical_error)[:, None]
         self.log_u = torch.where(keep, log_u, self.log_u)
         self.log_v = torch.where(keep, log_v, self.log_v)
-        self.alpha, self.beta = torch.where(active, alpha, self.alpha), torch.where(active, beta, self.beta)
+        self.a, self.b = torch.where(active, a, self.a), torch.where(active, b, self.b)
         return absorbing, numerical_error
 
     def relative_change(self, log_u_prev: torch.Tensor) -> torch.Tensor:
         """POT's ``max|u − u_prev| / max(max u, max u_prev, 1)`` ``[B]``, computed after dividing by that scale."""
         log_scale = torch.maximum(torch.maximum(self.log_u.amax(dim=1), log_u_prev.amax(dim=1)),
-                                  torch.zeros_like(self.alpha))[:, None]
+                                  torch.zeros_like(self.a))[:, None]
         return ((self.log_u - log_scale).exp() - (log_u_prev - log_scale).exp()).abs().amax(dim=1)
 
     def log_masses(self, sums) -> tuple[torch.Tensor, torch.Tensor]:
         """fp64 ``log`` row and column sums of ``Γ = exp((f_i + g_j − C_ij)/reg)``, −inf on masked entries."""
-        f, g = self.f, self.g
-        rows = (f / self.reg + sums.rows(g)).masked_fill(self.row_invalid, -math.inf)
-        cols = (g / self.reg + sums.cols(f)).masked_fill(self.col_invalid, -math.inf)
+        ab = (self.a + self.b)[:, None]
+        rows = (sums.rows(self.log_v) + ab + self.log_u).masked_fill(self.row_invalid, -math.inf)
+        cols = (sums.cols(self.log_u) + ab + self.log_v).masked_fill(self.col_invalid, -math.inf)
         return rows, cols
 
 
 class _KernelSums:
     """The two masked log-sum-exps by mat-vecs with the kernel ``exp(−C/reg)`` ``[B, N, M]`` (0 off the masks)."""
 
-    inexact = None  # not watched: "auto" picks this form only while max C / reg ≤ MAX_SCALING_EXPONENT
-
     def __init__(self, cost: torch.Tensor, valid: torch.Tensor, reg: float):
         self.dtype, self.reg = cost.dtype, reg
         self.kernel = cost.mul(-1.0 / reg).exp_().masked_fill_(~valid, 0.0)
 
-    def rows(self, g: torch.Tensor) -> torch.Tensor:
-        """``[B, N]`` fp64 ``LSE_j((g_j − C_ij)/reg)`` for ``g`` ``[B, M]``."""
-        weights, shift = _scaled_weights(g, self.reg, self.dtype)
-        # [1, M] × [M, N] with Kᵀ a transposed view: BLAS reads K row by row (bmm(K, w[:, :, None]) is ~10× slower)
-        return torch.bmm(weights[:, None, :], self.kernel.transpose(1, 2))[:, 0, :].double().log() + shift
+    def inexact(self) -> None:
+        """Not watched: "auto" picks this form only while max C / reg ≤ MAX_SCALING_EXPONENT."""
+        return None
 
-    def cols(self, f: torch.Tensor) -> torch.Tensor:
-        """``[B, M]`` fp64 ``LSE_i((f_i − C_ij)/reg)`` for ``f`` ``[B, N]``."""
-        weights, shift = _scaled_weights(f, self.reg, self.dtype)
-        return torch.bmm(weights[:, None, :], self.kernel)[:, 0, :].double().log() + shift
+    def rows(self, log_v: torch.Tensor) -> torch.Tensor:
+        """``[B, N]`` fp64 ``LSE_j(log_v_j − C_ij/reg)`` for ``log_v`` ``[B, M]`` (a new tensor)."""
+        weights, shift = _scaled_weights(log_v, self.dtype)
+        # [1, M] × [M, N] with Kᵀ a transposed view: BLAS reads K row by row (bmm(K, w[:, :, None]) is ~10× slower)
+        return torch.bmm(weights[:, None, :], self.kernel.transpose(1, 2))[:, 0, :].double().log_().add_(shift)
+
+    def cols(self, log_u: torch.Tensor) -> torch.Tensor:
+        """``[B, M]`` fp64 ``LSE_i(log_u_i − C_ij/reg)`` for ``log_u`` ``[B, N]`` (a new tensor)."""
+        weights, shift = _scaled_weights(log_u, self.dtype)
+        return torch.bmm(weights[:, None, :], self.kernel)[:, 0, :].double().log_().add_(shift)
 
     def total(self) -> torch.Tensor:
         """``[B]`` the kernel's sum (NaN or inf when a valid cost is NaN or −inf)."""
@@ -343,10 +349,10 @@ class _KernelSums:
         """``[B, M]`` the smallest valid cost of each column (inf for a masked column)."""
         return self.kernel.amax(dim=1).double().log().mul(-self.reg)
 
-    def plan(self, f: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
-        """``[B, N, M]`` ``Γ = exp(f_i/reg) K_ij exp(g_j/reg)``, via the per-pair shift of :func:`_scaled_weights`."""
-        row, row_shift = _scaled_weights(f, self.reg, self.dtype)
-        col = ((g / self.reg) + row_shift).exp().to(self.dtype)
+    def plan(self, log_row: torch.Tensor, log_col: torch.Tensor) -> torch.Tensor:
+        """``[B, N, M]`` ``Γ = exp(f_i/reg) K_ij exp(g_j/reg)`` from ``log_row = f/reg``, ``log_col = g/reg``."""
+        row, row_shift = _scaled_weights(log_row, self.dtype)
+        col = (log_col + row_shift).exp().to(self.dtype)
         return row[:, :, None] * self.kernel * col[:, None, :]
 
 
@@ -357,9 +363,10 @@ class _StabilisedKernelSums:
 
     (and the same per column with ``c_j = min_i C_ij``). Each kernel is ``≤ 1`` with a 1 in every row (column),
     and the weights ``exp(o_j)`` are ``≤ 1``, so a term lost to fp32 underflow is below 1.2e-38 and a sum loses
-    at most ``M · 1.2e-38`` of itself. A row or column with a finite cost whose sum is below
-    :data:`MIN_STABLE_SUM` sets ``inexact`` ``[B]`` (read with the solver's checks, which then rerun the solve in
-    the exact form :class:`_LogSums`). Two mat-vecs per iteration instead of two ``[B, N, M]`` exps.
+    at most ``M · 1.2e-38`` of itself. The smallest sum of every row and column is kept (one ``minimum`` per
+    mat-vec); :meth:`inexact` ``[B]`` flags a pair where one with a finite cost fell below
+    :data:`MIN_STABLE_SUM` (read with the solver's checks, which then rerun the solve in the exact form
+    :class:`_LogSums`). Two mat-vecs per iteration instead of two ``[B, N, M]`` exps.
     """
 
     def __init__(self, cost: torch.Tensor, valid: torch.Tensor, reg: float):
@@ -369,30 +376,35 @@ class _StabilisedKernelSums:
         # rows / columns with a finite entry (the valid ones, unless all their costs are +inf)
         self.row_watched, self.col_watched = row_top > -math.inf, col_top > -math.inf
         self.col_min = col_top.double().mul(-reg)  # [B, M] c_j (inf for a masked column)
-        self.row_top, self.col_top = _no_minus_inf(row_top), _no_minus_inf(col_top)  # −r_i/reg, −c_j/reg
-        self.row_kernel = torch.sub(log_kernel, self.row_top[:, :, None]).exp_()
-        self.col_kernel = log_kernel.sub_(self.col_top[:, None, :]).exp_()
+        row_top, col_top = _no_minus_inf(row_top), _no_minus_inf(col_top)  # −r_i/reg, −c_j/reg
+        self.row_kernel = torch.sub(log_kernel, row_top[:, :, None]).exp_()
+        self.col_kernel = log_kernel.sub_(col_top[:, None, :]).exp_()
+        self.row_top, self.col_top = row_top.double(), col_top.double()
         # pairs with a NaN or −inf cost are invalid (see total()): their sums are not watched
         self.watched = torch.isfinite(self.total())
-        self.inexact = torch.zeros(valid.shape[0], dtype=torch.bool, device=valid.device)
+        self.smallest_rows = torch.full(row_top.shape, math.inf, dtype=self.dtype, device=cost.device)
+        self.smallest_cols = torch.full(col_top.shape, math.inf, dtype=self.dtype, device=cost.device)
 
-    def _flag(self, sums: torch.Tensor, watched: torch.Tensor) -> None:
-        bad = ((sums < MIN_STABLE_SUM) & watched).any(dim=1) | ~torch.isfinite(sums).all(dim=1)
-        self.inexact |= bad & self.watched
+    def inexact(self) -> torch.Tensor:
+        """``[B]`` bool: a watched pair had a row or column sum below :data:`MIN_STABLE_SUM` (or NaN)."""
+        bad = [((smallest < MIN_STABLE_SUM) & watched).any(dim=1) | smallest.isnan().any(dim=1)
+               for smallest, watched in ((self.smallest_rows, self.row_watched),
+                                         (self.smallest_cols, self.col_watched))]
+        return (bad[0] | bad[1]) & self.watched
 
-    def rows(self, g: torch.Tensor) -> torch.Tensor:
-        """``[B, N]`` fp64 ``LSE_j((g_j − C_ij)/reg)`` for ``g`` ``[B, M]``."""
-        weights, shift = _scaled_weights(g, self.reg, self.dtype)
+    def rows(self, log_v: torch.Tensor) -> torch.Tensor:
+        """``[B, N]`` fp64 ``LSE_j(log_v_j − C_ij/reg)`` for ``log_v`` ``[B, M]`` (a new tensor)."""
+        weights, shift = _scaled_weights(log_v, self.dtype)
         sums = torch.bmm(weights[:, None, :], self.row_kernel.transpose(1, 2))[:, 0, :]
-        self._flag(sums, self.row_watched)
-        return sums.double().log() + shift + self.row_top.double()
+        torch.minimum(self.smallest_rows, sums, out=self.smallest_rows)
+        return sums.double().log_().add_(shift).add_(self.row_top)
 
-    def cols(self, f: torch.Tensor) -> torch.Tensor:
-        """``[B, M]`` fp64 ``LSE_i((f_i − C_ij)/reg)`` for ``f`` ``[B, N]``."""
-        weights, shift = _scaled_weights(f, self.reg, self.dtype)
+    def cols(self, log_u: torch.Tensor) -> torch.Tensor:
+        """``[B, M]`` fp64 ``LSE_i(log_u_i − C_ij/reg)`` for ``log_u`` ``[B, N]`` (a new tensor)."""
+        weights, shift = _scaled_weights(log_u, self.dtype)
         sums = torch.bmm(weights[:, None, :], self.col_kernel)[:, 0, :]
-        self._flag(sums, self.col_watched)
-        return sums.double().log() + shift + self.col_top.double()
+        torch.minimum(self.smallest_cols, sums, out=self.smallest_cols)
+        return sums.double().log_().add_(shift).add_(self.col_top)
 
     def total(self) -> torch.Tensor:
         """``[B]`` the sum of the rows' largest ``−C/reg`` (NaN or inf when a valid cost is NaN or −inf)."""
@@ -413,43 +425,40 @@ def _no_minus_inf(values: torch.Tensor) -> torch.Tensor:
     return torch.where(values == -math.inf, torch.zeros_like(values), values)
 
 
-def _scaled_weights(potential: torch.Tensor, reg: float, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(exp(p/reg − s) in dtype, s [B, 1])`` with ``s`` the largest finite ``p/reg`` per pair (weights ≤ 1)."""
-    scaled = potential / reg
-    shift = scaled.amax(dim=1, keepdim=True)
-    shift = torch.where(torch.isfinite(shift), shift, torch.zeros_like(shift))
-    return (scaled - shift).exp().to(dtype), shift
+def _scaled_weights(log_potential: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(exp(p − s) in dtype, s [B, 1])`` for fp64 ``p`` ``[B, K]``, ``s`` its largest finite entry per pair (the
+    weights are ≤ 1; a pair without one gets ``s = 0``)."""
+    shift = log_potential.amax(dim=1, keepdim=True).nan_to_num_(nan=0.0, posinf=0.0, neginf=0.0)
+    return (log_potential - shift).to(dtype).exp_(), shift
 
 
 class _LogSums:
     """The two masked log-sum-exps over ``−C/reg`` ``[B, N, M]`` (−inf off the masks), in one reused buffer."""
-
-    inexact = None
 
     def __init__(self, cost: torch.Tensor, valid: torch.Tensor, reg: float):
         self.dtype, self.reg = cost.dtype, reg
         self.log_kernel = cost.mul(-1.0 / reg).masked_fill_(~valid, -math.inf)
         self.buffer = torch.empty_like(self.log_kernel)
 
-    def _lse(self, potential: torch.Tensor, dim: int) -> torch.Tensor:
-        scaled = potential / self.reg
-        shift = scaled.amax(dim=1, keepdim=True)
-        shift = torch.where(torch.isfinite(shift), shift, torch.zeros_like(shift))
-        offset = (scaled - shift).to(self.dtype)
+    def inexact(self) -> None:
+        """Exact: nothing to flag."""
+        return None
+
+    def _lse(self, log_potential: torch.Tensor, dim: int) -> torch.Tensor:
+        offset, shift = _scaled_log_weights(log_potential, self.dtype)
         offset = offset[:, None, :] if dim == 2 else offset[:, :, None]
         buffer = torch.add(self.log_kernel, offset, out=self.buffer)
-        top = buffer.amax(dim=dim, keepdim=True)
-        top = torch.where(torch.isfinite(top), top, torch.zeros_like(top))
+        top = buffer.amax(dim=dim, keepdim=True).nan_to_num_(nan=0.0, posinf=0.0, neginf=0.0)
         total = buffer.sub_(top).exp_().sum(dim=dim)
-        return total.double().log() + top.squeeze(dim).double() + shift
+        return total.double().log_().add_(top.squeeze(dim).double()).add_(shift)
 
-    def rows(self, g: torch.Tensor) -> torch.Tensor:
-        """``[B, N]`` fp64 ``LSE_j((g_j − C_ij)/reg)`` for ``g`` ``[B, M]``."""
-        return self._lse(g, dim=2)
+    def rows(self, log_v: torch.Tensor) -> torch.Tensor:
+        """``[B, N]`` fp64 ``LSE_j(log_v_j − C_ij/reg)`` for ``log_v`` ``[B, M]`` (a new tensor)."""
+        return self._lse(log_v, dim=2)
 
-    def cols(self, f: torch.Tensor) -> torch.Tensor:
-        """``[B, M]`` fp64 ``LSE_i((f_i − C_ij)/reg)`` for ``f`` ``[B, N]``."""
-        return self._lse(f, dim=1)
+    def cols(self, log_u: torch.Tensor) -> torch.Tensor:
+        """``[B, M]`` fp64 ``LSE_i(log_u_i − C_ij/reg)`` for ``log_u`` ``[B, N]`` (a new tensor)."""
+        return self._lse(log_u, dim=1)
 
     def total(self) -> torch.Tensor:
         """``[B]`` the sum of the finite ``−C/reg`` (NaN or inf when a valid cost is NaN or −inf)."""
@@ -459,13 +468,17 @@ class _LogSums:
         """``[B, M]`` the smallest valid cost of each column (inf for a masked column)."""
         return self.log_kernel.amax(dim=1).double().mul(-self.reg)
 
-    def plan(self, f: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
-        """``[B, N, M]`` ``Γ = exp((f_i + g_j − C_ij)/reg)``, 0 off the masks."""
-        shift = (f / self.reg).amax(dim=1, keepdim=True)
-        shift = torch.where(torch.isfinite(shift), shift, torch.zeros_like(shift))
-        row = (f / self.reg - shift).to(self.dtype)
-        col = (g / self.reg + shift).to(self.dtype)
+    def plan(self, log_row: torch.Tensor, log_col: torch.Tensor) -> torch.Tensor:
+        """``[B, N, M]`` ``Γ = exp(f_i/reg + g_j/reg − C_ij/reg)``, 0 off the masks."""
+        row, shift = _scaled_log_weights(log_row, self.dtype)
+        col = (log_col + shift).to(self.dtype)
         return (self.log_kernel + row[:, :, None] + col[:, None, :]).exp_()
+
+
+def _scaled_log_weights(log_potential: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(p − s in dtype, s [B, 1])``: the logs of :func:`_scaled_weights`."""
+    shift = log_potential.amax(dim=1, keepdim=True).nan_to_num_(nan=0.0, posinf=0.0, neginf=0.0)
+    return (log_potential - shift).to(dtype), shift
 
 
 def _check_shapes(cost: torch.Tensor, row_mask: torch.Tensor, col_mask: torch.Tensor) -> None:
