@@ -109,14 +109,18 @@ def _means(items: dict[str, list], names) -> dict[str, float]:
 def run_one(settings: BenchSettings, base_path: str, label: str, variant: str, seed: int, output_dir: str,
             learning_rate: float, eval_seed: int, eval_size: int, heatmap_pairs: int = 0) -> dict:
     """Train row ``label`` on ``variant`` with ``seed``; returns its per-item metrics on the ``eval_size`` pairs
-    drawn with ``eval_seed``, their means, the learning curve and ``heatmap_pairs`` pairs' weights."""
+    drawn with ``eval_seed``, their means, the learning curve and ``heatmap_pairs`` pairs' weights. A scheme that
+    declares ``trained_models`` first gets them trained here, under ``output_dir``
+    (:func:`~tokenweight.bench.trained_models.train_declared_models`)."""
     from tokenweight.keyfact import key_slot
     from tokenweight.models import load_causal_lm, load_tokenizer
     from tokenweight.run import load_run_splits, prepare_split
     from tokenweight.trainer import TokenweightTrainer
 
-    start = time.perf_counter()
-    row = bench_row(label)
+    from tokenweight.bench.trained_models import train_declared_models
+
+    start = time.perf_counter()  # the models the scheme needs trained first count in the row's seconds
+    row, trained_models = train_declared_models(settings, base_path, bench_row(label), variant, seed, Path(output_dir))
     config = run_config(settings, row, variant, seed, Path(output_dir), learning_rate)
     tokenizer = load_tokenizer(base_path)
     train_rows = with_oracle_weights(load_run_splits(config).train, row, tokenizer, settings.facts)
@@ -144,7 +148,7 @@ def run_one(settings: BenchSettings, base_path: str, label: str, variant: str, s
                       "rejected_key": key_slot(tokenizer, raw, settings.facts, "rejected")[0]})
     return {"label": label, "scheme": row.scheme, "variant": variant, "seed": seed, "learning_rate": learning_rate,
             "metrics": _means(items, items), "items": items, "curve": curve.curve, "steps": trainer.state.global_step,
-            "seconds": time.perf_counter() - start, "pairs": pairs}
+            "seconds": time.perf_counter() - start, "pairs": pairs, "trained_models": trained_models}
 
 
 def trainer_uses_reference(row: BenchRow) -> bool:

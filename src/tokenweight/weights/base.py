@@ -192,9 +192,12 @@ class WeightingScheme:
     #: True when the weights must come with the dataset (columns ``chosen_weights``/``rejected_weights``), so the
     #: scheme cannot run on data without them (the built-in KeyFact task).
     needs_weight_columns: ClassVar[bool] = False
-    #: True when the scheme needs models the user trains first (TIS-DPO's contrastive models), so it cannot run on
-    #: the built-in KeyFact task by itself (``tokenweight bench keyfact`` leaves it out unless named).
-    needs_user_models: ClassVar[bool] = False
+    #: The models the scheme needs trained first, declared as ``{settings key: run-config overrides}``: each entry
+    #: is a model trained with tokenweight itself from the same base model on the same training data under those
+    #: overrides (TIS-DPO: ``tisdpo_positive_model`` ← ``{"weighting": "uniform"}``, ``tisdpo_negative_model`` ←
+    #: the same with ``"swap_pairs": True``), whose folder the settings key names. Non-empty (``bool``): the scheme
+    #: cannot run alone; ``tokenweight bench keyfact`` trains each model inside the scheme's run, then runs it.
+    trained_models: ClassVar[dict[str, dict[str, Any]]] = {}
     #: The config key naming the folder of the cache :meth:`prepare` writes (``tokenweight precompute <scheme>
     #: --output DIR`` sets it); ``None`` for a scheme without a prepare hook.
     cache_setting: ClassVar[str | None] = None

@@ -23,8 +23,9 @@ import datasets
 from tokenweight.errors import UserError
 from tokenweight.weights.base import PrepareContext, register_scheme
 from tokenweight.weights.column import ColumnScheme
-from tokenweight.weights.tisdpo.rewards import split_rewards
+from tokenweight.weights.tisdpo.rewards import MODEL_KEYS, split_rewards
 from tokenweight.weights.tisdpo.transforms import PRESETS, TRANSFORMS, Transform, response_weights
+from tokenweight.weights.uniform import UniformScheme
 
 
 @dataclass
@@ -82,7 +83,11 @@ class TISDPOScheme(ColumnScheme):
     name = "tisdpo"
     settings_class = TISDPOSettings
     needs_weight_columns = False
-    needs_user_models = True
+    #: π₊ = DPO on the data, π₋ = DPO on the swapped pairs (the README's pipeline), both from the run's base model.
+    trained_models = {
+        MODEL_KEYS["positive_model"]: {"weighting": UniformScheme.name},
+        MODEL_KEYS["negative_model"]: {"weighting": UniformScheme.name, "swap_pairs": True},
+    }
     cache_setting = "tisdpo_weights"
 
     def prepare(self, raw: datasets.Dataset, split: str, context: PrepareContext) -> datasets.Dataset:

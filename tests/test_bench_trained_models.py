@@ -1,0 +1,76 @@
+"""`tokenweight bench keyfact` runs a scheme that needs models trained first (``trained_models``: TIS-DPO's
+contrastive models) by training them inside its run: π₊ on the run's pairs, π₋ on the same pairs swapped, then the
+row with its reward cache in the run folder."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import torch
+
+from tokenweight.bench import default_schemes
+from tokenweight.bench.rows import bench_row
+from tokenweight.bench.trained_models import trained_model_rows
+from tokenweight.weights import SCHEMES
+
+
+def test_default_schemes_include_every_scheme_that_declares_trained_models():
+    declaring = [name for name, scheme in SCHEMES.items() if scheme.trained_models]
+    assert "tisdpo" in declaring and set(declaring) <= set(default_schemes())
+    assert trained_model_rows(bench_row("uniform")) == {}
+    rows = trained_model_rows(bench_row("tisdpo"))
+    assert {key: (r.scheme, r.overrides) for key, r in rows.items()} == {
+        "tisdpo_positive_model": ("uniform", {}), "tisdpo_negative_model": ("uniform", {"swap_pairs": True})}
+
+
+def test_bench_run_of_tisdpo_trains_both_contrastive_models_first(tmp_path, monkeypatch):
+    import tokenweight.trainer
+    from tokenweight.bench import BenchSettings, quick_settings
+    from tokenweight.bench.runs import run_one
+    from tokenweight.fingerprint import model_fingerprint
+    from tokenweight.keyfact import keyfact_base_model
+    from tokenweight.models import load_causal_lm
+
+    monkeypatch.setenv("TOKENWEIGHT_CACHE", str(tmp_path.parent / "keyfact-cache"))
+    settings = quick_settings(BenchSettings(rows=["uniform", "tisdpo"], seeds=[0]))
+    settings.train_size, settings.curve_eval_size = 16, 4
+    base = str(keyfact_base_model(seed=0, size="small"))
+    trained = []  # (weighting, swap_pairs, train_dataset) of every trainer built, in order
+    original = tokenweight.trainer.TokenweightTrainer.__init__
+
+    def recording_init(self, model, ref_model, args, train_dataset=None, *rest, **kwargs):
+        trained.append((args.weighting, args.swap_pairs, train_dataset))
+        original(self, model, ref_model, args, train_dataset, *rest, **kwargs)
+
+    monkeypatch.setattr(tokenweight.trainer.TokenweightTrainer, "__init__", recording_init)
+    folder = tmp_path / "run"
+    run = run_one(settings, base, "tisdpo", "base", 0, str(folder), settings.learning_rate, settings.eval_seed, 4)
+
+    assert [(weighting, swap) for weighting, swap, _ in trained] == [("uniform", False), ("uniform", True),
+                                                                     ("tisdpo", False)]
+    positive_pairs, negative_pairs, tisdpo_pairs = (data.to_dict() for _, _, data in trained)
+    # π₋ saw the run's own pairs with chosen and rejected exchanged, π₊ and the row the pairs as they are
+    assert negative_pairs["chosen_ids"] == positive_pairs["rejected_ids"] == tisdpo_pairs["rejected_ids"]
+    assert negative_pairs["rejected_ids"] == positive_pairs["chosen_ids"] == tisdpo_pairs["chosen_ids"]
+    models = run["trained_models"]
+    assert sorted(models) == ["tisdpo_negative_model", "tisdpo_positive_model"]
+    assert models["tisdpo_positive_model"]["swapped_pairs"] == 0
+    assert models["tisdpo_negative_model"]["swapped_pairs"] == 16
+    assert all(m["pairs"] == 16 and m["steps"] == 2 for m in models.values())
+    assert run["seconds"] > sum(m["seconds"] for m in models.values())  # the row's time includes their training
+
+    positive, negative, reference = (load_causal_lm(path) for path in (
+        models["tisdpo_positive_model"]["path"], models["tisdpo_negative_model"]["path"], base))
+    assert all(not torch.equal(p, r) and not torch.equal(n, r)  # both trained, apart
+               for p, n, r in zip(positive.parameters(), negative.parameters(), reference.parameters())
+               if p.requires_grad)
+    manifest = json.loads((folder / "tisdpo-weights" / "manifest.json").read_text())
+    assert manifest["num_rows"] == 16
+    assert manifest["fingerprint"]["positive_model"] == model_fingerprint(positive)
+    assert manifest["fingerprint"]["negative_model"] == model_fingerprint(negative)
+    assert (folder / "tisdpo-weights" / "eval" / "manifest.json").exists()
+
+    weights = [w for row in tisdpo_pairs["chosen_weights"] + tisdpo_pairs["rejected_weights"] for w in row]
+    assert len(set(weights)) > 1 and 0.7 <= min(weights) <= max(weights) <= 1.3
+    assert run["steps"] == 2 and all(math.isfinite(value) for value in run["metrics"].values())
