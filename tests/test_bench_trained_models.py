@@ -74,3 +74,20 @@ def test_bench_run_of_tisdpo_trains_both_contrastive_models_first(tmp_path, monk
     weights = [w for row in tisdpo_pairs["chosen_weights"] + tisdpo_pairs["rejected_weights"] for w in row]
     assert len(set(weights)) > 1 and 0.7 <= min(weights) <= max(weights) <= 1.3
     assert run["steps"] == 2 and all(math.isfinite(value) for value in run["metrics"].values())
+
+
+def test_rows_that_train_models_first_run_on_the_first_variant_unless_told_otherwise(tmp_path):
+    from tokenweight.bench import BenchSettings
+    from tokenweight.bench.benchmark import benchmark_tasks
+
+    rows = ["uniform", "tisdpo", "tidpo:kl"]
+    settings = BenchSettings(rows=rows, seeds=[0, 1], variants=["base", "noise0.2"])
+
+    def runs():
+        tasks = benchmark_tasks(settings, "base-model", tmp_path, dict.fromkeys(rows, 1e-4))
+        return sorted((t["variant"], t["label"], t["seed"]) for t in tasks)
+
+    first_only = [("base", label, seed) for label in ("tidpo:kl", "tisdpo", "uniform") for seed in (0, 1)]
+    assert runs() == first_only + [("noise0.2", "uniform", 0), ("noise0.2", "uniform", 1)]
+    settings.trained_models_all_variants = True
+    assert runs() == first_only + [("noise0.2", label, seed) for label in ("tisdpo", "uniform") for seed in (0, 1)]

@@ -1,9 +1,11 @@
 """``run_benchmark``: the reference once, the optional learning-rate selection, every run, then the report folder.
 
 Runs: every row × variant × seed, except the ablation rows (``scheme:ablation``), which run on the first variant
-only. With ``tune`` each row first trains on the first variant and seed at every learning rate of
-:data:`~tokenweight.bench.settings.TUNE_FACTORS` × the budget's, measured on a validation set drawn with
-``validation_seed`` (never the evaluation set), and keeps the one with the best greedy ``key_acc`` for all its runs.
+only, and so do the rows whose scheme trains models first (``trained_models``: three trainings per run) unless
+``BenchSettings.trained_models_all_variants``. With ``tune`` each row first trains on the first variant and seed at
+every learning rate of :data:`~tokenweight.bench.settings.TUNE_FACTORS` × the budget's, measured on a validation set
+drawn with ``validation_seed`` (never the evaluation set), and keeps the one with the best greedy ``key_acc`` for all
+its runs.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from tokenweight.bench.report import markdown_report
 from tokenweight.bench.rows import baseline_label, bench_row
 from tokenweight.bench.runs import execute, reference_items, run_config
 from tokenweight.bench.settings import TUNE_FACTORS, BenchSettings
+from tokenweight.bench.trained_models import trained_model_rows
 from tokenweight.errors import UserError
 
 
@@ -46,13 +49,22 @@ def tune_learning_rates(settings: BenchSettings, base_path: str, output_dir: Pat
     return tuning
 
 
+def runs_on_variant(settings: BenchSettings, label: str, variant: str) -> bool:
+    """Whether row ``label`` runs on ``variant`` (see the module docstring)."""
+    if variant == settings.ablation_variant:
+        return True
+    if ":" in label:
+        return False
+    return settings.trained_models_all_variants or not trained_model_rows(bench_row(label))
+
+
 def benchmark_tasks(settings: BenchSettings, base_path: str, output_dir: Path, rates: dict[str, float]) -> list[dict]:
-    """Every run of the benchmark (ablation rows on the first variant only); the first seed of the first variant
-    keeps its heatmap pairs."""
+    """Every run of the benchmark (:func:`runs_on_variant`); the first seed of the first variant keeps its heatmap
+    pairs."""
     return [_task(settings, base_path, label, variant, seed, output_dir, rates[label],
                   settings.heatmap_pairs if (variant, seed) == (settings.variants[0], settings.seeds[0]) else 0)
             for variant in settings.variants for label in settings.rows
-            if ":" not in label or variant == settings.ablation_variant
+            if runs_on_variant(settings, label, variant)
             for seed in settings.seeds]
 
 
@@ -65,7 +77,8 @@ def run_benchmark(settings: BenchSettings, output_dir: str | Path, command: str)
         raise UserError(f"--schemes must include {baseline_label()!r}: every row is reported against it")
     for label in settings.rows:  # an unknown row or a setting this config lacks fails before any training
         for variant in settings.variants:
-            run_config(settings, bench_row(label), variant, 0, Path("unused"), settings.learning_rate)
+            for row in (bench_row(label), *trained_model_rows(bench_row(label)).values()):
+                run_config(settings, row, variant, 0, Path("unused"), settings.learning_rate)
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     base_path = str(keyfact_base_model(seed=settings.base_seed, size=settings.model_size, facts_path=settings.facts))

@@ -105,6 +105,13 @@ def markdown_report(results: dict) -> str:
     """The KeyFact section: the command, the budget, each variant's tables and what the metrics mean."""
     s = results["settings"]
     seconds = sum(r["seconds"] for r in results["runs"])
+    row_seconds = {}
+    for run in results["runs"]:
+        row_seconds.setdefault(run["label"], []).append(run["seconds"])
+    per_row = ", ".join(f"{label} {sum(times) / len(times):.0f}" for label, times in row_seconds.items())
+    trainers = sorted({r["label"] for r in results["runs"] if r["trained_models"]})
+    trained_only = ("" if s["trained_models_all_variants"] or not trainers else
+                    f", and so do the rows that train models first ({', '.join(trainers)})")
     tuning = ("" if not results["tuning"] else "Learning rate per row (`--tune`, best greedy key_acc on the "
               "validation set): " + ", ".join(f"{label} {t['learning_rate']:g}" for label, t in
                                               results["tuning"].items()) + ".\n")
@@ -119,8 +126,9 @@ Budget, identical for every run (`tokenweight train`'s KeyFact defaults): base m
 {s['batch_size']}, learning rate {s['learning_rate']:g} (constant), {beta} (a variant may set its own), max_length
 {s['max_length']}. One fixed evaluation set of {s['eval_size']} held-out pairs (eval seed {s['eval_seed']}, the same for
 every run; greedy generation of at most {s['max_new_tokens']} tokens). Seeds {s['seeds']} (training data and order).
-Ablation rows (`scheme:ablation`) run on `{s['variants'][0]}` only. {len(results['runs'])} runs,
-{seconds / 60:.1f} min of training and evaluation in total (summed over {s['jobs']} worker(s)).
+Ablation rows (`scheme:ablation`) run on `{s['variants'][0]}` only{trained_only}. {len(results['runs'])} runs,
+{seconds / 60:.1f} min of training and evaluation in total (summed over {s['jobs']} worker(s)); seconds per run, mean
+over the row's runs (including the models a row trains first): {per_row}.
 {tuning}
 Cells: mean over seeds and items; for every row but `{baseline_label()}`, the paired difference against it (same seed,
 same item) with its 95% hierarchical bootstrap interval over seeds then items (bold: excludes 0). Learning the key:

@@ -38,6 +38,8 @@ class BenchSettings:
     ``rows``: table rows (:func:`~tokenweight.bench.rows.bench_row`); the first variant is the one where ablation
     rows (``scheme:ablation``) run. ``eval_seed`` draws the fixed evaluation set (independent of the training seeds);
     ``validation_seed`` the ``--tune`` selection set. ``jobs``: worker processes (one thread each).
+    ``trained_models_all_variants``: a row whose scheme trains models first (``trained_models``; TIS-DPO, three
+    trainings per run) runs on every variant (True) or, like the ablation rows, on the first only (False).
     """
 
     rows: list[str]
@@ -63,6 +65,7 @@ class BenchSettings:
     bootstrap: int = 2000
     jobs: int = 1
     tune: bool = False
+    trained_models_all_variants: bool = False
 
     def __post_init__(self):
         unknown = [v for v in self.variants if v not in VARIANTS]

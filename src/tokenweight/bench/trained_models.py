@@ -64,8 +64,9 @@ def train_declared_models(settings: BenchSettings, base_path: str, row: BenchRow
         trained[key] = {"weighting": model_row.scheme, "overrides": model_row.overrides, "path": str(folder),
                         "pairs": len(train), "swapped_pairs": splits.swapped_pairs.get("train", 0),
                         "steps": trainer.state.global_step, "seconds": time.perf_counter() - start}
-        print(f"bench {row.label} ({variant}, seed {seed}): trained {key} = {model_row.scheme} "
-              f"{model_row.overrides or ''} on {len(train)} pairs ({trained[key]['swapped_pairs']} swapped), "
+        settings_text = "".join(f" {name}={value}" for name, value in model_row.overrides.items())
+        print(f"bench {row.label} ({variant}, seed {seed}): trained {key} = {model_row.scheme}{settings_text} "
+              f"on {len(train)} pairs ({trained[key]['swapped_pairs']} swapped), "
               f"{trainer.state.global_step} steps, {trained[key]['seconds']:.0f} s -> {folder}", file=sys.stderr)
         del trainer, reference
         gc.collect()
