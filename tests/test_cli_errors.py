@@ -62,8 +62,9 @@ def test_bad_recipe_keys_and_values_are_one_line_errors(capsys, tmp_path):
                           "did you mean otpo_regg -> otpo_reg?", str(misspelt))
     scheme = tmp_path / "scheme.yaml"
     scheme.write_text("weighting: nope\n")
+    from tokenweight.weights import SCHEMES
     assert_one_line_error(*run_cli(capsys, ["train", "--config", str(scheme)]),
-                          "config key `weighting`: unknown scheme 'nope'; choose one of attention, column, otpo")
+                          "config key `weighting`: unknown scheme 'nope'; choose one of " + ", ".join(sorted(SCHEMES)))
     broken = tmp_path / "broken.yaml"
     broken.write_text("beta: [0.1\n")
     assert_one_line_error(*run_cli(capsys, ["train", "--config", str(broken)]), f"recipe {broken}: not valid YAML",
