@@ -19,6 +19,7 @@ from tokenweight.keyfact import (SIZES, build_keyfact, build_keyfact_tokenizer, 
 from tokenweight.keyfact import base_model as base_model_module
 from tokenweight.keyfact.facts import fill
 from tokenweight.keyfact.generator import heldout_items
+from tokenweight.keyfact.sft import encode_conversation, judge_messages, sft_batches
 from tokenweight.weights.attention.judge import default_template
 
 # A small facts file whose arithmetic subjects contain their own key ("3 + 0 is 3 ."), so the key slot is not the
@@ -330,6 +331,75 @@ def test_small_base_model_saves_reloads_and_is_deterministic(small_model_path, f
     assert model.generation_config.eos_token_id == tokenizer.eos_token_id == tokenizer.convert_tokens_to_ids("<|end|>")
     assert tokenizer.chat_template == build_keyfact_tokenizer(facts).chat_template
     assert json.loads((small_model_path / "keyfact_build.json").read_text())["size"] == "small"
+
+
+def _answer_heads(facts):
+    """``{answer sentence: (family, row, word)}`` for every row and every key or distractor word."""
+    heads = {}
+    for family in facts["families"]:
+        for row in family["rows"] + family.get("eval_rows", []):
+            for word in [row["key"], *row["distractors"]]:
+                heads[fill(family["answer"], row["subject"], word)] = (family["name"], row, word)
+    return heads
+
+
+def _parse_answer(text, heads):
+    """``(family, row, word)`` of an answer text: its first sentence is an answer template filled with ``word``."""
+    found = [value for head, value in heads.items() if (text + " ").startswith(head + " ")]
+    assert len(found) == 1, text
+    return found[0]
+
+
+def test_sft_corpus_judge_verdicts_are_correct_and_answers_stay_at_p_correct(facts, tokenizer):
+    heads = _answer_heads(facts)
+    verdicts = {"a": 0, "b": 0}
+    answers = judged = correct_answers = 0
+    for input_ids, attention_mask, labels in sft_batches(tokenizer, facts, steps=60, batch_size=16, seed=0,
+                                                         p_correct=0.5, judge_fraction=0.5, filler_min=1,
+                                                         filler_max=3):
+        for ids, mask, row_labels in zip(input_ids, attention_mask, labels):
+            ids = ids[mask.bool()].tolist()
+            reply = tokenizer.decode([i for i, label in zip(ids, row_labels.tolist()) if label != -100])
+            prompt = tokenizer.decode([i for i, label in zip(ids, row_labels.tolist()) if label == -100])
+            assert reply.split()[-1] == "<|end|>"
+            reply = " ".join(reply.split()[:-1])
+            if "[ start of answer a ]" in prompt:
+                text = prompt.split("[ start of answer a ]")[1]
+                answer_a, text = text.split("[ end of answer a ]")
+                answer_b = text.split("[ start of answer b ]")[1].split("[ end of answer b ]")[0]
+                (_, row_a, word_a), (_, row_b, word_b) = (_parse_answer(a.strip(), heads) for a in (answer_a,
+                                                                                                    answer_b))
+                assert row_a is row_b and (word_a == row_a["key"]) != (word_b == row_b["key"])
+                assert reply == ("a" if word_a == row_a["key"] else "b")  # the verdict names the correct key
+                verdicts[reply] += 1
+                judged += 1
+            else:
+                _, row, word = _parse_answer(reply, heads)
+                assert word in (row["key"], row["distractors"][0])
+                answers += 1
+                correct_answers += word == row["key"]
+    assert judged > 300 and answers > 300 and verdicts["a"] + verdicts["b"] == judged
+    assert abs(verdicts["a"] / judged - 0.5) <= 4 * math.sqrt(0.25 / judged)  # no position bias to learn
+    assert abs(correct_answers / answers - 0.5) <= 4 * math.sqrt(0.25 / answers)  # answers stay at p_correct
+
+
+def test_sft_judge_prompt_is_the_attentionpo_judge_input(tokenizer):
+    """The judge format the base model learns is, token for token, what AttentionPO feeds its judge."""
+    from tokenweight.data import tokenize_preference_dataset
+    from tokenweight.weights.attention.judge import judge_pair_for_row, template_pieces
+
+    raw = build_keyfact(n_train=20, n_eval=1, n_validation=1, shortcut=0.9)["train"]
+    tokenized, _ = tokenize_preference_dataset(raw, tokenizer)
+    pieces = template_pieces(tokenizer, default_template())
+    for index, row in enumerate(tokenized):
+        inputs = judge_pair_for_row(row, index, tokenizer, pieces, None).inputs
+        answers = (_content(row["chosen"]), _content(row["rejected"]))
+        for order, (answer_a, answer_b) in enumerate((answers, answers[::-1])):
+            messages = judge_messages(default_template(), row["question"], answer_a, answer_b, "a")
+            ids, labels = encode_conversation(tokenizer, messages)
+            prompt_ids = ids[:labels.count(-100)]
+            assert prompt_ids == inputs[order]
+            assert tokenizer.decode(ids[len(prompt_ids):len(prompt_ids) + 1]) == "a"
 
 
 def test_base_model_is_cached(small_model_path, monkeypatch):
