@@ -19,6 +19,7 @@ from tokenweight.keyfact import (SIZES, build_keyfact, build_keyfact_tokenizer, 
 from tokenweight.keyfact import base_model as base_model_module
 from tokenweight.keyfact.facts import fill
 from tokenweight.keyfact.generator import heldout_items
+from tokenweight.keyfact.judge import judge_verdict_accuracy, judge_verdict_logits
 from tokenweight.keyfact.sft import encode_conversation, judge_messages, sft_batches
 from tokenweight.weights.attention.judge import default_template
 
@@ -400,6 +401,41 @@ def test_sft_judge_prompt_is_the_attentionpo_judge_input(tokenizer):
             prompt_ids = ids[:labels.count(-100)]
             assert prompt_ids == inputs[order]
             assert tokenizer.decode(ids[len(prompt_ids):len(prompt_ids) + 1]) == "a"
+
+
+class _AlwaysSaysA(torch.nn.Module):
+    """A stand-in judge whose next-token distribution prefers ``a`` over ``b`` at every position."""
+
+    def __init__(self, tokenizer):
+        super().__init__()
+        self.vocab, self.a = len(tokenizer), tokenizer.convert_tokens_to_ids("a")
+
+    def forward(self, input_ids, attention_mask):
+        logits = torch.zeros(*input_ids.shape, self.vocab)
+        logits[..., self.a] = 1.0
+        return type("Output", (), {"logits": logits})()
+
+
+def test_judge_verdict_accuracy_matches_unbatched_oracle(small_model_path, single_thread):
+    model = AutoModelForCausalLM.from_pretrained(small_model_path)
+    tokenizer = AutoTokenizer.from_pretrained(small_model_path)
+    rows = list(build_keyfact(n_train=1, n_eval=12, n_validation=1)["eval"])
+    logps = judge_verdict_logits(model, tokenizer, rows, batch_size=5)
+    verdicts = [tokenizer.convert_tokens_to_ids(v) for v in ("a", "b")]
+    right = 0
+    for i, row in enumerate(rows):
+        answers = (_content(row["chosen"]), _content(row["rejected"]))
+        for order, (answer_a, answer_b) in enumerate((answers, answers[::-1])):
+            ids, labels = encode_conversation(tokenizer, judge_messages(default_template(), row["question"],
+                                                                        answer_a, answer_b, "a"))
+            with torch.no_grad():
+                last = torch.log_softmax(model(torch.tensor([ids[:labels.count(-100)]])).logits[0, -1], dim=-1)
+            assert logps[i, order].tolist() == pytest.approx(last[verdicts].tolist(), abs=1e-5)
+            says_a = last[verdicts[0]] > last[verdicts[1]]
+            right += bool(says_a) == (order == 0)
+    accuracy = judge_verdict_accuracy(model, tokenizer, rows, batch_size=7)
+    assert 0.0 <= accuracy <= 1.0 and accuracy == pytest.approx(right / (2 * len(rows)))
+    assert judge_verdict_accuracy(_AlwaysSaysA(tokenizer), tokenizer, rows) == 0.5  # position bias scores chance
 
 
 def test_base_model_is_cached(small_model_path, monkeypatch):
