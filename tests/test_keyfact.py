@@ -593,3 +593,24 @@ def test_one_thread_restores_the_thread_count():
     with one_thread():
         assert torch.get_num_threads() == 1
     assert torch.get_num_threads() == before
+
+
+def test_run_splits_follow_the_config_and_share_the_eval_split_across_seeds(tmp_path, tokenizer):
+    from tokenweight.commands.common import load_pairs
+    from tokenweight.config import TokenweightConfig
+    from tokenweight.run import KEYFACT_DEFAULTS, keyfact_splits, load_run_splits
+
+    def config(**settings):
+        return TokenweightConfig(**{**KEYFACT_DEFAULTS, "output_dir": str(tmp_path), "keyfact_train_size": 40,
+                                    "keyfact_eval_size": 24, "keyfact_validation_size": 12, **settings})
+
+    first, second = load_run_splits(config(keyfact_seed=1)), load_run_splits(config(keyfact_seed=2))
+    assert first.eval.to_list() == second.eval.to_list() and first.train.to_list() != second.train.to_list()
+    assert len(first.train) == 40 and len(first.eval) == 24
+    assert load_run_splits(config(keyfact_eval_seed=3)).eval.to_list() != first.eval.to_list()
+    shortcut = keyfact_splits(config(keyfact_shortcut=0.75, keyfact_label_noise=0.25))
+    assert sum(r["shortcut"] == "chosen" for r in shortcut["train"]) == 30
+    assert sum(r["noisy"] for r in shortcut["train"]) == 10
+    tokenized, raw = load_pairs(config(), tokenizer, "validation", limit=5)
+    assert raw.to_list() == keyfact_splits(config())["validation"].to_list()[:5] and len(tokenized) == 5
+    assert KEYFACT_DEFAULTS["learning_rate"] == 5e-4 and KEYFACT_DEFAULTS["num_train_epochs"] == 2
