@@ -1,16 +1,17 @@
 """The SFT corpus and training loop of the KeyFact base model.
 
 Corpus (drawn on the fly from ``random.Random(f"keyfact-sft-{seed}")``), over *all* rows, question paraphrases and
-filler sentences of the facts file (eval ones included: held-out means held out from preference training, while
-the base model plays a pretrained model that has read them):
+filler sentences of the facts file (eval ones and the shortcut sentence included: held-out means held out from
+preference training, while the base model plays a pretrained model that has read them):
 
 - *answer* conversations: a question and the answer template holding the correct key with probability
   ``p_correct``, the row's lure (``distractors[0]``) otherwise, followed by filler sentences; the reference model
   thus splits its probability between key and lure;
-- *judge* conversations (a fraction ``judge_fraction`` of the batches): the judge template
-  (``tokenweight/weights/attention/judge.txt``) holding a question and two answers that differ in the key (correct vs a
-  uniform distractor, random order, independent filler); the assistant replies with the letter (``a`` / ``b``) of
-  the answer with the correct key, so that the model can serve as an AttentionPO judge.
+- *judge* conversations (a fraction ``judge_fraction`` of the batches): AttentionPO's judge template
+  (``tokenweight/weights/attention/judge.txt``) holding a question and two answers that differ in the key (correct vs
+  a uniform distractor, random order, independent filler); the assistant replies with the letter (``a`` / ``b``) of
+  the answer with the correct key — always the correct verdict. The user turn is, token for token, the judge input
+  AttentionPO builds for a pair (:func:`judge_messages`).
 
 The loss is the next-token cross entropy on the assistant turn (its content and the closing ``<|end|>``).
 """
