@@ -36,9 +36,11 @@ BUILD_MODULES = ("base_model.py", "sft.py", "tokenizer.py", "facts.py")
 SETTINGS_FILE = "keyfact_build.json"
 
 # Model shape and SFT budget per size. "default" is what `tokenweight train` uses; "small" builds in seconds (tests).
+# 1200 default steps: at 800 the build could leave the reference copying the wrong subject on held-out animal-sound
+# paraphrases (format rate 0.92 on the eval split); at 1200 and 2000 it was >= 0.996.
 SIZES: dict[str, dict[str, Any]] = {
     "default": {"hidden_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2,
-                "intermediate_size": 256, "steps": 800, "batch_size": 32, "lr": 3e-3, "warmup": 50},
+                "intermediate_size": 256, "steps": 1200, "batch_size": 32, "lr": 3e-3, "warmup": 50},
     "small": {"hidden_size": 32, "num_hidden_layers": 1, "num_attention_heads": 4, "num_key_value_heads": 2,
               "intermediate_size": 64, "steps": 100, "batch_size": 16, "lr": 1e-2, "warmup": 10},
 }
