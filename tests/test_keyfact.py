@@ -18,6 +18,9 @@ from tokenweight.keyfact import (SIZES, build_keyfact, build_keyfact_tokenizer, 
                                  keyfact_base_model, load_facts, one_thread, pref_acc, save_facts)
 from tokenweight.keyfact import base_model as base_model_module
 from tokenweight.keyfact.facts import fill
+from tokenweight.keyfact.generator import heldout_items
+from tokenweight.keyfact.judge import judge_verdict_accuracy, judge_verdict_logits
+from tokenweight.keyfact.sft import encode_conversation, judge_messages, sft_batches
 from tokenweight.weights.attention.judge import default_template
 
 # A small facts file whose arithmetic subjects contain their own key ("3 + 0 is 3 ."), so the key slot is not the
@@ -95,10 +98,44 @@ def _filler_sentences(row, facts):
 
 def test_generator_is_deterministic_and_seeded(facts):
     a, b = build_keyfact(n_train=50, n_eval=20, seed=3), build_keyfact(n_train=50, n_eval=20, seed=3)
-    assert a["train"].to_list() == b["train"].to_list() and a["eval"].to_list() == b["eval"].to_list()
+    assert all(a[split].to_list() == b[split].to_list() for split in ("train", "eval", "validation"))
     assert build_keyfact(n_train=50, n_eval=20, seed=4)["train"].to_list() != a["train"].to_list()
     # the eval split does not depend on the size of the train split
     assert build_keyfact(n_train=7, n_eval=20, seed=3)["eval"].to_list() == a["eval"].to_list()
+
+
+def test_heldout_splits_are_fixed_across_training_seeds_and_prefix_stable():
+    runs = [build_keyfact(n_train=20, n_eval=64, n_validation=32, seed=seed) for seed in (0, 1, 7)]
+    for split in ("eval", "validation"):
+        assert runs[0][split].to_list() == runs[1][split].to_list() == runs[2][split].to_list()
+    assert runs[0]["train"].to_list() != runs[1]["train"].to_list()
+    other = build_keyfact(n_train=20, n_eval=64, n_validation=32, eval_seed=1)
+    assert other["eval"].to_list() != runs[0]["eval"].to_list()
+    # a smaller split is the prefix of a larger one, and neither held-out split depends on the other's size
+    longer = build_keyfact(n_train=20, n_eval=100, n_validation=5, seed=1)
+    assert longer["eval"].to_list()[:64] == runs[0]["eval"].to_list()
+    assert longer["validation"].to_list() == runs[0]["validation"].to_list()[:5]
+
+
+def _item(row):
+    return row["family"], row["question"], row["subject"], row["wrong_key"]
+
+
+def test_validation_is_disjoint_from_eval_and_held_out_like_it(facts):
+    data = build_keyfact(n_train=400, n_eval=512, n_validation=128)
+    eval_items, validation_items = {_item(r) for r in data["eval"]}, {_item(r) for r in data["validation"]}
+    assert len(validation_items) > 60 and not eval_items & validation_items
+    # every held-out item belongs to exactly one of the two splits, validation holds ~VALIDATION_ITEM_SHARE
+    partition = heldout_items(facts, 0)
+    sizes = {split: sum(len(items) for items in partition[split].values()) for split in partition}
+    assert sizes["validation"] + sizes["eval"] == 780 and sizes["validation"] == pytest.approx(0.2 * 780, abs=3)
+    for family in facts["families"]:
+        shared = {(id(r), q, w) for r, q, w in partition["eval"][family["name"]]} & {
+            (id(r), q, w) for r, q, w in partition["validation"][family["name"]]}
+        assert not shared
+    assert {r["family"] for r in data["validation"]} == {f["name"] for f in facts["families"]}
+    train_questions = {r["question"] for r in data["train"]}
+    assert not train_questions & {r["question"] for r in data["validation"]}
 
 
 def test_rows_hold_key_in_chosen_and_distractor_in_rejected(facts):
@@ -115,26 +152,29 @@ def test_rows_hold_key_in_chosen_and_distractor_in_rejected(facts):
 
 
 def test_splits_are_disjoint_in_paraphrases_filler_and_arithmetic_subjects(facts):
-    data = build_keyfact(n_train=400, n_eval=200)
-    for split in ("train", "eval"):
+    data = build_keyfact(n_train=400, n_eval=200, n_validation=100)
+    for split in ("train", "eval", "validation"):
+        kind = "train" if split == "train" else "eval"
         templates = {fill(q, r["subject"]) for r in data[split] for f in facts["families"]
-                     if f["name"] == r["family"] for q in f[f"{split}_questions"]}
+                     if f["name"] == r["family"] for q in f[f"{kind}_questions"]}
         assert all(r["question"] in templates for r in data[split])
-        pool = set(facts[f"{split}_filler"])
+        pool = set(facts[f"{kind}_filler"])
         assert all(set(_filler_sentences(r, facts)) <= pool for r in data[split])
-    other = {r["question"] for r in data["eval"]}
-    assert not other & {r["question"] for r in data["train"]}
+    train_questions = {r["question"] for r in data["train"]}
+    assert not train_questions & {r["question"] for r in data["eval"]}
     arithmetic = next(f for f in facts["families"] if f["name"] == "arithmetic")
     train_subjects = {r["subject"] for r in data["train"] if r["family"] == "arithmetic"}
-    eval_subjects = {r["subject"] for r in data["eval"] if r["family"] == "arithmetic"}
-    assert train_subjects and eval_subjects and not train_subjects & eval_subjects
-    assert eval_subjects <= {r["subject"] for r in arithmetic["eval_rows"]}
+    for split in ("eval", "validation"):
+        subjects = {r["subject"] for r in data[split] if r["family"] == "arithmetic"}
+        assert train_subjects and subjects and not train_subjects & subjects
+        assert subjects <= {r["subject"] for r in arithmetic["eval_rows"]}
     assert {r["family"] for r in data["eval"]} == {f["name"] for f in facts["families"]}
 
 
-@pytest.mark.parametrize("chosen_longer", [0.8, 0.5, 0.0])
-def test_chosen_longer_sets_the_rate_of_longer_chosen_answers(chosen_longer):
-    data = build_keyfact(n_train=600, n_eval=400, chosen_longer=chosen_longer, filler_min=0, filler_max=3)
+@pytest.mark.parametrize("chosen_longer, shortcut", [(0.8, 0.0), (0.5, 0.0), (0.0, 0.0), (0.5, 0.9), (0.8, 1.0)])
+def test_chosen_longer_sets_the_rate_of_longer_chosen_answers(chosen_longer, shortcut):
+    data = build_keyfact(n_train=600, n_eval=400, n_validation=400, chosen_longer=chosen_longer, shortcut=shortcut,
+                         filler_min=0, filler_max=3)
 
     def rate(split):
         return sum(len(_content(r["chosen"]).split()) > len(_content(r["rejected"]).split())
@@ -142,8 +182,9 @@ def test_chosen_longer_sets_the_rate_of_longer_chosen_answers(chosen_longer):
 
     assert all(_filler_sentences(r, load_facts()) is not None for r in data["train"])  # well-formed, no extra spaces
     tolerance = 4 * math.sqrt(0.25 / 600)  # 4 binomial standard deviations
-    assert abs(rate("train") - chosen_longer) <= tolerance
-    assert abs(rate("eval") - 0.5) <= 4 * math.sqrt(0.25 / 400)  # eval is always unbiased
+    assert abs(rate("train") - chosen_longer) <= tolerance  # the shortcut sentence's words are counted
+    for split in ("eval", "validation"):
+        assert abs(rate(split) - 0.5) <= 4 * math.sqrt(0.25 / 400)  # held-out splits are always unbiased
 
 
 def test_label_noise_swaps_exactly_that_fraction_of_train_pairs(facts):
@@ -156,11 +197,47 @@ def test_label_noise_swaps_exactly_that_fraction_of_train_pairs(facts):
         assert _content(row["rejected"]).startswith(fill(answers[row["family"]], row["subject"], row["key"]) + " ")
 
 
+@pytest.mark.parametrize("shortcut, label_noise", [(0.9, 0.0), (0.5, 0.0), (1.0, 0.0), (0.8, 0.25)])
+def test_shortcut_sentence_sits_on_the_chosen_side_of_exactly_that_fraction(facts, shortcut, label_noise):
+    data = build_keyfact(n_train=500, n_eval=300, n_validation=100, shortcut=shortcut, label_noise=label_noise)
+    sentence = facts["shortcut"]
+    assert sentence not in facts["train_filler"] + facts["eval_filler"]
+
+    def holds(row, column):
+        return (" " + _content(row[column]) + " ").count(" " + sentence + " ")
+
+    counts = {side: sum(r["shortcut"] == side for r in data["train"]) for side in ("chosen", "rejected", "none")}
+    assert counts == {"chosen": round(shortcut * 500), "rejected": 500 - round(shortcut * 500), "none": 0}
+    for row in data["train"]:
+        assert (holds(row, "chosen"), holds(row, "rejected")) == ((1, 0) if row["shortcut"] == "chosen" else (0, 1))
+        filler = [s for s in _filler_sentences(row, facts) if s != sentence]
+        assert set(filler) <= set(facts["train_filler"])  # the sentence comes on top of ordinary filler
+    # the side is the chosen column after the label-noise swap: noisy pairs carry it like clean ones
+    noisy = [r for r in data["train"] if r["noisy"]]
+    assert len(noisy) == round(label_noise * 500)
+    if noisy:
+        assert 0.5 < sum(r["shortcut"] == "chosen" for r in noisy) / len(noisy) < 1
+    for split in ("eval", "validation"):
+        assert all(r["shortcut"] == "none" and holds(r, "chosen") + holds(r, "rejected") == 0 for r in data[split])
+    off = build_keyfact(n_train=50, n_eval=5, n_validation=5)
+    assert all(r["shortcut"] == "none" for r in off["train"])
+    assert not any(holds(r, c) for r in off["train"] for c in ("chosen", "rejected"))
+
+
 def test_generator_rejects_bad_knobs():
     with pytest.raises(ValueError, match="chosen_longer"):
         build_keyfact(chosen_longer=1.5)
     with pytest.raises(ValueError, match="filler_max"):
         build_keyfact(facts_path=TINY_FACTS, filler_max=4)  # the eval pool has 3 sentences
+    with pytest.raises(ValueError, match=r"shortcut must be 0 \(off\) or in \[0.5, 1\]"):
+        build_keyfact(shortcut=0.3)
+    with pytest.raises(ValueError, match="needs a 'shortcut' sentence"):
+        build_keyfact(facts_path=TINY_FACTS, shortcut=0.9)
+    with pytest.raises(ValueError, match="n_validation"):
+        build_keyfact(n_validation=0)
+    with pytest.raises(ValueError, match="shortcut sentence on the chosen side"):  # no length order can hold
+        build_keyfact(facts_path={**TINY_FACTS, "shortcut": "this one is longer than any filler ."}, shortcut=1.0, chosen_longer=0.0,
+                      filler_min=1, filler_max=1, n_train=20)
 
 
 # ------------------------------------------------------------------------------------------------- facts file
@@ -188,6 +265,8 @@ def test_facts_round_trip_and_custom_file(tmp_path):
     (lambda f: f["families"][1]["rows"][0].update(key="Paris"), r"family 'capitals', rows\[0\] .* lowercase"),
     (lambda f: f["families"][1]["rows"][0].update(key="lyon"), r"rows\[0\] \('france'\): the key 'lyon' is also"),
     (lambda f: f["eval_filler"].append("ok ."), r"filler sentences \['ok \.'\] are both train and eval"),
+    (lambda f: f.update(shortcut="ok ."), r"the shortcut sentence 'ok \.' is also a filler sentence"),
+    (lambda f: f.update(shortcut="Sure ."), r"shortcut: 'Sure \.' must be lowercase"),
 ])
 def test_bad_facts_file_names_family_and_row(tmp_path, edit, message):
     bad = copy.deepcopy(TINY_FACTS)
@@ -253,6 +332,110 @@ def test_small_base_model_saves_reloads_and_is_deterministic(small_model_path, f
     assert model.generation_config.eos_token_id == tokenizer.eos_token_id == tokenizer.convert_tokens_to_ids("<|end|>")
     assert tokenizer.chat_template == build_keyfact_tokenizer(facts).chat_template
     assert json.loads((small_model_path / "keyfact_build.json").read_text())["size"] == "small"
+
+
+def _answer_heads(facts):
+    """``{answer sentence: (family, row, word)}`` for every row and every key or distractor word."""
+    heads = {}
+    for family in facts["families"]:
+        for row in family["rows"] + family.get("eval_rows", []):
+            for word in [row["key"], *row["distractors"]]:
+                heads[fill(family["answer"], row["subject"], word)] = (family["name"], row, word)
+    return heads
+
+
+def _parse_answer(text, heads):
+    """``(family, row, word)`` of an answer text: its first sentence is an answer template filled with ``word``."""
+    found = [value for head, value in heads.items() if (text + " ").startswith(head + " ")]
+    assert len(found) == 1, text
+    return found[0]
+
+
+def test_sft_corpus_judge_verdicts_are_correct_and_answers_stay_at_p_correct(facts, tokenizer):
+    heads = _answer_heads(facts)
+    verdicts = {"a": 0, "b": 0}
+    answers = judged = correct_answers = 0
+    for input_ids, attention_mask, labels in sft_batches(tokenizer, facts, steps=60, batch_size=16, seed=0,
+                                                         p_correct=0.5, judge_fraction=0.5, filler_min=1,
+                                                         filler_max=3):
+        for ids, mask, row_labels in zip(input_ids, attention_mask, labels):
+            ids = ids[mask.bool()].tolist()
+            reply = tokenizer.decode([i for i, label in zip(ids, row_labels.tolist()) if label != -100])
+            prompt = tokenizer.decode([i for i, label in zip(ids, row_labels.tolist()) if label == -100])
+            assert reply.split()[-1] == "<|end|>"
+            reply = " ".join(reply.split()[:-1])
+            if "[ start of answer a ]" in prompt:
+                text = prompt.split("[ start of answer a ]")[1]
+                answer_a, text = text.split("[ end of answer a ]")
+                answer_b = text.split("[ start of answer b ]")[1].split("[ end of answer b ]")[0]
+                (_, row_a, word_a), (_, row_b, word_b) = (_parse_answer(a.strip(), heads) for a in (answer_a,
+                                                                                                    answer_b))
+                assert row_a is row_b and (word_a == row_a["key"]) != (word_b == row_b["key"])
+                assert reply == ("a" if word_a == row_a["key"] else "b")  # the verdict names the correct key
+                verdicts[reply] += 1
+                judged += 1
+            else:
+                _, row, word = _parse_answer(reply, heads)
+                assert word in (row["key"], row["distractors"][0])
+                answers += 1
+                correct_answers += word == row["key"]
+    assert judged > 300 and answers > 300 and verdicts["a"] + verdicts["b"] == judged
+    assert abs(verdicts["a"] / judged - 0.5) <= 4 * math.sqrt(0.25 / judged)  # no position bias to learn
+    assert abs(correct_answers / answers - 0.5) <= 4 * math.sqrt(0.25 / answers)  # answers stay at p_correct
+
+
+def test_sft_judge_prompt_is_the_attentionpo_judge_input(tokenizer):
+    """The judge format the base model learns is, token for token, what AttentionPO feeds its judge."""
+    from tokenweight.data import tokenize_preference_dataset
+    from tokenweight.weights.attention.judge import judge_pair_for_row, template_pieces
+
+    raw = build_keyfact(n_train=20, n_eval=1, n_validation=1, shortcut=0.9)["train"]
+    tokenized, _ = tokenize_preference_dataset(raw, tokenizer)
+    pieces = template_pieces(tokenizer, default_template())
+    for index, row in enumerate(tokenized):
+        inputs = judge_pair_for_row(row, index, tokenizer, pieces, None).inputs
+        answers = (_content(row["chosen"]), _content(row["rejected"]))
+        for order, (answer_a, answer_b) in enumerate((answers, answers[::-1])):
+            messages = judge_messages(default_template(), row["question"], answer_a, answer_b, "a")
+            ids, labels = encode_conversation(tokenizer, messages)
+            prompt_ids = ids[:labels.count(-100)]
+            assert prompt_ids == inputs[order]
+            assert tokenizer.decode(ids[len(prompt_ids):len(prompt_ids) + 1]) == "a"
+
+
+class _AlwaysSaysA(torch.nn.Module):
+    """A stand-in judge whose next-token distribution prefers ``a`` over ``b`` at every position."""
+
+    def __init__(self, tokenizer):
+        super().__init__()
+        self.vocab, self.a = len(tokenizer), tokenizer.convert_tokens_to_ids("a")
+
+    def forward(self, input_ids, attention_mask):
+        logits = torch.zeros(*input_ids.shape, self.vocab)
+        logits[..., self.a] = 1.0
+        return type("Output", (), {"logits": logits})()
+
+
+def test_judge_verdict_accuracy_matches_unbatched_oracle(small_model_path, single_thread):
+    model = AutoModelForCausalLM.from_pretrained(small_model_path)
+    tokenizer = AutoTokenizer.from_pretrained(small_model_path)
+    rows = list(build_keyfact(n_train=1, n_eval=12, n_validation=1)["eval"])
+    logps = judge_verdict_logits(model, tokenizer, rows, batch_size=5)
+    verdicts = [tokenizer.convert_tokens_to_ids(v) for v in ("a", "b")]
+    right = 0
+    for i, row in enumerate(rows):
+        answers = (_content(row["chosen"]), _content(row["rejected"]))
+        for order, (answer_a, answer_b) in enumerate((answers, answers[::-1])):
+            ids, labels = encode_conversation(tokenizer, judge_messages(default_template(), row["question"],
+                                                                        answer_a, answer_b, "a"))
+            with torch.no_grad():
+                last = torch.log_softmax(model(torch.tensor([ids[:labels.count(-100)]])).logits[0, -1], dim=-1)
+            assert logps[i, order].tolist() == pytest.approx(last[verdicts].tolist(), abs=1e-5)
+            says_a = last[verdicts[0]] > last[verdicts[1]]
+            right += bool(says_a) == (order == 0)
+    accuracy = judge_verdict_accuracy(model, tokenizer, rows, batch_size=7)
+    assert 0.0 <= accuracy <= 1.0 and accuracy == pytest.approx(right / (2 * len(rows)))
+    assert judge_verdict_accuracy(_AlwaysSaysA(tokenizer), tokenizer, rows) == 0.5  # position bias scores chance
 
 
 def test_base_model_is_cached(small_model_path, monkeypatch):
@@ -410,3 +593,24 @@ def test_one_thread_restores_the_thread_count():
     with one_thread():
         assert torch.get_num_threads() == 1
     assert torch.get_num_threads() == before
+
+
+def test_run_splits_follow_the_config_and_share_the_eval_split_across_seeds(tmp_path, tokenizer):
+    from tokenweight.commands.common import load_pairs
+    from tokenweight.config import TokenweightConfig
+    from tokenweight.run import KEYFACT_DEFAULTS, keyfact_splits, load_run_splits
+
+    def config(**settings):
+        return TokenweightConfig(**{**KEYFACT_DEFAULTS, "output_dir": str(tmp_path), "keyfact_train_size": 40,
+                                    "keyfact_eval_size": 24, "keyfact_validation_size": 12, **settings})
+
+    first, second = load_run_splits(config(keyfact_seed=1)), load_run_splits(config(keyfact_seed=2))
+    assert first.eval.to_list() == second.eval.to_list() and first.train.to_list() != second.train.to_list()
+    assert len(first.train) == 40 and len(first.eval) == 24
+    assert load_run_splits(config(keyfact_eval_seed=3)).eval.to_list() != first.eval.to_list()
+    shortcut = keyfact_splits(config(keyfact_shortcut=0.75, keyfact_label_noise=0.25))
+    assert sum(r["shortcut"] == "chosen" for r in shortcut["train"]) == 30
+    assert sum(r["noisy"] for r in shortcut["train"]) == 10
+    tokenized, raw = load_pairs(config(), tokenizer, "validation", limit=5)
+    assert raw.to_list() == keyfact_splits(config())["validation"].to_list()[:5] and len(tokenized) == 5
+    assert KEYFACT_DEFAULTS["learning_rate"] == 5e-4 and KEYFACT_DEFAULTS["num_train_epochs"] == 2

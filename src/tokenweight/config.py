@@ -100,11 +100,19 @@ class CoreConfig(TrainingArguments):
     # ---------------------------------------------------------------- built-in KeyFact task
     keyfact_facts: str | None = field(default=None, metadata={"help": "KeyFact facts JSON (default: built-in)."})
     keyfact_train_size: int = field(default=512, metadata={"help": "KeyFact training pairs."})
-    keyfact_eval_size: int = field(default=128, metadata={"help": "KeyFact held-out pairs."})
+    keyfact_eval_size: int = field(default=512, metadata={
+        "help": "KeyFact held-out pairs (the fixed eval split, drawn by keyfact_eval_seed)."})
+    keyfact_validation_size: int = field(default=128, metadata={
+        "help": "KeyFact validation pairs (held out like eval, disjoint from it; for tuning)."})
     keyfact_chosen_longer: float = field(default=0.5, metadata={
         "help": "Probability that the chosen answer has more filler (0.8: verbosity trap)."})
     keyfact_label_noise: float = field(default=0.0, metadata={"help": "Fraction of swapped training pairs."})
-    keyfact_seed: int = field(default=0, metadata={"help": "KeyFact data and base-model seed."})
+    keyfact_shortcut: float = field(default=0.0, metadata={
+        "help": "0 (off) or s in [0.5, 1]: the shortcut sentence goes into the chosen answer of a fraction s of "
+                "training pairs and into the rejected answer of the others."})
+    keyfact_seed: int = field(default=0, metadata={"help": "KeyFact training-data and base-model seed."})
+    keyfact_eval_seed: int = field(default=0, metadata={
+        "help": "Seed of the KeyFact eval and validation splits (independent of keyfact_seed)."})
     keyfact_model_size: str = field(default="default", metadata={
         "help": "KeyFact base model size: default, or small (seconds to build; for tests)."})
 

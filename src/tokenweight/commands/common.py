@@ -47,24 +47,21 @@ def build_config(args: argparse.Namespace, **overrides) -> TokenweightConfig:
 def load_pairs(config: TokenweightConfig, tokenizer, split: str, limit: int | None = None,
                prepare: Callable[[datasets.Dataset, str], datasets.Dataset] | None = None,
                ) -> tuple[datasets.Dataset, datasets.Dataset]:
-    """``(tokenized, raw)`` pairs of ``split`` (KeyFact: ``train`` or ``eval``), at most ``limit`` of them;
-    ``prepare(raw, split)`` (the scheme's data preparation, :func:`tokenweight.run.prepare_raw`) runs on the raw
-    rows first.
+    """``(tokenized, raw)`` pairs of ``split`` (KeyFact: ``train``, ``eval`` or ``validation``), at most ``limit``
+    of them; ``prepare(raw, split)`` (the scheme's data preparation, :func:`tokenweight.run.prepare_raw`) runs on
+    the raw rows first.
 
     ``tokenized`` rows carry ``row_index`` into ``raw`` (rows whose prompt fills ``max_length`` are dropped).
     """
     from tokenweight.data import load_preference_split, print_data_summary, tokenize_preference_dataset
 
     if config.dataset_name is None:
-        from tokenweight.keyfact import build_keyfact
-        if split not in ("train", "eval"):
+        from tokenweight.run import keyfact_splits
+        if split not in ("train", "eval", "validation"):
             raise UserError(f"split {split!r} not found in the built-in KeyFact task (available: ['eval', "
-                            "'train'])")
-        sizes = {"n_train": config.keyfact_train_size, "n_eval": config.keyfact_eval_size}
-        if limit is not None:
-            sizes["n_train" if split == "train" else "n_eval"] = limit
-        raw = build_keyfact(facts_path=config.keyfact_facts, chosen_longer=config.keyfact_chosen_longer,
-                            label_noise=config.keyfact_label_noise, seed=config.keyfact_seed, **sizes)[split]
+                            "'train', 'validation'])")
+        sizes = {} if limit is None else {"n_" + split: limit}
+        raw = keyfact_splits(config, **sizes)[split]
     else:
         raw = load_preference_split(config.dataset_name, split)
         if limit is not None:

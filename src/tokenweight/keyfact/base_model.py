@@ -2,9 +2,11 @@
 
 The cache folder ``<root>/keyfact-<size>-<hash>`` holds ``save_pretrained`` output (model + tokenizer), so the
 model loads through the same code path as a hub model (``AutoModelForCausalLM.from_pretrained(path)``). ``<hash>``
-covers every setting, the facts, the judge template and :data:`BUILD_VERSION`. ``<root>`` is ``cache_dir`` if
-given, else ``$TOKENWEIGHT_CACHE``, else ``platformdirs.user_cache_dir("tokenweight")``. The folder is written
-under a temporary name and renamed into place, so an interrupted build never leaves a half-written cache.
+covers every setting, the facts, the chat and judge templates, the torch and transformers versions and the source of
+the modules that build the model (:data:`BUILD_MODULES`: a change to the SFT corpus or loop is a new model, never a
+stale cache hit). ``<root>`` is ``cache_dir`` if given, else ``$TOKENWEIGHT_CACHE``, else
+``platformdirs.user_cache_dir("tokenweight")``. The folder is written under a temporary name and renamed into
+place, so an interrupted build never leaves a half-written cache.
 """
 
 from __future__ import annotations
@@ -21,20 +23,24 @@ from typing import Any
 
 import platformdirs
 import torch
+import transformers
 from transformers import AutoModelForCausalLM, LlamaConfig
 
 from ..weights.attention.judge import default_template
 from .facts import resolve_facts
-from .sft import sft_batches, train_sft
+from .sft import sft_batches, sft_filler, train_sft
 from .tokenizer import CHAT_TEMPLATE, build_keyfact_tokenizer
 
-BUILD_VERSION = 1
+#: The source files whose text enters the cache key (everything that decides the trained weights).
+BUILD_MODULES = ("base_model.py", "sft.py", "tokenizer.py", "facts.py")
 SETTINGS_FILE = "keyfact_build.json"
 
 # Model shape and SFT budget per size. "default" is what `tokenweight train` uses; "small" builds in seconds (tests).
+# 1200 default steps: at 800 the build could leave the reference copying the wrong subject on held-out animal-sound
+# paraphrases (format rate 0.92 on the eval split); at 1200 and 2000 it was >= 0.996.
 SIZES: dict[str, dict[str, Any]] = {
     "default": {"hidden_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2,
-                "intermediate_size": 256, "steps": 800, "batch_size": 32, "lr": 3e-3, "warmup": 50},
+                "intermediate_size": 256, "steps": 1200, "batch_size": 32, "lr": 3e-3, "warmup": 50},
     "small": {"hidden_size": 32, "num_hidden_layers": 1, "num_attention_heads": 4, "num_key_value_heads": 2,
               "intermediate_size": 64, "steps": 100, "batch_size": 16, "lr": 1e-2, "warmup": 10},
 }
@@ -71,14 +77,23 @@ def _build_settings(size: str, seed: int, p_correct: float, judge_fraction: floa
         raise ValueError(f"unknown KeyFact model size {size!r}; known: {sorted(SIZES)}")
     if not 0.0 <= p_correct <= 1.0 or not 0.0 <= judge_fraction <= 1.0:
         raise ValueError(f"p_correct and judge_fraction must be in [0, 1], got {p_correct}, {judge_fraction}")
-    pool = len(facts["train_filler"]) + len(facts["eval_filler"])
+    pool = len(sft_filler(facts))
     if not 0 <= filler_min <= filler_max <= pool:
         raise ValueError(f"need 0 <= filler_min <= filler_max <= {pool} (filler sentences in the facts), got "
                          f"filler_min={filler_min}, filler_max={filler_max}")
-    return {"build_version": BUILD_VERSION, "size": size, **SIZES[size], "seed": seed, "p_correct": p_correct,
+    return {"build_code": build_code_digest(), "torch": torch.__version__, "transformers": transformers.__version__,
+            "size": size, **SIZES[size], "seed": seed, "p_correct": p_correct,
             "judge_fraction": judge_fraction, "filler_min": filler_min, "filler_max": filler_max,
             "max_position_embeddings": MAX_POSITIONS, "facts": facts, "judge_template": default_template(),
             "chat_template": CHAT_TEMPLATE}
+
+
+def build_code_digest() -> str:
+    """SHA-256 (16 hex digits) of the source of :data:`BUILD_MODULES`."""
+    sources = hashlib.sha256()
+    for name in BUILD_MODULES:
+        sources.update(name.encode() + b"\0" + Path(__file__).with_name(name).read_bytes() + b"\0")
+    return sources.hexdigest()[:16]
 
 
 def _digest(settings: dict[str, Any]) -> str:

@@ -10,12 +10,14 @@ Schema (JSON)::
                    "eval_rows": [...]},   # optional: subjects seen only by the eval split
                   ...],
      "train_filler": ["this is a well known fact .", ...],
-     "eval_filler":  ["it is a classic example .", ...]}
+     "eval_filler":  ["it is a classic example .", ...],
+     "shortcut": "this is a fact i know well ."}   # optional: the sentence of the shortcut variant
 
 All text is lowercase words and punctuation separated by single spaces, so the word-level KeyFact tokenizer gives
 one token per word. ``key`` and every distractor are single words (single tokens). ``distractors[0]`` is the row's
 *lure*: the base model's SFT corpus answers the lure instead of the key with probability ``1 - p_correct``, so the
-reference model hesitates between exactly those two words.
+reference model hesitates between exactly those two words. ``shortcut`` is never filler of a preference pair: the
+generator plants it on one side of each training pair when asked to (``build_keyfact(shortcut=...)``).
 """
 
 from __future__ import annotations
@@ -133,7 +135,7 @@ def validate_facts(facts: Any, source: str = "facts") -> None:
     if not isinstance(facts, dict):
         raise ValueError(f"{source}: expected a JSON object, got {type(facts).__name__}")
     missing, extra = {"families", "train_filler", "eval_filler"} - set(facts), set(facts) - {
-        "families", "train_filler", "eval_filler"}
+        "families", "train_filler", "eval_filler", "shortcut"}
     if missing or extra:
         raise ValueError(f"{source}: missing keys {sorted(missing)}, unknown keys {sorted(extra)}")
     families = facts["families"]
@@ -154,6 +156,10 @@ def validate_facts(facts: Any, source: str = "facts") -> None:
         shared = set(facts["train_filler"]) & set(facts["eval_filler"])
         if shared:
             raise ValueError(f"filler sentences {sorted(shared)} are both train and eval (must be held out)")
+        if "shortcut" in facts:
+            _check_text(facts["shortcut"], "shortcut", set())
+            if facts["shortcut"] in facts["train_filler"] + facts["eval_filler"]:
+                raise ValueError(f"the shortcut sentence {facts['shortcut']!r} is also a filler sentence")
     except ValueError as error:
         raise ValueError(f"{source}: {error}") from None
 
@@ -186,8 +192,8 @@ def find_row(facts: dict[str, Any], family: str, subject: str) -> dict[str, Any]
 
 
 def facts_words(facts: dict[str, Any]) -> set[str]:
-    """Every word of every template, row and filler sentence (placeholders excluded)."""
-    texts = list(facts["train_filler"]) + list(facts["eval_filler"])
+    """Every word of every template, row, filler and shortcut sentence (placeholders excluded)."""
+    texts = list(facts["train_filler"]) + list(facts["eval_filler"]) + [facts.get("shortcut", "")]
     for family in facts["families"]:
         texts += family["train_questions"] + family["eval_questions"] + [family["answer"]]
         for row in family["rows"] + family.get("eval_rows", []):

@@ -1,16 +1,17 @@
 """The SFT corpus and training loop of the KeyFact base model.
 
 Corpus (drawn on the fly from ``random.Random(f"keyfact-sft-{seed}")``), over *all* rows, question paraphrases and
-filler sentences of the facts file (eval ones included: held-out means held out from preference training, while
-the base model plays a pretrained model that has read them):
+filler sentences of the facts file (eval ones and the shortcut sentence included: held-out means held out from
+preference training, while the base model plays a pretrained model that has read them):
 
 - *answer* conversations: a question and the answer template holding the correct key with probability
   ``p_correct``, the row's lure (``distractors[0]``) otherwise, followed by filler sentences; the reference model
   thus splits its probability between key and lure;
-- *judge* conversations (a fraction ``judge_fraction`` of the batches): the judge template
-  (``tokenweight/weights/attention/judge.txt``) holding a question and two answers that differ in the key (correct vs a
-  uniform distractor, random order, independent filler); the assistant replies with the letter (``a`` / ``b``) of
-  the answer with the correct key, so that the model can serve as an AttentionPO judge.
+- *judge* conversations (a fraction ``judge_fraction`` of the batches): AttentionPO's judge template
+  (``tokenweight/weights/attention/judge.txt``) holding a question and two answers that differ in the key (correct vs
+  a uniform distractor, random order, independent filler); the assistant replies with the letter (``a`` / ``b``) of
+  the answer with the correct key — always the correct verdict. The user turn is, token for token, the judge input
+  AttentionPO builds for a pair (:func:`judge_messages`).
 
 The loss is the next-token cross entropy on the assistant turn (its content and the closing ``<|end|>``).
 """
@@ -24,8 +25,9 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from ..weights.attention.judge import default_template
+from ..weights.attention.judge import check_template, default_template
 from .facts import fill
+from .tokenizer import JUDGE_VERDICTS
 
 
 def _answer(rng: random.Random, family: dict, row: dict, key: str, filler: list[str], filler_min: int,
@@ -34,31 +36,50 @@ def _answer(rng: random.Random, family: dict, row: dict, key: str, filler: list[
     return " ".join([fill(family["answer"], row["subject"], key), *sentences])
 
 
+def sft_filler(facts: dict[str, Any]) -> list[str]:
+    """The SFT corpus's filler pool: every filler sentence of the facts, and the shortcut sentence if any (the base
+    model plays a pretrained model that has read them all)."""
+    return facts["train_filler"] + facts["eval_filler"] + ([facts["shortcut"]] if "shortcut" in facts else [])
+
+
+def _question(rng: random.Random, facts: dict[str, Any]) -> tuple[dict, dict, str]:
+    family = rng.choice(facts["families"])
+    row = rng.choice(family["rows"] + family.get("eval_rows", []))
+    return family, row, fill(rng.choice(family["train_questions"] + family["eval_questions"]), row["subject"])
+
+
 def answer_conversation(rng: random.Random, facts: dict[str, Any], p_correct: float, filler_min: int,
                         filler_max: int) -> list[dict[str, str]]:
     """One question / answer conversation (messages) whose key is correct with probability ``p_correct``."""
-    family = rng.choice(facts["families"])
-    row = rng.choice(family["rows"] + family.get("eval_rows", []))
-    question = fill(rng.choice(family["train_questions"] + family["eval_questions"]), row["subject"])
+    family, row, question = _question(rng, facts)
     key = row["key"] if rng.random() < p_correct else row["distractors"][0]
-    filler = facts["train_filler"] + facts["eval_filler"]
     return [{"role": "user", "content": question},
-            {"role": "assistant", "content": _answer(rng, family, row, key, filler, filler_min, filler_max)}]
+            {"role": "assistant", "content": _answer(rng, family, row, key, sft_filler(facts), filler_min,
+                                                     filler_max)}]
+
+
+def judge_messages(template: str, question: str, answer_a: str, answer_b: str, verdict: str) -> list[dict[str, str]]:
+    """The judge conversation of one comparison: ``template`` filled as the user turn, ``verdict`` as the reply.
+
+    The user turn is the judge template's text with the placeholders replaced, which is what AttentionPO's judge
+    input (:func:`~tokenweight.weights.attention.judge.judge_pair_for_row`) splices together token by token.
+    """
+    check_template(template)
+    prompt = template.replace("{question}", question).replace("{answer_a}", answer_a).replace("{answer_b}", answer_b)
+    return [{"role": "user", "content": prompt}, {"role": "assistant", "content": verdict}]
 
 
 def judge_conversation(rng: random.Random, facts: dict[str, Any], template: str, filler_min: int,
                        filler_max: int) -> list[dict[str, str]]:
-    """One judge conversation: the filled judge template, answered by the letter of the correct answer."""
-    family = rng.choice(facts["families"])
-    row = rng.choice(family["rows"] + family.get("eval_rows", []))
-    question = fill(rng.choice(family["train_questions"] + family["eval_questions"]), row["subject"])
-    filler = facts["train_filler"] + facts["eval_filler"]
+    """One judge conversation: two answers that differ in the key (the correct one vs a uniform distractor, in a
+    random order, each with its own filler), answered by the letter of the correct one."""
+    family, row, question = _question(rng, facts)
+    filler = sft_filler(facts)
     good = _answer(rng, family, row, row["key"], filler, filler_min, filler_max)
     bad = _answer(rng, family, row, rng.choice(row["distractors"]), filler, filler_min, filler_max)
     good_first = rng.random() < 0.5
     answer_a, answer_b = (good, bad) if good_first else (bad, good)
-    prompt = template.replace("{question}", question).replace("{answer_a}", answer_a).replace("{answer_b}", answer_b)
-    return [{"role": "user", "content": prompt}, {"role": "assistant", "content": "a" if good_first else "b"}]
+    return judge_messages(template, question, answer_a, answer_b, JUDGE_VERDICTS[0 if good_first else 1])
 
 
 def encode_conversation(tokenizer, messages: list[dict[str, str]]) -> tuple[list[int], list[int]]:
