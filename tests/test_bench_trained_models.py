@@ -45,7 +45,7 @@ def test_bench_run_of_tisdpo_trains_both_contrastive_models_first(tmp_path, monk
 
     monkeypatch.setattr(tokenweight.trainer.TokenweightTrainer, "__init__", recording_init)
     folder = tmp_path / "run"
-    run = run_one(settings, base, "tisdpo", "base", 0, str(folder), settings.learning_rate, settings.eval_seed, 4)
+    run = run_one(settings, base, "tisdpo", "base", 0, str(folder), settings.learning_rate, "eval", 4)
 
     assert [(weighting, swap) for weighting, swap, _ in trained] == [("uniform", False), ("uniform", True),
                                                                      ("tisdpo", False)]

@@ -36,7 +36,7 @@ def item_matrix(runs: list[dict], variant: str, label: str, metric: str, seeds: 
 
 def _families(settings: BenchSettings) -> list[str]:
     from tokenweight.bench.runs import evaluation_rows
-    return list(evaluation_rows(settings, settings.eval_seed, settings.eval_size)["family"])
+    return list(evaluation_rows(settings, "eval", settings.eval_size)["family"])
 
 
 def analyse_variant(runs: list[dict], variant: str, settings: BenchSettings, families: list[str]) -> dict:

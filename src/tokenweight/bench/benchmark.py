@@ -4,7 +4,7 @@ Runs: every row × variant × seed, except the ablation rows (``scheme:ablation`
 only, and so do the rows whose scheme trains models first (``trained_models``: three trainings per run) unless
 ``BenchSettings.trained_models_all_variants``. With ``tune`` each row first trains on the first variant and seed at
 every learning rate of :data:`~tokenweight.bench.settings.TUNE_FACTORS` × the budget's, measured on a validation set
-drawn with ``validation_seed`` (never the evaluation set), and keeps the one with the best greedy ``key_acc`` for all
+KeyFact's ``validation`` split (disjoint from the evaluation set), and keeps the one with the best greedy ``key_acc`` for all
 its runs.
 """
 
@@ -31,7 +31,7 @@ def _task(settings, base_path, label, variant, seed, output_dir, learning_rate, 
             "output_dir": str(output_dir / ("tune" if validation else "runs") / variant / f"{label}-seed{seed}"
                               f"{f'-lr{learning_rate:g}' if validation else ''}"),
             "learning_rate": learning_rate, "heatmap_pairs": heatmap_pairs,
-            "eval_seed": settings.validation_seed if validation else settings.eval_seed,
+            "eval_split": "validation" if validation else "eval",
             "eval_size": settings.validation_size if validation else settings.eval_size}
 
 

@@ -1,7 +1,7 @@
 """One KeyFact run (a row on a variant and a seed): train from the base model, then measure it item by item.
 
 The run's training data is drawn with the seed (``keyfact_seed``, and the training order ``seed``); the evaluation
-set is fixed (``BenchSettings.eval_seed``), the same for every run, so every metric is a list over the same items
+set is fixed (KeyFact's ``eval`` split drawn by ``BenchSettings.eval_seed``), the same for every run, so every metric is a list over the same items
 and rows compare pairwise (:mod:`tokenweight.bench.stats`). The base model is also the frozen reference: it is
 handed to the trainer only for a scheme that ``uses_reference``, but always used to *measure* (``pref_acc``,
 ``kl_nonkey``).
@@ -42,16 +42,19 @@ def run_config(settings: BenchSettings, row: BenchRow, variant: str, seed: int, 
     return TokenweightConfig(**{
         **KEYFACT_DEFAULTS, "output_dir": str(output_dir), "weighting": row.scheme, "seed": seed, "keyfact_seed": seed,
         "keyfact_facts": settings.facts, "keyfact_train_size": settings.train_size, "keyfact_eval_size": 1,
+        "keyfact_validation_size": 1,
         "num_train_epochs": settings.epochs, "per_device_train_batch_size": settings.batch_size,
         "per_device_eval_batch_size": settings.batch_size, "learning_rate": learning_rate, "beta": settings.beta,
         "max_length": settings.max_length, "logging_strategy": "no", "save_strategy": "no", "report_to": "none",
         "disable_tqdm": True, **VARIANTS[variant], **row.overrides})
 
 
-def evaluation_rows(settings: BenchSettings, seed: int, size: int) -> datasets.Dataset:
-    """``size`` held-out KeyFact pairs drawn with ``seed`` (held-out paraphrases, filler and subjects; clean)."""
+def evaluation_rows(settings: BenchSettings, split: str, size: int) -> datasets.Dataset:
+    """The first ``size`` pairs of KeyFact's held-out ``split`` (``eval`` or ``validation``, disjoint items) drawn by
+    ``settings.eval_seed``: held-out paraphrases, filler and subjects, clean; the same for every training seed."""
     from tokenweight.keyfact import build_keyfact
-    return build_keyfact(facts_path=settings.facts, n_train=1, n_eval=size, seed=seed)["eval"]
+    sizes = {"n_eval": size if split == "eval" else 1, "n_validation": size if split == "validation" else 1}
+    return build_keyfact(facts_path=settings.facts, n_train=1, eval_seed=settings.eval_seed, **sizes)[split]
 
 
 def with_oracle_weights(rows: datasets.Dataset, row: BenchRow, tokenizer, facts) -> datasets.Dataset:
@@ -107,9 +110,9 @@ def _means(items: dict[str, list], names) -> dict[str, float]:
 
 
 def run_one(settings: BenchSettings, base_path: str, label: str, variant: str, seed: int, output_dir: str,
-            learning_rate: float, eval_seed: int, eval_size: int, heatmap_pairs: int = 0) -> dict:
+            learning_rate: float, eval_split: str, eval_size: int, heatmap_pairs: int = 0) -> dict:
     """Train row ``label`` on ``variant`` with ``seed``; returns its per-item metrics on the ``eval_size`` pairs
-    drawn with ``eval_seed``, their means, the learning curve and ``heatmap_pairs`` pairs' weights. A scheme that
+    of held-out ``eval_split``, their means, the learning curve and ``heatmap_pairs`` pairs' weights. A scheme that
     declares ``trained_models`` first gets them trained here, under ``output_dir``
     (:func:`~tokenweight.bench.trained_models.train_declared_models`)."""
     from tokenweight.keyfact import key_slot
@@ -124,7 +127,7 @@ def run_one(settings: BenchSettings, base_path: str, label: str, variant: str, s
     config = run_config(settings, row, variant, seed, Path(output_dir), learning_rate)
     tokenizer = load_tokenizer(base_path)
     train_rows = with_oracle_weights(load_run_splits(config).train, row, tokenizer, settings.facts)
-    eval_rows = with_oracle_weights(evaluation_rows(settings, eval_seed, eval_size), row, tokenizer, settings.facts)
+    eval_rows = with_oracle_weights(evaluation_rows(settings, eval_split, eval_size), row, tokenizer, settings.facts)
     # every split through the scheme's data preparation, as `tokenweight train` does (AttentionPO: the judge's cache)
     train = prepare_split(config, base_path, tokenizer, train_rows, "train")
     evaluation = prepare_split(config, base_path, tokenizer, eval_rows, "eval")
@@ -165,7 +168,7 @@ def reference_items(settings: BenchSettings, base_path: str) -> dict[str, list]:
     config = run_config(settings, bench_row(baseline_label()), settings.variants[0], 0, Path("unused"),
                         settings.learning_rate)
     tokenizer = load_tokenizer(base_path)
-    rows = evaluation_rows(settings, settings.eval_seed, settings.eval_size)
+    rows = evaluation_rows(settings, "eval", settings.eval_size)
     pairs = tokenize_split(config, tokenizer, rows, "eval")
     items = item_metrics(load_causal_lm(base_path), None, tokenizer, pairs, rows, settings)
     return {**items, "pref_acc": [0.5] * len(rows)}  # the reference is its own reference: every pair ties

@@ -36,8 +36,8 @@ class BenchSettings:
     """Every run shares all of this except its row, variant and seed.
 
     ``rows``: table rows (:func:`~tokenweight.bench.rows.bench_row`); the first variant is the one where ablation
-    rows (``scheme:ablation``) run. ``eval_seed`` draws the fixed evaluation set (independent of the training seeds);
-    ``validation_seed`` the ``--tune`` selection set. ``jobs``: worker processes (one thread each).
+    rows (``scheme:ablation``) run. ``eval_seed`` (``keyfact_eval_seed``) draws the fixed evaluation set
+    (independent of the training seeds) and the disjoint ``validation`` split ``--tune`` selects on. ``jobs``: worker processes (one thread each).
     ``trained_models_all_variants``: a row whose scheme trains models first (``trained_models``; TIS-DPO, three
     trainings per run) runs on every variant (True) or, like the ablation rows, on the first only (False).
     """
@@ -50,9 +50,8 @@ class BenchSettings:
     facts: str | None = None
     train_size: int = 512
     eval_size: int = 512
-    eval_seed: int = 1000
-    validation_seed: int = 2000
-    validation_size: int = 256
+    eval_seed: int = 0
+    validation_size: int = 128
     learning_rate: float = field(default_factory=lambda: budget()["learning_rate"])
     epochs: float = field(default_factory=lambda: budget()["epochs"])
     batch_size: int = field(default_factory=lambda: budget()["batch_size"])
