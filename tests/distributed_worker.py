@@ -32,6 +32,7 @@ from tokenweight.config import TokenweightConfig  # noqa: E402
 from tokenweight.data import tokenize_preference_dataset  # noqa: E402
 from tokenweight.run import prepare_raw  # noqa: E402
 from tokenweight.trainer import TokenweightTrainer  # noqa: E402
+from tokenweight.weights.base import scheme_class  # noqa: E402
 
 
 class RowRecorder:
@@ -47,8 +48,11 @@ class RowRecorder:
         return batch
 
 
-def sharding(model: torch.nn.Module) -> dict:
-    """Whether ``model`` is an FSDP2 module, and per parameter ``[local elements, full elements]``."""
+def sharding(model: torch.nn.Module | None) -> dict | None:
+    """Whether ``model`` is an FSDP2 module, and per parameter ``[local elements, full elements]``; ``None`` for no
+    model (a reference-free scheme's reference)."""
+    if model is None:
+        return None
     return {"fsdp_module": isinstance(model, FSDPModule),
             "params": {name: [p.to_local().numel() if isinstance(p, DTensor) else p.numel(), p.numel()]
                        for name, p in model.named_parameters()}}
@@ -79,7 +83,9 @@ def main() -> None:
                       "train", model=reference)
     dataset, _ = tokenize_preference_dataset(raw, tokenizer, max_length=None)
     policy = make_model(len(tokenizer), seed=0, max_position_embeddings=256)
-    trainer = TokenweightTrainer(policy, reference, args, train_dataset=dataset, processing_class=tokenizer)
+    uses_reference = scheme_class(cli.weighting).uses_reference  # SimPO, ConfPO: no reference model at all
+    trainer = TokenweightTrainer(policy, reference if uses_reference else None, args, train_dataset=dataset,
+                                 processing_class=tokenizer)
     recorder = RowRecorder(trainer.data_collator)
     trainer.data_collator = recorder
     trainer.train()
