@@ -1,5 +1,6 @@
 """``tokenweight train --weighting S --max_steps 2`` on the built-in task for the baselines ``lddpo``, ``d2po`` and
-``sampo`` (the small KeyFact model), and WPO's ``--use_weighting`` with one of them."""
+``sampo`` (the small KeyFact model), WPO's ``--use_weighting`` with one of them, and ``tokenweight weights`` for
+every scheme that runs on the built-in task."""
 
 from __future__ import annotations
 
@@ -47,3 +48,26 @@ def test_the_train_help_lists_the_baselines_flags(capsys):
     assert "lddpo (--weighting lddpo):" in text and "--ld_alpha" in text
     assert "d2po (--weighting d2po):" in text and "--d2po_gamma" in text
     assert "--use_weighting" in text
+
+
+def _weights_rows():
+    from tokenweight.bench.rows import default_schemes
+    from tokenweight.weights.base import scheme_class
+    return [s for s in default_schemes() if not scheme_class(s).trained_models]
+
+
+@pytest.mark.parametrize("weighting", _weights_rows())
+def test_tokenweight_weights_shows_every_scheme_on_the_built_in_task(keyfact_cache, tmp_path, weighting):  # noqa: F811
+    """Each scheme that runs on the built-in task has its row in ``tokenweight weights`` (TIS-DPO: its weights come
+    from two models the user trains first, tests/test_tisdpo.py): one weight per completion token, finite, ≥ 0."""
+    import re
+
+    recipe = tmp_path / "small.yaml"
+    recipe.write_text("keyfact_model_size: small\nkeyfact_train_size: 8\nkeyfact_eval_size: 2\n")
+    report = tmp_path / "weights.html"
+    assert main(["weights", "--config", str(recipe), "--weighting", weighting, "--num_pairs", "2",
+                 "--output", str(report)]) == 0
+    html = report.read_text()
+    weights = [float(w) for w in re.findall(r'class="tok" data-weight="([^"]+)"', html)]
+    assert len(weights) >= 8 and all(w >= 0 and w == w for w in weights), weights
+    assert f"weighting</td><td>{weighting}" in html
