@@ -108,18 +108,6 @@ def end_reference_step(model: nn.Module) -> None:
         model.reset_iter_state()
 
 
-def init_root(model: nn.Module) -> None:
-    """Make the FSDP2 model ``model`` the root of its units (idempotent; a no-op for other models).
-
-    FSDP2 takes as root the first unit that runs a forward. Scheme passes call the input embedding, the decoder
-    stack or the output head on their own (TI-DPO's attribution before the policy's first forward, anchor scoring,
-    the TDPO2 KL), which would make a sub-unit the root and then fail ("FSDP requires a single root module").
-    This runs FSDP2's lazy initialisation from the model itself, as its first forward would.
-    """
-    if isinstance(model, FSDPModule):
-        model._get_fsdp_state()._lazy_init()
-
-
 def reshard(model: nn.Module) -> None:
     """Free the gathered full parameters of every FSDP2 unit of ``model`` (a no-op for units already sharded).
 
