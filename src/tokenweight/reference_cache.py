@@ -21,10 +21,9 @@ from pathlib import Path
 
 import datasets
 from safetensors import safe_open
-from safetensors.torch import save
 from torch import nn
 
-from tokenweight.cache_files import flatten_rows, unflatten_rows, write_atomic
+from tokenweight.cache_files import encode_pair_rows, unflatten_rows, write_atomic, write_json_manifest
 from tokenweight.fingerprint import (dataset_fingerprint, fingerprint_differences, model_fingerprint,
                                      tokenizer_fingerprint)
 from tokenweight.errors import UserError
@@ -64,7 +63,7 @@ def read_manifest(folder: str | os.PathLike) -> dict | None:
 
 
 def _write_manifest(folder: Path, manifest: dict) -> None:
-    write_atomic(folder / MANIFEST, json.dumps(manifest, indent=1).encode())
+    write_json_manifest(folder / MANIFEST, manifest)
 
 
 def shard_path(folder: str | os.PathLike, index: int) -> Path:
@@ -109,10 +108,7 @@ def write_missing_shards(folder: str | os.PathLike, manifest: dict, ref_model: n
 
 
 def _write_shard(folder: Path, index: int, chosen: list[list[float]], rejected: list[list[float]]) -> None:
-    (chosen_values, chosen_lengths), (rejected_values, rejected_lengths) = flatten_rows(chosen), flatten_rows(rejected)
-    tensors = {"chosen": chosen_values, "chosen_lengths": chosen_lengths,
-               "rejected": rejected_values, "rejected_lengths": rejected_lengths}
-    write_atomic(shard_path(folder, index), save(tensors))
+    write_atomic(shard_path(folder, index), encode_pair_rows(chosen, rejected))
 
 
 def finish_cache(folder: str | os.PathLike, manifest: dict) -> None:

@@ -16,15 +16,14 @@ and never rewrites intact ones. A cache is only read when its fingerprint equals
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from safetensors import SafetensorError
-from safetensors.torch import load, save
 
-from tokenweight.cache_files import flatten_rows, unflatten_rows, write_atomic
+from tokenweight.cache_files import (decode_pair_rows, encode_pair_rows, read_json_manifest, write_atomic,
+                                     write_json_manifest)
 from tokenweight.errors import UserError
 from tokenweight.fingerprint import fingerprint_differences
 from tokenweight.weights.attention.fingerprint import PARTS
@@ -65,7 +64,7 @@ class CachedWeights:
 
 
 def write_manifest(folder: Path, manifest: dict) -> None:
-    write_atomic(Path(folder) / MANIFEST, json.dumps(manifest, indent=1).encode())
+    write_json_manifest(Path(folder) / MANIFEST, manifest)
 
 
 def read_manifest(folder: Path) -> dict | None:
@@ -75,18 +74,14 @@ def read_manifest(folder: Path) -> dict | None:
     format (another program's folder, or a cache written by an older tokenweight).
     """
     path = Path(folder) / MANIFEST
-    if not path.exists():
-        return None
-    try:
-        manifest = json.loads(path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise CacheDamagedError(f"attention weight cache {path.parent}: {MANIFEST} is damaged ({error}); delete "
-                                "the folder or run the precompute again to rebuild it") from None
-    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
-        found = manifest.get("format") if isinstance(manifest, dict) else None
-        raise CacheMismatchError(f"{path} is not a tokenweight attention weight cache of format {FORMAT!r} "
-                                 f"(found {found!r}); delete the folder or choose another one to recompute")
-    return manifest
+    return read_json_manifest(
+        path, FORMAT,
+        damaged=lambda error: CacheDamagedError(f"attention weight cache {path.parent}: {MANIFEST} is damaged "
+                                                f"({error}); delete the folder or run the precompute again to "
+                                                "rebuild it"),
+        mismatch=lambda found: CacheMismatchError(f"{path} is not a tokenweight attention weight cache of format "
+                                                  f"{FORMAT!r} (found {found!r}); delete the folder or choose "
+                                                  "another one to recompute"))
 
 
 def shard_name(index: int) -> str:
@@ -100,9 +95,7 @@ def shard_path(folder: Path, index: int) -> Path:
 def write_shard(folder: Path, manifest: dict, index: int, chosen: list[list[float]], rejected: list[list[float]],
                 stats: WeightStats) -> None:
     """Write one shard atomically, then record its checksum and statistics in ``manifest`` (rewritten)."""
-    (chosen_values, chosen_lengths), (rejected_values, rejected_lengths) = flatten_rows(chosen), flatten_rows(rejected)
-    data = save({"chosen": chosen_values, "chosen_lengths": chosen_lengths,
-                 "rejected": rejected_values, "rejected_lengths": rejected_lengths})
+    data = encode_pair_rows(chosen, rejected)
     write_atomic(shard_path(folder, index), data)
     manifest["shards"][shard_name(index)] = {"sha256": hashlib.sha256(data).hexdigest(), "rows": len(chosen),
                                              "stats": asdict(stats)}
@@ -134,9 +127,7 @@ def read_shard(folder: Path, manifest: dict, index: int) -> tuple[list[list[floa
         raise CacheDamagedError(f"attention weight cache {folder}: {path.name} {problem}; run the precompute "
                                 "again (same settings) to recompute it")
     try:
-        tensors = load(data)
-        chosen = unflatten_rows(tensors["chosen"], tensors["chosen_lengths"])
-        rejected = unflatten_rows(tensors["rejected"], tensors["rejected_lengths"])
+        chosen, rejected = decode_pair_rows(data)
     except (SafetensorError, KeyError, RuntimeError) as error:
         raise CacheDamagedError(f"attention weight cache {folder}: {path.name} is unreadable ({error})") from None
     if not len(chosen) == len(rejected) == entry["rows"]:

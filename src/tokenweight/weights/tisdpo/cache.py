@@ -16,13 +16,12 @@ costs two forwards per response (the attention cache's shards exist for a judge 
 from __future__ import annotations
 
 import hashlib
-import json
 from pathlib import Path
 
 from safetensors import SafetensorError
-from safetensors.torch import load, save
 
-from tokenweight.cache_files import flatten_rows, unflatten_rows, write_atomic
+from tokenweight.cache_files import (decode_pair_rows, encode_pair_rows, read_json_manifest, write_atomic,
+                                     write_json_manifest)
 from tokenweight.errors import UserError
 from tokenweight.fingerprint import fingerprint_differences
 
@@ -35,16 +34,12 @@ PARTS = ("positive_model", "negative_model", "tokenizer", "dataset")
 def read_manifest(folder: Path) -> dict | None:
     """The manifest of the cache ``folder``, ``None`` when there is none; another format is a :class:`UserError`."""
     path = Path(folder) / MANIFEST
-    if not path.exists():
-        return None
-    try:
-        manifest = json.loads(path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise UserError(f"TIS-DPO reward cache {path} is damaged ({error}); delete the folder to recompute") from None
-    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
-        raise UserError(f"{path} is not a tokenweight TIS-DPO reward cache of format {FORMAT!r}; delete the folder "
-                        "or choose another --tisdpo_weights")
-    return manifest
+    return read_json_manifest(
+        path, FORMAT,
+        damaged=lambda error: UserError(f"TIS-DPO reward cache {path} is damaged ({error}); delete the folder to "
+                                        "recompute"),
+        mismatch=lambda found: UserError(f"{path} is not a tokenweight TIS-DPO reward cache of format {FORMAT!r}; "
+                                         "delete the folder or choose another --tisdpo_weights"))
 
 
 def check_fingerprint(manifest: dict, expected: dict, folder: Path, parts: tuple[str, ...] = PARTS) -> None:
@@ -60,13 +55,11 @@ def write_rewards(folder: Path, fingerprint: dict, chosen: list[list[float]], re
     """Write the rewards file, then the manifest naming its checksum."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    (chosen_values, chosen_lengths), (rejected_values, rejected_lengths) = flatten_rows(chosen), flatten_rows(rejected)
-    data = save({"chosen": chosen_values, "chosen_lengths": chosen_lengths,
-                 "rejected": rejected_values, "rejected_lengths": rejected_lengths})
+    data = encode_pair_rows(chosen, rejected)
     write_atomic(folder / REWARDS, data)
     manifest = {"format": FORMAT, "fingerprint": fingerprint, "num_rows": len(chosen),
                 "sha256": hashlib.sha256(data).hexdigest()}
-    write_atomic(folder / MANIFEST, json.dumps(manifest, indent=1).encode())
+    write_json_manifest(folder / MANIFEST, manifest)
 
 
 def read_rewards(folder: Path, manifest: dict) -> tuple[list[list[float]], list[list[float]]]:
@@ -78,9 +71,7 @@ def read_rewards(folder: Path, manifest: dict) -> tuple[list[list[float]], list[
         raise UserError(f"TIS-DPO reward cache {path} is {'missing' if data is None else 'damaged'} (checksum in "
                         f"{MANIFEST}); delete the folder to recompute")
     try:
-        tensors = load(data)
-        chosen = unflatten_rows(tensors["chosen"], tensors["chosen_lengths"])
-        rejected = unflatten_rows(tensors["rejected"], tensors["rejected_lengths"])
+        chosen, rejected = decode_pair_rows(data)
     except (SafetensorError, KeyError, RuntimeError) as error:
         raise UserError(f"TIS-DPO reward cache {path} is unreadable ({error})") from None
     return chosen, rejected
