@@ -64,7 +64,8 @@ def main(argv: list[str] | None = None) -> dict:
     params = sum(p.numel() for p in model.parameters())
     print(f"`{command_line()}`\n")
     print(f"base model `{path.name}`: {params:,} parameters, built in {build['build_seconds']:.0f} s "
-          f"({build['steps']} SFT steps, judge_fraction {build['judge_fraction']}); this script "
+          f"({build['steps']} SFT steps with judge_fraction {build['judge_fraction']}, then "
+          f"{sum(steps for steps, _ in build['judge_phases'])} judge-stage steps {build['judge_phases']}); this script "
           f"{time.perf_counter() - start:.0f} s\n")
     print(markdown_table(["split", "pairs", "judge verdict acc", "vs lure (pairs)", "vs other distractor (pairs)"],
                          rows))

@@ -334,6 +334,15 @@ def test_small_base_model_saves_reloads_and_is_deterministic(small_model_path, f
     assert json.loads((small_model_path / "keyfact_build.json").read_text())["size"] == "small"
 
 
+def test_the_judge_stage_trains_after_the_answers_and_enters_the_cache_key(facts, single_thread):
+    settings = base_model_module._build_settings("small", 0, 0.5, 0.1, 1, 3, facts)
+    phased = {**settings, "judge_phases": [[3, base_model_module.JUDGE_MIX], [4, {"verify": 0.5, "judge": 0.5}]]}
+    _, _, losses = base_model_module._train(phased, facts, progress=False)
+    assert len(losses) == SIZES["small"]["steps"] + 7 and all(math.isfinite(loss) for loss in losses)
+    assert base_model_module._digest(phased) != base_model_module._digest(settings)
+    assert SIZES["default"]["judge_phases"]  # the built-in model learns to judge
+
+
 def _answer_heads(facts):
     """``{answer sentence: (family, row, word)}`` for every row and every key or distractor word."""
     heads = {}
@@ -351,13 +360,15 @@ def _parse_answer(text, heads):
     return found[0]
 
 
-def test_sft_corpus_judge_verdicts_are_correct_and_answers_stay_at_p_correct(facts, tokenizer):
+def test_sft_corpus_verdicts_are_correct_and_answers_stay_at_p_correct(facts, tokenizer):
+    """Judge verdicts name the answer with the correct key, verification replies say whether the one answer's key is
+    correct (both balanced between ``a`` and ``b``), and the answers hold the key only ``p_correct`` of the time."""
     heads = _answer_heads(facts)
-    verdicts = {"a": 0, "b": 0}
-    answers = judged = correct_answers = 0
-    for input_ids, attention_mask, labels in sft_batches(tokenizer, facts, steps=60, batch_size=16, seed=0,
-                                                         p_correct=0.5, judge_fraction=0.5, filler_min=1,
-                                                         filler_max=3):
+    verdicts = {"judge": {"a": 0, "b": 0}, "verify": {"a": 0, "b": 0}}
+    answers = correct_answers = 0
+    batches = sft_batches(tokenizer, facts, [(90, {"judge": 0.4, "verify": 0.3, "answer": 0.3})], batch_size=16,
+                          stream="test", p_correct=0.5, filler_min=1, filler_max=3)
+    for input_ids, attention_mask, labels in batches:
         for ids, mask, row_labels in zip(input_ids, attention_mask, labels):
             ids = ids[mask.bool()].tolist()
             reply = tokenizer.decode([i for i, label in zip(ids, row_labels.tolist()) if label != -100])
@@ -372,16 +383,46 @@ def test_sft_corpus_judge_verdicts_are_correct_and_answers_stay_at_p_correct(fac
                                                                                                     answer_b))
                 assert row_a is row_b and (word_a == row_a["key"]) != (word_b == row_b["key"])
                 assert reply == ("a" if word_a == row_a["key"] else "b")  # the verdict names the correct key
-                verdicts[reply] += 1
-                judged += 1
+                verdicts["judge"][reply] += 1
+            elif reply in ("a", "b"):
+                user = prompt.split("<|user|>")[1].split("<|end|>")[0].strip()
+                answer = max((head for head in heads if user.endswith(" " + head)), key=len)  # one answer, no filler
+                _, row, word = heads[answer]
+                assert row["subject"] in user[:-len(answer)]  # the question asks about the answer's subject
+                assert reply == ("a" if word == row["key"] else "b")  # a: the key is correct
+                verdicts["verify"][reply] += 1
             else:
                 _, row, word = _parse_answer(reply, heads)
                 assert word in (row["key"], row["distractors"][0])
                 answers += 1
                 correct_answers += word == row["key"]
-    assert judged > 300 and answers > 300 and verdicts["a"] + verdicts["b"] == judged
-    assert abs(verdicts["a"] / judged - 0.5) <= 4 * math.sqrt(0.25 / judged)  # no position bias to learn
+    for kind, counts in verdicts.items():
+        judged = counts["a"] + counts["b"]
+        assert judged > 300, kind
+        assert abs(counts["a"] / judged - 0.5) <= 4 * math.sqrt(0.25 / judged), kind  # no position bias to learn
+    assert answers > 300
     assert abs(correct_answers / answers - 0.5) <= 4 * math.sqrt(0.25 / answers)  # answers stay at p_correct
+
+
+def test_sft_phases_draw_each_kind_at_its_mix_fraction_and_a_bad_mix_is_refused(facts, tokenizer):
+    mix = {"judge": 0.25, "verify": 0.25, "answer": 0.5}
+    kinds = {"judge": 0, "verify": 0, "answer": 0}
+    phases = [(400, mix), (100, {"answer": 1.0})]
+    batches = list(sft_batches(tokenizer, facts, phases, batch_size=1, stream="mix", p_correct=0.5, filler_min=1,
+                               filler_max=3))
+    assert len(batches) == 500
+    for step, (input_ids, attention_mask, labels) in enumerate(batches):
+        text = tokenizer.decode(input_ids[0][attention_mask[0].bool()].tolist())
+        reply = " ".join(tokenizer.decode(input_ids[0][labels[0] != -100].tolist()).split()[:-1])  # minus <|end|>
+        kind = "judge" if "[ start of answer a ]" in text else "verify" if reply in ("a", "b") else "answer"
+        assert step < 400 or kind == "answer"  # the second phase's mix
+        kinds[kind] += step < 400
+    for kind, fraction in mix.items():
+        assert abs(kinds[kind] / 400 - fraction) <= 4 * math.sqrt(fraction * (1 - fraction) / 400), kinds
+    for bad in ({"judge": 0.5, "answer": 0.4}, {"judge": 0.5, "answers": 0.5}, {"judge": -0.5, "answer": 1.5}):
+        with pytest.raises(ValueError, match="SFT mix"):
+            next(sft_batches(tokenizer, facts, [(1, bad)], batch_size=1, stream="mix", p_correct=0.5, filler_min=1,
+                             filler_max=3))
 
 
 def test_sft_judge_prompt_is_the_attentionpo_judge_input(tokenizer):

@@ -35,14 +35,24 @@ from .tokenizer import CHAT_TEMPLATE, build_keyfact_tokenizer
 BUILD_MODULES = ("base_model.py", "sft.py", "tokenizer.py", "facts.py")
 SETTINGS_FILE = "keyfact_build.json"
 
-# Model shape and SFT budget per size. "default" is what `tokenweight train` uses; "small" builds in seconds (tests).
-# 1200 default steps: at 800 the build could leave the reference copying the wrong subject on held-out animal-sound
-# paraphrases (format rate 0.92 on the eval split); at 1200 and 2000 it was >= 0.996.
+# Model shape and the two SFT stages per size. "default" is what `tokenweight train` uses; "small" builds in seconds
+# (tests). Stage 1 (`steps`, `lr`, `warmup`): the answers, plus `judge_fraction` judge batches. 1200 default steps: at
+# 800 the build could leave the reference copying the wrong subject on held-out animal-sound paraphrases (format rate
+# 0.92 on the eval split); at 1200 and 2000 it was >= 0.996. Stage 2 (`judge_phases`: (batches, mix) in turn, one
+# schedule of `judge_lr` with `judge_warmup` over all of them): the judge, learned from verification conversations
+# (which key is right for each subject) and judge conversations, while answer batches keep the answers at p_correct.
+# The judge leaves chance late and not on every corpus stream (docs/KEYFACT.md, "The judge", has the measured
+# streams); the default build's does. The small model has no judge stage (20 steps of it broke its answers); the
+# stage is tested on it with other phases.
+JUDGE_MIX = {"answer": 0.2, "verify": 0.5, "judge": 0.3}
 SIZES: dict[str, dict[str, Any]] = {
     "default": {"hidden_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2,
-                "intermediate_size": 256, "steps": 1200, "batch_size": 32, "lr": 3e-3, "warmup": 50},
+                "intermediate_size": 256, "steps": 1200, "batch_size": 32, "lr": 3e-3, "warmup": 50,
+                "judge_phases": [[2500, JUDGE_MIX]], "judge_lr": 3e-3,
+                "judge_warmup": 100},
     "small": {"hidden_size": 32, "num_hidden_layers": 1, "num_attention_heads": 4, "num_key_value_heads": 2,
-              "intermediate_size": 64, "steps": 100, "batch_size": 16, "lr": 1e-2, "warmup": 10},
+              "intermediate_size": 64, "steps": 100, "batch_size": 16, "lr": 1e-2, "warmup": 10,
+              "judge_phases": [], "judge_lr": 1e-2, "judge_warmup": 5},  # no judge stage: the tests' answer model
 }
 MAX_POSITIONS = 512
 
@@ -113,10 +123,17 @@ def _train(settings: dict[str, Any], facts: dict[str, Any], progress: bool):
     with one_thread(), torch.random.fork_rng(devices=[]):
         torch.manual_seed(settings["seed"])
         model = AutoModelForCausalLM.from_config(config)
-        batches = sft_batches(tokenizer, facts, settings["steps"], settings["batch_size"], settings["seed"],
-                              settings["p_correct"], settings["judge_fraction"], settings["filler_min"],
-                              settings["filler_max"])
-        losses = train_sft(model, batches, settings["steps"], settings["lr"], settings["warmup"], progress)
+        first_stage = [(settings["steps"], {"judge": settings["judge_fraction"],
+                                            "answer": 1.0 - settings["judge_fraction"]})]
+        answers = sft_batches(tokenizer, facts, first_stage, settings["batch_size"], f"keyfact-sft-{settings['seed']}",
+                              settings["p_correct"], settings["filler_min"], settings["filler_max"])
+        losses = train_sft(model, answers, settings["steps"], settings["lr"], settings["warmup"], progress)
+        judge_steps = sum(steps for steps, _ in settings["judge_phases"])
+        judge = sft_batches(tokenizer, facts, settings["judge_phases"], settings["batch_size"],
+                            f"keyfact-sft-judge-{settings['seed']}", settings["p_correct"], settings["filler_min"],
+                            settings["filler_max"])
+        losses += train_sft(model, judge, judge_steps, settings["judge_lr"], settings["judge_warmup"], progress,
+                            desc="KeyFact base model (SFT, judge stage)")
     model.generation_config.eos_token_id = tokenizer.eos_token_id
     model.generation_config.pad_token_id = tokenizer.pad_token_id
     model.generation_config.bos_token_id = tokenizer.bos_token_id
@@ -134,7 +151,8 @@ def keyfact_base_model(cache_dir: str | Path | None = None, seed: int = 0, size:
         seed: seeds the weight initialisation and the SFT corpus; the build is deterministic given the settings.
         size: a key of :data:`SIZES` (``"default"``, or ``"small"`` for tests).
         p_correct: probability that an SFT answer holds the correct key rather than the row's lure.
-        judge_fraction: fraction of SFT batches made of judge conversations (0: no judge examples).
+        judge_fraction: fraction of the first SFT stage's batches made of judge conversations (the second stage,
+            which teaches the judge, draws its batches from the size's ``judge_mix``).
         filler_min, filler_max: filler sentences per SFT answer.
         facts_path: facts file, loaded facts dict, or ``None`` (built-in).
         progress: show a progress bar while training.

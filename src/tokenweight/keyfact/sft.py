@@ -7,11 +7,18 @@ preference training, while the base model plays a pretrained model that has read
 - *answer* conversations: a question and the answer template holding the correct key with probability
   ``p_correct``, the row's lure (``distractors[0]``) otherwise, followed by filler sentences; the reference model
   thus splits its probability between key and lure;
-- *judge* conversations (a fraction ``judge_fraction`` of the batches): AttentionPO's judge template
-  (``tokenweight/weights/attention/judge.txt``) holding a question and two answers that differ in the key (correct vs
-  a uniform distractor, random order, independent filler); the assistant replies with the letter (``a`` / ``b``) of
-  the answer with the correct key — always the correct verdict. The user turn is, token for token, the judge input
-  AttentionPO builds for a pair (:func:`judge_messages`).
+- *judge* conversations: AttentionPO's judge template (``tokenweight/weights/attention/judge.txt``) holding a
+  question and two answers that differ in the key (correct vs a uniform distractor, random order, independent
+  filler); the assistant replies with the letter (``a`` / ``b``) of the answer with the correct key — always the
+  correct verdict. The user turn is, token for token, the judge input AttentionPO builds for a pair
+  (:func:`judge_messages`);
+- *verification* conversations: a question followed by one answer without filler (the correct key or a uniform
+  distractor, each half the time) as the user turn, and the reply ``a`` when the key is correct, ``b`` otherwise.
+  They teach which key is right for each subject as a judgement (the answers never do: they stay at
+  ``p_correct``); mixed with judge conversations, they are what lets the judge leave chance (docs/KEYFACT.md).
+
+A batch's kind is drawn from a *mix* (``{"answer": …, "judge": …, "verify": …}``, fractions summing to 1); a corpus
+is a list of phases, each a number of batches and their mix.
 
 The loss is the next-token cross entropy on the assistant turn (its content and the closing ``<|end|>``).
 """
@@ -82,6 +89,27 @@ def judge_conversation(rng: random.Random, facts: dict[str, Any], template: str,
     return judge_messages(template, question, answer_a, answer_b, JUDGE_VERDICTS[0 if good_first else 1])
 
 
+def verification_conversation(rng: random.Random, facts: dict[str, Any]) -> list[dict[str, str]]:
+    """One verification conversation: ``question answer`` (no filler; the correct key or a uniform distractor,
+    half the time each) answered ``a`` when the key is correct, else ``b``."""
+    family, row, question = _question(rng, facts)
+    correct = rng.random() < 0.5
+    answer = fill(family["answer"], row["subject"], row["key"] if correct else rng.choice(row["distractors"]))
+    return [{"role": "user", "content": f"{question} {answer}"},
+            {"role": "assistant", "content": JUDGE_VERDICTS[0 if correct else 1]}]
+
+
+#: The conversation kinds of an SFT mix, in the order a batch's kind is drawn from one uniform number.
+MIX_KINDS = ("judge", "verify", "answer")
+
+
+def check_mix(mix: dict[str, float]) -> None:
+    """A mix names only :data:`MIX_KINDS`, with fractions in [0, 1] that sum to 1."""
+    unknown = sorted(set(mix) - set(MIX_KINDS))
+    if unknown or any(not 0.0 <= f <= 1.0 for f in mix.values()) or abs(sum(mix.values()) - 1.0) > 1e-9:
+        raise ValueError(f"an SFT mix maps {list(MIX_KINDS)} to fractions in [0, 1] summing to 1, got {mix}")
+
+
 def encode_conversation(tokenizer, messages: list[dict[str, str]]) -> tuple[list[int], list[int]]:
     """``(input_ids, labels)`` of one conversation; labels are -100 outside the last (assistant) turn."""
     prompt = tokenizer.apply_chat_template(messages[:-1], add_generation_prompt=True, tokenize=False)
@@ -93,20 +121,29 @@ def encode_conversation(tokenizer, messages: list[dict[str, str]]) -> tuple[list
     return ids, [-100] * len(prompt_ids) + ids[len(prompt_ids):]
 
 
-def sft_batches(tokenizer, facts: dict[str, Any], steps: int, batch_size: int, seed: int, p_correct: float,
-                judge_fraction: float, filler_min: int, filler_max: int):
-    """Yield ``steps`` batches ``(input_ids, attention_mask, labels)``, each ``[batch_size, L]``, right padded.
+def sft_batches(tokenizer, facts: dict[str, Any], phases: list[tuple[int, dict[str, float]]], batch_size: int,
+                stream: str, p_correct: float, filler_min: int, filler_max: int):
+    """Yield the batches ``(input_ids, attention_mask, labels)``, each ``[batch_size, L]``, right padded, of every
+    phase ``(steps, mix)`` in turn: ``steps`` batches whose kinds are drawn from ``mix``.
 
-    A batch holds only answer conversations or only judge conversations (the latter are ~5x longer, so mixing
-    would pad every batch to judge length).
+    ``stream`` seeds the corpus (``random.Random(stream)``). A batch holds conversations of one kind (judge
+    conversations are ~5x longer than the others, so mixing would pad every batch to judge length).
     """
-    rng = random.Random(f"keyfact-sft-{seed}")
+    for _, mix in phases:
+        check_mix(mix)
+    rng = random.Random(stream)
     template = default_template()
-    for _ in range(steps):
-        judge = rng.random() < judge_fraction
-        rows = [encode_conversation(tokenizer, judge_conversation(rng, facts, template, filler_min, filler_max)
-                                    if judge else answer_conversation(rng, facts, p_correct, filler_min, filler_max))
-                for _ in range(batch_size)]
+    makers = {"judge": lambda: judge_conversation(rng, facts, template, filler_min, filler_max),
+              "verify": lambda: verification_conversation(rng, facts),
+              "answer": lambda: answer_conversation(rng, facts, p_correct, filler_min, filler_max)}
+    for mix in (mix for steps, mix in phases for _ in range(steps)):
+        draw, kind = rng.random(), "answer"
+        for name in MIX_KINDS[:-1]:
+            if draw < mix.get(name, 0.0):
+                kind = name
+                break
+            draw -= mix.get(name, 0.0)
+        rows = [encode_conversation(tokenizer, makers[kind]()) for _ in range(batch_size)]
         length = max(len(ids) for ids, _ in rows)
         input_ids = torch.full((batch_size, length), tokenizer.pad_token_id, dtype=torch.long)
         labels = torch.full((batch_size, length), -100, dtype=torch.long)
@@ -118,8 +155,10 @@ def sft_batches(tokenizer, facts: dict[str, Any], steps: int, batch_size: int, s
         yield input_ids, attention_mask, labels
 
 
-def train_sft(model, batches, steps: int, lr: float, warmup: int, progress: bool) -> list[float]:
-    """AdamW with linear warmup and cosine decay to 10% of ``lr``; returns the per-step losses."""
+def train_sft(model, batches, steps: int, lr: float, warmup: int, progress: bool,
+              desc: str = "KeyFact base model (SFT)") -> list[float]:
+    """AdamW (a fresh optimizer) with linear warmup and cosine decay to 10% of ``lr``; returns the per-step
+    losses."""
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, betas=(0.9, 0.98), weight_decay=0.0)
 
     def lr_factor(step: int) -> float:
@@ -130,7 +169,7 @@ def train_sft(model, batches, steps: int, lr: float, warmup: int, progress: bool
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor)
     model.train()
     losses = []
-    bar = tqdm(batches, total=steps, desc="KeyFact base model (SFT)", disable=not progress)
+    bar = tqdm(batches, total=steps, desc=desc, disable=not progress)
     for input_ids, attention_mask, labels in bar:
         loss = model(input_ids=input_ids, attention_mask=attention_mask, labels=labels).loss
         if not torch.isfinite(loss):
