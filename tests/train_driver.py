@@ -5,6 +5,7 @@ When the loss of step ``STEP + 1`` is about to be computed (so ``checkpoint-STEP
 SIGINT a real CLI run at a known point. As a script: ``python tests/train_driver.py STEP MARKER ARGS…``.
 """
 
+import signal
 import sys
 import time
 from pathlib import Path
@@ -32,4 +33,9 @@ def train_hanging(stop_step: int, marker: Path, argv: list[str]) -> int:
 
 
 if __name__ == "__main__":
+    # the test sends this process SIGINT, as a terminal's Ctrl-C would; a child inherits its parent's signal mask and
+    # ignored signals (a suite started in the background hands SIGINT ignored, and Python then installs no
+    # KeyboardInterrupt handler), so start from a terminal's state whatever ran in the test process before
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     raise SystemExit(train_hanging(int(sys.argv[1]), Path(sys.argv[2]), sys.argv[3:]))
