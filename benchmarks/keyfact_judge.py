@@ -31,6 +31,7 @@ from tokenweight.keyfact import (build_keyfact, evaluate_keyfact, key_margins, k
                                  one_thread)
 from tokenweight.keyfact.facts import find_row, load_facts  # noqa: E402
 from tokenweight.keyfact.judge import judge_verdict_accuracy  # noqa: E402
+from tokenweight.keyfact.sft import phase_steps  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -65,7 +66,7 @@ def main(argv: list[str] | None = None) -> dict:
     print(f"`{command_line()}`\n")
     print(f"base model `{path.name}`: {params:,} parameters, built in {build['build_seconds']:.0f} s "
           f"({build['steps']} SFT steps with judge_fraction {build['judge_fraction']}, then "
-          f"{sum(steps for steps, _ in build['judge_phases'])} judge-stage steps {build['judge_phases']}); this script "
+          f"{phase_steps(build['judge_phases'])} judge-stage steps {build['judge_phases']}); this script "
           f"{time.perf_counter() - start:.0f} s\n")
     print(markdown_table(["split", "pairs", "judge verdict acc", "vs lure (pairs)", "vs other distractor (pairs)"],
                          rows))

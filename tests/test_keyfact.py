@@ -343,6 +343,17 @@ def test_the_judge_stage_trains_after_the_answers_and_enters_the_cache_key(facts
     assert SIZES["default"]["judge_phases"]  # the built-in model learns to judge
 
 
+def test_a_build_with_a_judge_stage_prints_and_records_its_verdict_accuracy(tmp_path, facts, capsys, monkeypatch):
+    phased = {**SIZES["small"], "judge_phases": [[2, {"verify": 0.5, "judge": 0.5}]]}
+    monkeypatch.setitem(SIZES, "small", phased)
+    path = keyfact_base_model(cache_dir=tmp_path, size="small", progress=False)
+    recorded = json.loads((path / "keyfact_build.json").read_text())["judge_verdict_accuracy_train"]
+    model, tokenizer = AutoModelForCausalLM.from_pretrained(path), AutoTokenizer.from_pretrained(path)
+    pairs = build_keyfact(n_train=base_model_module.JUDGE_CHECK_PAIRS, n_eval=1, n_validation=1)["train"]
+    assert recorded == pytest.approx(judge_verdict_accuracy(model, tokenizer, pairs), abs=1e-6)
+    assert f"judge verdict accuracy {recorded:.3f} on 128 training pairs" in capsys.readouterr().err
+
+
 def _answer_heads(facts):
     """``{answer sentence: (family, row, word)}`` for every row and every key or distractor word."""
     heads = {}

@@ -16,6 +16,7 @@ import hashlib
 import json
 import os
 import shutil
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -28,7 +29,7 @@ from transformers import AutoModelForCausalLM, LlamaConfig
 
 from ..weights.attention.judge import default_template
 from .facts import resolve_facts
-from .sft import sft_batches, sft_filler, train_sft
+from .sft import phase_steps, sft_batches, sft_filler, train_sft
 from .tokenizer import CHAT_TEMPLATE, build_keyfact_tokenizer
 
 #: The source files whose text enters the cache key (everything that decides the trained weights).
@@ -128,16 +129,34 @@ def _train(settings: dict[str, Any], facts: dict[str, Any], progress: bool):
         answers = sft_batches(tokenizer, facts, first_stage, settings["batch_size"], f"keyfact-sft-{settings['seed']}",
                               settings["p_correct"], settings["filler_min"], settings["filler_max"])
         losses = train_sft(model, answers, settings["steps"], settings["lr"], settings["warmup"], progress)
-        judge_steps = sum(steps for steps, _ in settings["judge_phases"])
         judge = sft_batches(tokenizer, facts, settings["judge_phases"], settings["batch_size"],
                             f"keyfact-sft-judge-{settings['seed']}", settings["p_correct"], settings["filler_min"],
                             settings["filler_max"])
-        losses += train_sft(model, judge, judge_steps, settings["judge_lr"], settings["judge_warmup"], progress,
+        losses += train_sft(model, judge, phase_steps(settings["judge_phases"]), settings["judge_lr"], settings["judge_warmup"], progress,
                             desc="KeyFact base model (SFT, judge stage)")
     model.generation_config.eos_token_id = tokenizer.eos_token_id
     model.generation_config.pad_token_id = tokenizer.pad_token_id
     model.generation_config.bos_token_id = tokenizer.bos_token_id
     return model, tokenizer, losses
+
+
+JUDGE_CHECK_PAIRS = 128
+
+
+def _judge_check(model, tokenizer, settings: dict[str, Any], facts: dict[str, Any]) -> dict[str, float]:
+    """The built judge's verdict accuracy on KeyFact training pairs (the held-out splits stay unseen), printed,
+    since the judge stage does not leave chance on every corpus stream (docs/KEYFACT.md, "The judge")."""
+    from .generator import build_keyfact
+    from .judge import judge_verdict_accuracy
+
+    pairs = build_keyfact(facts_path=facts, n_train=JUDGE_CHECK_PAIRS, n_eval=1, n_validation=1,
+                          seed=settings["seed"])["train"]
+    with one_thread():
+        accuracy = judge_verdict_accuracy(model, tokenizer, pairs)
+    verdict = "above chance" if accuracy >= 0.6 else "AT CHANCE: AttentionPO's premise does not hold for this model"
+    print(f"KeyFact base model: judge verdict accuracy {accuracy:.3f} on {JUDGE_CHECK_PAIRS} training pairs "
+          f"({verdict}; 0.5 is chance)", file=sys.stderr)
+    return {"judge_verdict_accuracy_train": accuracy}
 
 
 def keyfact_base_model(cache_dir: str | Path | None = None, seed: int = 0, size: str = "default",
@@ -152,7 +171,7 @@ def keyfact_base_model(cache_dir: str | Path | None = None, seed: int = 0, size:
         size: a key of :data:`SIZES` (``"default"``, or ``"small"`` for tests).
         p_correct: probability that an SFT answer holds the correct key rather than the row's lure.
         judge_fraction: fraction of the first SFT stage's batches made of judge conversations (the second stage,
-            which teaches the judge, draws its batches from the size's ``judge_mix``).
+            which teaches the judge, draws its batches from the size's ``judge_phases``).
         filler_min, filler_max: filler sentences per SFT answer.
         facts_path: facts file, loaded facts dict, or ``None`` (built-in).
         progress: show a progress bar while training.
@@ -165,12 +184,14 @@ def keyfact_base_model(cache_dir: str | Path | None = None, seed: int = 0, size:
     target.parent.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
     model, tokenizer, losses = _train(settings, facts, progress)
+    judge = _judge_check(model, tokenizer, settings, facts) if settings["judge_phases"] else {}
     staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
     try:
         model.save_pretrained(staging)
         tokenizer.save_pretrained(staging)
         record = {key: value for key, value in settings.items() if key not in ("facts", "judge_template")}
-        record.update(final_loss=sum(losses[-20:]) / len(losses[-20:]), build_seconds=time.perf_counter() - start)
+        record.update(final_loss=sum(losses[-20:]) / len(losses[-20:]), build_seconds=time.perf_counter() - start,
+                      **judge)
         (staging / SETTINGS_FILE).write_text(json.dumps(record, indent=1) + "\n")
         staging.chmod(0o755)  # mkdtemp makes it private; the cached model is ordinary readable data
         try:

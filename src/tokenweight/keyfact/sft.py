@@ -110,6 +110,11 @@ def check_mix(mix: dict[str, float]) -> None:
         raise ValueError(f"an SFT mix maps {list(MIX_KINDS)} to fractions in [0, 1] summing to 1, got {mix}")
 
 
+def phase_steps(phases: list[tuple[int, dict[str, float]]]) -> int:
+    """The number of batches of a list of phases ``(steps, mix)``."""
+    return sum(steps for steps, _ in phases)
+
+
 def encode_conversation(tokenizer, messages: list[dict[str, str]]) -> tuple[list[int], list[int]]:
     """``(input_ids, labels)`` of one conversation; labels are -100 outside the last (assistant) turn."""
     prompt = tokenizer.apply_chat_template(messages[:-1], add_generation_prompt=True, tokenize=False)
