@@ -63,11 +63,13 @@ def main(argv: list[str] | None = None) -> dict:
                          f"{results[split]['judge_lure']:.3f} ({len(lure)})",
                          f"{results[split]['judge_other']:.3f} ({len(other)})"])
     params = sum(p.numel() for p in model.parameters())
+    rounds = build.get("judge_round_accuracies_train", [])
     print(f"`{command_line()}`\n")
     print(f"base model `{path.name}`: {params:,} parameters, built in {build['build_seconds']:.0f} s "
           f"({build['steps']} SFT steps with judge_fraction {build['judge_fraction']}, then "
-          f"{phase_steps(build['judge_phases'])} judge-stage steps {build['judge_phases']}); this script "
-          f"{time.perf_counter() - start:.0f} s\n")
+          f"{phase_steps(build['judge_phases'])} judge-stage steps {build['judge_phases']} per round, "
+          f"{len(rounds)} round(s): training-pair verdict accuracy {', '.join(f'{a:.3f}' for a in rounds)}); this "
+          f"script {time.perf_counter() - start:.0f} s\n")
     print(markdown_table(["split", "pairs", "judge verdict acc", "vs lure (pairs)", "vs other distractor (pairs)"],
                          rows))
     ev = results["eval"]

@@ -4,6 +4,7 @@ differences), the oracle's weights are key-only, and --update_docs rewrites only
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -13,13 +14,14 @@ from tokenweight.bench.report import cell
 from tokenweight.cli import main
 
 
-def test_bench_quick_report_equals_runs(tmp_path, monkeypatch):
+def test_bench_quick_report_equals_runs(tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("TOKENWEIGHT_CACHE", str(tmp_path / "cache"))  # the small base model builds in seconds
     docs = tmp_path / "BENCHMARKS.md"
     docs.write_text(f"# Benchmarks\n\n## Other\nkept\n\n{DOCS_BEGIN}\nold keyfact text\n{DOCS_END}\n\n## Tail\nkept too\n")
     out = tmp_path / "report"
     assert main(["bench", "keyfact", "--quick", "--schemes", "uniform,oracle,attention", "--output_dir", str(out),
                  "--update_docs", "--docs", str(docs)]) == 0
+    assert "train_runtime" not in capsys.readouterr().out  # no per-run Trainer log dicts, only the progress bar
     results = json.loads((out / "results.json").read_text())
     runs = results["runs"]
     assert sorted((r["label"], r["seed"]) for r in runs) == [(label, seed) for label in ("attention", "oracle",
@@ -52,6 +54,9 @@ def test_bench_quick_report_equals_runs(tmp_path, monkeypatch):
     assert (items["base|uniform|1|key_share"] < 0.5).all()
     assert np.allclose(items["reference|pref_acc"], 0.5) and np.allclose(items["reference|kl_nonkey"], 0.0)
     assert "oracle_separates" in analysis and "Oracle check" in report
+    assert results["base_model_judge"]["judge_verdict_accuracy_train"] is None  # small: no judge stage
+    assert f"Base model `{Path(results['base_model']).name}` (size `small`" in report
+    assert "It has no judge stage" in report
     assert 0 <= analysis["ceiling"]["unlearned"] <= 1
 
     assert (out / "curves_base.png").stat().st_size > 1000 and (out / "forest.png").stat().st_size > 1000

@@ -320,7 +320,8 @@ def test_chat_template_renders_turns_and_prompt_is_a_token_prefix(tokenizer):
 
 def test_small_base_model_saves_reloads_and_is_deterministic(small_model_path, facts, single_thread):
     settings = base_model_module._build_settings("small", 0, 0.5, 0.1, 1, 3, facts)
-    fresh, _, losses = base_model_module._train(settings, facts, progress=False)
+    fresh, _, losses, judge = base_model_module._train(settings, facts, progress=False)
+    assert judge == {}  # the small model has no judge stage
     assert all(math.isfinite(loss) for loss in losses)
     model = AutoModelForCausalLM.from_pretrained(small_model_path)
     tokenizer = AutoTokenizer.from_pretrained(small_model_path)
@@ -337,8 +338,9 @@ def test_small_base_model_saves_reloads_and_is_deterministic(small_model_path, f
 def test_the_judge_stage_trains_after_the_answers_and_enters_the_cache_key(facts, single_thread):
     settings = base_model_module._build_settings("small", 0, 0.5, 0.1, 1, 3, facts)
     phased = {**settings, "judge_phases": [[3, base_model_module.JUDGE_MIX], [4, {"verify": 0.5, "judge": 0.5}]]}
-    _, _, losses = base_model_module._train(phased, facts, progress=False)
+    _, _, losses, judge = base_model_module._train(phased, facts, progress=False)
     assert len(losses) == SIZES["small"]["steps"] + 7 and all(math.isfinite(loss) for loss in losses)
+    assert len(judge["judge_round_accuracies_train"]) == 1  # small's judge_max_rounds
     assert base_model_module._digest(phased) != base_model_module._digest(settings)
     assert SIZES["default"]["judge_phases"]  # the built-in model learns to judge
 
@@ -351,7 +353,25 @@ def test_a_build_with_a_judge_stage_prints_and_records_its_verdict_accuracy(tmp_
     model, tokenizer = AutoModelForCausalLM.from_pretrained(path), AutoTokenizer.from_pretrained(path)
     pairs = build_keyfact(n_train=base_model_module.JUDGE_CHECK_PAIRS, n_eval=1, n_validation=1)["train"]
     assert recorded == pytest.approx(judge_verdict_accuracy(model, tokenizer, pairs), abs=1e-6)
-    assert f"judge verdict accuracy {recorded:.3f} on 128 training pairs" in capsys.readouterr().err
+    assert f"judge verdict accuracy {recorded:.3f} on 128 training pairs after round 1/1" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("min_accuracy, rounds_run", [(0.0, 1), (1.01, 3)])
+def test_the_judge_stage_repeats_in_rounds_until_the_judge_judges(facts, single_thread, capsys, min_accuracy,
+                                                                  rounds_run):
+    """A round below ``judge_min_accuracy`` is followed by another (next corpus stream, fresh schedule), up to
+    ``judge_max_rounds``; each round's accuracy is printed and recorded, and the last one says it fell short."""
+    settings = {**base_model_module._build_settings("small", 0, 0.5, 0.1, 1, 3, facts),
+                "judge_phases": [[2, {"verify": 0.5, "judge": 0.5}]], "judge_min_accuracy": min_accuracy,
+                "judge_max_rounds": 3}
+    _, _, losses, judge = base_model_module._train(settings, facts, progress=False)
+    accuracies = judge["judge_round_accuracies_train"]
+    assert len(accuracies) == rounds_run and len(losses) == SIZES["small"]["steps"] + 2 * rounds_run
+    assert judge["judge_verdict_accuracy_train"] == accuracies[-1] and all(0 <= a <= 1 for a in accuracies)
+    err = capsys.readouterr().err
+    assert [f"after round {n}/3" in err for n in (1, 2, 3)] == [True, rounds_run > 1, rounds_run > 2]
+    assert ("below judge_min_accuracy 1.01 after the last round" in err) == (rounds_run == 3)
+    assert err.count("another round follows") == rounds_run - 1
 
 
 def _answer_heads(facts):
@@ -505,14 +525,14 @@ def test_settings_change_the_cache_folder_and_failed_builds_leave_nothing(tmp_pa
     real_train = base_model_module._train
 
     def train_then_break_saving(*args, **kwargs):
-        model, tokenizer, losses = real_train(*args, **kwargs)
+        model, tokenizer, losses, judge = real_train(*args, **kwargs)
 
         def broken(path, **_):
             (Path(path) / "partial").write_text("x")
             raise OSError("disk full")
 
         tokenizer.save_pretrained = broken
-        return model, tokenizer, losses
+        return model, tokenizer, losses, judge
 
     monkeypatch.setattr(base_model_module, "_train", train_then_break_saving)
     with pytest.raises(OSError, match="disk full"):

@@ -115,6 +115,8 @@ def run_one(settings: BenchSettings, base_path: str, label: str, variant: str, s
     of held-out ``eval_split``, their means, the learning curve and ``heatmap_pairs`` pairs' weights. A scheme that
     declares ``trained_models`` first gets them trained here, under ``output_dir``
     (:func:`~tokenweight.bench.trained_models.train_declared_models`)."""
+    from transformers import PrinterCallback
+
     from tokenweight.keyfact import key_slot
     from tokenweight.models import load_causal_lm, load_tokenizer
     from tokenweight.run import load_run_splits, prepare_split
@@ -138,6 +140,7 @@ def run_one(settings: BenchSettings, base_path: str, label: str, variant: str, s
                                                             settings), CURVE_METRICS), settings.curve_points)
     trainer = TokenweightTrainer(model=policy, ref_model=reference if trainer_uses_reference(row) else None,
                                  args=config, train_dataset=train, processing_class=tokenizer, callbacks=[curve])
+    trainer.remove_callback(PrinterCallback)  # hundreds of runs: the benchmark's progress bar is the output
     trainer.train()
     items = item_metrics(trainer.model, reference, tokenizer, evaluation, eval_rows, settings, trainer.scheme)
     weights = items.pop("_weights")

@@ -42,18 +42,21 @@ SETTINGS_FILE = "keyfact_build.json"
 # 0.92 on the eval split); at 1200 and 2000 it was >= 0.996. Stage 2 (`judge_phases`: (batches, mix) in turn, one
 # schedule of `judge_lr` with `judge_warmup` over all of them): the judge, learned from verification conversations
 # (which key is right for each subject) and judge conversations, while answer batches keep the answers at p_correct.
-# The judge leaves chance late and not on every corpus stream (docs/KEYFACT.md, "The judge", has the measured
-# streams); the default build's does. The small model has no judge stage (20 steps of it broke its answers); the
-# stage is tested on it with other phases.
+# The judge leaves chance late and not on every corpus stream or CPU (floating-point kernels differ; docs/KEYFACT.md,
+# "The judge", has the measured runs), so stage 2 runs in rounds: after each, the verdict accuracy on
+# JUDGE_CHECK_PAIRS training pairs is measured, and below `judge_min_accuracy` another round of the same phases
+# (fresh schedule, next corpus stream) follows, up to `judge_max_rounds`. The small model has no judge stage (20
+# steps of it broke its answers); the stage is tested on it with other phases.
 JUDGE_MIX = {"answer": 0.2, "verify": 0.5, "judge": 0.3}
 SIZES: dict[str, dict[str, Any]] = {
     "default": {"hidden_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2,
                 "intermediate_size": 256, "steps": 1200, "batch_size": 32, "lr": 3e-3, "warmup": 50,
-                "judge_phases": [[2500, JUDGE_MIX]], "judge_lr": 3e-3,
-                "judge_warmup": 100},
+                "judge_phases": [[2500, JUDGE_MIX]], "judge_lr": 3e-3, "judge_warmup": 100,
+                "judge_min_accuracy": 0.8, "judge_max_rounds": 3},
     "small": {"hidden_size": 32, "num_hidden_layers": 1, "num_attention_heads": 4, "num_key_value_heads": 2,
               "intermediate_size": 64, "steps": 100, "batch_size": 16, "lr": 1e-2, "warmup": 10,
-              "judge_phases": [], "judge_lr": 1e-2, "judge_warmup": 5},  # no judge stage: the tests' answer model
+              "judge_phases": [], "judge_lr": 1e-2, "judge_warmup": 5,  # no judge stage: the tests' answer model
+              "judge_min_accuracy": 0.8, "judge_max_rounds": 1},
 }
 MAX_POSITIONS = 512
 
@@ -112,7 +115,8 @@ def _digest(settings: dict[str, Any]) -> str:
 
 
 def _train(settings: dict[str, Any], facts: dict[str, Any], progress: bool):
-    """Build the tokenizer and train the model; returns ``(model, tokenizer, losses)``."""
+    """Build the tokenizer and train the model; returns ``(model, tokenizer, losses, judge record)`` (the record is
+    empty without a judge stage)."""
     tokenizer = build_keyfact_tokenizer(facts, model_max_length=MAX_POSITIONS)
     config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=settings["hidden_size"],
                          num_hidden_layers=settings["num_hidden_layers"],
@@ -129,34 +133,43 @@ def _train(settings: dict[str, Any], facts: dict[str, Any], progress: bool):
         answers = sft_batches(tokenizer, facts, first_stage, settings["batch_size"], f"keyfact-sft-{settings['seed']}",
                               settings["p_correct"], settings["filler_min"], settings["filler_max"])
         losses = train_sft(model, answers, settings["steps"], settings["lr"], settings["warmup"], progress)
-        judge = sft_batches(tokenizer, facts, settings["judge_phases"], settings["batch_size"],
-                            f"keyfact-sft-judge-{settings['seed']}", settings["p_correct"], settings["filler_min"],
-                            settings["filler_max"])
-        losses += train_sft(model, judge, phase_steps(settings["judge_phases"]), settings["judge_lr"], settings["judge_warmup"], progress,
-                            desc="KeyFact base model (SFT, judge stage)")
+        judge = _train_judge(model, tokenizer, settings, facts, losses, progress) if settings["judge_phases"] else {}
     model.generation_config.eos_token_id = tokenizer.eos_token_id
     model.generation_config.pad_token_id = tokenizer.pad_token_id
     model.generation_config.bos_token_id = tokenizer.bos_token_id
-    return model, tokenizer, losses
+    return model, tokenizer, losses, judge
 
 
 JUDGE_CHECK_PAIRS = 128
 
 
-def _judge_check(model, tokenizer, settings: dict[str, Any], facts: dict[str, Any]) -> dict[str, float]:
-    """The built judge's verdict accuracy on KeyFact training pairs (the held-out splits stay unseen), printed,
-    since the judge stage does not leave chance on every corpus stream (docs/KEYFACT.md, "The judge")."""
+def _train_judge(model, tokenizer, settings: dict[str, Any], facts: dict[str, Any], losses: list[float],
+                 progress: bool) -> dict[str, Any]:
+    """Stage 2 in rounds (see :data:`SIZES`), appending to ``losses``; each round's verdict accuracy on KeyFact
+    training pairs (the held-out splits stay unseen) is printed. Returns the record for ``keyfact_build.json``."""
     from .generator import build_keyfact
     from .judge import judge_verdict_accuracy
 
     pairs = build_keyfact(facts_path=facts, n_train=JUDGE_CHECK_PAIRS, n_eval=1, n_validation=1,
                           seed=settings["seed"])["train"]
-    with one_thread():
-        accuracy = judge_verdict_accuracy(model, tokenizer, pairs)
-    verdict = "above chance" if accuracy >= 0.6 else "AT CHANCE: AttentionPO's premise does not hold for this model"
-    print(f"KeyFact base model: judge verdict accuracy {accuracy:.3f} on {JUDGE_CHECK_PAIRS} training pairs "
-          f"({verdict}; 0.5 is chance)", file=sys.stderr)
-    return {"judge_verdict_accuracy_train": accuracy}
+    rounds, accuracies = settings["judge_max_rounds"], []
+    while len(accuracies) < rounds and (not accuracies or accuracies[-1] < settings["judge_min_accuracy"]):
+        number = len(accuracies) + 1
+        stream = f"keyfact-sft-judge-{settings['seed']}" + (f"-round{number}" if number > 1 else "")
+        batches = sft_batches(tokenizer, facts, settings["judge_phases"], settings["batch_size"], stream,
+                              settings["p_correct"], settings["filler_min"], settings["filler_max"])
+        losses += train_sft(model, batches, phase_steps(settings["judge_phases"]), settings["judge_lr"],
+                            settings["judge_warmup"], progress,
+                            desc=f"KeyFact base model (SFT, judge stage, round {number}/{rounds})")
+        accuracies.append(judge_verdict_accuracy(model, tokenizer, pairs))
+        passed = accuracies[-1] >= settings["judge_min_accuracy"]
+        verdict = ("above chance" if accuracies[-1] >= 0.6 else
+                   "AT CHANCE: AttentionPO's premise does not hold for this model")
+        next_step = ("" if passed else "; another round follows" if number < rounds else
+                     f"; below judge_min_accuracy {settings['judge_min_accuracy']:g} after the last round")
+        print(f"KeyFact base model: judge verdict accuracy {accuracies[-1]:.3f} on {JUDGE_CHECK_PAIRS} training pairs "
+              f"after round {number}/{rounds} ({verdict}; 0.5 is chance{next_step})", file=sys.stderr)
+    return {"judge_verdict_accuracy_train": accuracies[-1], "judge_round_accuracies_train": accuracies}
 
 
 def keyfact_base_model(cache_dir: str | Path | None = None, seed: int = 0, size: str = "default",
@@ -183,8 +196,7 @@ def keyfact_base_model(cache_dir: str | Path | None = None, seed: int = 0, size:
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
-    model, tokenizer, losses = _train(settings, facts, progress)
-    judge = _judge_check(model, tokenizer, settings, facts) if settings["judge_phases"] else {}
+    model, tokenizer, losses, judge = _train(settings, facts, progress)
     staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
     try:
         model.save_pretrained(staging)
