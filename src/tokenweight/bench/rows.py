@@ -87,10 +87,12 @@ def oracle_weights(tokenizer, row: dict, facts: Any, mode: str) -> dict[str, lis
     key slot, which gets the completion's token count (``total``) or 1 (``unit``)."""
     from tokenweight.keyfact import key_slot
 
-    columns = {}
-    for side in ("chosen", "rejected"):
-        index, length = key_slot(tokenizer, row, facts, side)
-        weights = [0.0] * length
-        weights[index] = float(length) if mode == "total" else 1.0
-        columns[f"{side}_weights"] = weights
-    return columns
+    return {f"{side}_weights": oracle_column(*key_slot(tokenizer, row, facts, side), mode)
+            for side in ("chosen", "rejected")}
+
+
+def oracle_column(index: int, length: int, mode: str) -> list[float]:
+    """``length`` weights, 0 except at ``index``: ``length`` (``total``) or 1 (``unit``)."""
+    weights = [0.0] * length
+    weights[index] = float(length) if mode == "total" else 1.0
+    return weights

@@ -20,7 +20,7 @@ import torch
 from tqdm.auto import tqdm
 from transformers import TrainerCallback
 
-from tokenweight.bench.rows import BenchRow, baseline_label, bench_row, oracle_weights
+from tokenweight.bench.rows import BenchRow, baseline_label, bench_row, oracle_column
 from tokenweight.bench.settings import VARIANTS, BenchSettings
 from tokenweight.errors import UserError
 
@@ -61,9 +61,11 @@ def with_oracle_weights(rows: datasets.Dataset, row: BenchRow, tokenizer, facts)
     """``rows`` with the oracle's key-only ``chosen_weights``/``rejected_weights`` columns (unchanged otherwise)."""
     if row.oracle is None:
         return rows
-    columns = [oracle_weights(tokenizer, r, facts, row.oracle) for r in rows]
-    for name in ("chosen_weights", "rejected_weights"):
-        rows = rows.add_column(name, [c[name] for c in columns])
+    from tokenweight.keyfact import key_slots
+
+    for side in ("chosen", "rejected"):
+        rows = rows.add_column(f"{side}_weights", [oracle_column(index, length, row.oracle)
+                                                   for index, length in key_slots(tokenizer, rows, facts, side)])
     return rows
 
 
@@ -73,18 +75,19 @@ def item_metrics(model, reference, tokenizer, pairs, rows, settings: BenchSettin
     ``key_share`` (of the weight from the key onward) and ``key_weight_rel`` (over the mean weight) on the chosen
     completion, with the weights the scheme computes for ``model``. ``pairs``: ``rows`` tokenized, same order."""
     from tokenweight.evaluate import pair_token_weights, score_pairs
-    from tokenweight.keyfact import key_position, key_weight_stats, keyfact_item_metrics
+    from tokenweight.keyfact import key_slots, key_weight_stats, keyfact_item_metrics
 
     if list(pairs["row_index"]) != list(range(len(rows))):
         raise ValueError("KeyFact bench: tokenization dropped or reordered evaluation rows; raise --max_length")
-    items = keyfact_item_metrics(model, reference, tokenizer, rows, settings.facts, settings.max_new_tokens)
+    items = keyfact_item_metrics(model, reference, tokenizer, rows, settings.facts, settings.max_new_tokens,
+                                 batch_size=256)  # greedy decoding of a tiny model is per-call overhead on a CPU
     if reference is not None:
         scores = score_pairs(model, reference, pairs, tokenizer.pad_token_id, batch_size=64, progress=False)
         reward_c, reward_r = scores.policy_chosen - scores.ref_chosen, scores.policy_rejected - scores.ref_rejected
         items["pref_acc"] = ((reward_c > reward_r).float() + 0.5 * (reward_c == reward_r).float()).tolist()
     if scheme is not None:
         weights = pair_token_weights(scheme, model, pairs, tokenizer.pad_token_id, 64, progress=False)
-        keys = [key_position(tokenizer, r, settings.facts) for r in rows]
+        keys = [index for index, _ in key_slots(tokenizer, rows, settings.facts)]
         items["key_share"], items["key_weight_rel"] = key_weight_stats([c for c, _ in weights], keys)
         items["_weights"] = weights
     return items

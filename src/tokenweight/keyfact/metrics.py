@@ -54,7 +54,16 @@ def key_slot(tokenizer, row: dict, facts: Any = None, side: str = "chosen") -> t
     """``(index, length)``: the key slot within the ``side`` (``chosen`` or ``rejected``) completion ids of ``row``
     and the number of those ids, EOS included (``facts``: the row's facts file, ``None`` = built-in). The chosen
     token there is ``row["key"]`` and the rejected one ``row["wrong_key"]``, swapped for a noisy row."""
+    return _key_slot(tokenizer, row, resolve_facts(facts), side)
+
+
+def key_slots(tokenizer, rows, facts: Any = None, side: str = "chosen") -> list[tuple[int, int]]:
+    """:func:`key_slot` of every row, with ``facts`` loaded and validated once."""
     facts = resolve_facts(facts)
+    return [_key_slot(tokenizer, row, facts, side) for row in rows]
+
+
+def _key_slot(tokenizer, row: dict, facts: dict[str, Any], side: str) -> tuple[int, int]:
     if side not in ("chosen", "rejected"):
         raise ValueError(f"side must be 'chosen' or 'rejected', got {side!r}")
     word = row["wrong_key"] if row["noisy"] == (side == "chosen") else row["key"]
