@@ -6,7 +6,8 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from tokenweight.bench.rows import bench_row, oracle_weights
+from tokenweight.bench.rows import ORACLE_ROWS, bench_row, oracle_weights
+from tokenweight.bench.runs import with_oracle_weights
 from tokenweight.keyfact import (build_keyfact, greedy_outcomes, key_slot, key_weight_stats, keyfact_base_model,
                                  keyfact_item_metrics, nonkey_kl, resolve_facts)
 from tokenweight.keyfact.facts import fill, find_row
@@ -98,6 +99,18 @@ def test_oracle_rows_put_the_uniform_total_or_one_on_each_key(small):
                 assert weights[key] == (len(weights) if value is None else value) and sum(weights) == weights[key]
                 word = row["key"] if (side == "chosen") != row["noisy"] else row["wrong_key"]
                 assert tokenizer.decode([completion[key]]).strip() == word
+
+
+
+def test_the_runs_add_each_rows_oracle_columns_to_a_whole_split(small):
+    """``with_oracle_weights`` (the key slots of every row at once) gives each row :func:`oracle_weights`."""
+    _, _, tokenizer = small
+    rows = build_keyfact(n_train=6, n_eval=1, seed=2, label_noise=0.5)["train"]
+    for label, mode in ORACLE_ROWS.items():
+        added = with_oracle_weights(rows, bench_row(label), tokenizer, None)
+        assert [{side: r[side] for side in ("chosen_weights", "rejected_weights")} for r in added] == [
+            oracle_weights(tokenizer, row, None, mode) for row in rows]
+    assert with_oracle_weights(rows, bench_row("uniform"), tokenizer, None) is rows
 
 
 def test_tidpo_kl_ablation_has_uniform_weights(small):
