@@ -101,7 +101,6 @@ def test_oracle_rows_put_the_uniform_total_or_one_on_each_key(small):
                 assert tokenizer.decode([completion[key]]).strip() == word
 
 
-
 def test_the_runs_add_each_rows_oracle_columns_to_a_whole_split(small):
     """``with_oracle_weights`` (the key slots of every row at once) gives each row :func:`oracle_weights`."""
     _, _, tokenizer = small

@@ -72,7 +72,7 @@ def run_benchmark(settings: BenchSettings, output_dir: str | Path, command: str)
     """Run everything, write ``results.json``, ``items.npz`` (every per-item metric, keyed
     ``variant|row|seed|metric`` and ``reference|metric``), ``report.md`` and the plots; return the results."""
     from tokenweight.keyfact import keyfact_base_model
-    from tokenweight.keyfact.base_model import SETTINGS_FILE
+    from tokenweight.keyfact.base_model import JUDGE_CHECK_PAIRS, SETTINGS_FILE
 
     if baseline_label() not in settings.rows:
         raise UserError(f"--schemes must include {baseline_label()!r}: every row is reported against it")
@@ -93,8 +93,8 @@ def run_benchmark(settings: BenchSettings, output_dir: str | Path, command: str)
                            for r in runs for name, values in r["items"].items()})
     build = json.loads((Path(base_path) / SETTINGS_FILE).read_text())
     results = {"command": command, "settings": asdict(settings), "base_model": base_path,
-               "base_model_judge": {key: build.get(key) for key in ("judge_verdict_accuracy_train",
-                                                                    "judge_round_accuracies_train")},
+               "base_model_judge": {"pairs": JUDGE_CHECK_PAIRS, **{key: build.get(key) for key in (
+                   "judge_verdict_accuracy_train", "judge_round_accuracies_train")}},
                "tuning": tuning,
                "reference": {name: float(np.mean(values)) for name, values in reference.items()},
                "runs": [{k: v for k, v in run.items() if k not in ("pairs", "items")} for run in runs],

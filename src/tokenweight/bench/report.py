@@ -117,10 +117,11 @@ def markdown_report(results: dict) -> str:
                                               results["tuning"].items()) + ".\n")
     beta = "each scheme's default β" if s["beta"] is None else f"β = {s['beta']:g}"
     judge = results.get("base_model_judge", {})
-    judge_line = ("It has no judge stage (AttentionPO's judge is untrained)." if judge.get("judge_verdict_accuracy_train")
-                  is None else f"Its judge's verdict accuracy (AttentionPO's premise: above 0.5) is "
-                  f"{judge['judge_verdict_accuracy_train']:.3f} on 128 training pairs after "
-                  f"{len(judge['judge_round_accuracies_train'])} judge-stage round(s).")
+    accuracy = judge.get("judge_verdict_accuracy_train")
+    judge_line = ("It has no judge stage (AttentionPO's judge is untrained)." if accuracy is None else
+                  f"Its judge's verdict accuracy (AttentionPO's premise: above 0.5) is {accuracy:.3f} on "
+                  f"{judge['pairs']} training pairs after {len(judge['judge_round_accuracies_train'])} "
+                  "judge-stage round(s).")
     sections = "\n".join(variant_section(results, variant) for variant in results["analysis"])
     return f"""## KeyFact
 
@@ -129,8 +130,8 @@ Command: `{results['command']}`
 Base model `{Path(results['base_model']).name}` (size `{s['model_size']}`, base seed {s['base_seed']}, also the
 frozen reference). {judge_line}
 
-Budget, identical for every run (`tokenweight train`'s KeyFact defaults): {s['train_size']} training pairs, {s['epochs']:g} epoch(s), batch
-{s['batch_size']}, learning rate {s['learning_rate']:g} (constant), {beta} (a variant may set its own), max_length
+Budget, identical for every run (`tokenweight train`'s KeyFact defaults): {s['train_size']} training pairs,
+{s['epochs']:g} epoch(s), batch {s['batch_size']}, learning rate {s['learning_rate']:g} (constant), {beta} (a variant may set its own), max_length
 {s['max_length']}. One fixed evaluation set of {s['eval_size']} held-out pairs (eval seed {s['eval_seed']}, the same for
 every run; greedy generation of at most {s['max_new_tokens']} tokens). Seeds {s['seeds']} (training data and order).
 Ablation rows (`scheme:ablation`) run on `{s['variants'][0]}` only{trained_only}. {len(results['runs'])} runs,
