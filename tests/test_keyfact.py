@@ -197,7 +197,7 @@ def test_label_noise_swaps_exactly_that_fraction_of_train_pairs(facts):
         assert _content(row["rejected"]).startswith(fill(answers[row["family"]], row["subject"], row["key"]) + " ")
 
 
-@pytest.mark.parametrize("shortcut, label_noise", [(0.9, 0.0), (0.5, 0.0), (1.0, 0.0), (0.8, 0.25)])
+@pytest.mark.parametrize("shortcut, label_noise", [(0.9, 0.0), (0.5, 0.0), (1.0, 0.0), (0.8, 0.25), (0.1, 0.25)])
 def test_shortcut_sentence_sits_on_the_chosen_side_of_exactly_that_fraction(facts, shortcut, label_noise):
     data = build_keyfact(n_train=500, n_eval=300, n_validation=100, shortcut=shortcut, label_noise=label_noise)
     sentence = facts["shortcut"]
@@ -216,7 +216,8 @@ def test_shortcut_sentence_sits_on_the_chosen_side_of_exactly_that_fraction(fact
     noisy = [r for r in data["train"] if r["noisy"]]
     assert len(noisy) == round(label_noise * 500)
     if noisy:
-        assert 0.5 < sum(r["shortcut"] == "chosen" for r in noisy) / len(noisy) < 1
+        chosen_share = sum(r["shortcut"] == "chosen" for r in noisy) / len(noisy)
+        assert 0 < chosen_share < 1 and (chosen_share > 0.5) == (shortcut > 0.5)
     for split in ("eval", "validation"):
         assert all(r["shortcut"] == "none" and holds(r, "chosen") + holds(r, "rejected") == 0 for r in data[split])
     off = build_keyfact(n_train=50, n_eval=5, n_validation=5)
@@ -229,8 +230,9 @@ def test_generator_rejects_bad_knobs():
         build_keyfact(chosen_longer=1.5)
     with pytest.raises(ValueError, match="filler_max"):
         build_keyfact(facts_path=TINY_FACTS, filler_max=4)  # the eval pool has 3 sentences
-    with pytest.raises(ValueError, match=r"shortcut must be 0 \(off\) or in \[0.5, 1\]"):
-        build_keyfact(shortcut=0.3)
+    for shortcut in (-0.1, 1.5):
+        with pytest.raises(ValueError, match=r"shortcut must be 0 \(off\) or in \(0, 1\]"):
+            build_keyfact(shortcut=shortcut)
     with pytest.raises(ValueError, match="needs a 'shortcut' sentence"):
         build_keyfact(facts_path=TINY_FACTS, shortcut=0.9)
     with pytest.raises(ValueError, match="n_validation"):

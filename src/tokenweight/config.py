@@ -108,8 +108,8 @@ class CoreConfig(TrainingArguments):
         "help": "Probability that the chosen answer has more filler (0.8: verbosity trap)."})
     keyfact_label_noise: float = field(default=0.0, metadata={"help": "Fraction of swapped training pairs."})
     keyfact_shortcut: float = field(default=0.0, metadata={
-        "help": "0 (off) or s in [0.5, 1]: the shortcut sentence goes into the chosen answer of a fraction s of "
-                "training pairs and into the rejected answer of the others."})
+        "help": "0 (off) or s in (0, 1]: the shortcut sentence goes into the chosen answer of a fraction s of "
+                "training pairs and into the rejected answer of the others (below 0.5 it marks rejected)."})
     keyfact_seed: int = field(default=0, metadata={"help": "KeyFact training-data and base-model seed."})
     keyfact_eval_seed: int = field(default=0, metadata={
         "help": "Seed of the KeyFact eval and validation splits (independent of keyfact_seed)."})

@@ -7,15 +7,17 @@ from dataclasses import dataclass, field, replace
 from tokenweight.errors import UserError
 
 #: Data variants: config overrides of the training data (the evaluation set is always the same, clean one).
-#: ``shortcut``: a filler sentence that co-occurs with chosen in training, at β 0.5, where the sigmoid of plain DPO
-#: saturates on the easy pairs (docs/KEYFACT.md, "Variants").
+#: ``shortcut``: a sentence in 90% of the chosen training answers (10% of the rejected), an easy, non-decisive way
+#: to grow the margin; ``shortcut-rejected``: the same sentence in 90% of the rejected answers, which plain DPO can
+#: push down without bound (docs/KEYFACT.md, "Variants").
 VARIANTS: dict[str, dict[str, float]] = {
     "base": {"keyfact_chosen_longer": 0.5, "keyfact_label_noise": 0.0},
     "verbosity": {"keyfact_chosen_longer": 0.8, "keyfact_label_noise": 0.0},
     "noise0.1": {"keyfact_chosen_longer": 0.5, "keyfact_label_noise": 0.1},
     "noise0.2": {"keyfact_chosen_longer": 0.5, "keyfact_label_noise": 0.2},
     "noise0.4": {"keyfact_chosen_longer": 0.5, "keyfact_label_noise": 0.4},
-    "shortcut": {"keyfact_chosen_longer": 0.5, "keyfact_label_noise": 0.0, "keyfact_shortcut": 0.9, "beta": 0.5},
+    "shortcut": {"keyfact_chosen_longer": 0.5, "keyfact_label_noise": 0.0, "keyfact_shortcut": 0.9},
+    "shortcut-rejected": {"keyfact_chosen_longer": 0.5, "keyfact_label_noise": 0.0, "keyfact_shortcut": 0.1},
 }
 #: The learning rates ``--tune`` tries per row (× the budget's learning rate).
 TUNE_FACTORS = (0.5, 1.0, 2.0)

@@ -11,13 +11,14 @@ from rich.console import Console
 
 EXAMPLES = """examples:
   tokenweight bench keyfact --quick                          # smoke run: small model, base variant, 2 seeds
-  tokenweight bench keyfact --jobs 2 --update_docs           # the full benchmark (every row, 5 seeds, 6 variants)
+  tokenweight bench keyfact --jobs 2 --update_docs           # the full benchmark (every row, 5 seeds, 7 variants)
   tokenweight bench keyfact --schemes uniform,oracle,oracle-unit,tidpo,tidpo:weights --variants base,noise0.2 --seeds 5
   tokenweight bench keyfact --schemes uniform,otpo --tune --output_dir runs/bench
   tokenweight bench keyfact --facts my_facts.json --train_size 1024
 rows: every registered scheme that runs on KeyFact, oracle (key-only weights, uniform's total n on the key),
   oracle-unit (weight 1 on the key), and <scheme>:<ablation> (e.g. tidpo:weights, tidpo:kl); uniform is required
-variants: base, verbosity (chosen_longer 0.8), noise0.1, noise0.2, noise0.4, shortcut (keyfact_shortcut 0.9, beta 0.5)
+variants: base, verbosity (chosen_longer 0.8), noise0.1, noise0.2, noise0.4, shortcut (keyfact_shortcut 0.9),
+  shortcut-rejected (keyfact_shortcut 0.1: the sentence marks rejected)
 """
 
 
@@ -29,7 +30,7 @@ def register(subparsers) -> None:
                                epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
     keyfact.add_argument("--schemes", help="comma-separated rows (default: every scheme, both oracles, every ablation)")
     keyfact.add_argument("--seeds", type=int, default=5, help="number of seeds 0..N-1 (default 5)")
-    keyfact.add_argument("--variants", help="comma-separated variants (default: all six)")
+    keyfact.add_argument("--variants", help="comma-separated variants (default: all seven)")
     keyfact.add_argument("--quick", action="store_true",
                          help="tiny budget (small model, 32 pairs, base variant, at most 2 seeds): a smoke test")
     keyfact.add_argument("--tune", action="store_true",

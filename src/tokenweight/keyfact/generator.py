@@ -124,11 +124,12 @@ def build_keyfact(facts_path: str | Path | dict[str, Any] | None = None, n_train
             (0.5: no length bias; 0.8: the verbosity trap). Train split only.
         label_noise: fraction of train pairs (exactly ``round(label_noise * n_train)``) whose chosen and rejected
             answers are swapped (``noisy`` column True: the chosen answer holds ``wrong_key``).
-        shortcut: 0 (off), or a value ``s`` in [0.5, 1]: every train pair gets the facts file's ``shortcut``
+        shortcut: 0 (off), or a value ``s`` in (0, 1]: every train pair gets the facts file's ``shortcut``
             sentence on exactly one side, the chosen side in exactly ``round(s * n_train)`` pairs and the rejected
             side in the others (``shortcut`` column ``"chosen"`` / ``"rejected"``; ``"none"`` when off). The side
             is the chosen *column* (after any label-noise swap), so the sentence predicts the training label with
-            accuracy ``s``; 0.5 plants it without correlation. It goes at a random position among that side's
+            accuracy ``max(s, 1 - s)``: above 0.5 it marks the chosen answer, below 0.5 the rejected one (0.1: in
+            90% of rejected answers), and 0.5 plants it without correlation. It goes at a random position among that side's
             filler sentences, and the ``chosen_longer`` rate counts its words. Train split only.
         seed: draws the train split, from ``random.Random(f"keyfact-train-{seed}")``.
         eval_seed: draws the held-out splits: the eval/validation item partition (:func:`heldout_items`) and
@@ -152,8 +153,8 @@ def build_keyfact(facts_path: str | Path | dict[str, Any] | None = None, n_train
     for name, value in (("chosen_longer", chosen_longer), ("label_noise", label_noise)):
         if not 0.0 <= value <= 1.0:
             raise ValueError(f"{name} must be in [0, 1], got {value}")
-    if shortcut != 0 and not 0.5 <= shortcut <= 1.0:
-        raise ValueError(f"shortcut must be 0 (off) or in [0.5, 1] (the fraction of train pairs with the shortcut "
+    if not 0.0 <= shortcut <= 1.0:
+        raise ValueError(f"shortcut must be 0 (off) or in (0, 1] (the fraction of train pairs with the shortcut "
                          f"sentence on the chosen side), got {shortcut}")
     if shortcut and not facts.get("shortcut"):
         raise ValueError("shortcut > 0 needs a 'shortcut' sentence in the facts file")
