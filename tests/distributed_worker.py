@@ -2,11 +2,13 @@
 
 Run once under ``accelerate launch --multi_gpu --num_processes 2`` (DDP; with ``use_cpu`` the processes join a
 gloo group) or ``accelerate launch --config_file fsdp.yaml --num_processes 2`` (FSDP2), and once as a plain single
-process with ``--grad_accum 2``. Every process writes the dataset rows of each of its micro-batches and how its
-policy and reference are sharded to ``OUT/rows_rank{r}.json``; the main process writes the trained (full)
-parameters to ``OUT/params.pt`` and the logged metrics to ``OUT/log_history.json``.
+process with ``--grad_accum 2``. It trains each scheme of ``--weighting`` (comma-separated) in turn, in the same
+processes (a launch costs more than these trainings). Per scheme ``W``, every process writes the dataset rows of
+each of its micro-batches and how its policy and reference are sharded to ``OUT/W/rows_rank{r}.json``; the main
+process writes the trained (full) parameters to ``OUT/W/params.pt`` and the logged metrics to
+``OUT/W/log_history.json``.
 
-    python tests/distributed_worker.py OUT --grad_accum 2 [--weighting otpo] [--tidpo_gamma 0.1]
+    python tests/distributed_worker.py OUT --grad_accum 2 [--weighting uniform,otpo] [--tidpo_gamma 0.1]
 
 TI-DPO runs without its triplet term unless ``--tidpo_gamma`` is given; its attribution pass and TDPO2 KL term are
 exercised. Anchors are seeded per dataset row and step, so processes and a single process draw the same ones.
@@ -64,17 +66,23 @@ def main() -> None:
     parser.add_argument("--grad_accum", type=int, default=1)
     parser.add_argument("--batch", type=int, default=2)
     parser.add_argument("--steps", type=int, default=3)
-    parser.add_argument("--weighting", default="uniform")
+    parser.add_argument("--weighting", default="uniform", help="comma-separated schemes, trained in turn")
     parser.add_argument("--tidpo_gamma", type=float, default=0.0)
     cli = parser.parse_args()
+    for weighting in cli.weighting.split(","):
+        train_one(cli, weighting, cli.out / weighting)
 
+
+def train_one(cli: argparse.Namespace, weighting: str, out: Path) -> None:
+    """One scheme's short training; writes ``out/rows_rank{r}.json`` (every process), ``out/params.pt`` and
+    ``out/log_history.json`` (the main process)."""
     tokenizer = make_tokenizer()
-    args = TokenweightConfig(output_dir=str(cli.out / "run"), use_cpu=True, report_to=[], save_strategy="no",
+    args = TokenweightConfig(output_dir=str(out / "run"), use_cpu=True, report_to=[], save_strategy="no",
                              disable_tqdm=True, max_steps=cli.steps, per_device_train_batch_size=cli.batch,
                              gradient_accumulation_steps=cli.grad_accum, train_sampling_strategy="sequential",
                              learning_rate=1e-2, lr_scheduler_type="constant", optim="adamw_torch",
                              weight_decay=0.0, max_grad_norm=1.0, logging_steps=1, beta=0.1, seed=0,
-                             max_length=None, weighting=cli.weighting,
+                             max_length=None, weighting=weighting,
                              tidpo_gamma=cli.tidpo_gamma)
     # A context that holds AttentionPO's judge template (the parameters do not depend on it).
     reference = make_model(len(tokenizer), seed=1, max_position_embeddings=256)
@@ -83,25 +91,25 @@ def main() -> None:
                       "train", model=reference)
     dataset, _ = tokenize_preference_dataset(raw, tokenizer, max_length=None)
     policy = make_model(len(tokenizer), seed=0, max_position_embeddings=256)
-    uses_reference = scheme_class(cli.weighting).uses_reference  # SimPO, ConfPO: no reference model at all
+    uses_reference = scheme_class(weighting).uses_reference  # SimPO, ConfPO: no reference model at all
     trainer = TokenweightTrainer(policy, reference if uses_reference else None, args, train_dataset=dataset,
                                  processing_class=tokenizer)
     recorder = RowRecorder(trainer.data_collator)
     trainer.data_collator = recorder
     trainer.train()
 
-    cli.out.mkdir(parents=True, exist_ok=True)
+    out.mkdir(parents=True, exist_ok=True)
     rank, world = trainer.accelerator.process_index, trainer.accelerator.num_processes
     model = trainer.accelerator.unwrap_model(trainer.model)
-    (cli.out / f"rows_rank{rank}.json").write_text(json.dumps({
+    (out / f"rows_rank{rank}.json").write_text(json.dumps({
         "world_size": world, "rows": recorder.rows, "distributed_type": str(trainer.accelerator.distributed_type),
         "policy": sharding(model), "reference": sharding(trainer.ref_model)}))
     # FSDP: gathering a parameter's full tensor is a collective, so every process does it.
     params = {name: (p.full_tensor() if isinstance(p, DTensor) else p).detach().clone()
               for name, p in model.named_parameters()}
     if trainer.accelerator.is_main_process:
-        torch.save(params, cli.out / "params.pt")
-        (cli.out / "log_history.json").write_text(json.dumps(trainer.state.log_history))
+        torch.save(params, out / "params.pt")
+        (out / "log_history.json").write_text(json.dumps(trainer.state.log_history))
     trainer.accelerator.wait_for_everyone()
 
 

@@ -45,49 +45,57 @@ def free_port() -> int:
 
 def run(command: list[str]) -> None:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
-    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=900)
     assert result.returncode == 0, f"{' '.join(command)} failed:\n{result.stderr[-4000:]}"
 
 
-def launch(launcher_flags: list[str], out: Path, weighting: str) -> None:
-    """The worker in 2 processes under ``accelerate launch`` with ``launcher_flags``."""
+def launch(launcher_flags: list[str], out: Path, schemes: list[str]) -> Path:
+    """The worker in 2 processes under ``accelerate launch`` with ``launcher_flags``, training ``schemes`` in turn
+    into ``out/<scheme>``; returns ``out``."""
     run([str(ACCELERATE), "launch", *launcher_flags, "--num_processes", "2", "--num_machines", "1",
          "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(free_port()),
-         str(WORKER), str(out), "--weighting", weighting, "--tidpo_gamma", TIDPO_GAMMA])
+         str(WORKER), str(out), "--weighting", ",".join(schemes), "--tidpo_gamma", TIDPO_GAMMA])
+    return out
 
 
-@pytest.fixture(scope="module")
-def single_process(tmp_path_factory):
-    """``weighting -> folder`` of the 1-process run with 2 accumulation steps (run once, shared by DDP and FSDP)."""
-    root, done = tmp_path_factory.mktemp("single"), {}
-
-    def get(weighting: str) -> Path:
-        if weighting not in done:
-            run([sys.executable, str(WORKER), str(root / weighting), "--grad_accum", "2", "--weighting", weighting,
-                 "--tidpo_gamma", TIDPO_GAMMA])
-            done[weighting] = root / weighting
-        return done[weighting]
-    return get
-
-
-@pytest.mark.parametrize("weighting", ["uniform", "otpo", "tidpo"])
-def test_two_process_ddp_equals_single_process_gradient_accumulation(tmp_path, single_process, weighting):
-    launch(["--multi_gpu"], tmp_path / "ddp", weighting)
-    ranks = assert_same_training(tmp_path / "ddp", single_process(weighting), tolerance=1e-5)
-    assert all(rank["distributed_type"] == "DistributedType.MULTI_CPU" for rank in ranks)
-
-
+DDP_SCHEMES = ["uniform", "otpo", "tidpo"]
 #: Every scheme that runs without user-trained models (``tisdpo``'s weights are dataset columns by training time,
 #: the ``column`` path, which ``attention`` covers here); ``simpo`` and ``confpo`` train without any reference.
 FSDP_SCHEMES = ["uniform", "otpo", "tidpo", "attention", "tdpo", "lddpo", "sampo", "d2po", "simpo", "confpo"]
 
 
+@pytest.fixture(scope="module")
+def single_process(tmp_path_factory) -> Path:
+    """The 1-process runs with 2 accumulation steps of every scheme (one process, shared by DDP and FSDP)."""
+    out = tmp_path_factory.mktemp("single")
+    run([sys.executable, str(WORKER), str(out), "--grad_accum", "2", "--weighting", ",".join(FSDP_SCHEMES),
+         "--tidpo_gamma", TIDPO_GAMMA])
+    return out
+
+
+@pytest.fixture(scope="module")
+def ddp(tmp_path_factory) -> Path:
+    """One 2-process DDP launch training every scheme of :data:`DDP_SCHEMES`."""
+    return launch(["--multi_gpu"], tmp_path_factory.mktemp("ddp"), DDP_SCHEMES)
+
+
+@pytest.fixture(scope="module")
+def fsdp(tmp_path_factory) -> Path:
+    """One 2-process FSDP2 launch (the shipped config) training every scheme of :data:`FSDP_SCHEMES`."""
+    return launch(["--config_file", str(FSDP_CONFIG)], tmp_path_factory.mktemp("fsdp"), FSDP_SCHEMES)
+
+
+@pytest.mark.parametrize("weighting", DDP_SCHEMES)
+def test_two_process_ddp_equals_single_process_gradient_accumulation(ddp, single_process, weighting):
+    ranks = assert_same_training(ddp / weighting, single_process / weighting, tolerance=1e-5)
+    assert all(rank["distributed_type"] == "DistributedType.MULTI_CPU" for rank in ranks)
+
+
 @pytest.mark.parametrize("weighting", FSDP_SCHEMES)
-def test_two_process_fsdp2_equals_single_process_with_a_sharded_reference(tmp_path, single_process, weighting):
+def test_two_process_fsdp2_equals_single_process_with_a_sharded_reference(fsdp, single_process, weighting):
     from tokenweight.weights.base import scheme_class
 
-    launch(["--config_file", str(FSDP_CONFIG)], tmp_path / "fsdp", weighting)
-    ranks = assert_same_training(tmp_path / "fsdp", single_process(weighting), tolerance=1e-6)
+    ranks = assert_same_training(fsdp / weighting, single_process / weighting, tolerance=1e-6)
     uses_reference = scheme_class(weighting).uses_reference
     for rank in ranks:  # really FSDP, not accelerate's DDP fallback
         assert rank["distributed_type"] == "DistributedType.FSDP"
