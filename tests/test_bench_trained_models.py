@@ -24,7 +24,7 @@ def test_default_schemes_include_every_scheme_that_declares_trained_models():
         "tisdpo_positive_model": ("uniform", {}), "tisdpo_negative_model": ("uniform", {"swap_pairs": True})}
 
 
-def test_bench_run_of_tisdpo_trains_both_contrastive_models_first(tmp_path, monkeypatch):
+def test_bench_run_of_tisdpo_trains_both_contrastive_models_first(tmp_path, monkeypatch, capsys):
     import tokenweight.trainer
     from tokenweight.bench import BenchSettings, quick_settings
     from tokenweight.bench.runs import run_one
@@ -46,6 +46,9 @@ def test_bench_run_of_tisdpo_trains_both_contrastive_models_first(tmp_path, monk
     monkeypatch.setattr(tokenweight.trainer.TokenweightTrainer, "__init__", recording_init)
     folder = tmp_path / "run"
     run = run_one(settings, base, "tisdpo", "base", 0, str(folder), settings.learning_rate, "eval", 4)
+    printed = capsys.readouterr()
+    assert "train_runtime" not in printed.out  # no Trainer log dicts from any of the three trainings
+    assert printed.err.count("bench tisdpo (base, seed 0): trained tisdpo_") == 2
 
     assert [(weighting, swap) for weighting, swap, _ in trained] == [("uniform", False), ("uniform", True),
                                                                      ("tisdpo", False)]

@@ -44,6 +44,8 @@ def train_declared_models(settings: BenchSettings, base_path: str, row: BenchRow
     """``(row with every declared model's folder set under its settings key, {settings key: what was trained})``;
     ``(row, {})`` when the scheme declares none. What was trained: scheme, overrides, folder, training pairs, pairs
     swapped, steps, seconds (also printed to stderr)."""
+    from transformers import PrinterCallback
+
     from tokenweight.models import load_causal_lm, load_tokenizer
     from tokenweight.run import load_run_splits, prepare_split
     from tokenweight.trainer import TokenweightTrainer
@@ -59,6 +61,7 @@ def train_declared_models(settings: BenchSettings, base_path: str, row: BenchRow
         reference = load_causal_lm(base_path) if trainer_uses_reference(model_row) else None
         trainer = TokenweightTrainer(model=load_causal_lm(base_path), ref_model=reference, args=config,
                                      train_dataset=train, processing_class=tokenizer)
+        trainer.remove_callback(PrinterCallback)  # the run's one stderr line below says what was trained
         trainer.train()
         trainer.save_model(str(folder))
         trained[key] = {"weighting": model_row.scheme, "overrides": model_row.overrides, "path": str(folder),
