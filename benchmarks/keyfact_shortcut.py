@@ -20,6 +20,7 @@ import tempfile
 from pathlib import Path
 
 import torch
+from transformers import PrinterCallback
 
 sys.path.insert(0, str(Path(__file__).parent))
 from _common import command_line, markdown_table  # noqa: E402
@@ -62,6 +63,21 @@ def sentence_span(completion: list[int], sentence: list[int]) -> range:
     return range(0)
 
 
+def side_parts(row: dict, ids: list[int], ratio: torch.Tensor, key_slot: tuple[int, int], side: str,
+               sentence: list[int], tokenizer) -> tuple[float, float, float]:
+    """``(total, key, shortcut)`` of one side's ``[len(ids)]`` log-ratios: all of them, the key slot's, and the
+    shortcut sentence's tokens' (0 when the side holds none). Raises if the key slot does not hold the side's key
+    token, or the sentence is missing where the row says it is, or overlaps the key."""
+    index, length = key_slot
+    word = row["wrong_key"] if row["noisy"] == (side == "chosen") else row["key"]
+    if length != len(ids) or [ids[index]] != tokenizer(" " + word, add_special_tokens=False)["input_ids"]:
+        raise ValueError(f"row {row['question']!r}: the {side} key slot {index} does not hold {word!r}")
+    span = sentence_span(ids, sentence)
+    if bool(span) != (row["shortcut"] == side) or index in span:
+        raise ValueError(f"row {row['question']!r}: the shortcut sentence is not where the row says ({side})")
+    return ratio.sum().item(), ratio[index].item(), ratio[list(span)].sum().item() if span else 0.0
+
+
 def margin_parts(variant: str, seed: int, settings: BenchSettings, base_path: str) -> dict[str, dict[str, float]]:
     """Train uniform on ``variant`` with ``seed``; per group of training pairs (``chosen``/``rejected``: the side
     holding the shortcut sentence, ``none``), the means of Δ, its key/shortcut/rest parts and σ(−βΔ)."""
@@ -75,27 +91,25 @@ def margin_parts(variant: str, seed: int, settings: BenchSettings, base_path: st
         policy, reference = load_causal_lm(base_path), load_causal_lm(base_path)
         trainer = TokenweightTrainer(model=policy, ref_model=reference, args=config, train_dataset=pairs,
                                      processing_class=tokenizer)
+        trainer.remove_callback(PrinterCallback)  # the table is the output
         trainer.train()
+    if list(pairs["row_index"]) != list(range(len(rows))):
+        raise ValueError("tokenization dropped or reordered training rows; raise --max_length")
     policy.eval()
     reference.eval()
     prompts = list(pairs["prompt_ids"])
     ratios = {side: completion_logratios(policy, reference, prompts, list(pairs[f"{side}_ids"]),
                                          tokenizer.pad_token_id) for side in ("chosen", "rejected")}
-    keys = {side: [index for index, _ in key_slots(tokenizer, rows, facts, side)] for side in ("chosen", "rejected")}
+    slots = {side: key_slots(tokenizer, rows, facts, side) for side in ("chosen", "rejected")}
     groups: dict[str, list[dict[str, float]]] = {"chosen": [], "rejected": [], "none": []}
     for k, row in enumerate(rows):
-        part = {}
-        for side, sign in (("chosen", 1.0), ("rejected", -1.0)):
-            ratio = ratios[side][k]
-            span = sentence_span(list(pairs[k][f"{side}_ids"]), sentence)
-            part[side] = (sign * ratio.sum().item(), sign * ratio[keys[side][k]].item(),
-                          sign * ratio[list(span)].sum().item() if span else 0.0)
-        margin = part["chosen"][0] + part["rejected"][0]
-        key = part["chosen"][1] + part["rejected"][1]
-        shortcut = part["chosen"][2] + part["rejected"][2]
+        (c_total, c_key, c_short), (r_total, r_key, r_short) = (
+            side_parts(row, list(pairs[k][f"{side}_ids"]), ratios[side][k], slots[side][k], side, sentence, tokenizer)
+            for side in ("chosen", "rejected"))
+        margin, key, shortcut = c_total - r_total, c_key - r_key, c_short - r_short
+        scale = torch.sigmoid(torch.tensor(-config.effective_beta * margin)).item()
         groups[row["shortcut"]].append({"margin": margin, "key": key, "shortcut": shortcut,
-                                        "rest": margin - key - shortcut,
-                                        "grad_scale": torch.sigmoid(torch.tensor(-config.effective_beta * margin)).item()})
+                                        "rest": margin - key - shortcut, "grad_scale": scale})
     return {group: {"pairs": len(items), **{name: sum(item[name] for item in items) / len(items)
                                             for name in ("margin", "key", "shortcut", "rest", "grad_scale")}}
             for group, items in groups.items() if items}

@@ -17,6 +17,12 @@ must stay below 1e-6 (measured: 0.0 on CPU for every scheme here). DDP keeps its
 TI-DPO runs with its triplet term (``tidpo_gamma 0.1``): anchors are seeded per dataset row and step, and
 ``generate`` on an FSDP2 policy keeps the processes' forwards in step (transformers sets ``synced_gpus`` for
 ``fully_shard`` modules). AttentionPO's judge runs before training on the unwrapped reference.
+
+One launch per mode trains every scheme in turn in the same processes (a launch costs more than the trainings).
+accelerate's state is process-wide, so under FSDP the first scheme's trainer switches the CPU state to FSDP
+(``tokenweight.fsdp.enable_fsdp_on_cpu``) and the later ones find it switched; each scheme's own models are still
+checked to be ``fully_shard`` modules with every parameter split across the two processes. A failing scheme fails
+the launch, and every test of that mode reports the launch's stderr.
 """
 
 from __future__ import annotations
@@ -67,6 +73,7 @@ FSDP_SCHEMES = ["uniform", "otpo", "tidpo", "attention", "tdpo", "lddpo", "sampo
 @pytest.fixture(scope="module")
 def single_process(tmp_path_factory) -> Path:
     """The 1-process runs with 2 accumulation steps of every scheme (one process, shared by DDP and FSDP)."""
+    assert set(DDP_SCHEMES) <= set(FSDP_SCHEMES)  # the DDP tests compare against these runs too
     out = tmp_path_factory.mktemp("single")
     run([sys.executable, str(WORKER), str(out), "--grad_accum", "2", "--weighting", ",".join(FSDP_SCHEMES),
          "--tidpo_gamma", TIDPO_GAMMA])

@@ -6,15 +6,17 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 sys.path.insert(0, str(Path(__file__).parents[1] / "benchmarks"))
-from keyfact_shortcut import completion_logratios, main, sentence_span  # noqa: E402
+from keyfact_shortcut import completion_logratios, main, sentence_span, side_parts  # noqa: E402
 
 from tokenweight.data import tokenize_preference_dataset  # noqa: E402
 from tokenweight.evaluate import score_pairs  # noqa: E402
-from tokenweight.keyfact import build_keyfact, keyfact_base_model  # noqa: E402
+from tokenweight.keyfact import build_keyfact, key_slot, keyfact_base_model  # noqa: E402
+from tokenweight.keyfact.facts import load_facts  # noqa: E402
 
 
 def test_completion_log_ratios_sum_to_the_trainers_pair_scores():
@@ -46,6 +48,25 @@ def test_the_benchmark_splits_the_margin_by_where_the_sentence_is(capsys):
     assert set(groups) == {("base", "none"), ("shortcut-rejected", "chosen"), ("shortcut-rejected", "rejected")}
     assert groups[("base", "none")] == (20, 0.0)  # no sentence, no shortcut part
     assert groups[("shortcut-rejected", "chosen")][0] == 2 and groups[("shortcut-rejected", "rejected")][0] == 18
-    assert groups[("shortcut-rejected", "rejected")][1] != 0.0
-    assert all(0 < float(row[-1]) < 1 for row in table)  # σ(−βΔ)
+    # DPO pushes the sentence down: it widens the margin where rejected holds it and narrows it where chosen does
+    assert groups[("shortcut-rejected", "rejected")][1] > 0.5 and groups[("shortcut-rejected", "chosen")][1] < -0.5
     assert "| variant | sentence on |" in capsys.readouterr().out
+
+
+def test_side_parts_refuse_a_key_slot_or_sentence_that_is_not_where_the_row_says():
+    path = keyfact_base_model(size="small", progress=False)
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    facts = load_facts()
+    sentence = tokenizer(" " + facts["shortcut"], add_special_tokens=False)["input_ids"]
+    raw = build_keyfact(n_train=4, n_eval=1, shortcut=1.0)["train"]
+    pairs, _ = tokenize_preference_dataset(raw, tokenizer)
+    row, ids = raw[0], list(pairs[0]["chosen_ids"])
+    slot = key_slot(tokenizer, row, facts, "chosen")
+    ratio = torch.arange(len(ids), dtype=torch.float32)
+    total, key, shortcut = side_parts(row, ids, ratio, slot, "chosen", sentence, tokenizer)
+    span = sentence_span(ids, sentence)
+    assert (total, key, shortcut) == (ratio.sum().item(), float(slot[0]), float(sum(span)))
+    with pytest.raises(ValueError, match="key slot"):
+        side_parts(row, ids, ratio, (slot[0] + 1, slot[1]), "chosen", sentence, tokenizer)
+    with pytest.raises(ValueError, match="shortcut sentence is not where the row says"):
+        side_parts({**row, "shortcut": "rejected"}, ids, ratio, slot, "chosen", sentence, tokenizer)

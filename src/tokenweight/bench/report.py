@@ -116,6 +116,9 @@ def markdown_report(results: dict) -> str:
               "validation set): " + ", ".join(f"{label} {t['learning_rate']:g}" for label, t in
                                               results["tuning"].items()) + ".\n")
     beta = "each scheme's default β" if s["beta"] is None else f"β = {s['beta']:g}"
+    own_beta = [f"β {VARIANTS[v]['beta']:g} on `{v}`" for v in s["variants"] if "beta" in VARIANTS[v]]
+    if own_beta:
+        beta += f" ({', '.join(own_beta)})"
     judge = results.get("base_model_judge", {})
     accuracy = judge.get("judge_verdict_accuracy_train")
     judge_line = ("It has no judge stage (AttentionPO's judge is untrained)." if accuracy is None else
@@ -131,7 +134,7 @@ Base model `{Path(results['base_model']).name}` (size `{s['model_size']}`, base 
 frozen reference). {judge_line}
 
 Budget, identical for every run (`tokenweight train`'s KeyFact defaults): {s['train_size']} training pairs,
-{s['epochs']:g} epoch(s), batch {s['batch_size']}, learning rate {s['learning_rate']:g} (constant), {beta} (a variant may set its own), max_length
+{s['epochs']:g} epoch(s), batch {s['batch_size']}, learning rate {s['learning_rate']:g} (constant), {beta}, max_length
 {s['max_length']}. One fixed evaluation set of {s['eval_size']} held-out pairs (eval seed {s['eval_seed']}, the same for
 every run; greedy generation of at most {s['max_new_tokens']} tokens). Seeds {s['seeds']} (training data and order).
 Ablation rows (`scheme:ablation`) run on `{s['variants'][0]}` only{trained_only}. {len(results['runs'])} runs,

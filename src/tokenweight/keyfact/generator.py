@@ -129,8 +129,8 @@ def build_keyfact(facts_path: str | Path | dict[str, Any] | None = None, n_train
             side in the others (``shortcut`` column ``"chosen"`` / ``"rejected"``; ``"none"`` when off). The side
             is the chosen *column* (after any label-noise swap), so the sentence predicts the training label with
             accuracy ``max(s, 1 - s)``: above 0.5 it marks the chosen answer, below 0.5 the rejected one (0.1: in
-            90% of rejected answers), and 0.5 plants it without correlation. It goes at a random position among that side's
-            filler sentences, and the ``chosen_longer`` rate counts its words. Train split only.
+            90% of rejected answers), and 0.5 plants it without correlation. It goes at a random position among
+            that side's filler sentences, and the ``chosen_longer`` rate counts its words. Train split only.
         seed: draws the train split, from ``random.Random(f"keyfact-train-{seed}")``.
         eval_seed: draws the held-out splits: the eval/validation item partition (:func:`heldout_items`) and
             ``random.Random(f"keyfact-eval-{eval_seed}")`` / ``f"keyfact-validation-{eval_seed}"``. The held-out
@@ -155,7 +155,7 @@ def build_keyfact(facts_path: str | Path | dict[str, Any] | None = None, n_train
             raise ValueError(f"{name} must be in [0, 1], got {value}")
     if not 0.0 <= shortcut <= 1.0:
         raise ValueError(f"shortcut must be 0 (off) or in (0, 1] (the fraction of train pairs with the shortcut "
-                         f"sentence on the chosen side), got {shortcut}")
+                         f"sentence on the chosen side; below 0.5 it marks rejected), got {shortcut}")
     if shortcut and not facts.get("shortcut"):
         raise ValueError("shortcut > 0 needs a 'shortcut' sentence in the facts file")
     for name, value in (("n_train", n_train), ("n_eval", n_eval), ("n_validation", n_validation)):
