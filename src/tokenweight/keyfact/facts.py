@@ -11,7 +11,7 @@ Schema (JSON)::
                   ...],
      "train_filler": ["this is a well known fact .", ...],
      "eval_filler":  ["it is a classic example .", ...],
-     "shortcut": "this is a fact i know well ."}   # optional: the sentence of the shortcut variants
+     "shortcut": "this is a fact i know well ."}   # optional: the sentence of the shortcut variant
 
 All text is lowercase words and punctuation separated by single spaces, so the word-level KeyFact tokenizer gives
 one token per word. ``key`` and every distractor are single words (single tokens). ``distractors[0]`` is the row's
