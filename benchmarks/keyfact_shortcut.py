@@ -28,7 +28,7 @@ from _common import command_line, markdown_table  # noqa: E402
 from tokenweight.bench.rows import bench_row  # noqa: E402
 from tokenweight.bench.runs import run_config  # noqa: E402
 from tokenweight.bench.settings import BenchSettings  # noqa: E402
-from tokenweight.keyfact import key_slots, keyfact_base_model, one_thread  # noqa: E402
+from tokenweight.keyfact import key_slots, key_word, keyfact_base_model, one_thread  # noqa: E402
 from tokenweight.keyfact.facts import load_facts  # noqa: E402
 from tokenweight.logps import naive_token_logps  # noqa: E402
 from tokenweight.models import load_causal_lm, load_tokenizer  # noqa: E402
@@ -69,7 +69,7 @@ def side_parts(row: dict, ids: list[int], ratio: torch.Tensor, key_slot: tuple[i
     shortcut sentence's tokens' (0 when the side holds none). Raises if the key slot does not hold the side's key
     token, or the sentence is missing where the row says it is, or overlaps the key."""
     index, length = key_slot
-    word = row["wrong_key"] if row["noisy"] == (side == "chosen") else row["key"]
+    word = key_word(row, side)
     if length != len(ids) or [ids[index]] != tokenizer(" " + word, add_special_tokens=False)["input_ids"]:
         raise ValueError(f"row {row['question']!r}: the {side} key slot {index} does not hold {word!r}")
     span = sentence_span(ids, sentence)

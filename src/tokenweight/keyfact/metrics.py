@@ -63,10 +63,16 @@ def key_slots(tokenizer, rows, facts: Any = None, side: str = "chosen") -> list[
     return [_key_slot(tokenizer, row, facts, side) for row in rows]
 
 
-def _key_slot(tokenizer, row: dict, facts: dict[str, Any], side: str) -> tuple[int, int]:
+def key_word(row: dict, side: str = "chosen") -> str:
+    """The word in the key slot of ``row``'s ``side`` answer: ``key`` in chosen and ``wrong_key`` in rejected,
+    swapped for a noisy row."""
     if side not in ("chosen", "rejected"):
         raise ValueError(f"side must be 'chosen' or 'rejected', got {side!r}")
-    word = row["wrong_key"] if row["noisy"] == (side == "chosen") else row["key"]
+    return row["wrong_key"] if row["noisy"] == (side == "chosen") else row["key"]
+
+
+def _key_slot(tokenizer, row: dict, facts: dict[str, Any], side: str) -> tuple[int, int]:
+    word = key_word(row, side)
     key_char = key_char_offset(_answer_template(facts, row), row["subject"])
     _, completion_ids, index = _slot(tokenizer, row["prompt"], row[side][-1]["content"], key_char, word)
     return index, len(completion_ids)
@@ -178,7 +184,7 @@ def nonkey_kl(model, ref_model, tokenizer, rows: list[dict], facts: Any = None, 
     ref_model.eval()
     sequences, spans = [], []
     for row in rows:
-        word = row["wrong_key"] if row["noisy"] else row["key"]
+        word = key_word(row)
         key_char = key_char_offset(_answer_template(facts, row), row["subject"])
         prompt_ids, completion_ids, key = _slot(tokenizer, row["prompt"], row["chosen"][-1]["content"], key_char, word)
         sequences.append(prompt_ids + completion_ids)
