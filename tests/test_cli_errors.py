@@ -49,6 +49,9 @@ def data_file(tmp_path) -> Path:
     (["train", "--config", "missing.yaml"], ["recipe missing.yaml: no such file"]),
     (["nope"], ["invalid choice: 'nope'", "train", "eval"]),
     (["eval", "--model_name_or_path", "m", "--num_pairs", "x"], ["--num_pairs", "invalid int value: 'x'"]),
+    (["train", "--keyfact_model_size", "small", "--keyfact_shortcut", "1.5"],
+     ["(--keyfact_shortcut)", "(0, 1]", "1.5"]),
+    (["train", "--keyfact_model_size", "small", "--keyfact_label_noise", "-0.1"], ["(--keyfact_label_noise)"]),
 ])
 def test_bad_flags_are_one_line_errors(capsys, tmp_path, monkeypatch, argv, fragments):
     monkeypatch.chdir(tmp_path)

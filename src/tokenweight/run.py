@@ -41,16 +41,28 @@ KEYFACT_DEFAULTS = {
 }
 
 
+#: The flag of each ``build_keyfact`` argument that ``keyfact_splits`` sets from the config.
+KEYFACT_FLAGS = {"chosen_longer": "--keyfact_chosen_longer", "label_noise": "--keyfact_label_noise",
+                 "shortcut": "--keyfact_shortcut", "n_train": "--keyfact_train_size",
+                 "n_eval": "--keyfact_eval_size", "n_validation": "--keyfact_validation_size"}
+
+
 def keyfact_splits(config: TokenweightConfig, **sizes: int) -> datasets.DatasetDict:
     """The built-in KeyFact splits (``train``, ``eval``, ``validation``) of the config's ``keyfact_*`` settings;
-    ``sizes`` (``n_train``, ``n_eval``, ``n_validation``) override the configured split sizes."""
+    ``sizes`` (``n_train``, ``n_eval``, ``n_validation``) override the configured split sizes. A setting or facts
+    file the generator refuses is a :class:`UserError` naming the flag."""
     from tokenweight.keyfact import build_keyfact
 
     sizes = {"n_train": config.keyfact_train_size, "n_eval": config.keyfact_eval_size,
              "n_validation": config.keyfact_validation_size, **sizes}
-    return build_keyfact(facts_path=config.keyfact_facts, chosen_longer=config.keyfact_chosen_longer,
-                         label_noise=config.keyfact_label_noise, shortcut=config.keyfact_shortcut,
-                         seed=config.keyfact_seed, eval_seed=config.keyfact_eval_seed, **sizes)
+    try:
+        return build_keyfact(facts_path=config.keyfact_facts, chosen_longer=config.keyfact_chosen_longer,
+                             label_noise=config.keyfact_label_noise, shortcut=config.keyfact_shortcut,
+                             seed=config.keyfact_seed, eval_seed=config.keyfact_eval_seed, **sizes)
+    except ValueError as error:
+        source = KEYFACT_FLAGS.get(str(error).split(" ", 1)[0], f"--keyfact_facts {config.keyfact_facts}"
+                                   if config.keyfact_facts else "the built-in facts")
+        raise UserError(f"KeyFact data ({source}): {error}") from error
 
 
 def load_run_splits(config: TokenweightConfig) -> PreferenceSplits:
