@@ -6,7 +6,8 @@ Each runs in a fresh working folder through ``tokenweight.cli.main`` with the ti
 
 - hub ids and local model paths -> the small KeyFact base model (reward models: a tiny classifier built from it);
   datasets -> a folder with ``train.jsonl`` / ``test.jsonl`` of KeyFact rows; recipes -> a copy with those
-  substitutions; the built-in task -> ``keyfact_model_size small`` and a few pairs;
+  substitutions; the built-in task (also as the data and reference of ``eval`` on a given model) ->
+  ``keyfact_model_size small`` and a few pairs;
 - sizes -> tiny (``--max_steps 1``, ``--max_length 64``, a few pairs, one seed, one scheme, ``--quick``), and
   hardware settings -> CPU (``--bf16 false``, ``--model_dtype float32``);
 - placeholders: ``DIR`` a fresh folder, ``M`` the model, ``S`` otpo, ``N`` 2, ``F`` 0.25, ``SEED`` 0 (an unknown
@@ -152,11 +153,11 @@ def substitute(words: list[str], env: dict, cwd: Path) -> list[str]:
     command = argv[0] if argv else None
     for flag, value in BUDGET.get(command, {}).items():
         argv = set_flag(argv, flag, value)
-    built_in = "--model_name_or_path" not in argv and "--dataset_name" not in argv and "--config" not in argv
-    if built_in and command in ("train", "precompute"):
+    keyfact_task = "--dataset_name" not in argv and "--config" not in argv
+    if keyfact_task and "--model_name_or_path" not in argv and command in ("train", "precompute"):
         for flag, value in BUILT_IN.items():
             argv = set_flag(argv, flag, value)
-    elif built_in and command in ("eval", "weights"):
+    elif keyfact_task and command in ("eval", "weights"):  # eval of a given model: the KeyFact reference, small
         argv = set_flag(argv, "config", env["built_in_recipe"])
     if "--facts" in argv:  # a user's facts file: the built-in facts, copied where the command expects it
         shutil.copy(REPO / "src/tokenweight/keyfact/facts.json", cwd / argv[argv.index("--facts") + 1])
