@@ -22,8 +22,9 @@ def two_steps(weighting: str, output_dir, *flags: str) -> list[str]:
 #: weighting → (flags, a check of the logged steps that plain DPO's weights fail)
 RUNS = {
     "lddpo": (["--ld_alpha", "0.25"], lambda steps: {e["weights/min"] for e in steps} == {0.25}),
-    "d2po": (["--d2po_gamma", "0.9"], lambda steps: all(e["weights/first_token"] == 1.0 > e["weights/last_token"]
-                                                        for e in steps)),
+    "d2po": (["--d2po_gamma", "0.9"], lambda steps: all(  # the first completion token weighs γ¹, as upstream
+        abs(e["weights/first_token"] - 0.9) < 1e-6 and e["weights/first_token"] > e["weights/last_token"]
+        for e in steps)),
     "sampo": (["--use_weighting", "true"], lambda steps: all(
         e["weights/min"] == 0.0 and 0 < e["sampo/kept_fraction"] == e["weights/mean"] < 1 and e["wpo/pair_weight"] > 0
         for e in steps)),

@@ -1,4 +1,5 @@
-"""``d2po``: γ^t weights in closed form, and the trainer's loss against a naive full-logits D²PO loss."""
+"""``d2po``: γ^t weights (t counted from 1) in closed form, and the trainer's loss and gradients against an oracle
+written from the authors' code (github.com/LotuSrc/D2PO, ``trainer_utils.get_batch_logps`` + the DPO sigmoid loss)."""
 
 from __future__ import annotations
 
@@ -17,16 +18,16 @@ from tokenweight.weights import batch_inputs, build_scheme
 from tokenweight.weights.d2po import D2POScheme, D2POSettings, temporal_decay_weights
 
 
-def test_weights_decay_from_one_at_each_completions_first_token():
+def test_weights_decay_from_gamma_at_each_completions_first_token():
     mask = torch.tensor([[0, 1, 1, 1, 0],
                          [0, 0, 0, 1, 1],
                          [1, 1, 1, 1, 1],
                          [0, 0, 1, 0, 0]], dtype=torch.bool)
     g = 0.5
-    expected = torch.tensor([[0, 1, g, g ** 2, 0],
-                             [0, 0, 0, 1, g],
-                             [1, g, g ** 2, g ** 3, g ** 4],
-                             [0, 0, 1, 0, 0]])
+    expected = torch.tensor([[0, g, g ** 2, g ** 3, 0],
+                             [0, 0, 0, g, g ** 2],
+                             [g, g ** 2, g ** 3, g ** 4, g ** 5],
+                             [0, 0, g, 0, 0]])
     assert torch.equal(temporal_decay_weights(mask, g), expected)
     batch = {"input_ids": torch.zeros(4, 6, dtype=torch.long), "attention_mask": torch.ones(4, 6),
              "completion_mask": F.pad(mask, (1, 0)), "loss_mask": mask}
@@ -41,8 +42,20 @@ def test_gamma_defaults_and_is_checked():
             D2POSettings(d2po_gamma=bad)
 
 
-def test_trainer_loss_is_the_naive_d2po_loss(tokenizer):
-    """−log σ(β [Σ_t γ^t ρ_c,t − Σ_t γ^t ρ_r,t]) with ρ from full logits and t counted per response by hand."""
+def upstream_d2po_logps(logits: torch.Tensor, labels: torch.Tensor, gamma: float) -> torch.Tensor:
+    """LotuSrc/D2PO ``src/llamafactory/train/trainer_utils.py::get_batch_logps``, re-typed: labels shifted by one,
+    ``Σ_t log p_t · gamma ** cumsum(loss_mask) · loss_mask`` per row → ``[R]``."""
+    labels = labels[:, 1:].clone()
+    logits = logits[:, :-1, :]
+    loss_mask = labels != -100
+    labels[labels == -100] = 0
+    per_token_logps = torch.gather(logits.log_softmax(-1), dim=2, index=labels.unsqueeze(2)).squeeze(2)
+    return (per_token_logps * torch.pow(gamma, torch.cumsum(loss_mask, dim=1)) * loss_mask).sum(-1)
+
+
+def test_trainer_loss_and_gradients_are_the_authors_d2po(tokenizer):
+    """Oracle: LotuSrc/D2PO ``trainer_utils.get_batch_logps`` (γ^cumsum(mask) on policy and reference) and its DPO
+    trainer's sigmoid loss −log σ(β[(π_c − π_r) − (ref_c − ref_r)]), mean over pairs; gradients by autograd."""
     gamma, beta = 0.8, 0.1
     dataset, _ = tokenize_preference_dataset(datasets.Dataset.from_list(standard_rows(4)), tokenizer)
     config = TokenweightConfig(output_dir="/tmp/tw-test", use_cpu=True, report_to="none", beta=beta,
@@ -52,17 +65,19 @@ def test_trainer_loss_is_the_naive_d2po_loss(tokenizer):
     batch = PreferenceCollator(tokenizer.pad_token_id)(list(dataset))
     loss = trainer.compute_loss(trainer.model, batch)
 
+    oracle = make_model(len(tokenizer), seed=1)
+    ids, attention = batch["input_ids"], batch["attention_mask"]
+    labels = torch.where(batch["completion_mask"].bool(), ids, -100)
+    logps = upstream_d2po_logps(oracle(input_ids=ids, attention_mask=attention).logits, labels, gamma)
     with torch.no_grad():
-        ids, attention = batch["input_ids"], batch["attention_mask"]
-        rho = (naive_token_logps(policy(input_ids=ids, attention_mask=attention).logits, ids)
-               - naive_token_logps(reference(input_ids=ids, attention_mask=attention).logits, ids))
-    sums = []
-    for row in range(ids.shape[0]):
-        completion = [j for j in range(1, ids.shape[1]) if batch["completion_mask"][row, j]]
-        sums.append(sum(gamma ** t * rho[row, j - 1] for t, j in enumerate(completion)))
-    pairs = ids.shape[0] // 2
-    expected = torch.stack([-F.logsigmoid(beta * (sums[b] - sums[pairs + b])) for b in range(pairs)]).mean()
+        ref_logps = upstream_d2po_logps(reference(input_ids=ids, attention_mask=attention).logits, labels, gamma)
+    (chosen, rejected), (ref_chosen, ref_rejected) = logps.chunk(2), ref_logps.chunk(2)
+    expected = -F.logsigmoid(beta * ((chosen - rejected) - (ref_chosen - ref_rejected))).mean()
     assert loss.item() == pytest.approx(expected.item(), abs=1e-6)
-    uniform = torch.stack([-F.logsigmoid(beta * (rho[b] * batch["loss_mask"][b] - rho[pairs + b]
-                                                  * batch["loss_mask"][pairs + b]).sum()) for b in range(pairs)])
-    assert abs(uniform.mean().item() - expected.item()) > 1e-4  # the decay changed the loss
+    loss.backward()
+    expected.backward()
+    for (name, p_oracle), p_ours in zip(oracle.named_parameters(), trainer.model.parameters()):
+        assert torch.allclose(p_oracle.grad, p_ours.grad, atol=1e-7, rtol=1e-4), name
+    # the origin matters: γ^t counted from 0 (this library's earlier form) is β/γ, another loss
+    zero_based = -F.logsigmoid(beta / gamma * ((chosen - rejected) - (ref_chosen - ref_rejected))).mean()
+    assert abs(zero_based.item() - expected.item()) > 1e-5

@@ -1,14 +1,15 @@
-"""``d2po``: D²PO's temporal decay — completion token ``t`` weighs ``γ^t``, so earlier tokens weigh more.
+"""``d2po``: D²PO's temporal decay — completion token ``t`` (counted from 1) weighs ``γ^t``, earlier tokens more.
 
 Paper: "Earlier Tokens Contribute More: Learning Direct Preference Optimization From Temporal Decay Perspective",
-arXiv 2502.14340; followed from its summary (https://www.sciencestack.ai/paper/2502.14340; ``specs/related.md`` §8):
-``L = −log σ(β [Σ_t γ^t ρ^w_t − Σ_t γ^t ρ^l_t])`` with ``ρ_t`` the per-token log-ratio and ``γ ∈ (0, 1)``. The
-upstream code was not available to this implementation.
+arXiv 2502.14340 (``specs/related.md`` §8): ``L = −log σ(β [Σ_t γ^t ρ^w_t − Σ_t γ^t ρ^l_t])`` with ``ρ_t`` the
+per-token log-ratio and ``γ ∈ (0, 1)``.
 
-Convention: ``t`` is the 0-based index of the token within its completion (the first completion token weighs
-``γ^0 = 1``; EOS included); the summary writes ``γ^t`` without fixing the origin, and a 1-based origin would only
-scale every weight by ``γ``, i.e. rescale β. ``d2po_gamma`` defaults to 0.98, a library default (no official value is
-encoded here).
+Upstream code followed (``specs/related.md`` §11, decision 5): github.com/LotuSrc/D2PO,
+``src/llamafactory/train/trainer_utils.py::get_batch_logps``, which multiplies each per-token log-prob by
+``gamma ** cumsum(loss_mask)`` on the policy and on the reference alike: the first completion token weighs ``γ^1``,
+the t-th ``γ^t`` (EOS included, it is a completion token there as here). The defaults are upstream's
+(``hparams/finetuning_args.py``): ``gamma`` 0.98, ``pref_beta`` 0.1. (A 0-based origin would scale every weight by
+1/γ, i.e. rescale β; this library used it before following the upstream code.)
 """
 
 from __future__ import annotations
@@ -18,7 +19,6 @@ from dataclasses import dataclass, field
 import torch
 
 from tokenweight.errors import UserError
-from tokenweight.masks import position_ids_from_mask
 from tokenweight.weights.base import TokenWeights, WeightingInputs, WeightingScheme, register_scheme
 
 
@@ -27,7 +27,8 @@ class D2POSettings:
     """D²PO's flag."""
 
     d2po_gamma: float = field(default=0.98, metadata={
-        "help": "D²PO: decay γ in (0, 1]; completion token t (0-based) weighs γ^t. Library default 0.98."})
+        "help": "D²PO: decay γ in (0, 1]; completion token t (counted from 1) weighs γ^t, as the authors' code. "
+                "Default 0.98 (upstream's)."})
 
     def __post_init__(self):
         if not 0.0 < self.d2po_gamma <= 1.0:
@@ -35,11 +36,11 @@ class D2POSettings:
 
 
 def temporal_decay_weights(loss_mask: torch.Tensor, gamma: float) -> torch.Tensor:
-    """``γ^t`` on each completion token of ``loss_mask`` ``[R, T]`` (``t``: 0-based index within the row's
-    completion), 0 off the mask → ``[R, T]`` fp32."""
+    """``γ^t`` on each completion token of ``loss_mask`` ``[R, T]`` (``t``: the number of completion tokens up to and
+    including it, so the first weighs ``γ``), 0 off the mask → ``[R, T]`` fp32."""
     mask = loss_mask.bool()
-    position = position_ids_from_mask(mask).float()
-    return torch.pow(torch.tensor(gamma, dtype=torch.float32, device=mask.device), position) * mask
+    count = mask.long().cumsum(dim=1).float()
+    return torch.pow(torch.tensor(gamma, dtype=torch.float32, device=mask.device), count) * mask
 
 
 @register_scheme
