@@ -83,6 +83,9 @@ class CoreConfig(TrainingArguments):
     use_weighting: bool = field(default=False, metadata={
         "help": "WPO pair weighting (TRL's name): scale each pair's loss by the product of the policy's "
                 "length-normalised probabilities of its two responses (arXiv 2406.11827); with any scheme."})
+    wpo_clamp: bool = field(default=True, metadata={
+        "help": "WPO: clamp each pair's weight at 1, as the authors' run_wpo.py (default); false: TRL 1.16's "
+                "unclamped weight, which exceeds 1 on completions the policy itself would sample."})
     precompute_ref_log_probs: bool = field(default=False, metadata={
         "help": "Score the data once with the reference before training and free it (not with TI-DPO's KL term, "
                 "nor with a reference-free scheme)."})

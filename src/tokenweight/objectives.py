@@ -11,8 +11,9 @@ Inputs are per-token log-probs in the shifted alignment (see :mod:`tokenweight.w
 
 ``offset`` ``[B]`` lets a scheme move the margin (TI-DPO's TDPO2 KL term, SimPO's γ/β); it is 0 otherwise. A
 scheme may weigh the reference log-probs with weights of their own (``ref_weights``, SamPO's independent
-reference sample), and the per-pair losses may be scaled by detached pair weights (``pair_weights``: WPO,
-``use_weighting``).
+reference sample), and the per-pair losses may be scaled by detached pair weights (``pair_weights``: WPO's,
+``use_weighting``, times a scheme's own, ConfPO's 0 on a pair with an empty token set); a pair weighted 0 stays in
+the batch mean.
 
 Reference-free (``ref_logps=None``, SimPO and ConfPO): the log-ratios are the policy's own log-probs,
 Δ = Σ_t ω_c,t log π_θ(y_c,t) − Σ_t ω_r,t log π_θ(y_r,t) − offset, and the reward metrics are what TRL's CPO trainer
@@ -92,20 +93,24 @@ def weighted_log_ratios(policy_logps: torch.Tensor, ref_logps: torch.Tensor | No
     return ((policy_logps * weights - ref_logps * ref_weights.to(policy_logps.dtype)) * mask).sum(dim=1)
 
 
-def wpo_pair_weights(policy_logps: torch.Tensor, log_sum_sq_probs: torch.Tensor,
-                     loss_mask: torch.Tensor) -> torch.Tensor:
-    """WPO's pair weights (arXiv 2406.11827, Eq. 2, as TRL's ``use_weighting``) → ``[B]``, detached.
+def wpo_pair_weights(policy_logps: torch.Tensor, log_sum_sq_probs: torch.Tensor, loss_mask: torch.Tensor,
+                     clamp: bool = True) -> torch.Tensor:
+    """WPO's pair weights (arXiv 2406.11827, Eq. 2) → ``[B]``, detached.
 
     Per response, ``w = exp(mean_t (ℓ_θ,t − log Σ_v π_θ(v | ·)²))`` over its completion tokens (the policy's
     length-normalised probability of the response, relative to the probability that the policy's own sampling
-    repeats its draw); a pair weighs ``w_chosen · w_rejected``. ``policy_logps``, ``log_sum_sq_probs`` (from
-    :class:`~tokenweight.logps.TokenStats`) and ``loss_mask`` are ``[2B, T]``.
+    repeats its draw); a pair weighs ``min(w_chosen · w_rejected, 1)`` as the authors' code
+    (github.com/wzhouad/WPO, ``scripts/run_wpo.py::WPOTrainer.get_batch_logps``:
+    ``clamp(exp(avg_c + avg_r), max=1)``), or ``w_chosen · w_rejected`` unclamped with ``clamp=False`` (TRL 1.16's
+    ``DPOTrainer(use_weighting=True)``; on policy-like completions it exceeds 1). ``policy_logps``,
+    ``log_sum_sq_probs`` (from :class:`~tokenweight.logps.TokenStats`) and ``loss_mask`` are ``[2B, T]``.
     """
     with torch.no_grad():
         mask = loss_mask.to(policy_logps.dtype)
         aligned = ((policy_logps - log_sum_sq_probs) * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1)
-        chosen, rejected = aligned.exp().chunk(2)
-        return chosen * rejected
+        chosen, rejected = aligned.chunk(2)
+        weights = (chosen + rejected).exp()
+        return weights.clamp(max=1.0) if clamp else weights
 
 
 def pair_loss(policy_logps: torch.Tensor, ref_logps: torch.Tensor | None, weights: torch.Tensor,

@@ -119,10 +119,11 @@ class TokenweightTrainer(Trainer):
         if offset is not None:
             offset, offset_metrics = offset
             metrics.update(offset_metrics)
-        pair_weights = None
+        pair_weights = token_weights.pair_weights
         if self.args.use_weighting:
-            pair_weights = wpo_pair_weights(policy.token_logps, policy.stats.log_sum_sq_probs, loss_mask)
-            metrics["wpo/pair_weight"] = pair_weights.mean()
+            wpo = wpo_pair_weights(policy.token_logps, policy.stats.log_sum_sq_probs, loss_mask, self.args.wpo_clamp)
+            metrics["wpo/pair_weight"] = wpo.mean()
+            pair_weights = wpo if pair_weights is None else pair_weights * wpo
         result = pair_loss(policy.token_logps, ref_logps, weights, loss_mask, self.beta, self.args.loss_type,
                            self.args.label_smoothing, offset=offset, ref_weights=token_weights.ref_weights,
                            pair_weights=pair_weights)

@@ -88,6 +88,9 @@ class TokenWeights:
     weights: torch.Tensor
     metrics: dict[str, float] = field(default_factory=dict)
     ref_weights: torch.Tensor | None = None
+    #: ``[B]`` optional detached factors of each pair's loss (ConfPO: 0 for a pair with an empty token set, which
+    #: stays in the batch mean); multiplied with WPO's pair weights under ``use_weighting``.
+    pair_weights: torch.Tensor | None = None
     #: ``[B, N, M]`` an optional coupling of each pair's chosen and rejected tokens, both packed left in completion
     #: order (OTPO: its transport plan, scaled like the weights), shown by ``tokenweight weights``.
     plan: torch.Tensor | None = None
@@ -343,7 +346,8 @@ def weigh_batch(scheme: WeightingScheme, inputs: WeightingInputs,
     for); it is asked for hidden states when the weights or the loss need them. Without ``needs_hidden_states`` or
     ``needs_policy_logps`` the weights are computed *before* the forward (a scheme's own passes never overlap the
     policy's graph), else after it from the forward's detached hidden states / token log-probs (``inputs.hidden``,
-    ``inputs.policy_logps`` are filled). The weights are detached and checked (:func:`check_weights`). Returns
+    ``inputs.policy_logps`` are filled). The weights (and pair weights) are detached and checked
+    (:func:`check_weights`). Returns
     ``(token weights, policy scores)``.
     """
     want_hidden = scheme.needs_hidden_states or scheme.needs_hidden_for_loss
@@ -362,6 +366,8 @@ def weigh_batch(scheme: WeightingScheme, inputs: WeightingInputs,
     if token_weights.ref_weights is not None:
         token_weights.ref_weights = token_weights.ref_weights.detach()
         check_weights(token_weights.ref_weights, inputs.loss_mask, f"{scheme.name} (reference weights)")
+    if token_weights.pair_weights is not None:
+        token_weights.pair_weights = token_weights.pair_weights.detach()
     return token_weights, policy
 
 

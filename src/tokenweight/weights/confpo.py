@@ -15,9 +15,13 @@ so the weights are 1/|S| on S and 0 elsewhere, and γ enters as the pair-loss of
 itself, as upstream passes it (``--simpo_gamma``, TRL CPO's name). Defaults: the released Mistral-Base script's β 1.5
 and γ 1.6 (``recipes/confpo_mistral_7b_base_ultrafeedback.yaml``).
 
-An empty S happens only when every token of a response has the same probability (a one-token response, say):
-upstream then zeroes the pair's loss; here the response keeps all its tokens (S = the response, SimPO's weights for
-that row) and the rows are counted in the metric ``confpo/all_equal_rows``.
+A response whose S is empty (every token has the same probability: a one-token response, say) zeroes its pair's
+loss, as upstream (``cpo_loss_confpo``: ``losses * ~loss_mask_for_zero_sample``): the scheme's pair weight
+(``TokenWeights.pair_weights``) is 0 for that pair, which stays in the batch mean; the empty response weighs 0
+everywhere (upstream's mean over an empty S is 0/1). The responses are counted in ``confpo/all_equal_rows``, the pairs
+in ``confpo/zeroed_pairs``. (This library kept such a response whole, SimPO's weights, before following the upstream
+code.) Where upstream compares ``log p_t < log mean_u p_u``, ties are decided here on the probabilities themselves: a
+flat response selects nothing however its mean rounds.
 """
 
 from __future__ import annotations
@@ -47,20 +51,14 @@ class ConfpoSettings:
             raise UserError(f"config key `confpo_gamma` must be >= 0, got {self.confpo_gamma}")
 
 
-def low_confidence_tokens(token_logps: torch.Tensor, loss_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """ConfPO's selection from per-token log-probs ``[2B, T]`` and ``loss_mask`` ``[2B, T]`` (bool).
-
-    Returns ``(selected, all_equal)``: ``selected`` ``[2B, T]`` bool, the completion tokens whose probability is
-    below their response's mean probability, or the whole response when none is (``all_equal`` ``[2B]`` marks
-    those responses).
-    """
+def low_confidence_tokens(token_logps: torch.Tensor, loss_mask: torch.Tensor) -> torch.Tensor:
+    """ConfPO's selection ``[2B, T]`` bool from per-token log-probs ``[2B, T]`` and ``loss_mask`` ``[2B, T]`` (bool):
+    the completion tokens whose probability is below their response's mean probability (none on a flat response)."""
     mask = loss_mask.bool()
     probs = token_logps.detach().float().exp() * mask
     mean = probs.sum(dim=1, keepdim=True) / mask.sum(dim=1, keepdim=True).clamp(min=1)
     # below the maximum too: a flat response selects nothing whichever way its mean rounds (others are unchanged)
-    selected = (probs < mean) & (probs < probs.amax(dim=1, keepdim=True)) & mask
-    all_equal = mask.any(dim=1) & ~selected.any(dim=1)
-    return torch.where(all_equal[:, None], mask, selected), all_equal
+    return (probs < mean) & (probs < probs.amax(dim=1, keepdim=True)) & mask
 
 
 @register_scheme
@@ -76,13 +74,17 @@ class ConfpoScheme(WeightingScheme):
         return CONFPO_BETA
 
     def compute(self, inputs: WeightingInputs) -> TokenWeights:
-        """``[2B, L-1]`` weights 1/|S| on each response's low-confidence tokens S (from ``inputs.policy_logps``)."""
-        selected, all_equal = low_confidence_tokens(inputs.policy_logps, inputs.loss_mask)
+        """``[2B, L-1]`` weights 1/|S| on each response's low-confidence tokens S (from ``inputs.policy_logps``);
+        ``[B]`` pair weights 0 where a response's S is empty, else 1."""
+        selected = low_confidence_tokens(inputs.policy_logps, inputs.loss_mask)
+        empty = inputs.loss_mask.bool().any(dim=1) & ~selected.any(dim=1)
+        chosen_empty, rejected_empty = empty.chunk(2)
+        zeroed = chosen_empty | rejected_empty
         share = selected.sum(dim=1) / inputs.loss_mask.sum(dim=1).clamp(min=1)
         chosen_share, rejected_share = share.chunk(2)
-        return TokenWeights(weights=length_normalised_weights(selected), metrics={
+        return TokenWeights(weights=length_normalised_weights(selected), pair_weights=(~zeroed).float(), metrics={
             "confpo/selected_chosen": chosen_share.mean(), "confpo/selected_rejected": rejected_share.mean(),
-            "confpo/all_equal_rows": all_equal.sum()})
+            "confpo/all_equal_rows": empty.sum(), "confpo/zeroed_pairs": zeroed.sum()})
 
     def margin_offset(self, ctx: LossContext) -> tuple[torch.Tensor, dict[str, float]]:
         """γ/β = ``confpo_gamma / beta`` for every pair."""

@@ -46,7 +46,7 @@ class SimpoSettings:
 
 def length_normalised_weights(selected: torch.Tensor) -> torch.Tensor:
     """``[2B, T]`` weights 1/|S| on each row's selected tokens (``selected`` ``[2B, T]`` bool), 0 elsewhere; a row
-    with no selected token gets 0 (callers make sure every response has one)."""
+    with no selected token gets 0 (SimPO selects every token; ConfPO zeroes such a pair's loss)."""
     selected = selected.float()
     return selected / selected.sum(dim=1, keepdim=True).clamp(min=1)
 
