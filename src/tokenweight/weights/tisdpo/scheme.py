@@ -2,7 +2,8 @@
 
 Paper: Liu et al., ICLR 2025, arXiv 2410.04350; upstream code https://github.com/exlaw/TIS-DPO. The weights come
 from the token rewards r̂ = log π₊ − log π₋ (:mod:`.rewards`, cached by :mod:`.cache`) through a transform
-(:mod:`.transforms`). :meth:`TISDPOScheme.prepare` adds them to the raw rows as ``chosen_weights`` /
+(:mod:`.transforms`: upstream's rounding, EOS weight 0, ``rank_based`` by default). :meth:`TISDPOScheme.prepare` adds
+them to the raw rows as ``chosen_weights`` /
 ``rejected_weights``, so they reach the batch as dataset-supplied weights do (the ``column`` path); the loss is the
 weighted DPO L = −log σ(β [Σ_t w^w_t ρ^w_t − Σ_t w^l_t ρ^l_t]) (β 0.1). Upstream's optional token-level KL term
 (``token_level``, off by default) is left out.
@@ -40,16 +41,20 @@ class TISDPOSettings:
     tisdpo_weights: str | None = field(default=None, metadata={
         "help": "Folder of the cached token rewards (default output_dir/tisdpo-weights; computed there when "
                 "missing, other splits in sub-folders)."})
-    tisdpo_transform: str = field(default="threshold_and_scale", metadata={
-        "help": "Scores -> weights: threshold_and_scale, binary or rank_based."})
+    tisdpo_transform: str = field(default="rank_based", metadata={
+        "help": "Scores -> weights, as upstream defines them: rank_based (default, upstream's README command; "
+                "stable ranks onto the weight range), threshold_and_scale or binary (top --tisdpo_top_percent% of "
+                "a response's tokens 1, the rest 0); EOS weighs 0."})
     tisdpo_preset: str = field(default="default", metadata={
-        "help": "Score and weight ranges: default ([-1.5, 1.5] -> [0.7, 1.3]) or aggressive ([-2, 2] -> [0.5, 1.5])."})
+        "help": "Upstream's ranges: default ([-1.5, 1.5] -> [0.7, 1.3], top 100%) or aggressive ([-2, 2] -> "
+                "[0.5, 1.5], top 50%)."})
     tisdpo_score_min: float | None = field(default=None, metadata={"help": "Lower clip of the scores (preset's)."})
     tisdpo_score_max: float | None = field(default=None, metadata={"help": "Upper clip of the scores (preset's)."})
     tisdpo_weight_min: float | None = field(default=None, metadata={"help": "Smallest weight (preset's)."})
     tisdpo_weight_max: float | None = field(default=None, metadata={"help": "Largest weight (preset's)."})
-    tisdpo_binary_threshold: float = field(default=0.0, metadata={
-        "help": "binary: tokens scoring above it get the largest weight, the others the smallest."})
+    tisdpo_top_percent: float | None = field(default=None, metadata={
+        "help": "binary: the percentage of a response's tokens (by score) that weigh 1, the rest 0 (preset's: 100, "
+                "aggressive 50)."})
     tisdpo_batch_size: int = field(default=8, metadata={"help": "Pairs per contrastive-model forward."})
 
     def __post_init__(self):
@@ -67,15 +72,18 @@ class TISDPOSettings:
         if not 0 <= transform.weight_min <= transform.weight_max:
             raise UserError(f"config keys 0 <= `tisdpo_weight_min` <= `tisdpo_weight_max` needed, got "
                             f"{transform.weight_min} and {transform.weight_max}")
+        if not 0 <= transform.top_percent <= 100:
+            raise UserError(f"config key `tisdpo_top_percent` must be in [0, 100], got {transform.top_percent}")
 
 
 def resolve_transform(settings) -> Transform:
-    """The :class:`Transform` of ``settings`` (the preset's ranges unless a ``tisdpo_score_*`` /
-    ``tisdpo_weight_*`` key is set)."""
-    preset = dict(zip(("score_min", "score_max", "weight_min", "weight_max"), PRESETS[settings.tisdpo_preset]))
+    """The :class:`Transform` of ``settings`` (the preset's values unless a ``tisdpo_score_*`` /
+    ``tisdpo_weight_*`` / ``tisdpo_top_percent`` key is set)."""
+    keys = ("score_min", "score_max", "weight_min", "weight_max", "top_percent")
+    preset = dict(zip(keys, PRESETS[settings.tisdpo_preset]))
     explicit = {key: getattr(settings, f"tisdpo_{key}") for key in preset}
     values = {key: preset[key] if value is None else float(value) for key, value in explicit.items()}
-    return Transform(name=settings.tisdpo_transform, threshold=float(settings.tisdpo_binary_threshold), **values)
+    return Transform(name=settings.tisdpo_transform, **values)
 
 
 @register_scheme
@@ -111,17 +119,20 @@ class TISDPOScheme(ColumnScheme):
             chosen_rewards, rejected_rewards, source = split_rewards(context.config, context.tokenizer, full, split,
                                                                      folder)
         transform = resolve_transform(self.settings)
-        chosen = [response_weights(r, True, transform) for r in chosen_rewards]
-        rejected = [response_weights(r, False, transform) for r in rejected_rewards]
+        eos = context.tokenizer.eos_token_id
+        chosen = [response_weights(r, True, transform, [t == eos for t in row["chosen_ids"]])
+                  for r, row in zip(chosen_rewards, full)]
+        rejected = [response_weights(r, False, transform, [t == eos for t in row["rejected_ids"]])
+                    for r, row in zip(rejected_rewards, full)]
         weighted = raw.remove_columns([c for c in ("chosen_weights", "rejected_weights") if c in raw.column_names])
         weighted = weighted.add_column("chosen_weights", chosen).add_column("rejected_weights", rejected)
         stats = weight_summary(chosen, rejected, chosen_rewards, rejected_rewards, transform)
         if context.summary is not None:
             context.summary.setdefault(split, {})["tisdpo"] = stats
+        clipped = f"; {stats['clipped_tokens']} tokens clipped" if transform.name == "threshold_and_scale" else ""
         print(f"data {split}: TIS-DPO weights of {stats['pairs']} pairs, {stats['tokens']} tokens "
               f"({transform.describe()}; mean weight chosen {stats['mean_weight_chosen']:.3f}, rejected "
-              f"{stats['mean_weight_rejected']:.3f}; {stats['clipped_tokens']} tokens clipped), rewards {source}",
-              file=sys.stderr)
+              f"{stats['mean_weight_rejected']:.3f}{clipped}), rewards {source}", file=sys.stderr)
         return weighted
 
 

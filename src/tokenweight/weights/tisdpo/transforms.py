@@ -1,28 +1,37 @@
-"""TIS-DPO's token scores and the transforms that turn them into token weights (specs/related.md §4).
+"""TIS-DPO's token scores and the transforms that turn them into token weights (specs/related.md §4, §11 decision 5).
 
 Paper: Liu et al., "TIS-DPO: Token-level Importance Sampling for Direct Preference Optimization With Estimated
-Weights", ICLR 2025, arXiv 2410.04350; upstream code https://github.com/exlaw/TIS-DPO.
+Weights", ICLR 2025, arXiv 2410.04350. Upstream code followed: https://github.com/exlaw/TIS-DPO —
+``token_weight_estimation.py::calculate_probability_differences`` (the scores) and ``preference_datasets.py`` (the
+transforms, ``get_dataset`` and ``tokenize_batch_element``: the sign, the EOS weight).
 
 **Score.** The estimated token reward of completion token t is r̂_t = log π₊(y_t|s_t) − log π₋(y_t|s_t), π₊ the
-positive (DPO-trained) and π₋ the negative (reverse-DPO-trained, i.e. DPO on swapped pairs) contrastive model. The
-spec's upstream convention is raw_t = log π₋ − log π₊ (= −r̂_t), negated for chosen; so the score transformed is
+positive (DPO-trained) and π₋ the negative (DPO on swapped pairs) contrastive model. Upstream stores
+raw_t = round(log π₋ − log π₊, 2) (two decimals) and negates it for the chosen response, so the score transformed is
 
-    score_t = r̂_t   on the chosen response,     score_t = −r̂_t   on the rejected response,
+    score_t = round(r̂_t, 2)   on the chosen response,     score_t = round(−r̂_t, 2)   on the rejected response:
 
-and a token weighs more the more it separates the two models in the direction of its response (a chosen token the
-positive model prefers, a rejected token the negative model prefers): the paper's w = k·exp(μ r̂), μ > 0 for chosen,
-μ < 0 for rejected, made monotone-linear and bounded.
+a token weighs more the more it separates the two models in the direction of its response.
 
-**Transforms** of one response's scores ``[T]`` to weights ``[T]``; the spec gives only the first one's bounds, the
-exact formulas of all three are this library's reading (not checked against the upstream code):
+**EOS** weighs 0: upstream transforms the response's own tokens and appends EOS with weight 0. Here every completion
+token that is the tokenizer's EOS is left out of the transform and weighs 0 (a plain-text completion ends with it;
+a chat template's other end-of-turn tokens are weighed like any token).
 
-- ``threshold_and_scale``: clip to [s_min, s_max], map linearly onto [w_min, w_max]:
-  ``w = w_min + (clip(s) − s_min)/(s_max − s_min) · (w_max − w_min)``; preset ``default`` [−1.5, 1.5] → [0.7, 1.3]
-  and ``aggressive`` [−2, 2] → [0.5, 1.5] (the spec's values);
-- ``binary``: ``w_max`` where score > threshold (default 0), else ``w_min`` (spec silent: the same weight range as
-  the preset, the threshold a flag);
-- ``rank_based``: the response's tokens ranked by score (ascending, ties share their mean rank), the rank r in
-  [0, T−1] mapped linearly onto [w_min, w_max]; a one-token response gets the midpoint (spec silent).
+**Transforms** of one response's scores ``[T]`` (EOS left out) to weights ``[T]``, as upstream defines them:
+
+- ``rank_based`` (the default: upstream's README trains TIS-DPO with ``transform.method=rank_based``): tokens sorted
+  by score, ascending and *stable* (tied scores keep their order in the response), the i-th weighs
+  ``w_min + i/(T−1) · (w_max − w_min)``; a one-token response weighs 1.0;
+- ``threshold_and_scale``: clip to [s_min, s_max], map linearly onto [w_min, w_max];
+- ``binary``: the top ``top_percent``% of the response's tokens by score weigh 1, the others 0: with
+  ``k = int(T · top_percent / 100)``, a token weighs 1 iff at most ``k`` tokens score ≥ its score (upstream's
+  ``num_to_value`` dict gives tied scores the value of their last place in the descending order).
+
+Presets (upstream's ``config/transform/*.yaml``): ``default`` [−1.5, 1.5] → [0.7, 1.3], top_percent 100;
+``aggressive`` [−2, 2] → [0.5, 1.5], top_percent 50. Upstream's own config default (``transform: default``, method
+``binary``, top_percent 100) weighs every non-EOS token 1, i.e. plain DPO without EOS; its README's TIS-DPO command
+picks ``rank_based``, which is this library's default. Upstream's ``origin``, ``threshold`` and ``random`` transforms
+(negative or random weights) are not offered.
 """
 
 from __future__ import annotations
@@ -31,59 +40,71 @@ from dataclasses import dataclass
 
 import torch
 
-TRANSFORMS = ("threshold_and_scale", "binary", "rank_based")
-#: ``preset -> (s_min, s_max, w_min, w_max)`` of ``threshold_and_scale`` (and the weight range of the others).
-PRESETS = {"default": (-1.5, 1.5, 0.7, 1.3), "aggressive": (-2.0, 2.0, 0.5, 1.5)}
+TRANSFORMS = ("rank_based", "threshold_and_scale", "binary")
+#: ``preset -> (s_min, s_max, w_min, w_max, top_percent)``: the score and weight ranges (``threshold_and_scale``;
+#: ``rank_based`` uses the weight range) and ``binary``'s share.
+PRESETS = {"default": (-1.5, 1.5, 0.7, 1.3, 100.0), "aggressive": (-2.0, 2.0, 0.5, 1.5, 50.0)}
+#: Decimals upstream rounds each token score to (``token_weight_estimation.py``: ``round(float(weight), 2)``).
+SCORE_DECIMALS = 2
 
 
 @dataclass(frozen=True)
 class Transform:
     """A resolved transform: its name, the score range ``[score_min, score_max]`` (``threshold_and_scale``), the
-    weight range ``[weight_min, weight_max]`` and ``binary``'s threshold."""
+    weight range ``[weight_min, weight_max]`` (``threshold_and_scale``, ``rank_based``) and ``binary``'s
+    ``top_percent``."""
 
-    name: str = "threshold_and_scale"
+    name: str = "rank_based"
     score_min: float = PRESETS["default"][0]
     score_max: float = PRESETS["default"][1]
     weight_min: float = PRESETS["default"][2]
     weight_max: float = PRESETS["default"][3]
-    threshold: float = 0.0
+    top_percent: float = PRESETS["default"][4]
 
     def describe(self) -> str:
         if self.name == "threshold_and_scale":
             return (f"threshold_and_scale [{self.score_min:g}, {self.score_max:g}] -> "
-                    f"[{self.weight_min:g}, {self.weight_max:g}]")
+                    f"[{self.weight_min:g}, {self.weight_max:g}], EOS 0")
         if self.name == "binary":
-            return f"binary (score > {self.threshold:g}: {self.weight_max:g}, else {self.weight_min:g})"
-        return f"rank_based [{self.weight_min:g}, {self.weight_max:g}]"
+            return f"binary (top {self.top_percent:g}% of a response's tokens: 1, the rest 0), EOS 0"
+        return f"rank_based [{self.weight_min:g}, {self.weight_max:g}] (stable ranks), EOS 0"
 
     def __call__(self, scores: torch.Tensor) -> torch.Tensor:
-        """Weights ``[T]`` (fp32) of one response's scores ``[T]``."""
-        scores = scores.float()
+        """Weights ``[T]`` (fp32) of one response's scores ``[T]`` (its EOS left out)."""
+        scores = scores.double()
         span = self.weight_max - self.weight_min
         if self.name == "threshold_and_scale":
             clipped = scores.clamp(self.score_min, self.score_max)
-            return self.weight_min + (clipped - self.score_min) / (self.score_max - self.score_min) * span
+            return (self.weight_min + (clipped - self.score_min) * span / (self.score_max - self.score_min)).float()
         if self.name == "binary":
-            return torch.where(scores > self.threshold, self.weight_max, self.weight_min).float()
+            kept = int(scores.numel() * self.top_percent / 100)
+            return (scores_at_least(scores) <= kept).float()
         if self.name == "rank_based":
             if scores.numel() == 1:
-                return torch.full_like(scores, self.weight_min + span / 2)
-            return self.weight_min + mean_ranks(scores) * span / (scores.numel() - 1)
+                return torch.ones(1)
+            return (self.weight_min + stable_ranks(scores) / (scores.numel() - 1) * span).float()
         raise ValueError(f"unknown TIS-DPO transform {self.name!r}; known: {list(TRANSFORMS)}")
 
 
-def mean_ranks(scores: torch.Tensor) -> torch.Tensor:
-    """``[T]`` 0-based ascending ranks of ``scores`` ``[T]``, tied values sharing the mean of their ranks."""
-    order = torch.argsort(scores, stable=True)
+def stable_ranks(scores: torch.Tensor) -> torch.Tensor:
+    """``[T]`` 0-based ascending ranks of ``scores`` ``[T]``, tied scores ranked in their order in the response."""
     ranks = torch.empty_like(scores)
-    ranks[order] = torch.arange(scores.numel(), dtype=scores.dtype)
-    values, groups = torch.unique(scores, return_inverse=True)
-    mean_of_group = torch.zeros_like(values).index_add(0, groups, ranks) / torch.bincount(groups).to(scores.dtype)
-    return mean_of_group[groups]
+    ranks[torch.argsort(scores, stable=True)] = torch.arange(scores.numel(), dtype=scores.dtype)
+    return ranks
 
 
-def response_weights(rewards: list[float], chosen: bool, transform: Transform) -> list[float]:
-    """The weights of one response from its token rewards r̂ (one per completion token): the transform of ``r̂``
-    (chosen) or ``−r̂`` (rejected)."""
-    rewards_tensor = torch.tensor(rewards, dtype=torch.float32)
-    return transform(rewards_tensor if chosen else -rewards_tensor).tolist()
+def scores_at_least(scores: torch.Tensor) -> torch.Tensor:
+    """``[T]``: for each token, how many tokens of ``scores`` ``[T]`` score at least as much (itself included)."""
+    ascending = torch.sort(scores).values
+    return scores.numel() - torch.searchsorted(ascending, scores, right=False)
+
+
+def response_weights(rewards: list[float], chosen: bool, transform: Transform,
+                     is_eos: list[bool] | None = None) -> list[float]:
+    """The weights of one response from its token rewards r̂ (one per completion token): the transform of the
+    rounded ``r̂`` (chosen) or ``−r̂`` (rejected) over the tokens that are not EOS (``is_eos``, one flag per token;
+    ``None``: none is), 0 on EOS."""
+    is_eos = is_eos or [False] * len(rewards)
+    scores = [round(r if chosen else -r, SCORE_DECIMALS) for r, eos in zip(rewards, is_eos) if not eos]
+    weights = iter(transform(torch.tensor(scores, dtype=torch.float64)).tolist() if scores else [])
+    return [0.0 if eos else next(weights) for eos in is_eos]
