@@ -8,8 +8,8 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from tokenweight.bench.rows import ORACLE_ROWS, bench_row, oracle_weights
 from tokenweight.bench.runs import with_oracle_weights
-from tokenweight.keyfact import (build_keyfact, greedy_outcomes, key_slot, key_weight_stats, keyfact_base_model,
-                                 keyfact_item_metrics, nonkey_kl, resolve_facts)
+from tokenweight.keyfact import (build_keyfact, greedy_outcomes, key_slot, key_weight_rank, key_weight_stats,
+                                 keyfact_base_model, keyfact_item_metrics, nonkey_kl, resolve_facts)
 from tokenweight.keyfact.facts import fill, find_row
 
 
@@ -75,6 +75,12 @@ def test_greedy_outcomes_by_hand():
     distractors = [find_row(facts, r["family"], r["subject"])["distractors"] for r in rows]
     keys = [rows[0]["key"], distractors[1][0], distractors[2][1], "banana", None]
     assert greedy_outcomes(rows, keys) == ["correct", "lure", "other_answer", "outside", "format"]
+
+
+def test_key_weight_rank_by_hand():
+    weights = [[1.0, 1.0, 1.0, 1.0], [0.0, 4.0, 0.0], [0.7, 1.3, 0.9, 1.1, 0.0], [2.0, 1.0, 1.0]]
+    # uniform: (n + 1)/2; the heaviest: 1; third heaviest of five: 3; tied for 2nd and 3rd: 2.5
+    assert key_weight_rank(weights, [2, 1, 2, 1]) == [2.5, 1.0, 3.0, 2.5]
 
 
 def test_key_weight_stats_by_hand():

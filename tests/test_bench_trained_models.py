@@ -61,6 +61,9 @@ def test_bench_run_of_tisdpo_trains_both_contrastive_models_first(tmp_path, monk
     assert models["tisdpo_positive_model"]["swapped_pairs"] == 0
     assert models["tisdpo_negative_model"]["swapped_pairs"] == 16
     assert all(m["pairs"] == 16 and m["steps"] == 2 for m in models.values())
+    assert all(m["learning_rate"] == settings.learning_rate * 0.1 for m in models.values())  # a mild training
+    assert " at lr " in printed.err
+    assert len(run["items"]["key_rank"]) == 4 and all(1 <= r <= 40 for r in run["items"]["key_rank"])
     assert run["seconds"] > sum(m["seconds"] for m in models.values())  # the row's time includes their training
 
     positive, negative, reference = (load_causal_lm(path) for path in (

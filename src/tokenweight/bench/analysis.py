@@ -16,7 +16,7 @@ DAMAGE_AXIS = ("answer_mass", "format_fail", "gen_len", "kl_nonkey")
 #: The combined outcome, greedy: correct key, or which way it was missed (``format_fail`` is the fourth way).
 OUTCOME = ("key_acc", "greedy_lure", "greedy_other", "greedy_outside")
 #: Where the scheme's weights put the key (chosen completions).
-WEIGHT_METRICS = ("key_share", "key_weight_rel")
+WEIGHT_METRICS = ("key_share", "key_weight_rel", "key_rank")
 COMPARED = (*KEY_AXIS, *DAMAGE_AXIS, *OUTCOME, "pref_acc", *WEIGHT_METRICS)
 #: The oracle must beat the baseline on both with an interval excluding 0: greedy accuracy and answer-set mass
 #: (a metric of collateral damage; higher is less damage).

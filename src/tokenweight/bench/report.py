@@ -112,6 +112,9 @@ def markdown_report(results: dict) -> str:
     trainers = sorted({r["label"] for r in results["runs"] if r["trained_models"]})
     trained_only = ("" if s["trained_models_all_variants"] or not trainers else
                     f", and so do the rows that train models first ({', '.join(trainers)})")
+    if trainers:  # results written before the factor existed trained those models at the full rate
+        trained_only += (f"; the models they train first use {s.get('trained_models_lr_factor', 1.0):g} × the "
+                         "learning rate")
     tuning = ("" if not results["tuning"] else "Learning rate per row (`--tune`, best greedy key_acc on the "
               "validation set): " + ", ".join(f"{label} {t['learning_rate']:g}" for label, t in
                                               results["tuning"].items()) + ".\n")
@@ -150,7 +153,9 @@ the template before the key), `gen_len` (greedy tokens; compare with the referen
 KL(π‖π_ref) on the chosen answer's tokens other than the key). Combined: greedy `key_acc`, missed as the lure,
 another answer word, a word outside the answer set, or a format failure. `pref_acc`: unweighted implicit-reward
 accuracy. `key_share`: the key's share of the chosen weight from the key onward (the tokens before it cancel);
-`key_weight_rel`: the key's weight over the mean weight. Seed tests: per-seed mean differences, exact sign test and
+`key_weight_rel`: the key's weight over the mean weight; `key_rank`: the key's rank by weight among the chosen
+tokens (1 = the heaviest, ties share their mean rank; uniform: (n + 1)/2), for `tisdpo` the rank of its contrastive
+models' token reward on held-out pairs. Seed tests: per-seed mean differences, exact sign test and
 Wilcoxon signed-rank (two-sided). Plots in the report folder: `forest.png` (Δ with intervals, one row per scheme ×
 variant), `curves_<variant>.png`, `heatmaps/`.
 

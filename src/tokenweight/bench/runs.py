@@ -72,10 +72,10 @@ def with_oracle_weights(rows: datasets.Dataset, row: BenchRow, tokenizer, facts)
 def item_metrics(model, reference, tokenizer, pairs, rows, settings: BenchSettings, scheme=None) -> dict[str, list]:
     """Per evaluation item: :func:`~tokenweight.keyfact.keyfact_item_metrics`, ``pref_acc`` (1 when the unweighted
     implicit reward ranks the pair right, ½ on a tie; needs ``reference``) and, with ``scheme``, the key weight's
-    ``key_share`` (of the weight from the key onward) and ``key_weight_rel`` (over the mean weight) on the chosen
-    completion, with the weights the scheme computes for ``model``. ``pairs``: ``rows`` tokenized, same order."""
+    ``key_share`` (of the weight from the key onward), ``key_weight_rel`` (over the mean weight) and ``key_rank``
+    (the key's rank by weight, 1 = the heaviest token) on the chosen completion, with the weights the scheme computes for ``model``. ``pairs``: ``rows`` tokenized, same order."""
     from tokenweight.evaluate import pair_token_weights, score_pairs
-    from tokenweight.keyfact import key_slots, key_weight_stats, keyfact_item_metrics
+    from tokenweight.keyfact import key_slots, key_weight_rank, key_weight_stats, keyfact_item_metrics
 
     if list(pairs["row_index"]) != list(range(len(rows))):
         raise ValueError("KeyFact bench: tokenization dropped or reordered evaluation rows; raise --max_length")
@@ -89,6 +89,7 @@ def item_metrics(model, reference, tokenizer, pairs, rows, settings: BenchSettin
         weights = pair_token_weights(scheme, model, pairs, tokenizer.pad_token_id, 64, progress=False)
         keys = [index for index, _ in key_slots(tokenizer, rows, settings.facts)]
         items["key_share"], items["key_weight_rel"] = key_weight_stats([c for c, _ in weights], keys)
+        items["key_rank"] = key_weight_rank([c for c, _ in weights], keys)
         items["_weights"] = weights
     return items
 

@@ -42,6 +42,9 @@ class BenchSettings:
     (independent of the training seeds) and the disjoint ``validation`` split ``--tune`` selects on. ``jobs``: worker processes (one thread each).
     ``trained_models_all_variants``: a row whose scheme trains models first (``trained_models``; TIS-DPO, three
     trainings per run) runs on every variant (True) or, like the ablation rows, on the first only (False).
+    ``trained_models_lr_factor``: those models train at this fraction of the budget learning rate (0.1). Upstream
+    trains TIS-DPO's contrastive models mildly (lr 5e-7, 1 epoch); at the policy's full KeyFact rate they memorised
+    the training pairs (most chosen keys at the weight cap) and their weights landed on the rejected side's filler.
     """
 
     rows: list[str]
@@ -67,6 +70,7 @@ class BenchSettings:
     jobs: int = 1
     tune: bool = False
     trained_models_all_variants: bool = False
+    trained_models_lr_factor: float = 0.1
 
     def __post_init__(self):
         unknown = [v for v in self.variants if v not in VARIANTS]
@@ -76,6 +80,8 @@ class BenchSettings:
             raise UserError("the benchmark needs at least one scheme, one seed and one variant")
         if self.jobs < 1:
             raise UserError(f"--jobs must be at least 1, got {self.jobs}")
+        if self.trained_models_lr_factor <= 0:
+            raise UserError(f"trained_models_lr_factor must be > 0, got {self.trained_models_lr_factor}")
 
     @property
     def ablation_variant(self) -> str:

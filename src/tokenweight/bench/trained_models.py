@@ -5,11 +5,12 @@ is one task in one worker; no run waits for another).
 Each declared model is trained through the bench's own training path (:func:`~tokenweight.bench.runs.run_config`,
 the run's data loading and the scheme's data preparation, :class:`~tokenweight.trainer.TokenweightTrainer`): the
 same base model, variant and seed as the run (so the same training pairs, and the same training order), the bench's
-budget learning rate, the declaration's overrides on top (``swap_pairs`` for π₋); it is saved to
+budget learning rate × ``BenchSettings.trained_models_lr_factor`` (0.1: a mild training, as upstream's lr 5e-7 for
+one epoch), the declaration's overrides on top (``swap_pairs`` for π₋); it is saved to
 ``<run folder>/<settings key>/`` and that folder is set as the settings key of the row's run. The bench's own
 ``uniform`` run of the same variant and seed is *not* reused as π₊: it runs in another worker (no order between
 workers), saves no model, and under ``--tune`` its learning rate is tuned apart; π₊ is trained again (the same
-training at the budget learning rate, one more uniform-cost training per run).
+training at a tenth of the budget learning rate, one more uniform-cost training per run).
 """
 
 from __future__ import annotations
@@ -43,7 +44,7 @@ def train_declared_models(settings: BenchSettings, base_path: str, row: BenchRow
                           output_dir: Path) -> tuple[BenchRow, dict[str, dict]]:
     """``(row with every declared model's folder set under its settings key, {settings key: what was trained})``;
     ``(row, {})`` when the scheme declares none. What was trained: scheme, overrides, folder, training pairs, pairs
-    swapped, steps, seconds (also printed to stderr)."""
+    swapped, learning rate, steps, seconds (also printed to stderr)."""
     from transformers import PrinterCallback
 
     from tokenweight.models import load_causal_lm, load_tokenizer
@@ -54,7 +55,8 @@ def train_declared_models(settings: BenchSettings, base_path: str, row: BenchRow
     for key, model_row in trained_model_rows(row).items():
         start = time.perf_counter()
         folder = output_dir / key
-        config = run_config(settings, model_row, variant, seed, folder, settings.learning_rate)
+        learning_rate = settings.learning_rate * settings.trained_models_lr_factor
+        config = run_config(settings, model_row, variant, seed, folder, learning_rate)
         splits = load_run_splits(config)
         tokenizer = load_tokenizer(base_path)
         train = prepare_split(config, base_path, tokenizer, splits.train, "train")
@@ -66,10 +68,11 @@ def train_declared_models(settings: BenchSettings, base_path: str, row: BenchRow
         trainer.save_model(str(folder))
         trained[key] = {"weighting": model_row.scheme, "overrides": model_row.overrides, "path": str(folder),
                         "pairs": len(train), "swapped_pairs": splits.swapped_pairs.get("train", 0),
+                        "learning_rate": learning_rate,
                         "steps": trainer.state.global_step, "seconds": time.perf_counter() - start}
         settings_text = "".join(f" {name}={value}" for name, value in model_row.overrides.items())
         print(f"bench {row.label} ({variant}, seed {seed}): trained {key} = {model_row.scheme}{settings_text} "
-              f"on {len(train)} pairs ({trained[key]['swapped_pairs']} swapped), "
+              f"on {len(train)} pairs ({trained[key]['swapped_pairs']} swapped) at lr {learning_rate:g}, "
               f"{trainer.state.global_step} steps, {trained[key]['seconds']:.0f} s -> {folder}", file=sys.stderr)
         del trainer, reference
         gc.collect()

@@ -19,13 +19,13 @@ from .facts import DEFAULT_FACTS_PATH, load_facts, resolve_facts, save_facts, va
 from .generator import build_keyfact, heldout_items
 from .judge import judge_verdict_accuracy, judge_verdict_logits
 from .metrics import (OUTCOMES, answer_set_logps, evaluate_keyfact, generated_keys, greedy_generations,
-                      greedy_outcomes, key_margins, key_position, key_slot, key_slots, key_weight_share,
-                      key_weight_stats, key_word, keyfact_item_metrics, nonkey_kl, pref_acc)
+                      greedy_outcomes, key_margins, key_position, key_slot, key_slots, key_weight_rank,
+                      key_weight_share, key_weight_stats, key_word, keyfact_item_metrics, nonkey_kl, pref_acc)
 from .tokenizer import build_keyfact_tokenizer, keyfact_vocabulary
 
 __all__ = ["DEFAULT_FACTS_PATH", "OUTCOMES", "SIZES", "answer_set_logps", "build_keyfact", "build_keyfact_tokenizer",
            "cache_root", "evaluate_keyfact", "generated_keys", "greedy_generations", "greedy_outcomes", "heldout_items",
            "judge_verdict_accuracy", "judge_verdict_logits", "key_margins", "key_position", "key_slot", "key_slots",
-           "key_weight_share", "key_weight_stats", "key_word", "keyfact_base_model", "keyfact_item_metrics",
+           "key_weight_rank", "key_weight_share", "key_weight_stats", "key_word", "keyfact_base_model", "keyfact_item_metrics",
            "keyfact_vocabulary", "load_facts", "nonkey_kl", "one_thread", "pref_acc", "resolve_facts", "save_facts",
            "validate_facts"]

@@ -290,6 +290,19 @@ def key_weight_stats(weights: list[list[float]], key_positions: list[int]) -> tu
     return shares, relative
 
 
+def key_weight_rank(weights: list[list[float]], key_positions: list[int]) -> list[float]:
+    """The key's rank by weight within each chosen completion, one float per row: 1 = the heaviest token, tied
+    tokens share the mean of their ranks (uniform weights: (n + 1) / 2 for n completion tokens, EOS included).
+    ``weights`` and ``key_positions`` as :func:`key_weight_stats`. With TIS-DPO's ``rank_based`` weights it is the
+    key's rank by token reward (ties in response order, as the transform ranks them)."""
+    ranks = []
+    for row, key in zip(weights, key_positions, strict=True):
+        heavier = sum(w > row[key] for w in row)
+        tied_others = sum(w == row[key] for w in row) - 1
+        ranks.append(1 + heavier + tied_others / 2)
+    return ranks
+
+
 def pref_acc(chosen_logratios: torch.Tensor, rejected_logratios: torch.Tensor) -> float:
     """Fraction of pairs whose chosen summed log-ratio (``[N]``) is strictly above the rejected one's."""
     return (chosen_logratios > rejected_logratios).float().mean().item()
