@@ -48,7 +48,7 @@ def test_the_train_help_lists_the_baselines_flags(capsys):
     text = capsys.readouterr().out
     assert "lddpo (--weighting lddpo):" in text and "--ld_alpha" in text
     assert "d2po (--weighting d2po):" in text and "--d2po_gamma" in text
-    assert "--use_weighting" in text
+    assert "--use_weighting" in text and "--wpo_clamp" in text and "--tisdpo_top_percent" in text
 
 
 def _weights_rows():

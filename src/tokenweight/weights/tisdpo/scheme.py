@@ -43,11 +43,11 @@ class TISDPOSettings:
                 "missing, other splits in sub-folders)."})
     tisdpo_transform: str = field(default="rank_based", metadata={
         "help": "Scores -> weights, as upstream defines them: rank_based (default, upstream's README command; "
-                "stable ranks onto the weight range), threshold_and_scale or binary (top --tisdpo_top_percent% of "
-                "a response's tokens 1, the rest 0); EOS weighs 0."})
+                "stable ranks onto the weight range), threshold_and_scale or binary (the top --tisdpo_top_percent "
+                "percent of a response's tokens 1, the rest 0); EOS weighs 0."})
     tisdpo_preset: str = field(default="default", metadata={
-        "help": "Upstream's ranges: default ([-1.5, 1.5] -> [0.7, 1.3], top 100%) or aggressive ([-2, 2] -> "
-                "[0.5, 1.5], top 50%)."})
+        "help": "Upstream's ranges: default ([-1.5, 1.5] -> [0.7, 1.3], top 100 percent) or aggressive ([-2, 2] "
+                "-> [0.5, 1.5], top 50 percent)."})
     tisdpo_score_min: float | None = field(default=None, metadata={"help": "Lower clip of the scores (preset's)."})
     tisdpo_score_max: float | None = field(default=None, metadata={"help": "Upper clip of the scores (preset's)."})
     tisdpo_weight_min: float | None = field(default=None, metadata={"help": "Smallest weight (preset's)."})
