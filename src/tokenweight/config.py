@@ -231,16 +231,20 @@ def check_local_path(key: str, name: str | None) -> None:
         raise UserError(f"config key `{key}`: {name} does not exist (looked in {Path.cwd()})")
 
 
+def config_context(text_config) -> int | None:
+    """The number of positions a model's text config was built for (``max_position_embeddings`` or
+    ``n_positions``), or ``None`` when it states none (BLOOM)."""
+    for key in ("max_position_embeddings", "n_positions"):
+        if isinstance(getattr(text_config, key, None), int):
+            return getattr(text_config, key)
+    return None
+
+
 def model_context(model_path: str) -> int | None:
-    """The number of positions the model at ``model_path`` was built for (``max_position_embeddings`` or
-    ``n_positions`` of its text config), or ``None`` when its config states none."""
+    """:func:`config_context` of the model at ``model_path``."""
     from transformers import AutoConfig
 
-    config = AutoConfig.from_pretrained(model_path).get_text_config()
-    for key in ("max_position_embeddings", "n_positions"):
-        if isinstance(getattr(config, key, None), int):
-            return getattr(config, key)
-    return None
+    return config_context(AutoConfig.from_pretrained(model_path).get_text_config())
 
 
 def resolve_max_length(max_length: int | None, model_path: str) -> int:
