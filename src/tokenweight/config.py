@@ -83,6 +83,10 @@ class CoreConfig(TrainingArguments):
     use_weighting: bool = field(default=False, metadata={
         "help": "WPO pair weighting (TRL's name): scale each pair's loss by the product of the policy's "
                 "length-normalised probabilities of its two responses (arXiv 2406.11827); with any scheme."})
+    router_aux_loss_coef: float | None = field(default=None, metadata={
+        "help": "Mixture-of-experts models (config with output_router_logits): weight of the router's "
+                "load-balancing loss added to the loss and logged as aux_loss, as TRL adds it (default: the model "
+                "config's router_aux_loss_coef; 0 turns it off)."})
     precompute_ref_log_probs: bool = field(default=False, metadata={
         "help": "Score the data once with the reference before training and free it (not with TI-DPO's KL term, "
                 "nor with a reference-free scheme)."})
