@@ -4,12 +4,13 @@ has them (``window``), so every feature the attention rows must reproduce is exe
 
 from __future__ import annotations
 
-from transformers import (BloomConfig, FalconConfig, Gemma2Config, Gemma3TextConfig, GemmaConfig, GPT2Config,
-                          GPTNeoXConfig, LlamaConfig, MistralConfig, MixtralConfig, Olmo2Config, Phi3Config,
-                          Qwen2Config, Qwen2MoeConfig, Qwen3Config, Qwen3MoeConfig)
+from transformers import (BloomConfig, FalconConfig, FalconH1Config, Gemma2Config, Gemma3TextConfig, GemmaConfig,
+                          GPT2Config, GPTNeoXConfig, GraniteConfig, LlamaConfig, MistralConfig, MixtralConfig,
+                          Olmo2Config, Phi3Config, Qwen2Config, Qwen2MoeConfig, Qwen3Config, Qwen3MoeConfig)
 
 WINDOW = 4  # the default sliding window: shorter than the rows tests' sequences, so sliding layers really cut keys
 MOE = ("mixtral", "qwen2_moe", "qwen3_moe")
+TIED = ("gpt2", "falcon", "bloom")  # input and output embeddings tied (their configs' default)
 
 
 def _alternating(layers: int, last: str) -> list[str]:
@@ -42,6 +43,12 @@ def _builders(v: int, p: int, w: int) -> dict:
                                                   query_pre_attn_scalar=8, sliding_window=w,
                                                   layer_types=_alternating(n, "sliding_attention")),
         "phi3": lambda n: Phi3Config(**attention, num_hidden_layers=n),
+        "granite": lambda n: GraniteConfig(**attention, num_hidden_layers=n, attention_multiplier=0.2,
+                                           embedding_multiplier=2.0, residual_multiplier=0.5, logits_scaling=4.0),
+        # attention and a Mamba-2 mixer side by side in every layer
+        "falcon_h1": lambda n: FalconH1Config(**attention, num_hidden_layers=n, mamba_d_ssm=64, mamba_n_heads=4,
+                                              mamba_d_head=16, mamba_d_state=8, mamba_chunk_size=8, mamba_expand=1,
+                                              lm_head_multiplier=0.5),
         "gpt2": lambda n: GPT2Config(vocab_size=v, n_embd=64, n_layer=n, n_head=4, n_positions=p,
                                      initializer_range=0.3),
         "gpt_neox": lambda n: GPTNeoXConfig(vocab_size=v, hidden_size=64, intermediate_size=96, num_hidden_layers=n,

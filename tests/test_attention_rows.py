@@ -75,7 +75,13 @@ def test_rows_match_eager_output_attentions(models, name):
             torch.testing.assert_close(got.sum(1), torch.ones(3), atol=1e-5, rtol=0)
 
 
-@pytest.mark.parametrize("name", INTERFACE)
+#: the deep check in the default suite: plain RoPE + GQA, mixture of experts, sliding layers last, ALiBi, learned
+#: positions; the other architectures run with ``-m slow`` (and in benchmarks/attention_rows_deep.py)
+DEEP_DEFAULT = ("llama", "mixtral", "gemma3_text", "falcon", "gpt2")
+
+
+@pytest.mark.parametrize("name", [name if name in DEEP_DEFAULT else pytest.param(name, marks=pytest.mark.slow)
+                                  for name in INTERFACE])
 def test_deep_model_rows_eager_bit_exact_and_sdpa_drift_bounded(name):
     """12 layers: on an eager forward the recorded row is the map's row, bit for bit; on the architecture's default
     attention (SDPA) within SDPA_DRIFT_BOUND, drift of the hidden states through the layers included."""

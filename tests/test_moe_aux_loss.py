@@ -21,20 +21,22 @@ from tokenweight.trainer import TokenweightTrainer
 COEF = 0.02  # the tiny configs' router_aux_loss_coef (architectures.py)
 
 
-def _moe(name: str, vocab: int, seed: int):
+def _model(name: str, vocab: int, seed: int):
     torch.manual_seed(seed)
     return AutoModelForCausalLM.from_config(tiny_config(name, 2, vocab_size=vocab, positions=128)).eval()
 
 
-def _trainers(name, tokenizer, tmp_path, **ours_only):
+def dpo_trainers(name, tokenizer, tmp_path, **ours_only):
+    """TRL's DPOTrainer and ours (``uniform``) on tiny ``name`` models (policy seed 0, reference seed 1), in training
+    mode, with each one's collated batch of the same 4 pairs; ``ours_only`` goes to our configuration."""
     rows = datasets.Dataset.from_list(standard_rows(4))
     vocab = len(tokenizer)
-    trl = DPOTrainer(model=_moe(name, vocab, 0), ref_model=_moe(name, vocab, 1), train_dataset=rows,
+    trl = DPOTrainer(model=_model(name, vocab, 0), ref_model=_model(name, vocab, 1), train_dataset=rows,
                      processing_class=tokenizer,
                      args=DPOConfig(output_dir=str(tmp_path / "trl"), beta=0.1, loss_type=["sigmoid"], max_length=None,
                                     dataset_num_proc=None, **COMMON_ARGS))
     ours_rows, _ = tokenize_preference_dataset(rows, tokenizer, max_length=None)
-    ours = TokenweightTrainer(_moe(name, vocab, 0), _moe(name, vocab, 1), train_dataset=ours_rows,
+    ours = TokenweightTrainer(_model(name, vocab, 0), _model(name, vocab, 1), train_dataset=ours_rows,
                               processing_class=tokenizer,
                               args=TokenweightConfig(output_dir=str(tmp_path / "ours"), beta=0.1, max_length=None,
                                                      **COMMON_ARGS, **ours_only))
@@ -46,7 +48,7 @@ def _trainers(name, tokenizer, tmp_path, **ours_only):
 
 @pytest.mark.parametrize("name", MOE)
 def test_uniform_loss_aux_loss_and_gradients_equal_trl(tokenizer, tmp_path, name):
-    trl, ours, (trl_batch, our_batch) = _trainers(name, tokenizer, tmp_path)
+    trl, ours, (trl_batch, our_batch) = dpo_trainers(name, tokenizer, tmp_path)
     assert trl.aux_loss_enabled and trl.router_aux_loss_coef == ours.router_aux_loss_coef == COEF
     trl_loss, our_loss = trl.compute_loss(trl.model, trl_batch), ours.compute_loss(ours.model, our_batch)
     aux = ours._metrics["train"]["aux_loss"][-1].item()
@@ -68,7 +70,7 @@ def test_uniform_loss_aux_loss_and_gradients_equal_trl(tokenizer, tmp_path, name
 
 @pytest.mark.parametrize("name", MOE[:1])
 def test_router_aux_loss_coef_zero_turns_the_term_off(tokenizer, tmp_path, name):
-    trl, ours, (trl_batch, our_batch) = _trainers(name, tokenizer, tmp_path, router_aux_loss_coef=0.0)
+    trl, ours, (trl_batch, our_batch) = dpo_trainers(name, tokenizer, tmp_path, router_aux_loss_coef=0.0)
     trl_loss, our_loss = trl.compute_loss(trl.model, trl_batch), ours.compute_loss(ours.model, our_batch)
     aux = trl._metrics["train"]["aux_loss"][-1]
     assert our_loss.item() == pytest.approx(trl_loss.item() - COEF * aux, abs=1e-6)

@@ -45,7 +45,13 @@ def _train(workspace, name, tmp_path, *extra):
     return main(argv), out
 
 
-@pytest.mark.parametrize("name", [n for n in ARCHITECTURES if n not in ("bloom", "mistral")])
+#: mixture of experts, learned positions and tied embeddings, ALiBi, sliding layers last: architectures the hook rows
+#: refused before issue 25 (and Gemma 3); the others run with ``-m slow`` (``make test-all``)
+DEFAULT = ("mixtral", "gpt2", "falcon", "gemma3_text")
+
+
+@pytest.mark.parametrize("name", [name if name in DEFAULT else pytest.param(name, marks=pytest.mark.slow)
+                                  for name in ARCHITECTURES if name not in ("bloom", "mistral")])
 def test_attention_trains_on_every_architecture_with_judge_weights(workspace, name, tmp_path, capsys):
     status, out = _train(workspace, name, tmp_path)
     err = capsys.readouterr().err

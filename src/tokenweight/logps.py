@@ -78,13 +78,22 @@ class OutputHead:
         return logits
 
 
+#: config keys that scale the output head's logits: multipliers (Cohere, Falcon-H1, …) and divisors (Granite)
+_LOGIT_MULTIPLIERS = ("logit_scale", "lm_head_multiplier", "output_multiplier")
+_LOGIT_DIVISORS = ("logits_scaling",)
+
+
 def output_head(model: nn.Module) -> OutputHead:
     """The output head of a Hugging Face causal LM, with the final-logit scaling/softcapping of its config."""
     config = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
-    scale = getattr(config, "logit_scale", None)
+    scale = 1.0
+    for key in _LOGIT_MULTIPLIERS + _LOGIT_DIVISORS:
+        value = getattr(config, key, None)
+        if value is not None:
+            scale = scale * float(value) if key in _LOGIT_MULTIPLIERS else scale / float(value)
     return OutputHead(
         module=model.get_output_embeddings(),
-        logit_scale=1.0 if scale is None else float(scale),
+        logit_scale=scale,
         softcap=getattr(config, "final_logit_softcapping", None),
     )
 
