@@ -55,6 +55,13 @@ def router_aux_loss_coef(model: nn.Module, coef: float | None) -> float:
     return float(getattr(text_config, "router_aux_loss_coef", 0.0) if coef is None else coef)
 
 
+def generation_kwargs(model: nn.Module) -> dict:
+    """Extra ``generate`` arguments: no router logits for a mixture-of-experts model whose config asks for them
+    (with a cache, its load-balancing loss would be computed from one step's router logits and the whole
+    attention mask, and fail)."""
+    return {"output_router_logits": False} if hasattr(model.config.get_text_config(), "output_router_logits") else {}
+
+
 def disable_dropout(model: nn.Module) -> None:
     """Set every dropout probability to 0 (DPO's default, as in TRL)."""
     for module in model.modules():
