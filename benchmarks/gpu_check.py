@@ -13,7 +13,7 @@ Three parts, each side by side in this one run:
    ``max_memory_allocated`` from before the models are built).
 2. **The OTPO solver against the per-pair POT loop** at B=8, 2048 chosen tokens, d=4096 (the functions of
    ``benchmarks/otpo_solver.py``), with their max relative difference.
-3. **The AttentionPO judge pass (hook rows) against eager ``output_attentions`` maps** at judge length 2048 on the
+3. **The AttentionPO judge pass (interface rows) against eager ``output_attentions`` maps** at judge length 2048 on the
    model above: peak memory, time and max absolute difference of the rows.
 
 On CPU (``--tiny``) the memory figures are resident-set deltas inside one process and only show that the code runs.
@@ -119,7 +119,7 @@ def otpo_solver(size: dict, device: str, budget: float) -> str:
 
 
 def judge_pass(size: dict, device: str) -> str:
-    """Part 3: one judge pass of ``judge_length`` tokens, hook rows against eager attention maps (last layer)."""
+    """Part 3: one judge pass of ``judge_length`` tokens, interface rows against eager attention maps (last layer)."""
     import torch
 
     from tokenweight.weights.attention import last_token_attention
@@ -128,7 +128,7 @@ def judge_pass(size: dict, device: str) -> str:
     ids = torch.randint(4, size["vocab"], (1, size["judge_length"]), generator=torch.Generator().manual_seed(1))
     ids, mask = ids.to(device), torch.ones_like(ids).to(device)
     rows, table = {}, []
-    for method in ("hook", "eager"):
+    for method in ("interface", "eager"):
         last_token_attention(model, ids[:, :16], mask[:, :16], method=method)  # warm-up
         _free(device)
         with PeakMemory(device) as peak:
@@ -139,12 +139,12 @@ def judge_pass(size: dict, device: str) -> str:
             seconds = time.perf_counter() - start
         table.append([method, f"{peak.added_bytes / MIB:.0f}", f"{seconds:.3f}"])
     ratio = float(table[0][1]) / max(float(table[1][1]), 1e-9)
-    difference = (rows["hook"] - rows["eager"]).abs().max().item()
+    difference = (rows["interface"] - rows["eager"]).abs().max().item()
     del model
     _free(device)
     return (f"judge length {size['judge_length']}, last layer, batch 1\n\n"
             + markdown_table(["method", "peak MiB added", "time (s)"], table)
-            + f"\n\nmemory hook / eager: {ratio:.3f}; max abs difference of the rows: {difference:.1e}")
+            + f"\n\nmemory interface / eager: {ratio:.3f}; max abs difference of the rows: {difference:.1e}")
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -172,7 +172,7 @@ def main(argv: list[str] | None = None) -> None:
                 f"({parameters / 1e6:,.1f}M parameters), vocab {size['vocab']}, {size['dtype']}, SDPA",
                 "### Training step of every scheme vs uniform", scheme_steps(size, device, args.steps or size["steps"]),
                 "### OTPO solver vs the per-pair POT loop", otpo_solver(size, device, args.max_pot_seconds),
-                "### AttentionPO judge pass: hook rows vs eager maps", judge_pass(size, device)]
+                "### AttentionPO judge pass: interface rows vs eager maps", judge_pass(size, device)]
     report = "\n\n".join(sections) + "\n"
     print(report)
     if args.output:

@@ -5,7 +5,7 @@
 
 Builds a random Llama from a config (no download), then times in one process, side by side:
 ``model_fingerprint`` (every parameter's name, shape, dtype and bytes) and one judge forward of ``length``
-tokens (:func:`tokenweight.weights.attention.last_token_attention`, hook rows, last layer; a pair needs two).
+tokens (:func:`tokenweight.weights.attention.last_token_attention`, interface rows, last layer; a pair needs two).
 Prints both times, the hashing throughput, and the fingerprint's cost in judge pairs.
 """
 
@@ -51,7 +51,7 @@ def main() -> None:
     print(f"model: {parameters / 1e9:.2f}B parameters in {len(fingerprint['parameters'])} tensors, {args.dtype}, "
           f"{size / 2**30:.2f} GiB; {torch.get_num_threads()} threads")
     print(f"fingerprint (every parameter, SHA-256): {hashing:.2f} s ({size / hashing / 1e9:.2f} GB/s)")
-    print(f"one judge forward, {args.length} tokens (hook rows, last layer): {forward:.2f} s; "
+    print(f"one judge forward, {args.length} tokens (interface rows, last layer): {forward:.2f} s; "
           f"one pair (2 forwards): {2 * forward:.2f} s")
     print(f"fingerprint / one pair's judge pass: {hashing / (2 * forward):.2f}; "
           f"share of judging 1,000 pairs: {hashing / (hashing + 2000 * forward):.2e}")

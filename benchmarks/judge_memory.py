@@ -1,4 +1,4 @@
-"""Peak CPU memory of one AttentionPO judge pass: hook rows vs eager ``output_attentions=True``.
+"""Peak CPU memory of one AttentionPO judge pass: interface rows vs eager ``output_attentions=True``.
 
     python benchmarks/judge_memory.py                  # 4 layers × hidden 256 × 8 heads, judge length 2048
 
@@ -8,7 +8,7 @@ method (kernels, thread pools), then records its resident set size ``RSS_before`
 one judge pass of ``length`` tokens with :func:`tokenweight.weights.attention.last_token_attention` (last layer). The
 reported figure is ``ru_maxrss`` after the pass minus ``RSS_before``: the peak memory the pass added. (It is an upper
 bound when an earlier peak of the process exceeds the pass's own, so the ratio is conservative.) The parent also
-checks that both methods return the same row (max abs difference) and prints the ratio hook / eager.
+checks that both methods return the same row (max abs difference) and prints the ratio interface / eager.
 """
 
 from __future__ import annotations
@@ -56,27 +56,27 @@ def main() -> None:
     parser.add_argument("--layers", type=int, default=4)
     parser.add_argument("--hidden", type=int, default=256)
     parser.add_argument("--heads", type=int, default=8)
-    parser.add_argument("--child", choices=("hook", "eager"), help=argparse.SUPPRESS)
+    parser.add_argument("--child", choices=("interface", "eager"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
         _child(args)
         return
     results = {}
-    for method in ("hook", "eager"):
+    for method in ("interface", "eager"):
         command = [sys.executable, __file__, "--child", method, "--length", str(args.length),
                    "--layers", str(args.layers), "--hidden", str(args.hidden), "--heads", str(args.heads)]
         out = subprocess.run(command, check=True, capture_output=True, text=True).stdout
         results[method] = json.loads(out.strip().splitlines()[-1])
-    hook, eager = results["hook"], results["eager"]
-    difference = max(abs(a - b) for a, b in zip(hook["row"], eager["row"]))
+    interface, eager = results["interface"], results["eager"]
+    difference = max(abs(a - b) for a, b in zip(interface["row"], eager["row"]))
     mib = 1024 ** 2
     print(f"judge pass, Llama {args.layers} layers × hidden {args.hidden} × {args.heads} heads, "
           f"length {args.length}, batch 1, CPU fp32 (last layer)")
     print("| method | peak memory added (MiB) | time (s) |\n|---|---|---|")
-    for name, r in (("hook (SDPA + last-row recompute)", hook), ("eager output_attentions=True", eager)):
+    for name, r in (("interface (SDPA + last-row record)", interface), ("eager output_attentions=True", eager)):
         print(f"| {name} | {r['peak_added_bytes'] / mib:.1f} | {r['seconds']:.2f} |")
-    print(f"ratio hook / eager: {hook['peak_added_bytes'] / eager['peak_added_bytes']:.4f} "
-          f"(1/{eager['peak_added_bytes'] / max(hook['peak_added_bytes'], 1):.0f}); "
+    print(f"ratio interface / eager: {interface['peak_added_bytes'] / eager['peak_added_bytes']:.4f} "
+          f"(1/{eager['peak_added_bytes'] / max(interface['peak_added_bytes'], 1):.0f}); "
           f"max |row difference| = {difference:.2e}")
 
 

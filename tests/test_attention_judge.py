@@ -4,6 +4,7 @@ the filled chat-templated judge prompt, and the length cap cuts both orders alik
 import pytest
 from attention_fixtures import CONVERSATIONAL_ROWS, STANDARD_ROWS, make_bpe_tokenizer, tokenized
 
+from tokenweight.errors import UserError
 from tokenweight.weights.attention.judge import (build_judge_pair, check_template, default_template,
                                                  judge_pair_for_row, question_text, split_completion,
                                                  template_pieces)
@@ -93,5 +94,5 @@ def test_errors_name_the_row_and_the_template():
         build_judge_pair([[1], [2], [3], [4]], [9], [10], [], (0, 1), None, 7)
     with pytest.raises(ValueError, match="exactly once"):
         check_template("{question} {answer_a}")
-    with pytest.raises(ValueError, match="cannot hold the judge template"):
+    with pytest.raises(UserError, match="cannot hold the judge template .*raise --attention_max_length"):
         build_judge_pair([[1, 2], [3], [4], [5, 6]], [9], [10], [11], (0, 0), 7, 0)

@@ -1,5 +1,5 @@
 """`benchmarks/gpu_check.py --tiny`: the GPU check's code runs end to end on CPU with a tiny config, every scheme
-gets a step row, and its two oracle comparisons agree (OTPO solver vs the POT loop, judge hook rows vs eager maps)."""
+gets a step row, and its two oracle comparisons agree (OTPO solver vs the POT loop, judge interface rows vs eager maps)."""
 
 from __future__ import annotations
 
@@ -44,6 +44,6 @@ def test_gpu_check_tiny_runs_every_part_on_cpu(tmp_path):
     assert steps["uniform"][1] == "1.00"
     (otpo,) = table_rows(report, "B").values()
     assert float(otpo[-1]) < 1e-4  # batched solver vs POT: max relative difference
-    assert set(table_rows(report, "method")) == {"hook", "eager"}
+    assert set(table_rows(report, "method")) == {"interface", "eager"}
     difference = float(re.search(r"max abs difference of the rows: (\S+)", report).group(1))
     assert difference < 1e-6

@@ -86,6 +86,10 @@ class CoreConfig(TrainingArguments):
     wpo_clamp: bool = field(default=True, metadata={
         "help": "WPO: clamp each pair's weight at 1, as the authors' run_wpo.py (default); false: TRL 1.16's "
                 "unclamped weight, which exceeds 1 on completions the policy itself would sample."})
+    router_aux_loss_coef: float | None = field(default=None, metadata={
+        "help": "Mixture-of-experts models (config with output_router_logits): weight of the router's "
+                "load-balancing loss added to the loss and logged as aux_loss, as TRL adds it (default: the model "
+                "config's router_aux_loss_coef; 0 turns it off)."})
     precompute_ref_log_probs: bool = field(default=False, metadata={
         "help": "Score the data once with the reference before training and free it (not with TI-DPO's KL term, "
                 "nor with a reference-free scheme)."})
@@ -234,16 +238,20 @@ def check_local_path(key: str, name: str | None) -> None:
         raise UserError(f"config key `{key}`: {name} does not exist (looked in {Path.cwd()})")
 
 
+def config_context(text_config) -> int | None:
+    """The number of positions a model's text config was built for (``max_position_embeddings`` or
+    ``n_positions``), or ``None`` when it states none (BLOOM)."""
+    for key in ("max_position_embeddings", "n_positions"):
+        if isinstance(getattr(text_config, key, None), int):
+            return getattr(text_config, key)
+    return None
+
+
 def model_context(model_path: str) -> int | None:
-    """The number of positions the model at ``model_path`` was built for (``max_position_embeddings`` or
-    ``n_positions`` of its text config), or ``None`` when its config states none."""
+    """:func:`config_context` of the model at ``model_path``."""
     from transformers import AutoConfig
 
-    config = AutoConfig.from_pretrained(model_path).get_text_config()
-    for key in ("max_position_embeddings", "n_positions"):
-        if isinstance(getattr(config, key, None), int):
-            return getattr(config, key)
-    return None
+    return config_context(AutoConfig.from_pretrained(model_path).get_text_config())
 
 
 def resolve_max_length(max_length: int | None, model_path: str) -> int:

@@ -27,6 +27,7 @@ from tqdm.auto import tqdm
 from tokenweight.data import PreferenceCollator
 from tokenweight.logps import enable_token_scoring
 from tokenweight.masks import from_shifted
+from tokenweight.models import generation_kwargs
 from tokenweight.objectives import weighted_log_ratios
 from tokenweight.weights import WeightingScheme, batch_inputs, weigh_batch
 
@@ -240,7 +241,8 @@ def generate_completions(model: nn.Module, prompt_ids: list[list[int]], pad_toke
         input_ids = torch.tensor([[pad_token_id] * (width - len(p)) + list(p) for p in chunk], device=device)
         attention_mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in chunk], device=device)
         output = model.generate(input_ids=input_ids, attention_mask=attention_mask, max_new_tokens=max_new_tokens,
-                                eos_token_id=eos_token_id, pad_token_id=pad_token_id, **sampling)
+                                eos_token_id=eos_token_id, pad_token_id=pad_token_id, **sampling,
+                                **generation_kwargs(model))
         for new in output[:, width:].tolist():
             completions.append(new[:new.index(eos_token_id)] if eos_token_id in new else new)
     torch.random.set_rng_state(generator_state)

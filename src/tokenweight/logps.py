@@ -50,11 +50,14 @@ class TokenScores:
         hidden: ``[N, L-1, d]`` final post-norm hidden states at positions ``0..L-2`` (the states that predict
             each token), in the model's dtype, with grad; ``None`` unless ``return_hidden=True``.
         stats: :class:`TokenStats` ``[N, L-1]`` of the same positions; ``None`` unless ``return_stats=True``.
+        aux_loss: scalar, with grad: a mixture-of-experts model's router load-balancing loss over the batch's real
+            tokens (the model's own ``aux_loss``); ``None`` unless ``router_aux_loss=True``.
     """
 
     token_logps: torch.Tensor
     hidden: torch.Tensor | None = None
     stats: TokenStats | None = None
+    aux_loss: torch.Tensor | None = None
 
 
 @dataclass(frozen=True)
@@ -75,13 +78,22 @@ class OutputHead:
         return logits
 
 
+#: config keys that scale the output head's logits: multipliers (Cohere, Falcon-H1, …) and divisors (Granite)
+_LOGIT_MULTIPLIERS = ("logit_scale", "lm_head_multiplier", "output_multiplier")
+_LOGIT_DIVISORS = ("logits_scaling",)
+
+
 def output_head(model: nn.Module) -> OutputHead:
     """The output head of a Hugging Face causal LM, with the final-logit scaling/softcapping of its config."""
     config = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
-    scale = getattr(config, "logit_scale", None)
+    scale = 1.0
+    for key in _LOGIT_MULTIPLIERS + _LOGIT_DIVISORS:
+        value = getattr(config, key, None)
+        if value is not None:
+            scale = scale * float(value) if key in _LOGIT_MULTIPLIERS else scale / float(value)
     return OutputHead(
         module=model.get_output_embeddings(),
-        logit_scale=1.0 if scale is None else float(scale),
+        logit_scale=scale,
         softcap=getattr(config, "final_logit_softcapping", None),
     )
 
@@ -148,7 +160,9 @@ def enable_token_scoring(model: nn.Module, chunk_size: int = 256) -> nn.Module:
     """Patch ``model.forward`` (this instance only) to accept ``score_tokens=True``; returns ``model``.
 
     ``model(input_ids, attention_mask, score_tokens=True, return_hidden=False, return_stats=False)`` runs the
-    backbone once and returns :class:`TokenScores`. Idempotent.
+    backbone once and returns :class:`TokenScores`. With ``router_aux_loss=True`` (mixture-of-experts models) the
+    model's own forward runs instead, with ``output_router_logits=True`` and its head on one position only, for its
+    ``aux_loss``; the backbone's final hidden states are taken from it by a forward hook. Idempotent.
     """
     if getattr(model, "_tokenweight_scoring", False):
         return model
@@ -156,17 +170,29 @@ def enable_token_scoring(model: nn.Module, chunk_size: int = 256) -> nn.Module:
 
     @functools.wraps(type(model).forward)
     def forward(*args, score_tokens: bool = False, return_hidden: bool = False, return_stats: bool = False,
-                **kwargs):
+                router_aux_loss: bool = False, **kwargs):
         if not score_tokens:
             return original_forward(*args, **kwargs)
         input_ids = kwargs["input_ids"] if "input_ids" in kwargs else args[0]
         kwargs.pop("input_ids", None)
         kwargs["use_cache"] = False
-        outputs = backbone(model)(input_ids, *args[1:], **kwargs)
-        hidden = outputs.last_hidden_state[:, :-1]
+        aux_loss = None
+        if router_aux_loss:
+            final = []
+            handle = backbone(model).register_forward_hook(
+                lambda module, inputs, output: final.append(output.last_hidden_state))
+            try:
+                outputs = original_forward(input_ids, *args[1:], output_router_logits=True, logits_to_keep=1,
+                                           **kwargs)
+            finally:
+                handle.remove()
+            hidden, aux_loss = final[0][:, :-1], outputs.aux_loss
+        else:
+            hidden = backbone(model)(input_ids, *args[1:], **kwargs).last_hidden_state[:, :-1]
         token_logps, stats = scores_from_hidden(hidden, to_shifted(input_ids), output_head(model), chunk_size,
                                                 with_stats=return_stats)
-        return TokenScores(token_logps=token_logps, hidden=hidden if return_hidden else None, stats=stats)
+        return TokenScores(token_logps=token_logps, hidden=hidden if return_hidden else None, stats=stats,
+                           aux_loss=aux_loss)
 
     model.forward = forward
     model._tokenweight_scoring = True

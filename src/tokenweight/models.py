@@ -39,6 +39,29 @@ def freeze(model: nn.Module) -> nn.Module:
     return model
 
 
+def router_aux_loss_coef(model: nn.Module, coef: float | None) -> float:
+    """The weight of a mixture-of-experts model's router load-balancing loss in the training loss, as TRL sets it.
+
+    A model whose text config has ``output_router_logits`` returns the loss; ``coef`` ``None`` takes the config's
+    ``router_aux_loss_coef`` (0 when it declares none), any other value is used as given (0 turns the term off).
+    For another model the weight is 0, and a non-zero ``coef`` is a :class:`UserError`.
+    """
+    text_config = model.config.get_text_config()
+    if not hasattr(text_config, "output_router_logits"):
+        if coef:
+            raise UserError(f"config key `router_aux_loss_coef`: {coef} given, but {type(model).__name__} is not a "
+                            "mixture-of-experts model that returns router logits; leave it unset")
+        return 0.0
+    return float(getattr(text_config, "router_aux_loss_coef", 0.0) if coef is None else coef)
+
+
+def generation_kwargs(model: nn.Module) -> dict:
+    """Extra ``generate`` arguments: no router logits for a mixture-of-experts model whose config asks for them
+    (with a cache, its load-balancing loss would be computed from one step's router logits and the whole
+    attention mask, and fail)."""
+    return {"output_router_logits": False} if hasattr(model.config.get_text_config(), "output_router_logits") else {}
+
+
 def disable_dropout(model: nn.Module) -> None:
     """Set every dropout probability to 0 (DPO's default, as in TRL)."""
     for module in model.modules():

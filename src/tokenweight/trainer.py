@@ -19,7 +19,7 @@ from tokenweight.config import TokenweightConfig
 from tokenweight.data import PreferenceCollator
 from tokenweight.fsdp import enable_fsdp_on_cpu, end_reference_step, init_root, shard_reference
 from tokenweight.logps import TokenScores, enable_token_scoring
-from tokenweight.models import disable_dropout, freeze
+from tokenweight.models import disable_dropout, freeze, router_aux_loss_coef
 from tokenweight.objectives import (MetricValue, completion_statistics, pair_loss, record_metrics, reduce_metrics,
                                     weight_statistics, wpo_pair_weights)
 from tokenweight.weights import LossContext, batch_inputs, build_scheme, weigh_batch
@@ -66,6 +66,7 @@ class TokenweightTrainer(Trainer):
         self.model_accepts_loss_kwargs = False
         self.scheme = scheme
         self.beta = args.effective_beta
+        self.router_aux_loss_coef = router_aux_loss_coef(model, args.router_aux_loss_coef)
         self.ref_model = None if ref_model is None else self._prepare_reference(ref_model)
         self._metrics = {"train": defaultdict(list), "eval": defaultdict(list)}
         self._step_rows: tuple[int, list[torch.Tensor]] = (-1, [])  # (global step, row_index of its micro-batches)
@@ -103,7 +104,8 @@ class TokenweightTrainer(Trainer):
 
         def forward(return_hidden: bool):
             return model(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"], score_tokens=True,
-                         return_hidden=return_hidden, return_stats=True)
+                         return_hidden=return_hidden, return_stats=True,
+                         router_aux_loss=self.router_aux_loss_coef != 0)
 
         token_weights, policy = weigh_batch(scheme, weighting_inputs, forward)
         weights = token_weights.weights
@@ -133,6 +135,9 @@ class TokenweightTrainer(Trainer):
             extra_loss, extra_metrics = extra
             loss = loss + extra_loss
             metrics.update(extra_metrics)
+        if policy.aux_loss is not None:  # mixture of experts: the router's load balancing, as TRL adds it
+            loss = loss + self.router_aux_loss_coef * policy.aux_loss
+            metrics["aux_loss"] = policy.aux_loss
         if not torch.isfinite(loss):
             rows = inputs.get("row_index")
             raise FloatingPointError(f"non-finite loss ({loss.item()}) with weighting={scheme.name!r} on dataset "

@@ -2,7 +2,8 @@
 judge-input token to each answer token becomes that token's weight (spec: specs/attentionpo.md).
 
 Modules: ``scheme`` (the registered ``attention`` weighting scheme), ``judge`` (judge inputs spliced from token
-ids; the judge wording is ``judge.txt``), ``rows`` (last-token attention rows via hooks), ``normalize`` (rows →
+ids; the judge wording is ``judge.txt``), ``rows`` (last-token attention rows through transformers' attention
+interface), ``judge_layers`` (which layers see the whole judge input: the default layer and cap), ``normalize`` (rows →
 weights), ``cache`` (fingerprinted, checksummed shards on disk), ``precompute`` (running the judge).
 """
 

@@ -15,6 +15,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from importlib import resources
 
+from tokenweight.errors import UserError
+
 _PLACEHOLDERS = ("{question}", "{answer_a}", "{answer_b}")
 _SENTINELS = ("\x00TW-QUESTION\x00", "\x00TW-ANSWER-A\x00", "\x00TW-ANSWER-B\x00")
 
@@ -147,8 +149,8 @@ def build_judge_pair(pieces: list[list[int]], question_ids: list[int], chosen_an
     fixed = sum(len(p) for p in pieces)
     if max_length is not None and fixed + len(question_ids) + len(chosen_answer) + len(rejected_answer) > max_length:
         if max_length < fixed + 2:
-            raise ValueError(f"judge max length {max_length} cannot hold the judge template ({fixed} tokens) and "
-                             "one token per answer; raise the judge length cap")
+            raise UserError(f"judge max length {max_length} cannot hold the judge template ({fixed} tokens) and "
+                            "one token per answer; raise --attention_max_length")
         n_q, n_c, n_r = _fair_lengths([len(question_ids), len(chosen_answer), len(rejected_answer)],
                                       max_length - fixed)
         question_ids = question_ids[len(question_ids) - n_q:]

@@ -21,7 +21,9 @@ from tokenweight.weights.attention import cache
 from tokenweight.weights.attention.fingerprint import fingerprint
 from tokenweight.weights.attention.judge import JudgePair, default_template, judge_pair_for_row, template_pieces
 from tokenweight.weights.attention.normalize import SINK_FIX_MIN_TOKENS, WeightStats, pair_weights
-from tokenweight.weights.attention.rows import attention_modules, last_token_attention, resolve_layers
+from tokenweight.errors import UserError
+from tokenweight.weights.attention.judge_layers import judge_layers_and_cap
+from tokenweight.weights.attention.rows import METHODS, last_token_attention, model_type
 
 logger = logging.getLogger(__name__)
 
@@ -31,12 +33,14 @@ class JudgeSettings:
     """How the judge runs.
 
     Attributes:
-        layers: judge layers (negative from the end; ``None``: the last), averaged.
+        layers: judge layers (negative from the end; ``None``: the last layer that sees the whole judge input),
+            averaged.
         template: judge template text (``None``: the library's ``judge.txt`` beside this module).
         eos_weight: weight of trailing end-of-turn/EOS completion tokens.
-        max_length: judge input cap in tokens (``None``: the model's ``max_position_embeddings``).
+        max_length: judge input cap in tokens (``None``: the model's context, or its largest sliding window when no
+            layer sees the whole context).
         batch_size: judge inputs per forward (each pair has two).
-        method: ``"hook"`` or ``"eager"`` (see :func:`~tokenweight.weights.attention.rows.last_token_attention`).
+        method: ``"interface"`` or ``"eager"`` (see :func:`~tokenweight.weights.attention.rows.last_token_attention`).
     """
 
     layers: list[int] | None = None
@@ -44,17 +48,19 @@ class JudgeSettings:
     eos_weight: float = 0.0
     max_length: int | None = None
     batch_size: int = 4
-    method: str = "hook"
+    method: str = "interface"
 
     def resolved(self, model: nn.Module) -> "JudgeSettings":
-        """A copy with the template text, the layer indices and the length cap made explicit for ``model``."""
-        text_config = model.config.get_text_config()
-        num_layers = (len(attention_modules(model)) if self.method == "hook" else text_config.num_hidden_layers)
-        return JudgeSettings(layers=resolve_layers(self.layers, num_layers),
+        """A copy with the template text, the layer indices and the length cap made explicit for ``model``
+        (:func:`~tokenweight.weights.attention.judge_layers.judge_layers_and_cap`)."""
+        if self.method not in METHODS:
+            raise UserError(f"config key `attention_rows`: {self.method!r} is not one of {list(METHODS)}")
+        layers, max_length = judge_layers_and_cap(model.config.get_text_config(), self.layers, self.max_length,
+                                                  getattr(model.config, "name_or_path", "") or model_type(model))
+        return JudgeSettings(layers=layers,
                              template=self.template if self.template is not None else default_template(),
-                             eos_weight=float(self.eos_weight),
-                             max_length=self.max_length or text_config.max_position_embeddings,
-                             batch_size=self.batch_size, method=self.method)
+                             eos_weight=float(self.eos_weight), max_length=max_length, batch_size=self.batch_size,
+                             method=self.method)
 
 
 def _pad_left(sequences: list[list[int]], pad_id: int, device) -> tuple[torch.Tensor, torch.Tensor]:
@@ -99,7 +105,7 @@ def _weigh(model: nn.Module, tokenizer, rows: Sequence[dict], first_index: int, 
 
 def attention_weights(model: nn.Module, tokenizer, rows: dict | Sequence[dict], *, layers: list[int] | None = None,
                       template: str | None = None, eos_weight: float = 0.0, max_length: int | None = None,
-                      batch_size: int = 4, method: str = "hook", log: bool = False,
+                      batch_size: int = 4, method: str = "interface", log: bool = False,
                       ) -> dict | list[dict] | tuple[dict | list[dict], WeightStats]:
     """AttentionPO weights of one tokenized pair (a dict) or several (a sequence of dicts), in memory.
 
@@ -121,7 +127,7 @@ def attention_weights(model: nn.Module, tokenizer, rows: dict | Sequence[dict], 
 def cache_fingerprint(model: nn.Module, tokenizer, rows: Sequence[dict], settings: JudgeSettings) -> dict:
     """The fingerprint of a cache for these inputs (``settings`` resolved)."""
     return fingerprint(model, tokenizer, rows, settings.template, settings.layers,
-                       {"eos_weight": settings.eos_weight, "max_length": settings.max_length,
+                       {"eos_weight": settings.eos_weight, "max_length": settings.max_length, "rows": settings.method,
                         "sink_fix_min_tokens": SINK_FIX_MIN_TOKENS, "format": cache.FORMAT})
 
 
@@ -138,13 +144,14 @@ def precompute_attention_weights(model: nn.Module, tokenizer, tokenized_rows: Se
                                  output_dir: str | os.PathLike, layers: list[int] | None = None,
                                  template: str | None = None, batch_size: int = 4, eos_weight: float = 0.0,
                                  max_length: int | None = None, progress: bool = True, shard_size: int = 256,
-                                 method: str = "hook", on_shard_written: Callable[[int], None] | None = None,
+                                 method: str = "interface", on_shard_written: Callable[[int], None] | None = None,
                                  ) -> cache.CachedWeights:
     """Judge every pair (both orders) and write the weights to ``output_dir``; resume or repair a cache.
 
     Shards of ``shard_size`` rows are written atomically with their checksum; intact shards of a cache with the same
     fingerprint are kept, missing or damaged ones recomputed (a warning names each), a damaged manifest rebuilds
-    the whole cache, a cache with another fingerprint is refused
+    the whole cache, as does one with another fingerprint but no shard written yet; a cache with another fingerprint
+    and written shards is refused
     (:class:`~tokenweight.weights.attention.cache.CacheMismatchError`). ``on_shard_written(index)`` is called
     after each new shard. Returns the complete cache's weights.
     """
@@ -156,6 +163,10 @@ def precompute_attention_weights(model: nn.Module, tokenizer, tokenized_rows: Se
     folder.mkdir(parents=True, exist_ok=True)
     expected = cache_fingerprint(model, tokenizer, tokenized_rows, settings)
     manifest = _existing_manifest(folder)
+    if manifest is not None and not manifest["shards"] and manifest["fingerprint"] != expected:
+        logger.warning("attention weight cache %s: no shard was written for its other settings; starting it anew",
+                       folder)  # a refused or interrupted first pass: nothing computed to keep
+        manifest = None
     if manifest is not None:
         cache.check_fingerprint(manifest["fingerprint"], expected, folder)  # resume with its shard size
     else:
@@ -219,7 +230,8 @@ def ensure_attention_cache(args, model_path: str, tokenizer, tokenized_dataset: 
 
     Reads the config keys ``attention_weights`` (the cache folder, required), ``attention_layers``,
     ``attention_template`` (a file; default the built-in template), ``attention_eos_weight``,
-    ``attention_max_length``, ``attention_batch_size``, ``model_dtype``, ``attn_implementation`` and ``device``.
+    ``attention_max_length``, ``attention_batch_size``, ``attention_rows``, ``model_dtype``, ``attn_implementation``
+    and ``device``.
     ``model_path`` is the judge: the initial policy / reference checkpoint. ``tokenized_dataset`` must be the
     rows the trainer trains on, before any completion truncation (one weight per completion token).
     """
@@ -236,7 +248,7 @@ def ensure_attention_cache(args, model_path: str, tokenizer, tokenized_dataset: 
                                             layers=args.attention_layers, template=template,
                                             batch_size=args.attention_batch_size,
                                             eos_weight=args.attention_eos_weight,
-                                            max_length=args.attention_max_length)
+                                            max_length=args.attention_max_length, method=args.attention_rows)
     finally:
         del judge
         if torch.cuda.is_available():

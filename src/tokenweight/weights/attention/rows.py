@@ -1,65 +1,46 @@
 """The last query's attention row, without keeping attention maps (spec §8.8).
 
-On an eager forward, a forward hook on each chosen layer's self-attention module keeps the last query's row of the
-map the layer computes anyway (bit-exact to ``output_attentions``) and lets the map go with the layer. On any other
-forward (SDPA, flash), a forward pre-hook receives that layer's (normed) input hidden states and its rotary position
-embeddings, and recomputes from them the scores of the *last* query only against all keys, with the module's own
-projections, q/k norms, rotary function, scaling and logit soft-capping, grouped key/value heads shared, the
-causal / sliding-window / padding mask applied; softmax per head in fp32, mean over the query heads. The model
-itself keeps its attention implementation (SDPA, flash, …); the extra memory is ``O(T · d)`` per layer instead of
-eager ``output_attentions``'s ``O(layers · heads · T²)``. The forward stops after the deepest chosen layer (the
-language-model head never runs)."""
+``method="interface"`` (the default) records it through transformers' pluggable attention interface
+(:data:`transformers.modeling_utils.ALL_ATTENTION_FUNCTIONS`), so it works on every architecture whose attention goes
+through that interface, with no per-class code. For the judge's forward the model's own attention implementation
+(``sdpa``, ``eager``, ``flash_attention_2``, …) is wrapped: every attention call still runs it for the layer's
+output, and on a chosen layer the wrapper computes, from the query and key states and the mask the model passes it,
+the softmax row of each sequence's last real query: the model's ``scaling``, logit ``softcap`` (Gemma 2), additive
+mask biases (ALiBi: Falcon puts it into the mask), ``position_bias``, attention sinks (``s_aux``), grouped
+key/value heads shared, the causal / sliding-window / padding mask as given (a 2-D or missing mask, as flash
+attention gets, is rebuilt from the padding, causality and ``sliding_window``); softmax per head in fp32, mean over
+the query heads. On an eager forward the row is read from the map the layer computes anyway (bit-exact to
+``output_attentions``). The extra memory is ``O(heads · T)`` per layer instead of eager ``output_attentions``'s
+``O(layers · heads · T²)``; the forward stops at the deepest chosen layer (its attention and the language-model head
+never run).
+
+``method="eager"`` runs the model with eager attention and ``output_attentions=True`` and keeps every layer's full
+map: the way out for an architecture that computes attention itself (BLOOM, in transformers 5.25), which the
+interface method refuses in one line naming it.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import sys
-from dataclasses import dataclass
 
 import torch
 from torch import nn
+from transformers.modeling_utils import AttentionInterface
 
+from tokenweight.errors import UserError
 from tokenweight.masks import last_index, position_ids_from_mask
 
-
-@dataclass(frozen=True)
-class _AttentionKind:
-    """How one attention class deviates from the plain Llama recipe.
-
-    ``softcap``: the module's ``attn_logit_softcapping`` is applied to the scores (Gemma 2).
-    ``config_window``: the sliding window comes from ``config.sliding_window`` (Mistral) instead of the module's
-    own ``sliding_window`` attribute (``None`` on full-attention layers).
-    """
-
-    softcap: bool = False
-    config_window: bool = False
-
-
-SUPPORTED = {
-    "LlamaAttention": _AttentionKind(),
-    "MistralAttention": _AttentionKind(config_window=True),
-    "Qwen2Attention": _AttentionKind(),
-    "Qwen3Attention": _AttentionKind(),
-    "GemmaAttention": _AttentionKind(),
-    "Gemma2Attention": _AttentionKind(softcap=True),
-    "Gemma3Attention": _AttentionKind(),
-}
-METHODS = ("hook", "eager")
+METHODS = ("interface", "eager")
 
 
 class _StopForward(Exception):
-    """Raised by the hook of the deepest chosen layer: the rest of the forward is not needed."""
+    """Raised after the deepest chosen layer's row is recorded: the rest of the forward is not needed."""
 
 
-def attention_modules(model: nn.Module) -> list[nn.Module]:
-    """The self-attention modules of ``model``, ordered by ``layer_idx``; raise for an unsupported architecture."""
-    modules = [m for m in model.modules() if type(m).__name__ in SUPPORTED]
-    if not modules:
-        model_type = getattr(getattr(model, "config", None), "model_type", type(model).__name__)
-        raise NotImplementedError(
-            f"attention rows by hook are not implemented for model type {model_type!r} (supported attention "
-            f"classes: {sorted(SUPPORTED)}); use method='eager' (eager attention with output_attentions=True), "
-            "which works for any model but stores every layer's full [heads, T, T] attention map")
-    return sorted(modules, key=lambda m: m.layer_idx)
+def model_type(model: nn.Module) -> str:
+    """The architecture's ``model_type`` (for messages)."""
+    return getattr(getattr(model, "config", None), "model_type", None) or type(model).__name__
 
 
 def resolve_layers(layers: list[int] | None, num_layers: int) -> list[int]:
@@ -94,88 +75,133 @@ def _allowed_keys(key_mask: torch.Tensor, last: torch.Tensor, window: int | None
     return allowed
 
 
-def _last_query_row(module: nn.Module, kind: _AttentionKind, hidden: torch.Tensor,
-                    position_embeddings: tuple[torch.Tensor, torch.Tensor], key_mask: torch.Tensor,
-                    last: torch.Tensor) -> torch.Tensor:
-    """Head-mean attention of the last query over all keys for one layer.
+def last_query_row(query: torch.Tensor, key: torch.Tensor, attention_mask: torch.Tensor | None, last: torch.Tensor,
+                   key_mask: torch.Tensor, scaling: float | None = None, softcap: float | None = None,
+                   sliding_window: int | None = None, position_bias: torch.Tensor | None = None,
+                   s_aux: torch.Tensor | None = None) -> torch.Tensor:
+    """Head-mean attention of each row's last real query over all keys, from what an attention function receives.
 
     Args:
-        hidden: ``[B, T, d]`` the attention module's input (after the layer's input norm).
-        position_embeddings: ``(cos, sin)``, each ``[B or 1, T, head_dim]``, as the model passed them.
-        key_mask: ``[B, T]`` bool, real tokens.
-        last: ``[B]`` index of each row's last real token (the query).
+        query: ``[B, H, T, hd]`` (positional encoding applied); key: ``[B, KV, T, hd]``, ``H`` a multiple of ``KV``
+            (query head ``h`` uses key head ``h // (H / KV)``).
+        attention_mask: ``[B or 1, 1 or H, T, ≥T]`` bool (True: attend) or additive float (it may carry a bias, e.g.
+            ALiBi); or ``None`` / ``[B, T]`` (flash attention's): rebuilt from ``key_mask``, causality and
+            ``sliding_window``.
+        last: ``[B]`` index of each row's last real token (the query); key_mask: ``[B, T]`` bool, real tokens.
+        scaling: score scale (``None``: ``hd ** -0.5``); softcap: ``tanh`` logit cap; position_bias: additive
+            ``[B or 1, H, T, T]``; s_aux: ``[H]`` attention-sink logits (in the softmax, not in the row).
     Returns:
-        ``[B, T]`` fp32, each row summing to 1 over its allowed keys, 0 elsewhere.
+        ``[B, T]`` fp32: each row sums to 1 (less the sinks' share) over its allowed keys, 0 elsewhere.
     """
-    batch, length, _ = hidden.shape
-    head_dim = module.head_dim
-    rows = torch.arange(batch, device=hidden.device)
-    query = module.q_proj(hidden[rows, last]).view(batch, 1, -1, head_dim)  # [B, 1, H, hd]
-    key = module.k_proj(hidden).view(batch, length, -1, head_dim)  # [B, T, KV, hd]
-    if hasattr(module, "q_norm"):
-        query, key = module.q_norm(query), module.k_norm(key)
-    query, key = query.transpose(1, 2), key.transpose(1, 2)  # [B, H, 1, hd], [B, KV, T, hd]
-    cos, sin = (e.expand(batch, -1, -1) for e in position_embeddings)
-    rotary = sys.modules[type(module).__module__].apply_rotary_pos_emb
-    # The model's rotary function rotates a query and a key with the same cos/sin; here they differ in length,
-    # so each call rotates one of them (the second output of the first call and the first of the second are unused).
-    query = rotary(query, query, cos[rows, last][:, None], sin[rows, last][:, None])[0]
-    key = rotary(key, key, cos, sin)[1]
-    num_kv = key.shape[1]
-    grouped = query.float().reshape(batch, num_kv, -1, head_dim)  # query head h uses key head h // group
-    scores = torch.einsum("bkgd,bktd->bkgt", grouped, key.float()).reshape(batch, -1, length) * module.scaling
-    if kind.softcap and module.attn_logit_softcapping is not None:
-        cap = module.attn_logit_softcapping
-        scores = torch.tanh(scores / cap) * cap
-    window = module.config.sliding_window if kind.config_window else getattr(module, "sliding_window", None)
-    allowed = _allowed_keys(key_mask, last, window)
-    scores = scores.masked_fill(~allowed[:, None, :], float("-inf"))
+    batch, heads, _, head_dim = query.shape
+    num_kv, length = key.shape[1], key.shape[2]
+    rows = torch.arange(batch, device=query.device)
+    grouped = query[rows, :, last].float().reshape(batch, num_kv, heads // num_kv, head_dim)
+    scores = torch.einsum("bkgd,bktd->bkgt", grouped, key.float()).reshape(batch, heads, length)
+    scores = scores * (head_dim ** -0.5 if scaling is None else scaling)
+    if softcap is not None:
+        scores = torch.tanh(scores / softcap) * softcap
+    if position_bias is not None:
+        scores = scores + position_bias.expand(batch, -1, -1, -1)[rows, :, last, :length].float()
+    if attention_mask is not None and attention_mask.dim() == 4:
+        mask = attention_mask.expand(batch, -1, -1, -1)[rows, :, last, :length]  # [B, 1 or H, T]
+        scores = (scores.masked_fill(~mask, float("-inf")) if mask.dtype == torch.bool else scores + mask.float())
+    else:
+        real = key_mask if attention_mask is None else attention_mask.bool()
+        scores = scores.masked_fill(~_allowed_keys(real, last, sliding_window)[:, None, :], float("-inf"))
+    if s_aux is not None:
+        sinks = s_aux.float().reshape(1, heads, 1).expand(batch, -1, -1)
+        return torch.softmax(torch.cat([scores, sinks], dim=-1), dim=-1)[..., :-1].mean(dim=1)
     return torch.softmax(scores, dim=-1).mean(dim=1)
 
 
-def _hook_rows(model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor,
-               position_ids: torch.Tensor, layers: list[int], modules: list[nn.Module],
-               recompute: bool) -> list[torch.Tensor]:
-    """One ``[B, T]`` row per layer of ``layers``, captured by hooks on ``modules`` during one forward.
+class _RowRecorder:
+    """Wraps the model's attention function for one forward; keeps the last query's row of the chosen layers.
 
-    ``recompute=False`` (eager attention, where every layer computes its full map anyway): a forward hook keeps the
-    last query's row of the map the layer returns (bit-exact to ``output_attentions``) and lets the map go with
-    the layer. ``recompute=True`` (SDPA, flash: no map is returned): a pre-hook recomputes the row from the
-    layer's input.
+    Attention calls are counted in forward order: call ``k`` is decoder layer ``k``. On an eager forward the row is
+    read from the map the wrapped function returns; otherwise it is computed from the query/key states, and the
+    deepest chosen layer's attention itself is not run (the forward stops there).
     """
-    key_mask, last = attention_mask.bool(), last_positions(attention_mask)
-    batch_rows = torch.arange(input_ids.shape[0], device=input_ids.device)
-    deepest = modules[max(layers)]
-    rows: list[torch.Tensor] = []
 
-    def recompute_row(module, args, kwargs):
-        hidden = kwargs["hidden_states"] if "hidden_states" in kwargs else args[0]
-        if kwargs.get("position_embeddings") is None:
-            raise RuntimeError(f"{type(module).__name__} received no position_embeddings; cannot recompute RoPE")
-        rows.append(_last_query_row(module, SUPPORTED[type(module).__name__], hidden,
-                                    kwargs["position_embeddings"], key_mask, last))
-        if module is deepest:
+    def __init__(self, layers: list[int], attention_mask: torch.Tensor, last: torch.Tensor, eager: bool):
+        self.inner = None  # module -> the wrapped attention function; set by :func:`_recording`
+        self.layers, self.deepest, self.eager = set(layers), max(layers), eager
+        self.key_mask, self.last = attention_mask.bool(), last
+        self.calls = 0
+        self.rows: dict[int, torch.Tensor] = {}
+
+    def __call__(self, module, query, key, value, attention_mask, scaling=None, dropout=0.0, **kwargs):
+        layer, self.calls = self.calls, self.calls + 1
+        run = self.inner(module)
+        if layer not in self.layers:
+            return run(module, query, key, value, attention_mask, scaling=scaling, dropout=dropout, **kwargs)
+        if query.shape[2] != self.key_mask.shape[1]:
+            raise RuntimeError(f"attention call {layer} got {query.shape[2]} queries for {self.key_mask.shape[1]} "
+                               "tokens; the judge forward must run without a cache")
+        output = None
+        if self.eager:  # read the map the eager function computes anyway
+            output = run(module, query, key, value, attention_mask, scaling=scaling, dropout=dropout, **kwargs)
+            batch_rows = torch.arange(query.shape[0], device=query.device)
+            self.rows[layer] = output[1][batch_rows, :, self.last].float().mean(dim=1)
+        else:
+            if attention_mask is not None and not isinstance(attention_mask, torch.Tensor):
+                raise UserError(f"attention rows: {type(module).__name__} got a {type(attention_mask).__name__} "
+                                "mask (flex attention); run the judge with --attn_implementation sdpa or eager")
+            self.rows[layer] = last_query_row(query, key, attention_mask, self.last, self.key_mask, scaling,
+                                              kwargs.get("softcap"), kwargs.get("sliding_window"),
+                                              kwargs.get("position_bias"), kwargs.get("s_aux"))
+        if layer == self.deepest:
             raise _StopForward
+        if output is None:
+            output = run(module, query, key, value, attention_mask, scaling=scaling, dropout=dropout, **kwargs)
+        return output
 
-    def keep_eager_row(module, args, kwargs, output):
-        rows.append(output[1][batch_rows, :, last].float().mean(dim=1))  # map [B, H, T, T] → [B, T]
-        if module is deepest:
-            raise _StopForward
 
-    if recompute:
-        handles = [modules[i].register_forward_pre_hook(recompute_row, with_kwargs=True) for i in layers]
-    else:
-        handles = [modules[i].register_forward_hook(keep_eager_row, with_kwargs=True) for i in layers]
+def _module_eager(module: nn.Module):
+    """The eager attention function of the module's own modeling file (what transformers falls back to)."""
+    function = getattr(sys.modules[type(module).__module__], "eager_attention_forward", None)
+    if function is None:
+        raise UserError(f"attention rows: {type(module).__name__} has no eager_attention_forward to wrap; run "
+                        "the judge with --attn_implementation sdpa, or --attention_rows eager")
+    return function
+
+
+@contextlib.contextmanager
+def _recording(implementation: str, recorder: _RowRecorder):
+    """Route the attention implementation ``implementation`` through ``recorder`` (restored on exit).
+
+    The registry's class-wide mapping is what ``ALL_ATTENTION_FUNCTIONS.get_interface`` reads; ``eager`` is not in
+    it (each modeling file passes its own eager function as the default), so it is added for the pass and removed.
+    """
+    mapping = AttentionInterface._global_mapping
+    had, previous = implementation in mapping, mapping.get(implementation)
+    recorder.inner = (lambda module: previous) if had else _module_eager
+    mapping[implementation] = recorder
     try:
-        model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=False)
-    except _StopForward:
-        pass
+        yield
     finally:
-        for handle in handles:
-            handle.remove()
-    if len(rows) != len(layers):
-        raise RuntimeError(f"captured {len(rows)} attention rows for {len(layers)} layers; was a layer skipped?")
-    return rows
+        if had:
+            mapping[implementation] = previous
+        else:
+            del mapping[implementation]
+
+
+def _interface_rows(model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                    position_ids: torch.Tensor, layers: list[int]) -> list[torch.Tensor]:
+    """One ``[B, T]`` row per layer of ``layers``, recorded through the attention interface during one forward."""
+    implementation = model.config.get_text_config()._attn_implementation or "eager"
+    recorder = _RowRecorder(layers, attention_mask, last_positions(attention_mask), implementation == "eager")
+    with _recording(implementation, recorder):
+        try:
+            model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=False)
+        except _StopForward:
+            pass
+    if len(recorder.rows) != len(layers):
+        how = ("does not route its attention through transformers' AttentionInterface" if recorder.calls == 0 else
+               f"made {recorder.calls} attention calls for layers {sorted(layers)}")
+        raise UserError(f"attention rows: model type {model_type(model)!r} {how}; use --attention_rows eager (eager "
+                        "attention with output_attentions=True, every layer's full [heads, T, T] map kept)")
+    return [recorder.rows[i] for i in layers]
 
 
 def _eager_rows(model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor,
@@ -190,25 +216,25 @@ def _eager_rows(model: nn.Module, input_ids: torch.Tensor, attention_mask: torch
     finally:
         model.set_attn_implementation(previous)
     if out.attentions is None or any(out.attentions[i] is None for i in layers):
-        raise RuntimeError(f"{type(model).__name__} returned no attention maps with eager attention and "
-                           "output_attentions=True; method='eager' cannot be used for this model")
+        raise UserError(f"attention rows: model type {model_type(model)!r} returned no attention maps with eager "
+                        "attention and output_attentions=True; --attention_rows eager cannot serve it")
     return [out.attentions[i][rows, :, last, :].float().mean(dim=1) for i in layers]  # each [B, T]
 
 
 @torch.no_grad()
 def last_token_attention(model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor,
-                         layers: list[int] | None = None, method: str = "hook") -> torch.Tensor:
+                         layers: list[int] | None = None, method: str = "interface") -> torch.Tensor:
     """Head-mean attention from each row's last real token to every position, averaged over ``layers``.
 
     Args:
-        model: a causal LM (Llama, Mistral, Qwen2, Qwen3, Gemma, Gemma 2, Gemma 3 text for ``method="hook"``).
+        model: a causal LM.
         input_ids: ``[B, T]``; attention_mask: ``[B, T]`` (left or right padding). Position ids are the
             cumulative count of real tokens, so a row's result does not depend on its padding.
         layers: decoder layer indices (negative from the end); ``None`` = the last layer. Several layers are
             averaged (their rows divided by their number).
-        method: ``"hook"`` (keep the last row of each chosen layer: read from the map on an eager forward,
-            recomputed otherwise; memory ``O(T · d)``) or ``"eager"`` (eager attention with
-            ``output_attentions=True``: any model, but every layer's ``[B, heads, T, T]`` map is kept).
+        method: ``"interface"`` (record the last row of each chosen layer through the attention interface; memory
+            ``O(heads · T)``) or ``"eager"`` (eager attention with ``output_attentions=True``: every layer's
+            ``[B, heads, T, T]`` map is kept).
     Returns:
         ``[B, T]`` fp32; each row sums to 1, with 0 on padding.
     """
@@ -216,12 +242,6 @@ def last_token_attention(model: nn.Module, input_ids: torch.Tensor, attention_ma
         raise ValueError(f"unknown attention method {method!r}; expected one of {METHODS}")
     attention_mask = attention_mask.to(input_ids.device)
     position_ids = position_ids_from_mask(attention_mask)
-    if method == "hook":
-        modules = attention_modules(model)
-        chosen = resolve_layers(layers, len(modules))
-        rows = _hook_rows(model, input_ids, attention_mask, position_ids, chosen, modules,
-                          recompute=model.config._attn_implementation != "eager")
-    else:
-        chosen = resolve_layers(layers, model.config.get_text_config().num_hidden_layers)
-        rows = _eager_rows(model, input_ids, attention_mask, position_ids, chosen)
-    return torch.stack(rows).mean(dim=0)
+    chosen = resolve_layers(layers, model.config.get_text_config().num_hidden_layers)
+    rows_of = _interface_rows if method == "interface" else _eager_rows
+    return torch.stack(rows_of(model, input_ids, attention_mask, position_ids, chosen)).mean(dim=0)

@@ -19,6 +19,7 @@ import datasets
 
 from tokenweight.errors import UserError
 from tokenweight.weights.attention.normalize import WeightStats
+from tokenweight.weights.attention.rows import METHODS
 from tokenweight.weights.base import PrepareContext, register_scheme
 from tokenweight.weights.column import ColumnScheme
 
@@ -30,13 +31,21 @@ class AttentionSettings:
     attention_weights: str | None = field(default=None, metadata={
         "help": "Folder of precomputed attention weights (computed there first when missing)."})
     attention_layers: list[int] | None = field(default=None, metadata={
-        "help": "Judge layers whose attention rows are averaged (default: the last)."})
+        "help": "Judge layers whose attention rows are averaged (default: the last layer that sees the whole judge "
+                "input, not a shorter sliding-window layer)."})
     attention_template: str | None = field(default=None, metadata={"help": "Judge template file."})
     attention_eos_weight: float = field(default=0.0, metadata={
         "help": "Weight of trailing end-of-turn/EOS completion tokens."})
     attention_max_length: int | None = field(default=None, metadata={
-        "help": "Judge input cap in tokens (default: the model's context)."})
+        "help": "Judge input cap in tokens (default: the model's context, or its largest sliding window when no "
+                "layer sees the whole context)."})
     attention_batch_size: int = field(default=4, metadata={"help": "Judge passes per batch."})
+    attention_rows: str = field(default="interface", metadata={
+        "choices": list(METHODS),
+        "help": "How the judge's last-token attention rows are taken: interface (recorded through transformers' "
+                "attention interface, the model's own attention kept) or eager (eager attention with "
+                "output_attentions: every layer's full map; for architectures that compute attention themselves, "
+                "such as BLOOM)."})
 
     def __post_init__(self):
         if self.attention_eos_weight < 0:
@@ -108,6 +117,6 @@ def _judge_in_memory(context: PrepareContext, rows: list[dict]) -> tuple[list[di
     weights = attention_weights(judge, context.tokenizer, rows, layers=config.attention_layers,
                                 template=template_from_config(config), eos_weight=config.attention_eos_weight,
                                 max_length=config.attention_max_length, batch_size=config.attention_batch_size,
-                                log=True)
+                                method=config.attention_rows, log=True)
     judge.train(was_training)
     return weights

@@ -31,6 +31,7 @@ from transformers import (GenerationConfig, GenerationMixin, LogitsProcessor, Lo
 from tokenweight.errors import UserError
 from tokenweight.logps import backbone, logps_from_hidden, output_head
 from tokenweight.masks import pack_left, position_ids_from_mask, to_shifted
+from tokenweight.models import generation_kwargs
 from tokenweight.weights.base import row_seeds
 from tokenweight.weights.tidpo.common import eval_mode
 
@@ -173,7 +174,7 @@ def sample_anchors(model: nn.Module, input_ids: torch.Tensor, attention_mask: to
     sampler = RowSeededSampler(seeds, temperature=temperature, top_k=top_k, top_p=top_p)
     with eval_mode(model), blank_generation_configs(model):
         generated = model.generate(input_ids=prompt_ids, attention_mask=prompt_mask, generation_config=config,
-                                   logits_processor=LogitsProcessorList([sampler]))
+                                   logits_processor=LogitsProcessorList([sampler]), **generation_kwargs(model))
     return assemble_anchor_batch(prompt_ids, prompt_mask, generated[:, prompt_ids.shape[1]:], eos_ids, pad_token_id)
 
 
