@@ -45,7 +45,9 @@ def test_nan_gradient_names_rows_and_step_saves_last_good_state_and_resumes(tiny
     err = capsys.readouterr().err
     match = re.fullmatch(r"tokenweight: error: non-finite gradient norm \(nan\) with weighting='column' on dataset "
                          r"rows \[(\d+), (\d+)\] at step (\d+); the last good state \(step (\d+)\) is saved in "
-                         r"(\S+): rerun with other settings and --resume_from_checkpoint (\S+)", error_line(err))
+                         r"(\S+): fix the rows and resume with --resume_from_checkpoint (\S+) --resume_changes data, "
+                         r"or lower --learning_rate and resume from it or an earlier checkpoint with --resume_changes "
+                         r"learning_rate", error_line(err))
     assert match, err
     pair, step, good = {int(match[1]), int(match[2])}, int(match[3]), int(match[4])
     assert BAD_ROW in pair and step > 1 and good == step - 1
@@ -54,8 +56,15 @@ def test_nan_gradient_names_rows_and_step_saves_last_good_state_and_resumes(tiny
     assert saved["global_step"] == good
     assert not (out / "results.json").exists()
 
-    write_jsonl(data, fixed)  # the user repairs the row and resumes from the saved state
-    assert main([*column_run_args(tiny_model_dir, str(data), out), "--resume_from_checkpoint", match[5]]) == 0
+    write_jsonl(data, fixed)  # the user repairs the row and resumes from the saved state, as the error says
+    assert main([*column_run_args(tiny_model_dir, str(data), out), "--resume_from_checkpoint", match[5]]) == 2
+    assert error_line(capsys.readouterr().err).startswith(
+        f"tokenweight: error: --resume_from_checkpoint {match[5]}: the run differs from the checkpoint's: data: "
+        "checkpoint {'rows': 8, ")  # not silently: the changed rows must be named as a change
+    assert main([*column_run_args(tiny_model_dir, str(data), out), "--resume_from_checkpoint", match[5],
+                 "--resume_changes", "data"]) == 0
+    changed = json.loads((out / "results.json").read_text())["resumed"]
+    assert changed["checkpoint"] == match[5] and list(changed["changes"]) == ["data"]
     write_jsonl(tmp_path / "clean.jsonl", fixed)
     assert main(column_run_args(tiny_model_dir, str(tmp_path / "clean.jsonl"), tmp_path / "clean")) == 0
     clean, resumed = log_history(tmp_path / "clean"), log_history(out)
@@ -74,10 +83,42 @@ def test_nan_loss_names_rows_and_step_and_saves_the_state_before_it(tiny_model_d
     err = capsys.readouterr().err
     saved = out / "checkpoint-1"
     assert re.fullmatch(r"tokenweight: error: non-finite loss \(nan\) with weighting='uniform' on dataset rows "
-                        rf"\[\d+, \d+\] at step 2; the last good state \(step 1\) is saved in {saved}: rerun with "
-                        rf"other settings and --resume_from_checkpoint {saved}", error_line(err)), err
+                        rf"\[\d+, \d+\] at step 2; the last good state \(step 1\) is saved in {saved}: fix the rows "
+                        rf"and resume with --resume_from_checkpoint {saved} --resume_changes data, or lower "
+                        "--learning_rate and resume from it or an earlier checkpoint with --resume_changes "
+                        "learning_rate", error_line(err)), err
     assert json.loads((saved / "trainer_state.json").read_text())["global_step"] == 1
     assert (saved / "model.safetensors").is_file() and (saved / "optimizer.pt").is_file()
+
+
+def test_lower_learning_rate_advice_resumes_from_an_earlier_checkpoint_with_the_new_rate(tiny_model_dir, tmp_path,
+                                                                                         capsys):
+    """The error's learning-rate advice, followed: step 1 runs at rate 0 (warm-up), step 2 at 1e30 wrecks the
+    parameters and step 3's loss is nan; resuming from checkpoint-1 with ``--learning_rate 1e-3 --resume_changes
+    learning_rate`` must train exactly as a run started at 1e-3 (step 1 changes no parameter in either run and
+    leaves the same Adam moments), so both end bit-identical and log the same rates."""
+    data = write_jsonl(tmp_path / "pairs.jsonl", standard_rows(8))
+    out, clean = tmp_path / "run", tmp_path / "clean"
+    args = [*column_run_args(tiny_model_dir, data, out), "--weighting", "uniform", "--lr_scheduler_type",
+            "constant_with_warmup", "--warmup_steps", "1", "--save_strategy", "steps", "--save_steps", "1"]
+    assert main([*args, "--learning_rate", "1e30"]) == 2
+    assert "non-finite loss (nan)" in error_line(capsys.readouterr().err)
+    assert main([*args, "--learning_rate", "1e-3", "--resume_from_checkpoint", str(out / "checkpoint-1")]) == 2
+    assert error_line(capsys.readouterr().err) == (
+        f"tokenweight: error: --resume_from_checkpoint {out / 'checkpoint-1'}: the run differs from the "
+        "checkpoint's: learning_rate: checkpoint 1e+30 vs now 0.001; pass --resume_changes learning_rate to apply "
+        "the new value(s) from the resumed step on")
+    assert main([*args, "--learning_rate", "1e-3", "--resume_from_checkpoint", str(out / "checkpoint-1"),
+                 "--resume_changes", "learning_rate"]) == 0
+    assert json.loads((out / "results.json").read_text())["resumed"] == {
+        "checkpoint": str(out / "checkpoint-1"), "changes": {"learning_rate": {"checkpoint": 1e30, "now": 1e-3}}}
+    assert main([*column_run_args(tiny_model_dir, data, clean), "--weighting", "uniform", "--lr_scheduler_type",
+                 "constant_with_warmup", "--warmup_steps", "1", "--learning_rate", "1e-3"]) == 0
+    rates = [(e["step"], e["learning_rate"]) for e in log_history(out) if "loss" in e]
+    assert rates[1:] == [(e["step"], e["learning_rate"]) for e in log_history(clean) if "loss" in e][1:]
+    assert [rate for _, rate in rates[1:]] == [1e-3, 1e-3, 1e-3]
+    want, got = saved_parameters(clean), saved_parameters(out)
+    assert all(torch.equal(want[name], got[name]) for name in want)
 
 
 def test_ctrl_c_names_step_and_last_checkpoint_and_exits_130(tiny_model_dir, tmp_path):

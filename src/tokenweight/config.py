@@ -92,8 +92,13 @@ class CoreConfig(TrainingArguments):
     precompute_ref_batch_size: int | None = field(default=None, metadata={
         "help": "Pairs per reference forward of the precompute (default: per_device_eval_batch_size)."})
     overwrite_output_dir: bool = field(default=False, metadata={
-        "help": "Replace a previous run in output_dir (its checkpoint-* folders are removed first); without it, "
-                "a non-empty output_dir is refused unless resume_from_checkpoint is given."})
+        "help": "Replace a previous run in output_dir: it is moved aside once model, data and settings are "
+                "checked, deleted once the new run has saved, put back if it fails before; without it, a "
+                "non-empty output_dir is refused unless resume_from_checkpoint is given."})
+    resume_changes: list[str] | None = field(default=None, metadata={
+        "help": "Settings a resumed run changes on purpose (learning_rate, max_grad_norm, max_steps, "
+                "num_train_epochs, data: the training rows): applied from the resumed step on and recorded in results.json; any other "
+                "difference from the checkpoint is refused."})
     disable_dropout: bool = field(default=True, metadata={"help": "Turn dropout off in policy and reference."})
     logps_chunk_size: int = field(default=256, metadata={
         "help": "Sequence chunk of the memory-lean log-prob head (smaller: less memory)."})
@@ -143,6 +148,8 @@ class CoreConfig(TrainingArguments):
         check_scheme_objective(self, SCHEMES[self.weighting])
         for key in ("dataset_name", "model_name_or_path", "ref_model_name_or_path"):
             check_local_path(key, getattr(self, key))
+        from tokenweight.run_record import check_resume_changes_setting
+        check_resume_changes_setting(self)
 
     @property
     def effective_beta(self) -> float:
