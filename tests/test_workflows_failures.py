@@ -1,4 +1,5 @@
-"""A non-finite loss and Ctrl-C end a run loudly and resumably (issue 9, item 8).
+"""A non-finite loss, Ctrl-C, SIGTERM and a full disk end a run loudly and resumably (issue 9, item 8; issue 22,
+items 5 and 6).
 
 A NaN names the rows and the step, saves the state before the failing update as ``checkpoint-<step - 1>`` and
 exits with status 2 (a setting or a row must change: a user error); resuming from that checkpoint with the row
@@ -10,6 +11,7 @@ from __future__ import annotations
 import json
 import re
 import signal
+from pathlib import Path
 
 import torch
 
@@ -137,3 +139,59 @@ def test_ctrl_c_names_step_and_last_checkpoint_and_exits_130(tiny_model_dir, tmp
     assert (f"tokenweight: interrupted at step 3; last checkpoint {out / 'checkpoint-2'}; resume with the same "
             f"command and --resume_from_checkpoint {out / 'checkpoint-2'}") in err.splitlines()
     assert not (out / "results.json").exists() and not (out / "checkpoint-3").exists()
+
+
+def test_sigterm_saves_the_step_prints_the_resume_line_and_the_resumed_run_is_bit_identical(tiny_model_dir, tmp_path):
+    """Preemption: SIGTERM inside step 4 of a run that saves no checkpoints lets step 4 finish, saves
+    checkpoint-4, prints the resume line and exits 143; resuming from it ends where an uninterrupted run ends."""
+    data = write_jsonl(tmp_path / "pairs.jsonl", standard_rows(8))
+    out, clean = tmp_path / "run", tmp_path / "clean"
+    args = column_run_args(tiny_model_dir, data, out)[1:] + ["--weighting", "uniform", "--max_steps", "6"]
+    marker = tmp_path / "in-step-4"
+    run = start_stopped_run(args, stop_step=3, marker=marker)
+    wait_for(marker, run)
+    run.send_signal(signal.SIGTERM)
+    Path(f"{marker}.go").touch()
+    _, err = run.communicate(timeout=120)
+    assert run.returncode == 143 and "Traceback" not in err
+    assert (f"tokenweight: stopped by SIGTERM at step 4; last checkpoint {out / 'checkpoint-4'}; resume with the same "
+            f"command and --resume_from_checkpoint {out / 'checkpoint-4'}") in err.splitlines()
+    assert sorted(p.name for p in out.glob("checkpoint-*")) == ["checkpoint-4"] and not (out / "results.json").exists()
+    assert main(["train", *args, "--resume_from_checkpoint", "true"]) == 0
+    assert main(["train", *column_run_args(tiny_model_dir, data, clean)[1:], "--weighting", "uniform", "--max_steps",
+                 "6"]) == 0
+    losses = [e["loss"] for e in log_history(clean) if "loss" in e]
+    assert len(losses) == 6 and [e["loss"] for e in log_history(out) if "loss" in e] == losses
+    want, got = saved_parameters(clean), saved_parameters(out)
+    assert all(torch.equal(want[name], got[name]) for name in want)
+
+
+def test_a_full_disk_mid_run_names_the_folder_and_keeps_the_last_complete_checkpoint(tiny_model_dir, tmp_path,
+                                                                                     capsys, monkeypatch):
+    """The disk fills while checkpoint-4 is written (fault injected into the optimizer-state write): one line naming
+    the folder and checkpoint-2, which stays complete and byte for byte as saved; resuming from it works."""
+    import errno
+
+    data = write_jsonl(tmp_path / "pairs.jsonl", standard_rows(8))
+    out = tmp_path / "run"
+    args = [*column_run_args(tiny_model_dir, data, out), "--weighting", "uniform", "--save_strategy", "steps",
+            "--save_steps", "2", "--max_steps", "6", "--save_total_limit", "1"]
+    save = torch.save
+
+    def filling_save(obj, path, *rest, **kwargs):
+        if "checkpoint-4" in str(path):
+            Path(path).write_bytes(b"\0" * 100)
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return save(obj, path, *rest, **kwargs)
+
+    monkeypatch.setattr(torch, "save", filling_save)
+    assert main(args) == 2
+    kept = out / "checkpoint-2"
+    assert error_line(capsys.readouterr().err) == (
+        f"tokenweight: error: writing to output_dir {out} failed at step 4 (No space left on device); the last "
+        f"complete checkpoint {kept} is intact: resume from it with --resume_from_checkpoint {kept}")
+    from tokenweight.checkpoints import checkpoint_problem
+    assert checkpoint_problem(kept) is None and checkpoint_problem(out / "checkpoint-4") is not None
+    monkeypatch.setattr(torch, "save", save)
+    assert main([*args, "--resume_from_checkpoint", "true"]) == 0
+    assert json.loads((out / "trainer_state.json").read_text())["global_step"] == 6

@@ -1,8 +1,8 @@
 """Run ``tokenweight train ARGS`` and hang inside the training step after ``STEP`` updates.
 
 When the loss of step ``STEP + 1`` is about to be computed (so ``checkpoint-STEP`` is complete when
-``--save_steps`` divides ``STEP``), the file ``MARKER`` is created and the process sleeps, so a test can SIGKILL or
-SIGINT a real CLI run at a known point. As a script: ``python tests/train_driver.py STEP MARKER ARGS…``.
+``--save_steps`` divides ``STEP``), the file ``MARKER`` is created and the process sleeps until the file
+``MARKER.go`` exists, so a test can SIGKILL, SIGINT or SIGTERM a real CLI run at a known point (and let it go on). As a script: ``python tests/train_driver.py STEP MARKER ARGS…``.
 """
 
 import signal
@@ -21,7 +21,7 @@ def train_hanging(stop_step: int, marker: Path, argv: list[str]) -> int:
     def hanging_compute_loss(self, model, inputs, *args, **kwargs):
         if model.training and self.state.global_step == stop_step:
             Path(marker).touch()
-            while True:
+            while not Path(f"{marker}.go").exists():
                 time.sleep(0.05)
         return compute_loss(self, model, inputs, *args, **kwargs)
 
