@@ -8,13 +8,12 @@ from __future__ import annotations
 
 import json
 
-import os
 import signal
 import socket
 
 from conftest import standard_rows
 from tokenweight.cli import main
-from workflow_runs import fork_stopped_run, start_stopped_run, wait_for, write_jsonl
+from workflow_runs import start_stopped_run, wait_for, write_jsonl
 
 
 def tiny_run_args(model_dir, data: str, output_dir, steps: int) -> list[str]:
@@ -113,7 +112,7 @@ def test_a_second_run_into_a_folder_in_use_is_refused_naming_the_holder(tiny_mod
     data = write_jsonl(tmp_path / "pairs.jsonl", standard_rows(8))
     out = tmp_path / "run"
     args = tiny_run_args(tiny_model_dir, data, out, steps=4)
-    first = fork_stopped_run(args[1:], stop_step=3, marker=tmp_path / "in-step-4")
+    first = start_stopped_run(args[1:], stop_step=3, marker=tmp_path / "in-step-4")
     wait_for(tmp_path / "in-step-4", first)
     capsys.readouterr()
     for second in (args, [*args, "--overwrite_output_dir", "true"], [*args, "--resume_from_checkpoint", "true"]):
@@ -123,16 +122,24 @@ def test_a_second_run_into_a_folder_in_use_is_refused_naming_the_holder(tiny_mod
                                f"{first.pid} on host {socket.gethostname()}, since "), line
         assert line.endswith("); wait for it to end or choose another --output_dir")
     assert sorted(p.name for p in out.glob("checkpoint-*")) == ["checkpoint-1", "checkpoint-2", "checkpoint-3"]
-    os.kill(first.pid, signal.SIGKILL)  # the operating system releases its lock: the resume is not blocked
-    first.join(timeout=30)
+    first.kill()  # SIGKILL: the operating system releases its lock, so the resume is not blocked
+    first.communicate(timeout=30)
     assert main([*args, "--resume_from_checkpoint", "true"]) == 0
     assert (out / "results.json").is_file() and not (out / ".tokenweight.lock").exists()
 
 
-def test_an_output_dir_that_cannot_be_written_is_refused_before_any_model_loads(tmp_path, capsys):
+def test_an_output_dir_that_cannot_be_written_is_refused_before_any_model_loads(tiny_model_dir, tmp_path, capsys,
+                                                                               monkeypatch):
+    import tokenweight.run
+
+    def no_loading(*args, **kwargs):
+        raise AssertionError("a model was loaded")
+
+    monkeypatch.setattr(tokenweight.run, "load_tokenizer", no_loading)
+    monkeypatch.setattr(tokenweight.run, "load_causal_lm", no_loading)
     (tmp_path / "a-file").write_text("")
     out = tmp_path / "a-file" / "run"
     data = write_jsonl(tmp_path / "pairs.jsonl", standard_rows(8))
-    assert main(tiny_run_args(tmp_path / "no-model-here", data, out, steps=2)) == 2  # the model is never looked for
+    assert main(tiny_run_args(tiny_model_dir, data, out, steps=2)) == 2
     assert capsys.readouterr().err.strip().splitlines() == [
         f"tokenweight: error: output_dir {out} is not writable (Not a directory); nothing was trained"]

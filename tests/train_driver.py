@@ -32,6 +32,26 @@ def train_hanging(stop_step: int, marker: Path, argv: list[str]) -> int:
         TokenweightTrainer.compute_loss = compute_loss
 
 
+def train_with_slow_saves(save_marker: Path, argv: list[str]) -> None:
+    """``tokenweight train argv`` whose checkpoint saves are announced (``SAVE_MARKER-<step>`` is created when the
+    save of that step begins) and stretched (a pause before every ``torch.save``), so that a test can SIGKILL it
+    inside a checkpoint write; exits with the run's status (a fork target)."""
+    import torch
+
+    save, save_checkpoint = torch.save, TokenweightTrainer._save_checkpoint
+
+    def slow_save(*args, **kwargs):
+        time.sleep(0.05)
+        return save(*args, **kwargs)
+
+    def announced_save_checkpoint(self, *args, **kwargs):
+        Path(f"{save_marker}-{self.state.global_step}").touch()
+        return save_checkpoint(self, *args, **kwargs)
+
+    torch.save, TokenweightTrainer._save_checkpoint = slow_save, announced_save_checkpoint
+    sys.exit(main(["train", *argv]))
+
+
 if __name__ == "__main__":
     # the test sends this process SIGINT, as a terminal's Ctrl-C would; a child inherits its parent's signal mask and
     # ignored signals (a suite started in the background hands SIGINT ignored, and Python then installs no

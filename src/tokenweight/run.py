@@ -181,15 +181,30 @@ def held_out_metrics(model, ref_model, scheme, tokenizer, eval_tokenized, eval_r
 def run_training(config: TokenweightConfig) -> dict:
     """Train as configured; returns (and writes to ``output_dir/results.json``) the before/after metrics.
 
-    The run holds ``output_dir``'s lock throughout (:func:`~tokenweight.run_folder.lock_output_dir`)."""
-    resume = resolve_resume(config.resume_from_checkpoint, config.output_dir)
+    The run holds ``output_dir``'s lock throughout (:func:`~tokenweight.run_folder.lock_output_dir`); under it the
+    main process settles an interrupted overwrite, picks the checkpoint to resume from and checks the folder, and
+    every process gets its decision (or its refusal)."""
     main_process = config.process_index == 0
-    with lock_output_dir(config.output_dir, main_process, agree=main_process_decides(config)):
-        if main_process:
-            check_writable(config.output_dir)
-            settle_set_aside(config.output_dir, new_run_saved(config.output_dir))
-        replaced = check_output_dir(config.output_dir, config.overwrite_output_dir, resume is not None)
+    decide = main_process_decides(config)
+    with lock_output_dir(config.output_dir, main_process, agree=decide):
+        outcome = _claim_output_dir(config) if main_process else None
+        if decide is not None:
+            outcome = decide(outcome)
+        if isinstance(outcome, str):
+            raise UserError(outcome)
+        resume, replaced = outcome
         return _run_training(config, resume, SetAside(config.output_dir, replaced if main_process else []))
+
+
+def _claim_output_dir(config: TokenweightConfig) -> tuple[str | None, list[str]] | str:
+    """``(checkpoint to resume from or None, names an overwrite replaces)``, or the refusal's message."""
+    try:
+        check_writable(config.output_dir)
+        settle_set_aside(config.output_dir, new_run_saved(config.output_dir))
+        resume = resolve_resume(config.resume_from_checkpoint, config.output_dir)
+        return resume, check_output_dir(config.output_dir, config.overwrite_output_dir, resume is not None)
+    except UserError as error:
+        return str(error)
 
 
 def main_process_decides(config):

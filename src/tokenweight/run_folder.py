@@ -46,13 +46,15 @@ def _writable_error(output_dir: str, error: OSError) -> UserError:
 
 @contextlib.contextmanager
 def lock_output_dir(output_dir: str, is_main_process: bool = True, agree=None) -> Iterator[None]:
-    """Hold the exclusive lock of ``output_dir`` (created if missing) while the block runs.
+    """Hold the exclusive lock of ``output_dir`` (created if missing, and removed again if still empty at the end)
+    while the block runs.
 
     Only the main process locks; ``agree(message or None) -> message or None`` (a broadcast from the main process
     under a multi-process launch) gives every process the main process's refusal, so all refuse together. A folder
     locked by a live run, or one that cannot be written, is a :class:`UserError`.
     """
     handle, message = None, None
+    created = not Path(output_dir).exists()
     if is_main_process:
         try:
             handle = _acquire(Path(output_dir))
@@ -62,13 +64,13 @@ def lock_output_dir(output_dir: str, is_main_process: bool = True, agree=None) -
         message = agree(message)
     if message is not None:
         if handle is not None:
-            _release(Path(output_dir), handle)
+            _release(Path(output_dir), handle, created)
         raise UserError(message)
     try:
         yield
     finally:
         if handle is not None:
-            _release(Path(output_dir), handle)
+            _release(Path(output_dir), handle, created)
 
 
 def _acquire(folder: Path) -> int:
@@ -100,10 +102,13 @@ def _acquire(folder: Path) -> int:
         raise _writable_error(str(folder), error) from None
 
 
-def _release(folder: Path, handle: int) -> None:
+def _release(folder: Path, handle: int, created: bool) -> None:
     with contextlib.suppress(OSError):
         (folder / LOCK_NAME).unlink()
     os.close(handle)
+    if created:
+        with contextlib.suppress(OSError):
+            folder.rmdir()  # only when empty: a run refused before writing leaves no folder behind
 
 
 def check_writable(output_dir: str) -> None:
