@@ -20,7 +20,7 @@ from tokenweight.run_folder import (DropReplacedOnSave, SetAside, check_writable
                                     settle_set_aside)
 from tokenweight.run_record import ApplyResumeChanges, resume_changes, run_record
 from tokenweight.config import TokenweightConfig, resolve_max_length
-from tokenweight.data import print_data_summary, tokenize_preference_dataset
+from tokenweight.data import WEIGHT_COLUMNS, print_data_summary, tokenize_preference_dataset
 from tokenweight.sources import PreferenceSplits, load_splits, swap_pairs
 from tokenweight.evaluate import REWARD_DEFINITIONS, held_out_preference
 from tokenweight.errors import UserError
@@ -127,7 +127,30 @@ def prepare_split(config: TokenweightConfig, model_path: str, tokenizer, raw: da
     """One split of the run prepared by its scheme (cached under ``output_dir``) and tokenized, so that every split
     the trainer sees — train and eval — carries what the scheme reads."""
     prepared = prepare_raw(config, model_path, tokenizer, raw, name, config.output_dir, summary)
-    return tokenize_split(config, tokenizer, prepared, name, summary, label, source_rows)
+    if SCHEMES[config.weighting].needs_weight_columns and not set(WEIGHT_COLUMNS) <= set(prepared.column_names):
+        raise UserError(f"weighting={config.weighting} needs the dataset columns chosen_weights and rejected_weights "
+                        f"(one float per completion token); the {name} split {label or name} has columns "
+                        f"{sorted(prepared.column_names)}")
+    tokenized = tokenize_split(config, tokenizer, prepared, name, summary, label, source_rows)
+    check_zero_weight_rows(tokenized, f"{name} split {label or name}", summary[name] if summary else None)
+    return tokenized
+
+
+def check_zero_weight_rows(tokenized: datasets.Dataset, label: str, summary: dict | None) -> None:
+    """Count the rows whose token weights (chosen and rejected) are all zero — they train nothing — into
+    ``summary["zero_weight_rows"]`` and warn on stderr naming the first ones; all rows so is a :class:`UserError`."""
+    if not set(WEIGHT_COLUMNS) <= set(tokenized.column_names):
+        return
+    zero = [row["row_index"] if "row_index" in row else number for number, row in enumerate(tokenized)
+            if not any(row["chosen_weights"]) and not any(row["rejected_weights"])]
+    if summary is not None:
+        summary["zero_weight_rows"] = len(zero)
+    if zero and len(zero) == len(tokenized):
+        raise UserError(f"data {label}: every row's token weights are all zero (chosen_weights, rejected_weights): "
+                        "the run would train nothing")
+    if zero:
+        print(f"data {label}: warning: {len(zero)} of {len(tokenized)} rows have all-zero token weights and train "
+              f"nothing (rows {', '.join(map(str, zero[:5]))}{' …' if len(zero) > 5 else ''})", file=sys.stderr)
 
 
 def resolve_model_path(config: TokenweightConfig) -> str:
