@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -153,9 +154,11 @@ def test_recipe_values_get_the_flags_types(tmp_path):
     from tokenweight.cli import parse_train_config
 
     recipe = tmp_path / "recipe.yaml"
-    recipe.write_text("learning_rate: 5e-4\nweighting: otpo\notpo_reg_m: 0.3\nmax_length: 64\n")  # 5e-4: a YAML str
+    recipe.write_text("learning_rate: 5e-4\nweighting: otpo\notpo_reg_m: 0.3\nmax_length: 64\n"  # 5e-4: a YAML str
+                      "activation_checkpointing_kwargs: {use_reentrant: false}\n")  # a mapping-typed field
     config = parse_train_config(["--config", str(recipe)])
     assert (config.learning_rate, config.otpo_reg_m, config.max_length) == (5e-4, [0.3], 64)
+    assert config.activation_checkpointing_kwargs == {"use_reentrant": False}
 
 
 @pytest.mark.parametrize("argv, fragments", [
@@ -227,3 +230,29 @@ def test_rows_with_all_zero_weights_are_counted_and_warned_and_all_of_them_refus
     assert err.splitlines()[-1] == (f"tokenweight: error: data train split train (file {none}, 4 rows): every row's "
                                     "token weights are all zero (chosen_weights, rejected_weights): the run would "
                                     "train nothing")
+
+
+def test_unreadable_data_and_model_folders_are_one_line_errors(capsys, tmp_path, tiny_model_dir, data_file):
+    """Data that is not UTF-8, a data folder without data, a folder that is not a model, a model folder whose
+    tokenizer is broken: each one line naming the file or folder (they were tracebacks)."""
+    latin = tmp_path / "latin.jsonl"
+    latin.write_bytes(data_file.read_bytes() + '{"prompt": "caf\u00e9", "chosen": "a", "rejected": "b"}\n'.encode("latin-1"))
+    train = ["train", "--model_name_or_path", str(tiny_model_dir), "--output_dir", str(tmp_path / "run")]
+    assert_one_line_error(*run_cli(capsys, [*train, "--dataset_name", str(latin)]),
+                          f"dataset file {latin}, line 5: not UTF-8 text (byte 0xe9 at offset ", "save it as UTF-8")
+    (tmp_path / "empty").mkdir()
+    assert_one_line_error(*run_cli(capsys, [*train, "--dataset_name", str(tmp_path / "empty")]),
+                          f"dataset folder {tmp_path / 'empty'}: no data `datasets` can read")
+    not_a_model = tmp_path / "not-a-model"
+    not_a_model.mkdir()
+    (not_a_model / "notes.txt").write_text("hello")
+    assert_one_line_error(*run_cli(capsys, ["train", "--model_name_or_path", str(not_a_model), "--dataset_name",
+                                            str(data_file), "--output_dir", str(tmp_path / "run")]),
+                          f"{not_a_model}: cannot load its config (")
+    broken = tmp_path / "broken-tokenizer"
+    shutil.copytree(tiny_model_dir, broken)
+    (broken / "tokenizer.json").write_text("{not json")
+    assert_one_line_error(*run_cli(capsys, ["train", "--model_name_or_path", str(broken), "--dataset_name",
+                                            str(data_file), "--output_dir", str(tmp_path / "run")]),
+                          f"{broken}: cannot load its tokenizer (")
+    assert not (tmp_path / "run").exists()

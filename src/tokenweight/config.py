@@ -275,7 +275,12 @@ def model_context(model_path: str) -> int | None:
     ``n_positions`` of its text config), or ``None`` when its config states none."""
     from transformers import AutoConfig
 
-    config = AutoConfig.from_pretrained(model_path).get_text_config()
+    from tokenweight.models import LOAD_ERRORS, not_loadable
+
+    try:
+        config = AutoConfig.from_pretrained(model_path).get_text_config()
+    except LOAD_ERRORS as error:
+        raise not_loadable(model_path, "config", error) from error
     for key in ("max_position_embeddings", "n_positions"):
         if isinstance(getattr(config, key, None), int):
             return getattr(config, key)
@@ -378,11 +383,14 @@ class ConfigArgumentParser(HfArgumentParser):
 
     def recipe_defaults(self, path: str, values: dict) -> dict:
         """The recipe's ``values`` converted and checked as the flags' strings would be (type, list or single value,
-        choices): a value of the wrong type is a :class:`UserError` naming the recipe file and key."""
+        choices): a value of the wrong type is a :class:`UserError` naming the recipe file and key. A mapping for a
+        field typed as one (``activation_checkpointing_kwargs``) is kept as it is."""
         converted = {}
+        mappings = {name for name, hint in get_type_hints(self.dataclass_types[0]).items() if "dict" in str(hint)}
         for key, value in values.items():
             action = self._option_string_actions.get(f"--{key}")
-            if action is None or (value is None and action.default is None):
+            if action is None or (value is None and action.default is None) or (isinstance(value, dict)
+                                                                               and key in mappings):
                 converted[key] = value
                 continue
             try:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import signal
+import threading
 from collections.abc import Callable, Iterator
 
 import torch
@@ -30,10 +31,14 @@ class StopOnSigterm(TrainerCallback):
 
     @contextlib.contextmanager
     def installed(self) -> Iterator[None]:
-        """SIGTERM sets the flag while the block runs (the previous handler comes back after it)."""
+        """SIGTERM sets the flag while the block runs (the previous handler comes back after it). Outside the main
+        thread, where Python cannot install signal handlers, SIGTERM keeps its handler."""
         def handler(signum, frame):
             self.received = True
 
+        if threading.current_thread() is not threading.main_thread():
+            yield
+            return
         previous = signal.signal(signal.SIGTERM, handler)
         try:
             yield
