@@ -141,9 +141,21 @@ def test_ctrl_c_names_step_and_last_checkpoint_and_exits_130(tiny_model_dir, tmp
     assert not (out / "results.json").exists() and not (out / "checkpoint-3").exists()
 
 
-def test_sigterm_saves_the_step_prints_the_resume_line_and_the_resumed_run_is_bit_identical(tiny_model_dir, tmp_path):
+def test_sigterm_saves_the_step_prints_the_resume_line_and_the_resumed_run_is_bit_identical(tiny_model_dir, tmp_path,
+                                                                                          monkeypatch):
     """Preemption: SIGTERM inside step 4 of a run that saves no checkpoints lets step 4 finish, saves
-    checkpoint-4, prints the resume line and exits 143; resuming from it ends where an uninterrupted run ends."""
+    checkpoint-4, prints the resume line and exits 143; resuming from it ends where an uninterrupted run ends.
+    Every run here uses one thread (the signalled one is a subprocess): sums over threads round differently."""
+    threads = torch.get_num_threads()
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    torch.set_num_threads(1)
+    try:
+        sigterm_then_resume(tiny_model_dir, tmp_path)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def sigterm_then_resume(tiny_model_dir, tmp_path) -> None:
     data = write_jsonl(tmp_path / "pairs.jsonl", standard_rows(8))
     out, clean = tmp_path / "run", tmp_path / "clean"
     args = column_run_args(tiny_model_dir, data, out)[1:] + ["--weighting", "uniform", "--max_steps", "6"]
