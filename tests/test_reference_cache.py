@@ -173,3 +173,45 @@ def test_precompute_takes_output_and_train_flags_in_any_order(tmp_path, order, c
     assert manifest["complete"] and manifest["num_rows"] == 16  # the KeyFact train split, judged once
     assert manifest["fingerprint"]["settings"]  # the attention cache, not anything else
     assert "--output DIR is required" in refusal(["precompute", "reference", *KEYFACT], capsys)
+
+
+def test_precompute_resolves_max_length_as_train_does_and_prints_the_same_data_summary(tmp_path, tiny_model_dir,
+                                                                                         capsys):
+    """The documented workflow with identical flags and no --max_length (issue 22): precompute resolved none and
+    train refused the cache (cached None vs 128); both now take the model's context and print the same summary."""
+    data = tmp_path / "pairs.jsonl"
+    data.write_text("".join(json.dumps(row) + "\n" for row in standard_rows(6)))
+    flags = ["--model_name_or_path", str(tiny_model_dir), "--dataset_name", str(data), "--per_device_train_batch_size",
+             "2"]
+    capsys.readouterr()
+    assert main(["precompute", "reference", "--output", str(tmp_path / "ref"), *flags]) == 0
+    summary = f"data train split train (file {data}, 6 rows): 6 rows, 0 dropped (prompt fills max_length)"
+    assert any(line.startswith(summary) for line in capsys.readouterr().err.splitlines())
+    assert main(["train", *flags, "--max_steps", "1", "--output_dir", str(tmp_path / "run"), "--report_to", "none",
+                 "--ref_log_probs", str(tmp_path / "ref")]) == 0
+    assert any(line.startswith(summary) for line in capsys.readouterr().err.splitlines())
+
+
+def test_a_damaged_shard_or_manifest_is_refused_in_one_line_and_precompute_repairs_it(tmp_path, capsys):
+    cache = tmp_path / "ref"
+    assert main(["precompute", "reference", "--output", str(cache), "--shard_size", "5", *KEYFACT]) == 0
+    shard = cache / "train" / "shard-00001.safetensors"
+    good = shard.read_bytes()
+    shard.write_bytes(good[:-8] + bytes(8))  # the same size, other bytes
+    train = ["train", *KEYFACT, "--max_steps", "1", "--output_dir", str(tmp_path / "run"), "--report_to", "none",
+             "--ref_log_probs", str(cache)]
+    capsys.readouterr()
+    assert main(train) == 2
+    assert capsys.readouterr().err.splitlines()[-1] == (
+        f"tokenweight: error: reference log-prob cache: {shard} is damaged (its bytes do not match the checksum in "
+        "the manifest); run `tokenweight precompute reference` again with the run's flags to repair it")
+    assert main(["precompute", "reference", "--output", str(cache), "--shard_size", "5", *KEYFACT]) == 0
+    assert shard.read_bytes() == good  # rewritten, the same log-probs
+    manifest = cache / "eval" / "manifest.json"
+    manifest.write_text(manifest.read_text()[:40])
+    capsys.readouterr()
+    assert main(train) == 2
+    line = capsys.readouterr().err.splitlines()[-1]
+    assert line.startswith(f"tokenweight: error: {manifest} is damaged (")
+    assert line.endswith(f"delete {cache / 'eval'} and run `tokenweight precompute reference` again with the run's "
+                         "flags")

@@ -1,8 +1,8 @@
 """Run ``tokenweight train ARGS`` and hang inside the training step after ``STEP`` updates.
 
 When the loss of step ``STEP + 1`` is about to be computed (so ``checkpoint-STEP`` is complete when
-``--save_steps`` divides ``STEP``), the file ``MARKER`` is created and the process sleeps, so a test can SIGKILL or
-SIGINT a real CLI run at a known point. As a script: ``python tests/train_driver.py STEP MARKER ARGS…``.
+``--save_steps`` divides ``STEP``), the file ``MARKER`` is created and the process sleeps until the file
+``MARKER.go`` exists, so a test can SIGKILL, SIGINT or SIGTERM a real CLI run at a known point (and let it go on). As a script: ``python tests/train_driver.py STEP MARKER ARGS…``.
 """
 
 import signal
@@ -21,7 +21,7 @@ def train_hanging(stop_step: int, marker: Path, argv: list[str]) -> int:
     def hanging_compute_loss(self, model, inputs, *args, **kwargs):
         if model.training and self.state.global_step == stop_step:
             Path(marker).touch()
-            while True:
+            while not Path(f"{marker}.go").exists():
                 time.sleep(0.05)
         return compute_loss(self, model, inputs, *args, **kwargs)
 
@@ -30,6 +30,26 @@ def train_hanging(stop_step: int, marker: Path, argv: list[str]) -> int:
         return main(["train", *argv])
     finally:
         TokenweightTrainer.compute_loss = compute_loss
+
+
+def train_with_slow_saves(save_marker: Path, argv: list[str]) -> None:
+    """``tokenweight train argv`` whose checkpoint saves are announced (``SAVE_MARKER-<step>`` is created when the
+    save of that step begins) and stretched (a pause before every ``torch.save``), so that a test can SIGKILL it
+    inside a checkpoint write; exits with the run's status (a fork target)."""
+    import torch
+
+    save, save_checkpoint = torch.save, TokenweightTrainer._save_checkpoint
+
+    def slow_save(*args, **kwargs):
+        time.sleep(0.05)
+        return save(*args, **kwargs)
+
+    def announced_save_checkpoint(self, *args, **kwargs):
+        Path(f"{save_marker}-{self.state.global_step}").touch()
+        return save_checkpoint(self, *args, **kwargs)
+
+    torch.save, TokenweightTrainer._save_checkpoint = slow_save, announced_save_checkpoint
+    sys.exit(main(["train", *argv]))
 
 
 if __name__ == "__main__":

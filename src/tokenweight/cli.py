@@ -80,13 +80,16 @@ def parse_train_config(argv: list[str]):
     """Build the run's :class:`TokenweightConfig`: the flags override the ``--config`` YAML, which overrides the
     built-in defaults (KeyFact's, when neither a model nor a dataset is named). Presets fill only what none of
     them set (``beta=None`` lets :attr:`~tokenweight.config.TokenweightConfig.effective_beta` pick)."""
-    from tokenweight.config import ConfigArgumentParser
+    from tokenweight.config import ConfigArgumentParser, check_scheme_keys
     from tokenweight.run import KEYFACT_DEFAULTS
 
     pre = argparse.ArgumentParser(add_help=False)
     pre.add_argument("--config")
     known, rest = pre.parse_known_args(argv)
     recipe = read_recipe(known.config) if known.config else {}
+
+    if recipe:
+        recipe = ConfigArgumentParser(prog="tokenweight train").recipe_defaults(known.config, recipe)
 
     def parse(defaults: dict):
         parser = ConfigArgumentParser(prog="tokenweight train")
@@ -96,6 +99,9 @@ def parse_train_config(argv: list[str]):
     config = parse(recipe)
     if config.model_name_or_path is None and config.dataset_name is None:
         config = parse({**KEYFACT_DEFAULTS, **recipe})
+    set_keys = {key: f"recipe {known.config}" for key in recipe}
+    set_keys.update({word[2:].split("=", 1)[0]: word.split("=", 1)[0] for word in rest if word.startswith("--")})
+    check_scheme_keys(config.weighting, set_keys)
     return config
 
 

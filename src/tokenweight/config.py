@@ -16,6 +16,7 @@ import argparse
 import copy
 import dataclasses
 import difflib
+import math
 import os
 import types
 from dataclasses import dataclass, field
@@ -99,8 +100,13 @@ class CoreConfig(TrainingArguments):
     precompute_ref_batch_size: int | None = field(default=None, metadata={
         "help": "Pairs per reference forward of the precompute (default: per_device_eval_batch_size)."})
     overwrite_output_dir: bool = field(default=False, metadata={
-        "help": "Replace a previous run in output_dir (its checkpoint-* folders are removed first); without it, "
-                "a non-empty output_dir is refused unless resume_from_checkpoint is given."})
+        "help": "Replace a previous run in output_dir: it is moved aside once model, data and settings are "
+                "checked, deleted once the new run has saved, put back if it fails before; without it, a "
+                "non-empty output_dir is refused unless resume_from_checkpoint is given."})
+    resume_changes: list[str] | None = field(default=None, metadata={
+        "help": "Settings a resumed run changes on purpose (learning_rate, max_grad_norm, max_steps, "
+                "num_train_epochs, data: the training rows): applied from the resumed step on and recorded in results.json; any other "
+                "difference from the checkpoint is refused."})
     disable_dropout: bool = field(default=True, metadata={"help": "Turn dropout off in policy and reference."})
     logps_chunk_size: int = field(default=256, metadata={
         "help": "Sequence chunk of the memory-lean log-prob head (smaller: less memory)."})
@@ -124,10 +130,14 @@ class CoreConfig(TrainingArguments):
         "help": "KeyFact base model size: default, or small (seconds to build; for tests)."})
 
     def __post_init__(self):
+        check_finite(self)
         if self.output_dir is None:
             self.output_dir = "outputs/tokenweight"
         self.remove_unused_columns = False
         super().__post_init__()
+        if self.max_steps <= 0 and self.num_train_epochs <= 0:
+            raise UserError(f"config key `num_train_epochs` must be positive, got {self.num_train_epochs:g} (or set "
+                            "max_steps): the run would train 0 steps")
         if self.dataloader_pin_memory and not accelerator_available():
             self.dataloader_pin_memory = False  # nothing to pin for; torch would warn on every dataloader
         if self.loss_type not in ("sigmoid", "ipo", "hinge"):
@@ -150,6 +160,8 @@ class CoreConfig(TrainingArguments):
         check_scheme_objective(self, SCHEMES[self.weighting])
         for key in ("dataset_name", "model_name_or_path", "ref_model_name_or_path"):
             check_local_path(key, getattr(self, key))
+        from tokenweight.run_record import check_resume_changes_setting
+        check_resume_changes_setting(self)
 
     @property
     def effective_beta(self) -> float:
@@ -158,6 +170,33 @@ class CoreConfig(TrainingArguments):
             return self.beta
         from tokenweight.weights import SCHEMES
         return SCHEMES[self.weighting].default_beta(self)
+
+
+def check_finite(config) -> None:
+    """Refuse a NaN or infinite value in any float setting (lists too), naming the first such config key: every
+    check after this one compares numbers, and NaN passes every comparison."""
+    for item in dataclasses.fields(config):
+        value = getattr(config, item.name, None)
+        if any(isinstance(v, float) and not math.isfinite(v) for v in (value if isinstance(value, list) else [value])):
+            raise UserError(f"config key `{item.name}` must be a finite number, got {value}")
+
+
+def check_scheme_keys(weighting: str, set_keys: dict[str, str]) -> None:
+    """Refuse the settings of a scheme other than ``weighting`` among ``set_keys`` (the keys the user set, each
+    with where: ``--flag`` or ``recipe PATH``): they would do nothing. One rule for every scheme, from the schemes'
+    declared settings classes."""
+    from tokenweight.weights import SCHEMES
+
+    def keys(name: str) -> set[str]:
+        settings_class = SCHEMES[name].settings_class
+        return {item.name for item in dataclasses.fields(settings_class)} if settings_class else set()
+
+    own = keys(weighting)
+    for key, where in set_keys.items():
+        owners = [name for name in sorted(SCHEMES) if key in keys(name)]
+        if owners and key not in own:
+            raise UserError(f"{where}: `{key}` is a setting of --weighting {' / '.join(owners)}, but the run uses "
+                            f"--weighting {weighting}, which does not read it; drop it")
 
 
 def check_scheme_objective(config, scheme) -> None:
@@ -251,7 +290,13 @@ def model_context(model_path: str) -> int | None:
     """:func:`config_context` of the model at ``model_path``."""
     from transformers import AutoConfig
 
-    return config_context(AutoConfig.from_pretrained(model_path).get_text_config())
+    from tokenweight.models import LOAD_ERRORS, not_loadable
+
+    try:
+        config = AutoConfig.from_pretrained(model_path).get_text_config()
+    except LOAD_ERRORS as error:
+        raise not_loadable(model_path, "config", error) from error
+    return config_context(config)
 
 
 def resolve_max_length(max_length: int | None, model_path: str) -> int:
@@ -285,6 +330,21 @@ TRAINING_ARGUMENTS_GROUP = "all transformers.TrainingArguments"
 
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
     """Defaults after each flag's help; the description and the examples kept as written."""
+
+
+def _convert(action: argparse.Action, value):
+    """One recipe value converted by the flag's ``action`` (its type on the value's text, element by element for a
+    list flag); raises ``ValueError`` for a value the flag would refuse."""
+    many = action.nargs in ("+", "*")
+    if isinstance(value, dict) or (isinstance(value, list) and not many):
+        raise ValueError(f"expected a single {getattr(action.type, '__name__', 'value')}")
+    items = value if isinstance(value, list) else [value]
+    if value is None or any(isinstance(item, (list, dict)) or item is None for item in items):
+        raise ValueError("expected a value")
+    items = [action.type(str(item)) if action.type is not None else item for item in items]
+    if action.choices is not None and any(item not in action.choices for item in items):
+        raise ValueError(f"choose from {', '.join(map(str, action.choices))}")
+    return items if many else items[0]
 
 
 class ConfigArgumentParser(HfArgumentParser):
@@ -332,6 +392,24 @@ class ConfigArgumentParser(HfArgumentParser):
 
     def error(self, message: str):
         raise UserError(f"{message} (see `{self.prog} --help`)")
+
+    def recipe_defaults(self, path: str, values: dict) -> dict:
+        """The recipe's ``values`` converted and checked as the flags' strings would be (type, list or single value,
+        choices): a value of the wrong type is a :class:`UserError` naming the recipe file and key. A mapping for a
+        field typed as one (``activation_checkpointing_kwargs``) is kept as it is."""
+        converted = {}
+        mappings = {name for name, hint in get_type_hints(self.dataclass_types[0]).items() if "dict" in str(hint)}
+        for key, value in values.items():
+            action = self._option_string_actions.get(f"--{key}")
+            if action is None or (value is None and action.default is None) or (isinstance(value, dict)
+                                                                               and key in mappings):
+                converted[key] = value
+                continue
+            try:
+                converted[key] = _convert(action, value)
+            except (TypeError, ValueError, argparse.ArgumentTypeError) as error:
+                raise UserError(f"recipe {path}: key `{key}`: {value!r} is not a valid value ({error})") from None
+        return converted
 
     def parse_config(self, args: list[str]):
         """The config of ``args``; an unknown flag is a :class:`UserError` naming it (and the closest known one),

@@ -11,12 +11,26 @@ from tokenweight.errors import UserError
 _DTYPES = {"auto": "auto", "float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
+def not_loadable(path: str, what: str, error: Exception) -> UserError:
+    """The one-line error of a model or tokenizer that cannot be loaded from ``path`` (the cause's first line)."""
+    cause = str(error).strip().splitlines()[0][:300] if str(error).strip() else type(error).__name__
+    return UserError(f"{path}: cannot load its {what} ({type(error).__name__}: {cause})")
+
+
+#: What loading a folder that is not a (complete) model or tokenizer raises.
+LOAD_ERRORS = (OSError, ValueError, KeyError, TypeError)
+
+
 def load_tokenizer(path: str) -> PreTrainedTokenizerBase:
-    """The tokenizer at ``path``, with a pad token (the EOS token when it has none)."""
-    tokenizer = AutoTokenizer.from_pretrained(path)
+    """The tokenizer at ``path``, with a pad token (the EOS token when it has none); a folder without a loadable
+    tokenizer is a :class:`UserError` naming it."""
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(path)
+    except LOAD_ERRORS as error:
+        raise not_loadable(path, "tokenizer", error) from error
     if tokenizer.pad_token is None:
         if tokenizer.eos_token is None:
-            raise ValueError(f"tokenizer of {path} has neither a pad nor an EOS token; set one")
+            raise UserError(f"tokenizer of {path} has neither a pad nor an EOS token; set one")
         tokenizer.pad_token = tokenizer.eos_token
     return tokenizer
 
@@ -28,7 +42,10 @@ def load_causal_lm(path: str, dtype: str = "auto", attn_implementation: str | No
     kwargs = {"dtype": _DTYPES[dtype]}
     if attn_implementation:
         kwargs["attn_implementation"] = attn_implementation
-    return AutoModelForCausalLM.from_pretrained(path, **kwargs)
+    try:
+        return AutoModelForCausalLM.from_pretrained(path, **kwargs)
+    except LOAD_ERRORS as error:
+        raise not_loadable(path, "model", error) from error
 
 
 def freeze(model: nn.Module) -> nn.Module:

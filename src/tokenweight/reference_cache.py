@@ -10,12 +10,13 @@ Layout of a cache folder (one sub-folder per split the trainer sees)::
 Every file is written to a temporary name and renamed, so a shard exists complete or not at all. Shard ``i`` is
 written by process ``i mod world_size``; the main process writes the manifest (first unfinished, then complete).
 A run started again with the same fingerprint writes only the missing shards; a cache whose fingerprint differs is
-refused, naming the parts that differ.
+refused, naming the parts that differ. The complete manifest holds every shard's SHA-256: a damaged shard or
+manifest is refused in one line naming the file, and ``precompute reference`` run again rewrites the damaged shards.
 """
 
 from __future__ import annotations
 
-import json
+import hashlib
 import os
 from pathlib import Path
 
@@ -23,7 +24,8 @@ import datasets
 from safetensors import safe_open
 from torch import nn
 
-from tokenweight.cache_files import encode_pair_rows, unflatten_rows, write_atomic, write_json_manifest
+from tokenweight.cache_files import (encode_pair_rows, read_json_manifest, unflatten_rows, write_atomic,
+                                     write_json_manifest)
 from tokenweight.fingerprint import (dataset_fingerprint, fingerprint_differences, model_fingerprint,
                                      tokenizer_fingerprint)
 from tokenweight.errors import UserError
@@ -52,14 +54,26 @@ def _check_fingerprint(stored: dict, expected: dict, folder: Path) -> None:
 
 
 def read_manifest(folder: str | os.PathLike) -> dict | None:
-    """The manifest of the cache ``folder`` (one split), ``None`` when there is none."""
+    """The manifest of the cache ``folder`` (one split), ``None`` when there is none; one that is not JSON or not
+    this format is a :class:`UserError` naming it."""
     path = Path(folder) / MANIFEST
-    if not path.exists():
-        return None
-    manifest = json.loads(path.read_text(encoding="utf-8"))
-    if manifest.get("format") != FORMAT:
-        raise UserError(f"{path} is not a tokenweight reference log-prob cache (format {manifest.get('format')!r})")
-    return manifest
+    return read_json_manifest(
+        path, FORMAT,
+        damaged=lambda error: UserError(f"{path} is damaged ({error}); delete {Path(folder)} and run `tokenweight "
+                                        "precompute reference` again with the run's flags"),
+        mismatch=lambda found: UserError(f"{path} is not a tokenweight reference log-prob cache (format {found!r})"))
+
+
+def shard_problem(folder: Path, index: int, manifest: dict) -> str | None:
+    """``None`` when shard ``index`` exists with the bytes its checksum in ``manifest`` names (no checksum yet: it
+    exists), else what is wrong with it."""
+    path = shard_path(folder, index)
+    if not path.is_file():
+        return "is missing"
+    checksum = manifest.get("checksums", {}).get(path.name)
+    if checksum is not None and hashlib.sha256(path.read_bytes()).hexdigest() != checksum:
+        return "is damaged (its bytes do not match the checksum in the manifest)"
+    return None
 
 
 def _write_manifest(folder: Path, manifest: dict) -> None:
@@ -79,6 +93,13 @@ def open_cache(folder: str | os.PathLike, fingerprint: dict, num_rows: int, shar
     manifest = read_manifest(folder)
     if manifest is not None:
         _check_fingerprint(manifest["fingerprint"], fingerprint, folder)
+        damaged = [i for i in range(manifest["num_shards"]) if shard_problem(folder, i, manifest) is not None]
+        if damaged and manifest["complete"]:  # repair: the damaged shards are written again
+            manifest = {**manifest, "complete": False}
+            if is_main_process:
+                for index in damaged:
+                    shard_path(folder, index).unlink(missing_ok=True)
+                _write_manifest(folder, manifest)
         return manifest
     if shard_size < 1:
         raise UserError(f"--shard_size must be at least 1, got {shard_size}")
@@ -117,7 +138,9 @@ def finish_cache(folder: str | os.PathLike, manifest: dict) -> None:
     missing = [shard_path(folder, i).name for i in range(manifest["num_shards"]) if not shard_path(folder, i).exists()]
     if missing:
         raise RuntimeError(f"reference log-prob cache {folder} lacks {missing[:5]} after every process finished")
-    _write_manifest(folder, {**manifest, "complete": True})
+    checksums = {shard_path(folder, i).name: hashlib.sha256(shard_path(folder, i).read_bytes()).hexdigest()
+                 for i in range(manifest["num_shards"])}
+    _write_manifest(folder, {**manifest, "complete": True, "checksums": checksums})
 
 
 def load_reference_logps(folder: str | os.PathLike, fingerprint: dict) -> tuple[list[list[float]], list[list[float]]]:
@@ -134,6 +157,10 @@ def load_reference_logps(folder: str | os.PathLike, fingerprint: dict) -> tuple[
                         "again with the same flags to resume it")
     chosen, rejected = [], []
     for index in range(manifest["num_shards"]):
+        problem = shard_problem(folder, index, manifest)
+        if problem is not None:
+            raise UserError(f"reference log-prob cache: {shard_path(folder, index)} {problem}; run `tokenweight "
+                            "precompute reference` again with the run's flags to repair it")
         with safe_open(str(shard_path(folder, index)), framework="pt") as handle:
             chosen += unflatten_rows(handle.get_tensor("chosen"), handle.get_tensor("chosen_lengths"))
             rejected += unflatten_rows(handle.get_tensor("rejected"), handle.get_tensor("rejected_lengths"))

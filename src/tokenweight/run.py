@@ -13,9 +13,14 @@ from rich.console import Console
 from rich.table import Table
 from transformers import set_seed
 
-from tokenweight.checkpoints import claim_output_dir, interrupted_message, non_finite_error, resolve_resume
+from tokenweight.checkpoints import (check_output_dir, last_complete_checkpoint, non_finite_error, read_run_record,
+                                     resolve_resume, stopped_message)
+from tokenweight.preemption import SIGTERM_EXIT_STATUS, StopOnSigterm, any_process
+from tokenweight.run_folder import (DropReplacedOnSave, SetAside, check_writable, is_disk_error, lock_output_dir,
+                                    settle_set_aside)
+from tokenweight.run_record import ApplyResumeChanges, resume_changes, run_record
 from tokenweight.config import TokenweightConfig, resolve_max_length
-from tokenweight.data import print_data_summary, tokenize_preference_dataset
+from tokenweight.data import WEIGHT_COLUMNS, print_data_summary, tokenize_preference_dataset
 from tokenweight.sources import PreferenceSplits, load_splits, swap_pairs
 from tokenweight.evaluate import REWARD_DEFINITIONS, held_out_preference
 from tokenweight.errors import UserError
@@ -122,7 +127,30 @@ def prepare_split(config: TokenweightConfig, model_path: str, tokenizer, raw: da
     """One split of the run prepared by its scheme (cached under ``output_dir``) and tokenized, so that every split
     the trainer sees — train and eval — carries what the scheme reads."""
     prepared = prepare_raw(config, model_path, tokenizer, raw, name, config.output_dir, summary)
-    return tokenize_split(config, tokenizer, prepared, name, summary, label, source_rows)
+    if SCHEMES[config.weighting].needs_weight_columns and not set(WEIGHT_COLUMNS) <= set(prepared.column_names):
+        raise UserError(f"weighting={config.weighting} needs the dataset columns chosen_weights and rejected_weights "
+                        f"(one float per completion token); the {name} split {label or name} has columns "
+                        f"{sorted(prepared.column_names)}")
+    tokenized = tokenize_split(config, tokenizer, prepared, name, summary, label, source_rows)
+    check_zero_weight_rows(tokenized, f"{name} split {label or name}", summary[name] if summary else None)
+    return tokenized
+
+
+def check_zero_weight_rows(tokenized: datasets.Dataset, label: str, summary: dict | None) -> None:
+    """Count the rows whose token weights (chosen and rejected) are all zero — they train nothing — into
+    ``summary["zero_weight_rows"]`` and warn on stderr naming the first ones; all rows so is a :class:`UserError`."""
+    if not set(WEIGHT_COLUMNS) <= set(tokenized.column_names):
+        return
+    zero = [row["row_index"] if "row_index" in row else number for number, row in enumerate(tokenized)
+            if not any(row["chosen_weights"]) and not any(row["rejected_weights"])]
+    if summary is not None:
+        summary["zero_weight_rows"] = len(zero)
+    if zero and len(zero) == len(tokenized):
+        raise UserError(f"data {label}: every row's token weights are all zero (chosen_weights, rejected_weights): "
+                        "the run would train nothing")
+    if zero:
+        print(f"data {label}: warning: {len(zero)} of {len(tokenized)} rows have all-zero token weights and train "
+              f"nothing (rows {', '.join(map(str, zero[:5]))}{' …' if len(zero) > 5 else ''})", file=sys.stderr)
 
 
 def resolve_model_path(config: TokenweightConfig) -> str:
@@ -174,12 +202,52 @@ def held_out_metrics(model, ref_model, scheme, tokenizer, eval_tokenized, eval_r
 
 
 def run_training(config: TokenweightConfig) -> dict:
-    """Train as configured; returns (and writes to ``output_dir/results.json``) the before/after metrics."""
+    """Train as configured; returns (and writes to ``output_dir/results.json``) the before/after metrics.
+
+    The run holds ``output_dir``'s lock throughout (:func:`~tokenweight.run_folder.lock_output_dir`); under it the
+    main process settles an interrupted overwrite, picks the checkpoint to resume from and checks the folder, and
+    every process gets its decision (or its refusal)."""
+    main_process = config.process_index == 0
+    decide = main_process_decides(config)
+    with lock_output_dir(config.output_dir, main_process, agree=decide):
+        outcome = _claim_output_dir(config) if main_process else None
+        if decide is not None:
+            outcome = decide(outcome)
+        if isinstance(outcome, str):
+            raise UserError(outcome)
+        resume, replaced = outcome
+        return _run_training(config, resume, SetAside(config.output_dir, replaced if main_process else []))
+
+
+def _claim_output_dir(config: TokenweightConfig) -> tuple[str | None, list[str]] | str:
+    """``(checkpoint to resume from or None, names an overwrite replaces)``, or the refusal's message."""
+    try:
+        check_writable(config.output_dir)
+        settle_set_aside(config.output_dir, new_run_saved(config.output_dir))
+        resume = resolve_resume(config.resume_from_checkpoint, config.output_dir)
+        return resume, check_output_dir(config.output_dir, config.overwrite_output_dir, resume is not None)
+    except UserError as error:
+        return str(error)
+
+
+def main_process_decides(config):
+    """``message -> message``: the main process's value on every process of a multi-process launch (``None`` for
+    a single process, which decides alone)."""
+    if config.world_size == 1:
+        return None
+    from accelerate.utils import broadcast_object_list
+
+    return lambda message: broadcast_object_list([message], from_process=0)[0]
+
+
+def new_run_saved(output_dir: str) -> bool:
+    """True when the run in ``output_dir`` has saved something to resume from or its results."""
+    return last_complete_checkpoint(output_dir) is not None or Path(output_dir, "results.json").exists()
+
+
+def _run_training(config: TokenweightConfig, resume: str | None, replaced: SetAside) -> dict:
     from tokenweight.trainer import TokenweightTrainer
 
-    resume = resolve_resume(config.resume_from_checkpoint, config.output_dir)
-    claim_output_dir(config.output_dir, config.overwrite_output_dir, resume is not None,
-                     is_main_process=config.process_index == 0)
     set_seed(config.seed)
     uses_reference = SCHEMES[config.weighting].uses_reference
     if not uses_reference and config.ref_model_name_or_path:
@@ -198,6 +266,9 @@ def run_training(config: TokenweightConfig) -> dict:
                           splits.train_rows)
     evaluation = (prepare_split(config, model_path, tokenizer, eval_raw, "eval", data_summary, splits.eval_name,
                                 splits.eval_rows) if eval_raw is not None else None)
+    record = run_record(config, train, tokenizer)
+    changes = (resume_changes(resume, read_run_record(resume), record, config.resume_changes or [])
+               if resume is not None else {})
     policy = load_causal_lm(model_path, config.model_dtype, config.attn_implementation)
     if not uses_reference:
         reference = None
@@ -213,16 +284,32 @@ def run_training(config: TokenweightConfig) -> dict:
                                    config.lora_target_modules)
     trainer = TokenweightTrainer(model=policy, ref_model=reference, args=config, train_dataset=train,
                                  eval_dataset=evaluation, processing_class=tokenizer)
+    trainer.run_record = record
+    trainer.add_callback(ApplyResumeChanges(changes))
+    trainer.add_callback(DropReplacedOnSave(replaced))
+    sigterm = StopOnSigterm(any_process(trainer.accelerator))
+    trainer.add_callback(sigterm)
     results = {"weighting": config.weighting, "model": model_path, "eval_split": splits.eval_name,
                "reward": REWARD_DEFINITIONS[uses_reference], "data": data_summary}
+    if resume is not None:
+        results["resumed"] = {"checkpoint": resume, "changes": changes}
     if splits.eval_rows is not None:
         results["eval_rows"] = splits.eval_rows
     if evaluation is not None and trainer.is_world_process_zero():
         results["before"] = held_out_metrics(trainer.model, trainer.ref_model, trainer.scheme, tokenizer,
                                              trainer.eval_dataset, eval_raw, config, keyfact)
-    train_guarded(trainer, resume)
-    trainer.save_model()
-    trainer.save_state()
+    replaced.move()
+    trainer.accelerator.wait_for_everyone()
+    try:
+        with sigterm.installed():
+            train_guarded(trainer, resume)
+        if sigterm.stopped:
+            print(f"\n{stopped_message(trainer, 'stopped by SIGTERM')}", file=sys.stderr)
+            raise SystemExit(SIGTERM_EXIT_STATUS)
+        trainer.save_model()
+        trainer.save_state()
+    finally:
+        replaced.settle(new_run_saved(config.output_dir) or Path(config.output_dir, "trainer_state.json").exists())
     if evaluation is not None and trainer.is_world_process_zero():
         results["after"] = held_out_metrics(trainer.model, trainer.ref_model, trainer.scheme, tokenizer,
                                             trainer.eval_dataset, eval_raw, config, keyfact)
@@ -237,14 +324,24 @@ def run_training(config: TokenweightConfig) -> dict:
 def train_guarded(trainer, resume: str | None) -> None:
     """``trainer.train`` from ``resume`` (a checkpoint folder, or ``None``). A non-finite loss or weight saves the
     state before the failing update and becomes a :class:`~tokenweight.errors.UserError` naming the step and how to
-    resume; Ctrl-C names the last checkpoint and exits with status 130."""
+    resume; a failed write (a full disk) is one naming the folder and the last complete checkpoint; Ctrl-C names the
+    last checkpoint and exits with status 130."""
     try:
         trainer.train(resume_from_checkpoint=resume)
     except FloatingPointError as error:
         print(file=sys.stderr)  # end the progress bar's line: the error is a line of its own
         raise non_finite_error(trainer, error) from None
+    except OSError as error:
+        if not is_disk_error(error):
+            raise
+        print(file=sys.stderr)
+        last = last_complete_checkpoint(trainer.args.output_dir)
+        kept = (f"the last complete checkpoint {last} is intact: resume from it with --resume_from_checkpoint {last}"
+                if last is not None else "no complete checkpoint was saved")
+        raise UserError(f"writing to output_dir {trainer.args.output_dir} failed at step {trainer.state.global_step} "
+                        f"({error.strerror or error}); {kept}") from None
     except KeyboardInterrupt:
-        print(f"\n{interrupted_message(trainer)}", file=sys.stderr)  # below the progress bar
+        print(f"\n{stopped_message(trainer, 'interrupted')}", file=sys.stderr)  # below the progress bar
         raise SystemExit(130) from None
 
 

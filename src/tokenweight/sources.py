@@ -12,6 +12,7 @@ A source that looks like a local path (``./``, ``../``, ``/``, ``~``, a data-fil
 
 from __future__ import annotations
 
+import codecs
 import json
 import os
 import random
@@ -73,7 +74,12 @@ def load_preference_split(source: Any, split: str = "train") -> datasets.Dataset
                                     "split 'train' (available: ['train'])")
                 return loaded
             return _pick_split(loaded, split, str(source))
-        return _pick_split(datasets.load_dataset(str(path)), split, str(source))
+        try:
+            loaded = datasets.load_dataset(str(path))
+        except (FileNotFoundError, ValueError, datasets.exceptions.DatasetGenerationError) as error:
+            raise UserError(f"dataset folder {source}: no data `datasets` can read "
+                            f"({type(error).__name__}: {str(error).splitlines()[0][:200]})") from error
+        return _pick_split(loaded, split, str(source))
     if looks_like_local_path(str(source)):  # checked already for config keys; kept for Python callers
         raise UserError(f"dataset {source}: no such file or folder ({path.absolute()})")
     try:
@@ -99,6 +105,8 @@ def load_data_file(path: Path) -> datasets.Dataset:
                         f"(supported: {sorted(FILE_BUILDERS)})")
     if path.stat().st_size == 0:
         raise UserError(f"dataset file {path} is empty")
+    if builder in ("json", "csv"):
+        check_utf8(path)
     try:
         loaded = datasets.load_dataset(builder, data_files=str(path), split="train")
     except (StopIteration, datasets.exceptions.DatasetGenerationError, ValueError) as error:
@@ -106,6 +114,26 @@ def load_data_file(path: Path) -> datasets.Dataset:
     if len(loaded) == 0:
         raise UserError(f"dataset file {path} has no rows")
     return loaded
+
+
+def check_utf8(path: Path, chunk_size: int = 1 << 20) -> None:
+    """Refuse a text data file that is not UTF-8, naming the line and byte offset (read in chunks; ``datasets``
+    would load it and fail on the first row read)."""
+    decoder, offset, lines = codecs.getincrementaldecoder("utf-8")(), 0, 1
+    with open(path, "rb") as file:
+        while True:
+            chunk = file.read(chunk_size)
+            pending = decoder.getstate()[0]  # the bytes of a character split across chunks
+            try:
+                decoder.decode(chunk, final=not chunk)
+            except UnicodeDecodeError as bad:
+                start = offset - len(pending) + bad.start
+                line = lines + (pending + chunk)[:bad.start].count(b"\n")
+                raise UserError(f"dataset file {path}, line {line}: not UTF-8 text (byte 0x{bad.object[bad.start]:02x} "
+                                f"at offset {start}); save it as UTF-8") from None
+            if not chunk:
+                return
+            offset, lines = offset + len(chunk), lines + chunk.count(b"\n")
 
 
 def _unreadable_file_message(path: Path, builder: str, error: BaseException) -> str:

@@ -10,10 +10,15 @@ Everything else — accelerate, DDP/FSDP/DeepSpeed, gradient accumulation, check
 from __future__ import annotations
 
 from collections import defaultdict
+from pathlib import Path
 
 import torch
 from torch import nn
 from transformers import Trainer
+from transformers.trainer import rotate_checkpoints
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
+
+from tokenweight.checkpoints import seal_checkpoint
 
 from tokenweight.config import TokenweightConfig
 from tokenweight.data import PreferenceCollator
@@ -70,6 +75,9 @@ class TokenweightTrainer(Trainer):
         self.ref_model = None if ref_model is None else self._prepare_reference(ref_model)
         self._metrics = {"train": defaultdict(list), "eval": defaultdict(list)}
         self._step_rows: tuple[int, list[torch.Tensor]] = (-1, [])  # (global step, row_index of its micro-batches)
+        #: The run's settings and data record sealed into every checkpoint (:func:`tokenweight.run_record.run_record`;
+        #: ``tokenweight train`` sets it), checked when a run resumes from one.
+        self.run_record: dict | None = None
 
     def create_accelerator_and_postprocess(self):
         """The Trainer's accelerator; a multi-process CPU run that asked for FSDP v2 gets FSDP, not accelerate's
@@ -77,6 +85,24 @@ class TokenweightTrainer(Trainer):
         super().create_accelerator_and_postprocess()
         if enable_fsdp_on_cpu(self.accelerator, self.args.fsdp_plugin_args):
             self.is_fsdp_enabled = True
+
+    def _save_checkpoint(self, model, trial) -> None:
+        """The Trainer's checkpoint, then sealed (:func:`tokenweight.checkpoints.seal_checkpoint`) once every
+        process has written its part; older checkpoints are rotated out (``save_total_limit``) only after the seal,
+        so a save killed half way never leaves fewer complete checkpoints than before."""
+        limit = self.args.save_total_limit
+        self.args.save_total_limit = None
+        try:
+            super()._save_checkpoint(model, trial)
+        finally:
+            self.args.save_total_limit = limit
+        self.accelerator.wait_for_everyone()
+        if self.args.should_save:
+            run_dir = self._get_output_dir(trial=trial)
+            seal_checkpoint(Path(run_dir, f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}"), self.run_record)
+            rotate_checkpoints(output_dir=run_dir, save_total_limit=limit,
+                               best_model_checkpoint=self.state.best_model_checkpoint, use_mtime=True)
+        self.accelerator.wait_for_everyone()
 
     def _prepare_reference(self, ref_model: nn.Module) -> nn.Module:
         """DeepSpeed: an inference engine with the run's ZeRO stage (ZeRO-3 partitions the reference too).

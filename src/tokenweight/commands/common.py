@@ -23,7 +23,15 @@ def add_source_arguments(parser: argparse.ArgumentParser, model_required: bool =
                                          "otpo_reg, tidpo_preset, attention_layers, beta, max_length, keyfact_*")
     parser.add_argument("--weighting", help="weighting scheme (a registered name)")
     parser.add_argument("--max_length", type=int, help="max prompt + completion tokens (default: the config's)")
-    parser.add_argument("--batch_size", type=int, default=8, help="pairs per forward (default 8)")
+    parser.add_argument("--batch_size", type=positive_int, default=8, help="pairs per forward (default 8)")
+
+
+def positive_int(text: str) -> int:
+    """An argparse type: an integer of at least 1 (0 pairs per forward, or 0 pairs, would do nothing)."""
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
 
 
 def build_config(args: argparse.Namespace, **overrides) -> TokenweightConfig:

@@ -101,6 +101,7 @@ def _reference(args: argparse.Namespace) -> int:
 
     from tokenweight import reference_cache
     from tokenweight.cli import parse_train_config
+    from tokenweight.config import resolve_max_length
     from tokenweight.errors import UserError
     from tokenweight.models import freeze, load_causal_lm, load_tokenizer
     from tokenweight.run import load_run_splits, resolve_model_path, tokenize_split
@@ -112,10 +113,13 @@ def _reference(args: argparse.Namespace) -> int:
                         "no reference log-probs")
     state = PartialState()
     model_path = resolve_model_path(config)
+    config.max_length = resolve_max_length(config.max_length, model_path)  # as `train` does: the cache's lengths
     tokenizer = load_tokenizer(model_path)
     raw = load_run_splits(config)
-    splits = {"train": tokenize_split(config, tokenizer, raw.train, "train"),
-              "eval": tokenize_split(config, tokenizer, raw.eval, "eval") if raw.eval is not None else None}
+    summary = {}  # the data summary `train` prints, line for line
+    splits = {"train": tokenize_split(config, tokenizer, raw.train, "train", summary, raw.train_name, raw.train_rows),
+              "eval": tokenize_split(config, tokenizer, raw.eval, "eval", summary, raw.eval_name, raw.eval_rows)
+              if raw.eval is not None else None}
     reference = freeze(load_causal_lm(config.ref_model_name_or_path or model_path, config.model_dtype,
                                       config.attn_implementation))
     batch_size = config.precompute_ref_batch_size or config.per_device_eval_batch_size

@@ -9,7 +9,7 @@ from pathlib import Path
 from rich.console import Console
 
 from tokenweight.run import keyfact_model_path
-from tokenweight.commands.common import add_source_arguments, build_config, load_pairs
+from tokenweight.commands.common import add_source_arguments, build_config, load_pairs, positive_int
 from tokenweight.errors import UserError
 
 EXAMPLES = """examples:
@@ -29,14 +29,17 @@ def register(subparsers) -> None:
         epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_source_arguments(parser)
     parser.add_argument("--split", default="train", help="split to take the pairs from (default train)")
-    parser.add_argument("--num_pairs", type=int, default=4, help="pairs to show (default 4)")
+    parser.add_argument("--num_pairs", type=positive_int, default=4, help="pairs to show (default 4)")
     parser.add_argument("--output", default="weights.html", help="HTML report (default weights.html)")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing --output file")
     parser.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     from tokenweight.viz import html_report, terminal_heatmap
 
+    if Path(args.output).exists() and not args.overwrite:
+        raise UserError(f"--output {args.output} exists; pass --overwrite to replace it")
     config = build_config(args)
     if args.model_name_or_path is None and config.dataset_name is not None:
         raise UserError("--model_name_or_path is required with --dataset_name (name neither for KeyFact)")

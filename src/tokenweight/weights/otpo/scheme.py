@@ -33,6 +33,10 @@ class OTPOSettings:
         "help": "OTPO marginal relaxation ε2 (POT `reg_m`): one value, or two (rows, columns)."})
 
     def __post_init__(self):
+        if not self.otpo_reg > 0:
+            raise UserError(f"config key `otpo_reg` must be positive, got {self.otpo_reg}")
+        if not all(value > 0 for value in self.otpo_reg_m):
+            raise UserError(f"config key `otpo_reg_m` must be positive, got {self.otpo_reg_m}")
         if len(self.otpo_reg_m) not in (1, 2):
             raise UserError("config key `otpo_reg_m`: give one value or two (rows, columns)")
 
