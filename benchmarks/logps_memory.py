@@ -37,16 +37,20 @@ def _child(args) -> None:
     import torch
     from torch import nn
 
-    from tokenweight.logps import OutputHead, logps_from_hidden, scores_from_hidden
+    from tokenweight.head import OutputHead
+    from tokenweight.logps import logps_from_hidden, scores_from_hidden
+    from tokenweight.tiled_head import Tiling
+
+    tiling = Tiling(args.chunk_size, args.vocab_chunk_size)
 
     def naive(hidden, labels, head):
         return torch.log_softmax(head.logits(hidden), dim=-1).gather(-1, labels.unsqueeze(-1)).squeeze(-1)
 
     def chunked(hidden, labels, head):
-        return logps_from_hidden(hidden, labels, head, args.chunk_size)
+        return logps_from_hidden(hidden, labels, head, tiling)
 
     def chunked_metrics(hidden, labels, head):
-        logps, stats = scores_from_hidden(hidden, labels, head, args.chunk_size, with_stats=True)
+        logps, stats = scores_from_hidden(hidden, labels, head, tiling, with_stats=True)
         chunked_metrics.stats = stats  # kept alive, as the trainer keeps them until its metrics are computed
         return logps
 
@@ -77,7 +81,8 @@ def main() -> None:
     parser.add_argument("--length", type=int, default=1024)
     parser.add_argument("--batch", type=int, default=2)
     parser.add_argument("--hidden", type=int, default=256)
-    parser.add_argument("--chunk_size", type=int, default=256, help="tokenweight's logps_chunk_size")
+    parser.add_argument("--chunk_size", type=int, default=1024, help="tokenweight's logps_chunk_size")
+    parser.add_argument("--vocab_chunk_size", type=int, default=8192, help="tokenweight's logps_vocab_chunk_size")
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     parser.add_argument("--threads", type=int, default=1, help="CPU threads (1: stable on shared machines)")
     parser.add_argument("--child", choices=("chunked", "chunked+metrics", "naive"), help=argparse.SUPPRESS)
@@ -85,8 +90,8 @@ def main() -> None:
     if args.child:
         _child(args)
         return
-    shared = [f"--{k}={getattr(args, k)}" for k in ("vocab", "length", "batch", "hidden", "chunk_size", "device",
-                                                     "threads")]
+    shared = [f"--{k}={getattr(args, k)}" for k in ("vocab", "length", "batch", "hidden", "chunk_size",
+                                                     "vocab_chunk_size", "device", "threads")]
     env = MALLOC_ENV if args.device == "cpu" else None
     results = {m: run_child(__file__, ["--child", m, *shared], env) for m in ("chunked", "chunked+metrics", "naive")}
     chunked, metrics, naive = results["chunked"], results["chunked+metrics"], results["naive"]
