@@ -117,8 +117,8 @@ def test_only_masked_positions_reach_the_head_and_no_tile_exceeds_its_bound(monk
     shapes = []
     original = OutputHead.slice_logits
 
-    def recording(self, h, start, stop):
-        logits = original(self, h, start, stop)
+    def recording(self, h, start, stop, *tensors):
+        logits = original(self, h, start, stop, *tensors)
         shapes.append(tuple(logits.shape))
         return logits
 

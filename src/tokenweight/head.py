@@ -21,6 +21,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.distributed.fsdp import FSDPModule
+from torch.distributed.tensor import DTensor
 
 from tokenweight.errors import UserError
 
@@ -33,7 +35,8 @@ class OutputHead:
     """How a model turns final hidden states ``h`` ``[..., d]`` into fp32 logits: ``softcap(scale · module(h))``.
 
     ``module`` is the output embedding (an ``nn.Linear`` ``[V, d]`` weight, optional bias); the tiled head reads its
-    weight and bias directly, slice by slice of the vocabulary.
+    weight and bias directly, slice by slice of the vocabulary. Under FSDP2 a parameter read while its unit is
+    sharded (a frozen reference's head in a backward) is gathered whole first.
     """
 
     module: nn.Module
@@ -43,12 +46,19 @@ class OutputHead:
     @property
     def weight(self) -> torch.Tensor:
         """``[V, d]`` output embedding."""
-        return self.module.weight
+        return _whole(self.module.weight)
 
     @property
     def bias(self) -> torch.Tensor | None:
         """``[V]`` or ``None``."""
-        return getattr(self.module, "bias", None)
+        return _whole(getattr(self.module, "bias", None))
+
+    def gather(self) -> None:
+        """Under FSDP2, have the head's unit hold its whole parameters again (the tiled head's backward runs outside
+        the module's own forward/backward hooks, possibly after the unit was resharded: TI-DPO's own passes, a frozen
+        reference); a no-op otherwise."""
+        if isinstance(self.module, FSDPModule):
+            self.module.unshard()
 
     def transform(self, pre: torch.Tensor) -> torch.Tensor:
         """fp32 pre-logits ``a = h Wᵀ + b`` → logits ``z`` (same shape)."""
@@ -68,12 +78,22 @@ class OutputHead:
         """``[..., d]`` hidden → ``[..., V]`` fp32 logits over the whole vocabulary (for a few positions only)."""
         return self.transform(self.module(hidden).float())
 
-    def slice_logits(self, hidden: torch.Tensor, start: int, stop: int) -> torch.Tensor:
+    def slice_logits(self, hidden: torch.Tensor, start: int, stop: int, weight: torch.Tensor | None = None,
+                     bias: torch.Tensor | None = None) -> torch.Tensor:
         """``[k, d]`` hidden → ``[k, stop − start]`` fp32 logits of the vocabulary entries ``start..stop-1`` (the
-        matmul in the model's dtype, as the model's own head does)."""
-        bias = self.bias
-        pre = F.linear(hidden, self.weight[start:stop], None if bias is None else bias[start:stop])
+        matmul in the model's dtype, as the model's own head does); ``weight``/``bias``: the head's, as read
+        earlier (default: read now)."""
+        if weight is None:
+            weight, bias = self.weight, self.bias
+        pre = F.linear(hidden, weight[start:stop], None if bias is None else bias[start:stop])
         return self.transform(pre.float())
+
+
+def _whole(parameter: torch.Tensor | None) -> torch.Tensor | None:
+    """A sharded FSDP2 parameter (a ``DTensor``) gathered whole; other tensors as they are."""
+    if isinstance(parameter, DTensor):
+        return parameter.full_tensor()
+    return parameter
 
 
 def _text_config(model: nn.Module):

@@ -79,15 +79,15 @@ class _OnlineSoftmax:
         return self.max + self.sum_exp.log()
 
 
-def _score_tiles(hidden, labels, head: OutputHead, tiling: Tiling, with_stats: bool):
+def _score_tiles(hidden, weight, bias, labels, head: OutputHead, tiling: Tiling, with_stats: bool):
     """``(logps [K], log_normaliser [K], stats)`` with ``stats`` ``[entropy, mean_logit, is_top1,
     log_sum_sq_probs]`` (each ``[K]``) or ``[]``; no graph."""
-    count, vocab = hidden.shape[0], head.weight.shape[0]
+    count, vocab = hidden.shape[0], weight.shape[0]
     columns = {name: [] for name in ("logps", "lse", "entropy", "mean", "top1", "sumsq")}
     for t0, t1 in _spans(count, tiling.tokens):
         online = _OnlineSoftmax(labels[t0:t1], with_stats)
         for v0, v1 in _spans(vocab, tiling.vocab):
-            online.add(head.slice_logits(hidden[t0:t1], v0, v1), v0)
+            online.add(head.slice_logits(hidden[t0:t1], v0, v1, weight, bias), v0)
         lse = online.log_normaliser()
         columns["logps"].append(online.picked - lse)
         columns["lse"].append(lse)
@@ -104,10 +104,11 @@ def _score_tiles(hidden, labels, head: OutputHead, tiling: Tiling, with_stats: b
     return torch.cat(columns["logps"]), torch.cat(columns["lse"]), [torch.cat(columns[name]) for name in names]
 
 
-def _head_backward(hidden, head: OutputHead, tiling: Tiling, logit_grad, needs: tuple[bool, bool, bool]):
+def _head_backward(hidden, weight, bias, head: OutputHead, tiling: Tiling, logit_grad,
+                   needs: tuple[bool, bool, bool]):
     """Gradients ``(d hidden [K, d], d weight [V, d], d bias [V])`` (``None`` where not needed) of a loss whose
-    gradient w.r.t. the logits of tile ``[t0:t1] × [v0:v1]`` is ``logit_grad(t0, t1, v0, v1, logits)``."""
-    weight, bias = head.weight, head.bias
+    gradient w.r.t. the logits of tile ``[t0:t1] × [v0:v1]`` is ``logit_grad(t0, t1, v0, v1, logits)``; ``weight``
+    and ``bias`` are the head's tensors the forward used."""
     grad_hidden = torch.zeros(hidden.shape, dtype=torch.float32, device=hidden.device) if needs[0] else None
     grad_weight = torch.zeros_like(weight) if needs[1] else None
     grad_bias = torch.zeros_like(bias) if needs[2] and bias is not None else None
@@ -115,7 +116,7 @@ def _head_backward(hidden, head: OutputHead, tiling: Tiling, logit_grad, needs: 
         slice_weight = torch.zeros((v1 - v0, weight.shape[1]), dtype=torch.float32, device=weight.device)
         for t0, t1 in _spans(hidden.shape[0], tiling.tokens):
             h = hidden[t0:t1]
-            logits = head.slice_logits(h, v0, v1)
+            logits = head.slice_logits(h, v0, v1, weight, bias)
             pre_grad = logit_grad(t0, t1, v0, v1, logits) * head.transform_grad(logits)  # [k, S] fp32
             if grad_hidden is not None:
                 grad_hidden[t0:t1] += pre_grad.to(weight.dtype).matmul(weight[v0:v1]).float()
@@ -134,15 +135,16 @@ class _TiledTokenScores(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, hidden, weight, bias, labels, head, tiling, with_stats):
-        logps, lse, stats = _score_tiles(hidden, labels, head, tiling, with_stats)
-        ctx.save_for_backward(hidden, labels, lse)
+        logps, lse, stats = _score_tiles(hidden, weight, bias, labels, head, tiling, with_stats)
+        ctx.save_for_backward(hidden, weight, bias, labels, lse)
         ctx.head, ctx.tiling = head, tiling
         ctx.mark_non_differentiable(*stats)
         return (logps, *stats)
 
     @staticmethod
     def backward(ctx, grad_logps, *unused):
-        hidden, labels, lse = ctx.saved_tensors
+        ctx.head.gather()
+        hidden, weight, bias, labels, lse = ctx.saved_tensors
 
         def logit_grad(t0, t1, v0, v1, logits):
             grad = -grad_logps[t0:t1, None] * torch.exp(logits - lse[t0:t1, None])
@@ -151,7 +153,7 @@ class _TiledTokenScores(torch.autograd.Function):
             grad[inside, local[inside]] += grad_logps[t0:t1][inside]
             return grad
 
-        grads = _head_backward(hidden, ctx.head, ctx.tiling, logit_grad, ctx.needs_input_grad[:3])
+        grads = _head_backward(hidden, weight, bias, ctx.head, ctx.tiling, logit_grad, ctx.needs_input_grad[:3])
         return (*grads, None, None, None, None)
 
 
@@ -170,15 +172,16 @@ class _TiledKL(torch.autograd.Function):
     @staticmethod
     def forward(ctx, policy_hidden, weight, bias, ref_hidden, policy_head, ref_head, tiling):
         kl, policy_lse, ref_lse = [], [], []
-        vocab = policy_head.weight.shape[0]
+        ref_weight, ref_bias = ref_head.weight, ref_head.bias
+        vocab = weight.shape[0]
         for t0, t1 in _spans(policy_hidden.shape[0], tiling.tokens):
             k = t1 - t0
             ref_max = torch.full((k,), -torch.inf, device=policy_hidden.device)
             policy_max = ref_max.clone()
             ref_sum, policy_sum, cross = (torch.zeros(k, device=policy_hidden.device) for _ in range(3))
             for v0, v1 in _spans(vocab, tiling.vocab):
-                policy_logits = policy_head.slice_logits(policy_hidden[t0:t1], v0, v1)
-                ref_logits = ref_head.slice_logits(ref_hidden[t0:t1], v0, v1)
+                policy_logits = policy_head.slice_logits(policy_hidden[t0:t1], v0, v1, weight, bias)
+                ref_logits = ref_head.slice_logits(ref_hidden[t0:t1], v0, v1, ref_weight, ref_bias)
                 new_ref_max = torch.maximum(ref_max, ref_logits.max(dim=-1).values)
                 new_policy_max = torch.maximum(policy_max, policy_logits.max(dim=-1).values)
                 ref_rescale = torch.exp(ref_max - new_ref_max)
@@ -193,20 +196,26 @@ class _TiledKL(torch.autograd.Function):
             kl.append(cross / ref_sum - ref_lse[-1] + policy_lse[-1])
         empty = policy_hidden.new_zeros(0, dtype=torch.float32)
         policy_lse, ref_lse = (torch.cat(x) if x else empty for x in (policy_lse, ref_lse))
-        ctx.save_for_backward(policy_hidden, ref_hidden, policy_lse, ref_lse)
+        ctx.save_for_backward(policy_hidden, weight, bias, ref_hidden, policy_lse, ref_lse)
         ctx.heads, ctx.tiling = (policy_head, ref_head), tiling
         return torch.cat(kl) if kl else empty
 
     @staticmethod
     def backward(ctx, grad_kl):
-        policy_hidden, ref_hidden, policy_lse, ref_lse = ctx.saved_tensors
         policy_head, ref_head = ctx.heads
+        policy_head.gather()
+        ref_head.gather()
+        policy_hidden, weight, bias, ref_hidden, policy_lse, ref_lse = ctx.saved_tensors
+
+        ref_weight, ref_bias = ref_head.weight, ref_head.bias  # read (gathered) once
 
         def logit_grad(t0, t1, v0, v1, logits):  # d KL / d z_θ = p_θ − p_ref
-            ref_probs = torch.exp(ref_head.slice_logits(ref_hidden[t0:t1], v0, v1) - ref_lse[t0:t1, None])
+            ref_logits = ref_head.slice_logits(ref_hidden[t0:t1], v0, v1, ref_weight, ref_bias)
+            ref_probs = torch.exp(ref_logits - ref_lse[t0:t1, None])
             return grad_kl[t0:t1, None] * (torch.exp(logits - policy_lse[t0:t1, None]) - ref_probs)
 
-        grads = _head_backward(policy_hidden, policy_head, ctx.tiling, logit_grad, ctx.needs_input_grad[:3])
+        grads = _head_backward(policy_hidden, weight, bias, policy_head, ctx.tiling, logit_grad,
+                               ctx.needs_input_grad[:3])
         return (*grads, None, None, None, None)
 
 
