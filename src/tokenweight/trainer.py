@@ -16,7 +16,7 @@ from torch import nn
 from transformers import Trainer
 
 from tokenweight.config import TokenweightConfig
-from tokenweight.data import PreferenceCollator
+from tokenweight.data import PreferenceCollator, with_pair_lengths
 from tokenweight.fsdp import enable_fsdp_on_cpu, end_reference_step, init_root, shard_reference
 from tokenweight.logps import TokenScores, enable_token_scoring, verify_padding_free
 from tokenweight.models import disable_dropout, freeze
@@ -62,6 +62,8 @@ class TokenweightTrainer(Trainer):
         elif ref_model is None and scheme.uses_reference:
             raise ValueError("TokenweightTrainer needs a frozen reference model (ref_model), unless "
                              "precompute_ref_log_probs=True and the datasets carry the reference log-probs")
+        if args.train_sampling_strategy == "group_by_length" and train_dataset is not None:
+            train_dataset = with_pair_lengths(train_dataset, args.length_column_name)
         super().__init__(model=model, args=args, train_dataset=train_dataset, eval_dataset=eval_dataset,
                          processing_class=processing_class, data_collator=data_collator, **kwargs)
         # Our loss is a mean over the micro-batch: let the Trainer scale it for gradient accumulation.
