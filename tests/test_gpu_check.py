@@ -1,5 +1,6 @@
 """`benchmarks/gpu_check.py --tiny`: the GPU check's code runs end to end on CPU with a tiny config, every scheme
-gets a step row, and its two oracle comparisons agree (OTPO solver vs the POT loop, judge hook rows vs eager maps)."""
+gets a step row, its two oracle comparisons agree (OTPO solver vs the POT loop, judge hook rows vs eager maps), and
+the comparison with TRL at UltraFeedback-like lengths gives a row per variant."""
 
 from __future__ import annotations
 
@@ -47,3 +48,6 @@ def test_gpu_check_tiny_runs_every_part_on_cpu(tmp_path):
     assert set(table_rows(report, "method")) == {"hook", "eager"}
     difference = float(re.search(r"max abs difference of the rows: (\S+)", report).group(1))
     assert difference < 1e-6
+    trl = table_rows(report, "variant")  # part 4: tokenweight (padded and padding-free) vs TRL
+    assert list(trl) == ["tokenweight", "tokenweight+padding_free", "trl"]
+    assert trl["trl"][-2:] == ["1.00", "1.00"] and all(float(row[-2]) > 0 for row in trl.values())

@@ -90,9 +90,18 @@ class OutputHead:
 
 
 def _whole(parameter: torch.Tensor | None) -> torch.Tensor | None:
-    """A sharded FSDP2 parameter (a ``DTensor``) gathered whole; other tensors as they are."""
+    """A sharded FSDP2 parameter (a ``DTensor``) gathered whole; other tensors as they are.
+
+    Raises:
+        UserError: a DeepSpeed ZeRO-3 partitioned output head (its gradient must reach the partitions through
+            DeepSpeed's own module hooks, which the tiled head bypasses; not supported yet).
+    """
     if isinstance(parameter, DTensor):
         return parameter.full_tensor()
+    if parameter is not None and hasattr(parameter, "ds_id"):
+        raise UserError("DeepSpeed ZeRO-3 partitions the output head, which tokenweight's tiled head cannot read yet; "
+                        "use FSDP2 (accelerate_configs/fsdp.yaml) or ZeRO-2, or cache the reference with "
+                        "--ref_log_probs and train LoRA")
     return parameter
 
 

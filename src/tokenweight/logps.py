@@ -7,10 +7,10 @@ at a time, forward or backward, whatever the batch and the vocabulary. The same 
 logs (:class:`TokenStats`: entropy, mean logit, whether the label is the top-1 token) and WPO's ``log Σ p²``,
 without gradient and without a second pass.
 
-With ``padding_free=True`` the rows are concatenated into one sequence (padding dropped) with ``position_ids``
-restarting at 0 for each row and no 2-D attention mask, from which transformers derives per-row attention (the
-packed-sequence masking of SDPA/eager, FlashAttention's varlen); :func:`verify_padding_free` refuses a model that
-lets packed rows see each other. The final hidden states are scattered back into the padded ``[N, L, d]`` layout,
+With ``padding_free=True`` the rows are packed end to end (padding dropped) into as few sequences as fit the
+longest row (first-fit decreasing), with ``position_ids`` restarting at 0 for each row and no 2-D attention mask,
+from which transformers derives per-row attention (the packed-sequence masking of SDPA/eager, FlashAttention's
+varlen); :func:`verify_padding_free` refuses a model that lets packed rows see each other. The final hidden states are scattered back into the padded ``[N, L, d]`` layout,
 so everything downstream is the same.
 
 :func:`enable_token_scoring` patches the *instance* forward of a model so that wrappers (DDP, FSDP, DeepSpeed,
@@ -104,16 +104,51 @@ def backbone(model: nn.Module) -> nn.Module:
     return module
 
 
-def packed_hidden(model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor, **kwargs) -> torch.Tensor:
-    """Final hidden states ``[N, L, d]`` of right-padded rows ``input_ids`` ``[N, L]`` computed padding-free: the
-    real tokens of all rows as one sequence ``[1, S]`` with per-row ``position_ids`` and no attention mask; 0 on
-    padding."""
+def pack_plan(lengths: list[int], capacity: int) -> list[list[int]]:
+    """Rows into packs of at most ``capacity`` tokens, first-fit decreasing: ``[[row, ...], ...]`` (each row once,
+    a row longer than ``capacity`` alone)."""
+    packs, room = [], []
+    for row in sorted(range(len(lengths)), key=lambda r: -lengths[r]):
+        slot = next((i for i, free in enumerate(room) if lengths[row] <= free), None)
+        if slot is None:
+            packs.append([row])
+            room.append(capacity - lengths[row])
+        else:
+            packs[slot].append(row)
+            room[slot] -= lengths[row]
+    return packs
+
+
+def packed_hidden(model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                  capacity: int | None = None, **kwargs) -> torch.Tensor:
+    """Final hidden states ``[N, L, d]`` of right-padded rows ``input_ids`` ``[N, L]`` computed padding-free: the rows
+    packed (:func:`pack_plan`) into ``[P, capacity]`` sequences (default capacity: the longest row, so no pack is
+    longer than the padded batch and attention never costs more than padded), ``position_ids`` restarting at 0 for
+    each row and no attention mask; 0 on padding."""
+    lengths = attention_mask.sum(dim=1).tolist()
+    capacity = capacity or max(lengths)
+    packs = pack_plan(lengths, capacity)
+    width = max(sum(lengths[r] for r in pack) for pack in packs)
+    pack_of, offset_of, cursor = [0] * len(lengths), [0] * len(lengths), [0] * len(packs)
+    for index, pack in enumerate(packs):
+        for row in pack:
+            pack_of[row], offset_of[row] = index, cursor[index]
+            cursor[index] += lengths[row]
     keep = attention_mask.bool()
-    position_ids = (keep.long().cumsum(dim=1) - 1)[keep][None, :]
-    packed = backbone(model)(input_ids[keep][None, :], position_ids=position_ids, use_cache=False,
-                             **kwargs).last_hidden_state[0]
-    hidden = packed.new_zeros(*input_ids.shape, packed.shape[-1])
-    return hidden.masked_scatter(keep[..., None], packed)
+    position = (keep.long().cumsum(dim=1) - 1).clamp(min=0)  # [N, L] position within the row
+    device = input_ids.device
+    target = (torch.tensor(pack_of, device=device)[:, None] * width
+              + torch.tensor(offset_of, device=device)[:, None] + position)[keep]  # flat slot of each real token
+    packed_ids = input_ids.new_zeros(len(packs) * width)
+    packed_ids[target] = input_ids[keep]
+    # Unused tail slots count from 0 again: a run of their own, attending only to itself.
+    slots = torch.arange(width, device=device).expand(len(packs), width)
+    packed_positions = (slots - torch.tensor(cursor, device=device)[:, None]).clamp(min=0).flatten()
+    packed_positions[target] = position[keep]
+    hidden = backbone(model)(packed_ids.view(len(packs), width), position_ids=packed_positions.view(len(packs), width),
+                             use_cache=False, **kwargs).last_hidden_state.flatten(0, 1)
+    out = hidden.new_zeros(*input_ids.shape, hidden.shape[-1])
+    return out.masked_scatter(keep[..., None], hidden[target])
 
 
 def verify_padding_free(model: nn.Module) -> None:
@@ -134,8 +169,8 @@ def verify_padding_free(model: nn.Module) -> None:
     try:
         with torch.no_grad():
             alone = backbone(model)(second[None], use_cache=False).last_hidden_state[0].float()
-            packed = [packed_hidden(model, torch.stack([first, torch.cat([second, first[:1]])]), attention_mask)[
-                1, :6].float() for first in (tokens[:7], tokens[:7].flip(0))]
+            packed = [packed_hidden(model, torch.stack([first, torch.cat([second, first[:1]])]), attention_mask,
+                                    capacity=13)[1, :6].float() for first in (tokens[:7], tokens[:7].flip(0))]
     finally:
         model.train(was_training)
     scale = max(1.0, alone.abs().max().item())
