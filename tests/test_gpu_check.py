@@ -33,7 +33,7 @@ def table_rows(report: str, first_header: str) -> dict[str, list[str]]:
 def test_gpu_check_tiny_runs_every_part_on_cpu(tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
     result = subprocess.run([sys.executable, str(SCRIPT), "--tiny", "--output", str(tmp_path / "report.md")],
-                            capture_output=True, text=True, env=env, timeout=300)
+                            capture_output=True, text=True, env=env, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     report = (tmp_path / "report.md").read_text()
     steps = table_rows(report, "scheme")
