@@ -181,9 +181,10 @@ def main() -> None:
     shared = [f"--{k}={getattr(args, k)}" for k in ("device", "vocab", "hidden", "layers", "batch", "prompt",
                                                      "completion", "lengths", "warmup", "steps", "threads")]
     results = {name: [] for name in variants}
-    for order in rotated(variants, args.rounds):
+    for round_, order in enumerate(rotated(variants, args.rounds)):
         for name in order:
             results[name].append(run_child(__file__, ["--child", name, *shared]))
+            print(f"round {round_ + 1}/{args.rounds} {name}: {results[name][-1]}", file=sys.stderr, flush=True)
     print(f"`{command_line()}`\n")
     device = f"cpu ({args.threads} thread(s))" if args.device == "cpu" else args.device
     shape = (f"prompt {args.prompt} + completion ≤ {args.completion} tokens" if args.lengths == "uniform" else
