@@ -15,6 +15,11 @@ Three parts, each side by side in this one run:
    ``benchmarks/otpo_solver.py``), with their max relative difference.
 3. **The AttentionPO judge pass (interface rows) against eager ``output_attentions`` maps** at judge length 2048 on the
    model above: peak memory, time and max absolute difference of the rows.
+4. **tokenweight against TRL's ``DPOTrainer`` at the shapes users train** (``benchmarks/dpo_vs_trl.py``, each variant
+   in a fresh process, 3 rounds with the order rotated): vocabulary 128,256, batch 8, UltraFeedback-like lengths
+   (padded, ``padding_free``, and ``precompute_ref_log_probs`` on both sides), and a body-dominated shape (vocabulary
+   32,000, 16 layers). On a GPU TRL scores completion tokens only with its fused head: this is the real comparison
+   (its CPU fallback is slow, so CPU speed ratios against TRL prove little).
 
 On CPU (``--tiny``) the memory figures are resident-set deltas inside one process and only show that the code runs.
 """
@@ -42,6 +47,19 @@ SIZES = {
              "steps": 1, "overrides": {"tidpo_anchor_max_new_tokens": 8}},
 }
 PAIRS = 2
+#: Part 4: ``benchmarks/dpo_vs_trl.py`` flags per shape (``--device`` is added).
+TRL_SHAPES = {
+    "1b": {"vocabulary 128,256, UltraFeedback-like lengths": [
+               "--vocab=128256", "--hidden=1024", "--layers=8", "--batch=8", "--lengths=ultrafeedback", "--warmup=2",
+               "--steps=5", "--rounds=3", "--variants=tokenweight,tokenweight+padding_free,trl,"
+               "tokenweight+precompute,trl+precompute"],
+           "body-dominated: vocabulary 32,000, 16 layers × 1024": [
+               "--vocab=32000", "--hidden=1024", "--layers=16", "--batch=8", "--lengths=ultrafeedback", "--warmup=2",
+               "--steps=5", "--rounds=3", "--variants=tokenweight,tokenweight+padding_free,trl"]},
+    "tiny": {"tiny, UltraFeedback-like lengths": [
+               "--vocab=512", "--hidden=64", "--layers=1", "--batch=2", "--lengths=ultrafeedback", "--warmup=1",
+               "--steps=1", "--rounds=1", "--variants=tokenweight,tokenweight+padding_free,trl"]},
+}
 
 
 def make_model(size: dict, device: str):
@@ -147,6 +165,20 @@ def judge_pass(size: dict, device: str) -> str:
             + f"\n\nmemory interface / eager: {ratio:.3f}; max abs difference of the rows: {difference:.1e}")
 
 
+def trl_comparison(shapes: dict[str, list[str]], device: str) -> str:
+    """Part 4: the report of ``benchmarks/dpo_vs_trl.py`` for each shape (each run in fresh processes)."""
+    import subprocess
+
+    sections = []
+    for title, flags in shapes.items():
+        result = subprocess.run([sys.executable, str(Path(__file__).with_name("dpo_vs_trl.py")), f"--device={device}",
+                                 *flags], capture_output=True, text=True)
+        if result.returncode != 0:
+            raise RuntimeError(f"dpo_vs_trl.py {' '.join(flags)} failed:\n{result.stderr[-3000:]}")
+        sections.append(f"#### {title}\n\n{result.stdout.strip()}")
+    return "\n\n".join(sections)
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--tiny", action="store_true", help="tiny config on CPU (same code; a smoke test)")
@@ -172,7 +204,9 @@ def main(argv: list[str] | None = None) -> None:
                 f"({parameters / 1e6:,.1f}M parameters), vocab {size['vocab']}, {size['dtype']}, SDPA",
                 "### Training step of every scheme vs uniform", scheme_steps(size, device, args.steps or size["steps"]),
                 "### OTPO solver vs the per-pair POT loop", otpo_solver(size, device, args.max_pot_seconds),
-                "### AttentionPO judge pass: interface rows vs eager maps", judge_pass(size, device)]
+                "### AttentionPO judge pass: interface rows vs eager maps", judge_pass(size, device),
+                "### tokenweight vs TRL DPOTrainer at the shapes users train",
+                trl_comparison(TRL_SHAPES["tiny" if args.tiny else "1b"], device)]
     report = "\n\n".join(sections) + "\n"
     print(report)
     if args.output:

@@ -1,4 +1,4 @@
-"""Peak memory of per-token log-probs, forward + backward: tokenweight's chunked head vs naive full logits.
+"""Peak memory of per-token log-probs, forward + backward: tokenweight's tiled head vs naive full logits.
 
     python benchmarks/logps_memory.py                          # vocab 32k, length 1024, batch 2, hidden 256, CPU
     python benchmarks/logps_memory.py --device cuda --batch 4
@@ -6,10 +6,10 @@
 Both variants take the same final hidden states ``[B, L, d]`` (requiring grad) and output head ``Linear(d, V)``,
 compute ``log p(label_t)`` for every position and back-propagate ``Σ logps`` into the hidden states and the head:
 
-- *chunked*: :func:`tokenweight.logps.logps_from_hidden` (``[B, chunk, V]`` logits at a time, recomputed in the
-  backward);
-- *chunked + metrics*: the same with ``with_stats=True``, which also computes TRL's per-token entropy, mean logit
-  and top-1 flag (``entropy``, ``logits/*``, ``mean_token_accuracy``) from each chunk, as the trainer's policy pass does;
+- *tiled*: :func:`tokenweight.logps.logps_from_hidden` (one ``[chunk_size, vocab_chunk_size]`` tile of logits at a
+  time, recomputed in the backward);
+- *tiled + metrics*: the same with ``with_stats=True``, which also computes TRL's per-token entropy, mean logit
+  and top-1 flag (``entropy``, ``logits/*``, ``mean_token_accuracy``) from each tile, as the trainer's policy pass does;
 - *naive*: ``log_softmax(head(h).float()).gather(labels)`` over the full ``[B, L, V]`` logits.
 
 Each runs in a fresh process after a small warm-up (see ``benchmarks/_common.py`` for the memory method); the parent
@@ -37,16 +37,20 @@ def _child(args) -> None:
     import torch
     from torch import nn
 
-    from tokenweight.logps import OutputHead, logps_from_hidden, scores_from_hidden
+    from tokenweight.head import OutputHead
+    from tokenweight.logps import logps_from_hidden, scores_from_hidden
+    from tokenweight.tiled_head import Tiling
+
+    tiling = Tiling(args.chunk_size, args.vocab_chunk_size)
 
     def naive(hidden, labels, head):
         return torch.log_softmax(head.logits(hidden), dim=-1).gather(-1, labels.unsqueeze(-1)).squeeze(-1)
 
     def chunked(hidden, labels, head):
-        return logps_from_hidden(hidden, labels, head, args.chunk_size)
+        return logps_from_hidden(hidden, labels, head, tiling)
 
     def chunked_metrics(hidden, labels, head):
-        logps, stats = scores_from_hidden(hidden, labels, head, args.chunk_size, with_stats=True)
+        logps, stats = scores_from_hidden(hidden, labels, head, tiling, with_stats=True)
         chunked_metrics.stats = stats  # kept alive, as the trainer keeps them until its metrics are computed
         return logps
 
@@ -77,7 +81,8 @@ def main() -> None:
     parser.add_argument("--length", type=int, default=1024)
     parser.add_argument("--batch", type=int, default=2)
     parser.add_argument("--hidden", type=int, default=256)
-    parser.add_argument("--chunk_size", type=int, default=256, help="tokenweight's logps_chunk_size")
+    parser.add_argument("--chunk_size", type=int, default=1024, help="tokenweight's logps_chunk_size")
+    parser.add_argument("--vocab_chunk_size", type=int, default=8192, help="tokenweight's logps_vocab_chunk_size")
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     parser.add_argument("--threads", type=int, default=1, help="CPU threads (1: stable on shared machines)")
     parser.add_argument("--child", choices=("chunked", "chunked+metrics", "naive"), help=argparse.SUPPRESS)
@@ -85,8 +90,8 @@ def main() -> None:
     if args.child:
         _child(args)
         return
-    shared = [f"--{k}={getattr(args, k)}" for k in ("vocab", "length", "batch", "hidden", "chunk_size", "device",
-                                                     "threads")]
+    shared = [f"--{k}={getattr(args, k)}" for k in ("vocab", "length", "batch", "hidden", "chunk_size",
+                                                     "vocab_chunk_size", "device", "threads")]
     env = MALLOC_ENV if args.device == "cpu" else None
     results = {m: run_child(__file__, ["--child", m, *shared], env) for m in ("chunked", "chunked+metrics", "naive")}
     chunked, metrics, naive = results["chunked"], results["chunked+metrics"], results["naive"]
@@ -96,14 +101,15 @@ def main() -> None:
     print(f"per-token log-probs forward + backward, vocab {args.vocab}, length {args.length}, batch {args.batch}, "
           f"hidden {args.hidden}, {args.device}, fp32, {args.threads} thread(s); logits alone are "
           f"{args.batch * args.length * args.vocab * 4 / MIB:.0f} MiB\n")
-    rows = [[f"chunked (chunk {args.chunk_size})", f"{chunked['peak_added_bytes'] / MIB:.1f}",
+    tile = f"tile {args.chunk_size} × {args.vocab_chunk_size}"
+    rows = [[f"tiled ({tile})", f"{chunked['peak_added_bytes'] / MIB:.1f}",
              f"{chunked['seconds']:.3f}"],
-            [f"chunked + metrics (chunk {args.chunk_size})", f"{metrics['peak_added_bytes'] / MIB:.1f}",
+            [f"tiled + metrics ({tile})", f"{metrics['peak_added_bytes'] / MIB:.1f}",
              f"{metrics['seconds']:.3f}"],
             ["naive log_softmax + gather", f"{naive['peak_added_bytes'] / MIB:.1f}", f"{naive['seconds']:.3f}"],
-            ["**ratio chunked / naive**", f"**{chunked['peak_added_bytes'] / naive['peak_added_bytes']:.3f}**",
+            ["**ratio tiled / naive**", f"**{chunked['peak_added_bytes'] / naive['peak_added_bytes']:.3f}**",
              f"**{chunked['seconds'] / naive['seconds']:.2f}**"],
-            ["**ratio chunked + metrics / naive**", f"**{metrics['peak_added_bytes'] / naive['peak_added_bytes']:.3f}**",
+            ["**ratio tiled + metrics / naive**", f"**{metrics['peak_added_bytes'] / naive['peak_added_bytes']:.3f}**",
              f"**{metrics['seconds'] / naive['seconds']:.2f}**"]]
     print(markdown_table(["method", "peak memory added (MiB)", "time (s)"], rows))
     print(f"\nmax relative difference of Σ logps, Σ|∂/∂hidden|, Σ|∂/∂head|: {agreement:.1e}")

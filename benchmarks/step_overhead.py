@@ -15,8 +15,10 @@ in memory, its per-token log-probs read from the batch (as with ``--ref_log_prob
 precompute reference``; the values are any fixed numbers, which do not change the step's cost); ``simpo`` and
 ``confpo``: reference-free, so no reference model is built at all (the trainer refuses one). Besides the peak the step
 adds, each child reports its peak with the models resident (policy, reference, optimizer state), measured from
-before the models are built. Runs are interleaved over ``--rounds`` rounds and the median step time of
-each is reported, so that load on a shared machine hits every scheme alike.
+before the models are built. Runs are interleaved over ``--rounds`` rounds (at least 5), the order rotated by one
+every round (each scheme goes first in turn), so that load on a shared machine hits every scheme alike. Each
+scheme's ratios to ``uniform`` are taken within a round (against that round's ``uniform`` run) and reported as the
+median and the range over the rounds: a goal is resolved when the whole range is on one side of it.
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
 from _common import MIB, PeakMemory, command_line, markdown_table, run_child  # noqa: E402
-from dpo_vs_trl import make_model, make_rows, make_tokenizer  # noqa: E402
+from dpo_vs_trl import make_model, make_rows, make_tokenizer, rotated  # noqa: E402
 
 VARIANTS = {
     "uniform": {"weighting": "uniform"},
@@ -142,7 +144,7 @@ def main() -> None:
     parser.add_argument("--prompt", type=int, default=32)
     parser.add_argument("--completion", type=int, default=160)
     parser.add_argument("--steps", type=int, default=5)
-    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--variants", default=",".join(VARIANTS))
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
@@ -150,30 +152,39 @@ def main() -> None:
     args = parser.parse_args()
     if args.child:
         return _child(args)
+    if args.rounds < 5:
+        parser.error("--rounds must be at least 5 (the spread of the ratios is part of the result)")
     variants = args.variants.split(",")
+    if "uniform" not in variants:
+        parser.error("--variants must include uniform (the baseline)")
     shared = [f"--{k}={getattr(args, k)}" for k in ("device", "vocab", "hidden", "layers", "batch", "prompt",
                                                        "completion", "steps", "threads")]
     results = {v: [] for v in variants}
-    for round_ in range(args.rounds):
-        for variant in variants:
+    for round_, order in enumerate(rotated(variants, args.rounds)):
+        for variant in order:
             results[variant].append(run_child(__file__, ["--child", f"--variant={variant}", *shared]))
             print(f"round {round_ + 1}/{args.rounds} {variant}: {results[variant][-1]}", file=sys.stderr)
-    base_time = statistics.median(r["step_s"] for r in results["uniform"])
-    base_mem = statistics.median(r["peak_mib"] for r in results["uniform"])
-    base_total = statistics.median(r["models_peak_mib"] for r in results["uniform"])
-    rows = []
-    for variant in variants:
-        step = statistics.median(r["step_s"] for r in results[variant])
-        mem = statistics.median(r["peak_mib"] for r in results[variant])
-        total = statistics.median(r["models_peak_mib"] for r in results[variant])
-        rows.append([variant, f"{step * 1000:.0f}", f"{step / base_time:.2f}", f"{mem:.0f}", f"{mem / base_mem:.2f}",
-                     f"{total:.0f}", f"{total / base_total:.2f}"])
     print(f"`{command_line()}`\n")
     print(f"device {args.device}, Llama {args.layers} × {args.hidden}, vocab {args.vocab}, {args.batch} pairs, "
-          f"prompt {args.prompt} + completion ≤ {args.completion} tokens, median of {args.rounds} rounds × "
-          f"{args.steps} steps\n")
+          f"prompt {args.prompt} + completion ≤ {args.completion} tokens, {args.rounds} rounds (order rotated every "
+          f"round) × median of {args.steps} steps; ratios to uniform within each round: median [min–max]\n")
     print(markdown_table(["scheme", "step (ms)", "time vs uniform", "peak MiB added", "memory vs uniform",
-                          "peak MiB with models", "vs uniform"], rows))
+                          "peak MiB with models", "vs uniform"], overhead_rows(results)))
+
+
+def overhead_rows(results: dict[str, list[dict]]) -> list[list[str]]:
+    """Per scheme: median step time and memories, and the median [min–max] over rounds of its ratios to the same
+    round's ``uniform``."""
+    def ratio(variant: str, key: str) -> str:
+        ratios = [run[key] / base[key] for run, base in zip(results[variant], results["uniform"])]
+        return f"{statistics.median(ratios):.2f} [{min(ratios):.2f}–{max(ratios):.2f}]"
+
+    def median(variant: str, key: str) -> float:
+        return statistics.median(r[key] for r in results[variant])
+
+    return [[variant, f"{median(variant, 'step_s') * 1000:.0f}", ratio(variant, "step_s"),
+             f"{median(variant, 'peak_mib'):.0f}", ratio(variant, "peak_mib"),
+             f"{median(variant, 'models_peak_mib'):.0f}", ratio(variant, "models_peak_mib")] for variant in results]
 
 
 if __name__ == "__main__":

@@ -8,7 +8,9 @@ each of its micro-batches and how its policy and reference are sharded to ``OUT/
 process writes the trained (full) parameters to ``OUT/W/params.pt`` and the logged metrics to
 ``OUT/W/log_history.json``.
 
-    python tests/distributed_worker.py OUT --grad_accum 2 [--weighting uniform,otpo] [--tidpo_gamma 0.1]
+    python tests/distributed_worker.py OUT --grad_accum 2 [--weighting uniform,otpo+padding_free] [--tidpo_gamma 0.1]
+
+A scheme named ``W+padding_free`` trains ``W`` with ``padding_free=True`` (rows packed) into ``OUT/W+padding_free``.
 
 TI-DPO runs without its triplet term unless ``--tidpo_gamma`` is given; its attribution pass and TDPO2 KL term are
 exercised. Anchors are seeded per dataset row and step, so processes and a single process draw the same ones.
@@ -76,6 +78,7 @@ def main() -> None:
 def train_one(cli: argparse.Namespace, weighting: str, out: Path) -> None:
     """One scheme's short training; writes ``out/rows_rank{r}.json`` (every process), ``out/params.pt`` and
     ``out/log_history.json`` (the main process)."""
+    weighting, padding_free = weighting.removesuffix("+padding_free"), weighting.endswith("+padding_free")
     tokenizer = make_tokenizer()
     args = TokenweightConfig(output_dir=str(out / "run"), use_cpu=True, report_to=[], save_strategy="no",
                              disable_tqdm=True, max_steps=cli.steps, per_device_train_batch_size=cli.batch,
@@ -83,7 +86,7 @@ def train_one(cli: argparse.Namespace, weighting: str, out: Path) -> None:
                              learning_rate=1e-2, lr_scheduler_type="constant", optim="adamw_torch",
                              weight_decay=0.0, max_grad_norm=1.0, logging_steps=1, beta=0.1, seed=0,
                              max_length=None, weighting=weighting,
-                             tidpo_gamma=cli.tidpo_gamma)
+                             tidpo_gamma=cli.tidpo_gamma, padding_free=padding_free)
     # A context that holds AttentionPO's judge template (the parameters do not depend on it).
     reference = make_model(len(tokenizer), seed=1, max_position_embeddings=256)
     # The scheme's data preparation (AttentionPO: the judge, on the unwrapped reference, in memory) before training.

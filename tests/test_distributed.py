@@ -18,6 +18,12 @@ TI-DPO runs with its triplet term (``tidpo_gamma 0.1``): anchors are seeded per 
 ``generate`` on an FSDP2 policy keeps the processes' forwards in step (transformers sets ``synced_gpus`` for
 ``fully_shard`` modules). AttentionPO's judge runs before training on the unwrapped reference.
 
+Padding-free batches (rows packed, position ids restarting per row): each launch also trains the schemes of
+:data:`PADDING_FREE_SCHEMES` with ``padding_free``, compared with the single process's padding-free run by the same
+bounds, and its first step (same initial parameters: loss, gradient norm, metrics) with the single process's *padded*
+run, which padding-free must equal (``tests/test_padding_free.py`` compares every scheme so in one process; later
+steps are not compared across the two paths: AdamW turns round-off in near-zero gradients into visible updates).
+
 One launch per mode trains every scheme in turn in the same processes (a launch costs more than the trainings).
 accelerate's state is process-wide, so under FSDP the first scheme's trainer switches the CPU state to FSDP
 (``tokenweight.fsdp.enable_fsdp_on_cpu``) and the later ones find it switched; each scheme's own models are still
@@ -69,6 +75,17 @@ DDP_SCHEMES = ["uniform", "otpo", "tidpo"]
 #: Every scheme that runs without user-trained models (``tisdpo``'s weights are dataset columns by training time,
 #: the ``column`` path, which ``attention`` covers here); ``simpo`` and ``confpo`` train without any reference.
 FSDP_SCHEMES = ["uniform", "otpo", "tidpo", "attention", "tdpo", "lddpo", "sampo", "d2po", "simpo", "confpo"]
+#: Trained padding-free too, under DDP and FSDP2: the reference, hidden states (OTPO, TDPO's KL), TI-DPO's own passes
+#: and triplet, cached weights, and no reference at all.
+PADDING_FREE_SCHEMES = ["uniform", "otpo", "tidpo", "attention", "tdpo", "simpo"]
+
+
+#: The logged metrics compared between runs (besides the loss and the gradient norm).
+COMPARED_METRICS = ("rewards/chosen", "rewards/margins", "weights/mean", "logps/chosen")
+
+
+def packed(schemes: list[str]) -> list[str]:
+    return [f"{scheme}+padding_free" for scheme in schemes]
 
 
 @pytest.fixture(scope="module")
@@ -76,7 +93,8 @@ def single_process(tmp_path_factory) -> Path:
     """The 1-process runs with 2 accumulation steps of every scheme (one process, shared by DDP and FSDP)."""
     assert set(DDP_SCHEMES) <= set(FSDP_SCHEMES)  # the DDP tests compare against these runs too
     out = tmp_path_factory.mktemp("single")
-    run([sys.executable, str(WORKER), str(out), "--grad_accum", "2", "--weighting", ",".join(FSDP_SCHEMES),
+    schemes = FSDP_SCHEMES + packed(PADDING_FREE_SCHEMES)
+    run([sys.executable, str(WORKER), str(out), "--grad_accum", "2", "--weighting", ",".join(schemes),
          "--tidpo_gamma", TIDPO_GAMMA])
     return out
 
@@ -84,19 +102,33 @@ def single_process(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def ddp(tmp_path_factory) -> Path:
     """One 2-process DDP launch training every scheme of :data:`DDP_SCHEMES`."""
-    return launch(["--multi_gpu"], tmp_path_factory.mktemp("ddp"), DDP_SCHEMES)
+    return launch(["--multi_gpu"], tmp_path_factory.mktemp("ddp"), DDP_SCHEMES + packed(PADDING_FREE_SCHEMES))
 
 
 @pytest.fixture(scope="module")
 def fsdp(tmp_path_factory) -> Path:
     """One 2-process FSDP2 launch (the shipped config) training every scheme of :data:`FSDP_SCHEMES`."""
-    return launch(["--config_file", str(FSDP_CONFIG)], tmp_path_factory.mktemp("fsdp"), FSDP_SCHEMES)
+    return launch(["--config_file", str(FSDP_CONFIG)], tmp_path_factory.mktemp("fsdp"),
+                  FSDP_SCHEMES + packed(PADDING_FREE_SCHEMES))
 
 
 @pytest.mark.parametrize("weighting", DDP_SCHEMES)
 def test_two_process_ddp_equals_single_process_gradient_accumulation(ddp, single_process, weighting):
     ranks = assert_same_training(ddp / weighting, single_process / weighting, tolerance=1e-5)
     assert all(rank["distributed_type"] == "DistributedType.MULTI_CPU" for rank in ranks)
+
+
+@pytest.mark.parametrize("weighting", PADDING_FREE_SCHEMES)
+@pytest.mark.parametrize("mode", ["ddp", "fsdp"])
+def test_two_process_padding_free_equals_single_process_and_its_first_step_the_padded_one(
+        request, single_process, mode, weighting):
+    multi = request.getfixturevalue(mode) / f"{weighting}+padding_free"
+    assert_same_training(multi, single_process / f"{weighting}+padding_free", tolerance=1e-5 if mode == "ddp" else 1e-6)
+    first_packed, first_padded = (next(e for e in json.loads((d / "log_history.json").read_text()) if "loss" in e)
+                                  for d in (multi, single_process / weighting))
+    assert first_packed.keys() == first_padded.keys()
+    for name in ("loss", "grad_norm", *COMPARED_METRICS):
+        assert first_packed[name] == pytest.approx(first_padded[name], rel=1e-4, abs=1e-6), name
 
 
 @pytest.mark.parametrize("weighting", FSDP_SCHEMES)
@@ -141,7 +173,7 @@ def assert_same_training(multi: Path, single: Path, tolerance: float) -> list[di
     assert len(multi_logs) == len(single_logs) == 3
     for step, (a, b) in enumerate(zip(multi_logs, single_logs)):
         assert a["num_tokens"] == b["num_tokens"], step  # summed over processes as over micro-steps
-        for name in ("rewards/chosen", "rewards/margins", "weights/mean", "logps/chosen"):
+        for name in COMPARED_METRICS:
             assert a[name] == pytest.approx(b[name], rel=1e-4, abs=1e-6), (step, name)
         if "tidpo/triplet_loss" in b:  # the same anchors were drawn
             assert a["tidpo/triplet_loss"] == pytest.approx(b["tidpo/triplet_loss"], rel=1e-4), step

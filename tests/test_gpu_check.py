@@ -1,5 +1,6 @@
 """`benchmarks/gpu_check.py --tiny`: the GPU check's code runs end to end on CPU with a tiny config, every scheme
-gets a step row, and its two oracle comparisons agree (OTPO solver vs the POT loop, judge interface rows vs eager maps)."""
+gets a step row, its two oracle comparisons agree (OTPO solver vs the POT loop, judge interface rows vs eager maps),
+and the comparison with TRL at UltraFeedback-like lengths gives a row per variant."""
 
 from __future__ import annotations
 
@@ -32,7 +33,7 @@ def table_rows(report: str, first_header: str) -> dict[str, list[str]]:
 def test_gpu_check_tiny_runs_every_part_on_cpu(tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
     result = subprocess.run([sys.executable, str(SCRIPT), "--tiny", "--output", str(tmp_path / "report.md")],
-                            capture_output=True, text=True, env=env, timeout=300)
+                            capture_output=True, text=True, env=env, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     report = (tmp_path / "report.md").read_text()
     steps = table_rows(report, "scheme")
@@ -47,3 +48,6 @@ def test_gpu_check_tiny_runs_every_part_on_cpu(tmp_path):
     assert set(table_rows(report, "method")) == {"interface", "eager"}
     difference = float(re.search(r"max abs difference of the rows: (\S+)", report).group(1))
     assert difference < 1e-6
+    trl = table_rows(report, "variant")  # part 4: tokenweight (padded and padding-free) vs TRL
+    assert list(trl) == ["tokenweight", "tokenweight+padding_free", "trl"]
+    assert trl["trl"][-2:] == ["1.00", "1.00"] and all(float(row[-2]) > 0 for row in trl.values())

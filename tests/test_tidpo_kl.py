@@ -6,7 +6,9 @@ from torch import nn
 
 from conftest import make_model
 from tidpo_oracles import UNIQUE_TOKEN, VOCAB, make_batch, naive_kl
-from tokenweight.logps import OutputHead, backbone, output_head
+from tokenweight.head import OutputHead, output_head
+from tokenweight.logps import backbone
+from tokenweight.tiled_head import Tiling
 from tokenweight.weights.kl import tdpo_kl
 
 
@@ -25,7 +27,7 @@ def random_inputs(dtype, seed=0):
 def test_matches_naive_value_and_gradient(dtype, tol, softcap):
     policy_head, ref_head, policy_hidden, ref_hidden, mask = random_inputs(dtype)
     heads = OutputHead(policy_head, softcap=softcap), OutputHead(ref_head, softcap=softcap)
-    kl = tdpo_kl(policy_hidden, ref_hidden, *heads, mask, chunk_size=5)  # 5 does not divide the token count
+    kl = tdpo_kl(policy_hidden, ref_hidden, *heads, mask, Tiling(5, 7))  # neither divides the token count / vocabulary
     naive = naive_kl(heads[0].logits(policy_hidden), heads[1].logits(ref_hidden).detach(), mask)
     torch.testing.assert_close(kl.double(), naive.detach(), rtol=tol, atol=tol)
     assert (kl > 0).all()
@@ -45,7 +47,7 @@ def test_equal_models_give_zero_and_tiny_models_match_full_logits():
     hidden = {}
     for name, model in (("policy", policy), ("ref", ref)):
         hidden[name] = backbone(model)(ids, attention_mask=attention).last_hidden_state[:, :-1]
-    kl = tdpo_kl(hidden["policy"], hidden["ref"], output_head(policy), output_head(ref), loss_mask, chunk_size=4)
+    kl = tdpo_kl(hidden["policy"], hidden["ref"], output_head(policy), output_head(ref), loss_mask, Tiling(4, 9))
     naive = naive_kl(policy(ids, attention_mask=attention).logits[:, :-1],
                      ref(ids, attention_mask=attention).logits[:, :-1], loss_mask)
     torch.testing.assert_close(kl.double(), naive.detach(), rtol=1e-5, atol=1e-6)

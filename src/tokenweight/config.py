@@ -108,8 +108,14 @@ class CoreConfig(TrainingArguments):
                 "num_train_epochs, data: the training rows): applied from the resumed step on and recorded in results.json; any other "
                 "difference from the checkpoint is refused."})
     disable_dropout: bool = field(default=True, metadata={"help": "Turn dropout off in policy and reference."})
-    logps_chunk_size: int = field(default=256, metadata={
-        "help": "Sequence chunk of the memory-lean log-prob head (smaller: less memory)."})
+    logps_chunk_size: int = field(default=1024, metadata={
+        "help": "Tokens per tile of the output head (with logps_vocab_chunk_size: at most one tokens × vocabulary "
+                "fp32 tile of logits at a time, forward and backward; smaller: less memory)."})
+    logps_vocab_chunk_size: int = field(default=8192, metadata={
+        "help": "Vocabulary entries per tile of the output head (default tile 1024 × 8192 fp32: 32 MiB)."})
+    padding_free: bool = field(default=False, metadata={
+        "help": "Concatenate the rows of a batch into one sequence without padding, position ids restarting per "
+                "row, attention kept within each row (refused for a model that cannot keep packed rows apart)."})
     # ---------------------------------------------------------------- built-in KeyFact task
     keyfact_facts: str | None = field(default=None, metadata={"help": "KeyFact facts JSON (default: built-in)."})
     keyfact_train_size: int = field(default=512, metadata={"help": "KeyFact training pairs."})
@@ -149,7 +155,7 @@ class CoreConfig(TrainingArguments):
         if self.beta is not None and self.beta <= 0:
             raise UserError("config key `beta` must be positive")
         for key in ("per_device_train_batch_size", "per_device_eval_batch_size", "gradient_accumulation_steps",
-                    "max_length", "max_prompt_length"):
+                    "max_length", "max_prompt_length", "logps_chunk_size", "logps_vocab_chunk_size"):
             value = getattr(self, key)
             if value is not None and value < 1:
                 raise UserError(f"config key `{key}` must be at least 1, got {value}")
@@ -162,6 +168,12 @@ class CoreConfig(TrainingArguments):
             check_local_path(key, getattr(self, key))
         from tokenweight.run_record import check_resume_changes_setting
         check_resume_changes_setting(self)
+
+    @property
+    def head_tiling(self):
+        """The output head's :class:`~tokenweight.tiled_head.Tiling` (``logps_chunk_size × logps_vocab_chunk_size``)."""
+        from tokenweight.tiled_head import Tiling
+        return Tiling(tokens=self.logps_chunk_size, vocab=self.logps_vocab_chunk_size)
 
     @property
     def effective_beta(self) -> float:

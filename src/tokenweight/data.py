@@ -208,6 +208,17 @@ def tokenize_row(row: dict, index: int, tokenizer) -> dict:
             "chosen_ids": full["chosen"][prompt_len:], "rejected_ids": full["rejected"][prompt_len:]}
 
 
+def with_pair_lengths(dataset: datasets.Dataset, column: str) -> datasets.Dataset:
+    """The tokenized ``dataset`` with ``column``: each pair's padded length in a batch, ``len(prompt) +
+    max(len(chosen), len(rejected))`` (what transformers' ``group_by_length`` sampler groups by); unchanged when the
+    column exists."""
+    if column in dataset.column_names:
+        return dataset
+    lengths = [len(p) + max(len(c), len(r)) for p, c, r in
+               zip(dataset["prompt_ids"], dataset["chosen_ids"], dataset["rejected_ids"])]
+    return dataset.add_column(column, lengths)
+
+
 @dataclass
 class TokenizeStats:
     """What tokenization did to a dataset (also logged, printed by the CLI and written to ``results.json``)."""

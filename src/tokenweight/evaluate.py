@@ -63,7 +63,8 @@ def score_pairs(model: nn.Module, ref_model: nn.Module | None, dataset, pad_toke
         batch = {k: v.to(device) for k, v in batch.items()}
         mask = batch["loss_mask"].float()
         for name, m in zip(("policy", "ref"), models):
-            out = m(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], score_tokens=True)
+            out = m(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], score_tokens=True,
+                    score_mask=batch["loss_mask"])
             sums[name].append((out.token_logps * mask).sum(dim=1).cpu())
         if ref_model is None and "ref_token_logps" in batch:
             sums["ref"].append((batch["ref_token_logps"] * mask).sum(dim=1).cpu())
@@ -129,7 +130,7 @@ def _policy_forward(model: nn.Module, batch: dict[str, torch.Tensor]):
     def forward(return_hidden: bool):
         with torch.no_grad():
             return model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], score_tokens=True,
-                         return_hidden=return_hidden)
+                         score_mask=batch["loss_mask"], return_hidden=return_hidden)
     return forward
 
 
@@ -196,7 +197,7 @@ def score_weighted_pairs(model: nn.Module, ref_model: nn.Module | None, scheme: 
         if scheme.uses_reference:
             with torch.no_grad():
                 ref_logps = ref_model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
-                                      score_tokens=True).token_logps
+                                      score_tokens=True, score_mask=batch["loss_mask"]).token_logps
         weighted = weighted_log_ratios(policy.token_logps, ref_logps, token_weights.weights.float(),
                                        inputs.loss_mask, token_weights.ref_weights).cpu()
         c, r = weighted.chunk(2)

@@ -1,11 +1,17 @@
-"""Memory-lean per-token log-probabilities and final-hidden-state capture.
+"""Per-token log-probabilities of the positions that matter, and final-hidden-state capture.
 
-A causal LM's forward builds ``[N, L, V]`` logits, and a naive ``log_softmax`` + ``gather`` keeps another
-``[N, L, V]`` fp32 tensor alive for the backward. Here the backbone runs as usual, and the output head is applied
-chunk by chunk over the sequence: each chunk computes ``logit[label] − logsumexp(logits)`` in fp32 under
-non-reentrant activation checkpointing, so only ``[N, chunk, V]`` logits exist at any time, forward or backward.
-On request the same chunks also give the statistics TRL logs (:class:`TokenStats`: entropy, mean logit, whether the
-label is the top-1 token), without gradient and without a second pass over the logits.
+A causal LM's forward builds ``[N, L, V]`` logits, most of them for prompt and padding positions nobody scores.
+Here the backbone runs as usual and only the positions named by ``score_mask`` (the completion positions) reach
+the output head, which is token-tiled (:mod:`tokenweight.tiled_head`): at most ``tokens × vocab`` fp32 logits exist
+at a time, forward or backward, whatever the batch and the vocabulary. The same tiles also give the statistics TRL
+logs (:class:`TokenStats`: entropy, mean logit, whether the label is the top-1 token) and WPO's ``log Σ p²``,
+without gradient and without a second pass.
+
+With ``padding_free=True`` the rows are packed end to end (padding dropped) into as few sequences as fit the
+longest row (first-fit decreasing), with ``position_ids`` restarting at 0 for each row and no 2-D attention mask,
+from which transformers derives per-row attention (the packed-sequence masking of SDPA/eager, FlashAttention's
+varlen); :func:`verify_padding_free` refuses a model that lets packed rows see each other. The final hidden states are scattered back into the padded ``[N, L, d]`` layout,
+so everything downstream is the same.
 
 :func:`enable_token_scoring` patches the *instance* forward of a model so that wrappers (DDP, FSDP, DeepSpeed,
 PEFT) keep working: ``model(input_ids, attention_mask, score_tokens=True)`` returns :class:`TokenScores` instead
@@ -19,14 +25,17 @@ from dataclasses import dataclass
 
 import torch
 from torch import nn
-from torch.utils.checkpoint import checkpoint
 
+from tokenweight.errors import UserError
+from tokenweight.head import OutputHead, output_head, verify_output_head
 from tokenweight.masks import to_shifted
+from tokenweight.tiled_head import Tiling, tiled_token_scores
 
 
 @dataclass
 class TokenStats:
-    """Per-token statistics of the next-token distributions ``p = softmax(logits)``, detached, ``[N, T]`` each.
+    """Per-token statistics of the next-token distributions ``p = softmax(logits)``, detached, ``[N, T]`` each
+    (0 / False outside the scored positions).
 
     Attributes:
         entropy: fp32 ``−Σ_v p_v log p_v``.
@@ -46,9 +55,11 @@ class TokenScores:
     """Output of a scoring forward over ``N`` rows of length ``L``.
 
     Attributes:
-        token_logps: ``[N, L-1]`` fp32, ``log p(input_ids[:, t+1] | input_ids[:, :t+1])``.
+        token_logps: ``[N, L-1]`` fp32, ``log p(input_ids[:, t+1] | input_ids[:, :t+1])`` where ``score_mask`` is
+            set, 0 elsewhere.
         hidden: ``[N, L-1, d]`` final post-norm hidden states at positions ``0..L-2`` (the states that predict
-            each token), in the model's dtype, with grad; ``None`` unless ``return_hidden=True``.
+            each token), in the model's dtype, with grad (0 on padding with ``padding_free``); ``None`` unless
+            ``return_hidden=True``.
         stats: :class:`TokenStats` ``[N, L-1]`` of the same positions; ``None`` unless ``return_stats=True``.
         aux_loss: scalar, with grad: a mixture-of-experts model's router load-balancing loss over the batch's real
             tokens (the model's own ``aux_loss``); ``None`` unless ``router_aux_loss=True``.
@@ -60,87 +71,27 @@ class TokenScores:
     aux_loss: torch.Tensor | None = None
 
 
-@dataclass(frozen=True)
-class OutputHead:
-    """How a model turns final hidden states into logits: ``softcap(scale · head(h))``."""
+def scores_from_hidden(hidden: torch.Tensor, labels: torch.Tensor, head: OutputHead, tiling: Tiling = Tiling(),
+                       with_stats: bool = False,
+                       mask: torch.Tensor | None = None) -> tuple[torch.Tensor, TokenStats | None]:
+    """Per-token log-probs ``[N, T]`` (fp32) of ``labels`` ``[N, T]`` given aligned hidden states ``[N, T, d]``, and
+    their :class:`TokenStats` ``[N, T]`` when ``with_stats`` (else ``None``); only the positions where ``mask``
+    ``[N, T]`` (bool, default: all) is set reach the head, the others are 0 (False)."""
+    if mask is None:
+        mask = torch.ones(labels.shape, dtype=torch.bool, device=labels.device)
+    mask = mask.bool()
+    logps, stats = tiled_token_scores(hidden[mask], labels[mask], head, tiling, with_stats)
 
-    module: nn.Module
-    logit_scale: float = 1.0
-    softcap: float | None = None
+    def scatter(values: torch.Tensor) -> torch.Tensor:
+        return torch.zeros(mask.shape, dtype=values.dtype, device=values.device).masked_scatter(mask, values)
 
-    def logits(self, hidden: torch.Tensor) -> torch.Tensor:
-        """``[..., d]`` hidden → ``[..., V]`` fp32 logits."""
-        logits = self.module(hidden).float()
-        if self.logit_scale != 1.0:
-            logits = logits * self.logit_scale
-        if self.softcap is not None:
-            logits = torch.tanh(logits / self.softcap) * self.softcap
-        return logits
-
-
-#: config keys that scale the output head's logits: multipliers (Cohere, Falcon-H1, …) and divisors (Granite)
-_LOGIT_MULTIPLIERS = ("logit_scale", "lm_head_multiplier", "output_multiplier")
-_LOGIT_DIVISORS = ("logits_scaling",)
-
-
-def output_head(model: nn.Module) -> OutputHead:
-    """The output head of a Hugging Face causal LM, with the final-logit scaling/softcapping of its config."""
-    config = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
-    scale = 1.0
-    for key in _LOGIT_MULTIPLIERS + _LOGIT_DIVISORS:
-        value = getattr(config, key, None)
-        if value is not None:
-            scale = scale * float(value) if key in _LOGIT_MULTIPLIERS else scale / float(value)
-    return OutputHead(
-        module=model.get_output_embeddings(),
-        logit_scale=scale,
-        softcap=getattr(config, "final_logit_softcapping", None),
-    )
-
-
-def _chunk_scores(hidden: torch.Tensor, labels: torch.Tensor, head: OutputHead,
-                  with_stats: bool) -> tuple[torch.Tensor, ...]:
-    """``(logps,)`` or ``(logps, entropy, mean_logit, is_top1, log_sum_sq_probs)`` of one chunk, each
-    ``[N, chunk]``."""
-    logits = head.logits(hidden)
-    picked = logits.gather(-1, labels.unsqueeze(-1)).squeeze(-1)  # before the logsumexp: a lower backward peak
-    log_normaliser = torch.logsumexp(logits, dim=-1)
-    logps = picked - log_normaliser
-    if not with_stats:
-        return (logps,)
-    # After the last tensor the backward needs: the checkpoint's recomputation stops before reaching this.
-    with torch.no_grad():
-        logits, log_normaliser = logits.detach(), log_normaliser.detach()
-        probs = torch.softmax(logits, dim=-1)
-        entropy = log_normaliser - (probs * logits).sum(dim=-1)
-        log_sum_sq_probs = probs.square().sum(dim=-1).log()  # Σ p² ≥ 1/V: no underflow in fp32
-        return logps, entropy, logits.mean(dim=-1), logits.argmax(dim=-1) == labels, log_sum_sq_probs
-
-
-def scores_from_hidden(hidden: torch.Tensor, labels: torch.Tensor, head: OutputHead, chunk_size: int = 256,
-                       with_stats: bool = False) -> tuple[torch.Tensor, TokenStats | None]:
-    """Per-token log-probs ``[N, T]`` (fp32) of ``labels`` ``[N, T]`` given aligned hidden states ``[N, T, d]``,
-    and their :class:`TokenStats` ``[N, T]`` when ``with_stats`` (else ``None``).
-
-    At most ``[N, chunk_size, V]`` logits are alive at once; when gradients are needed each chunk is
-    recomputed in the backward (non-reentrant checkpoint) instead of being stored.
-    """
-    pieces = []
-    for start in range(0, hidden.shape[1], chunk_size):
-        h = hidden[:, start:start + chunk_size]
-        y = labels[:, start:start + chunk_size]
-        if torch.is_grad_enabled() and (h.requires_grad or any(p.requires_grad for p in head.module.parameters())):
-            pieces.append(checkpoint(_chunk_scores, h, y, head, with_stats, use_reentrant=False))
-        else:
-            pieces.append(_chunk_scores(h, y, head, with_stats))
-    columns = [torch.cat(column, dim=1) for column in zip(*pieces)]
-    return columns[0], TokenStats(*columns[1:]) if with_stats else None
+    return scatter(logps), TokenStats(*map(scatter, stats)) if with_stats else None
 
 
 def logps_from_hidden(hidden: torch.Tensor, labels: torch.Tensor, head: OutputHead,
-                      chunk_size: int = 256) -> torch.Tensor:
-    """Per-token log-probs ``[N, T]`` (fp32): :func:`scores_from_hidden` without statistics."""
-    return scores_from_hidden(hidden, labels, head, chunk_size)[0]
+                      tiling: Tiling = Tiling()) -> torch.Tensor:
+    """Per-token log-probs ``[N, T]`` (fp32) of every position: :func:`scores_from_hidden` without statistics."""
+    return scores_from_hidden(hidden, labels, head, tiling)[0]
 
 
 def backbone(model: nn.Module) -> nn.Module:
@@ -156,41 +107,132 @@ def backbone(model: nn.Module) -> nn.Module:
     return module
 
 
-def enable_token_scoring(model: nn.Module, chunk_size: int = 256) -> nn.Module:
+def pack_plan(lengths: list[int], capacity: int) -> list[list[int]]:
+    """Rows into packs of at most ``capacity`` tokens, first-fit decreasing: ``[[row, ...], ...]`` (each row once,
+    a row longer than ``capacity`` alone)."""
+    packs, room = [], []
+    for row in sorted(range(len(lengths)), key=lambda r: -lengths[r]):
+        slot = next((i for i, free in enumerate(room) if lengths[row] <= free), None)
+        if slot is None:
+            packs.append([row])
+            room.append(capacity - lengths[row])
+        else:
+            packs[slot].append(row)
+            room[slot] -= lengths[row]
+    return packs
+
+
+def packed_hidden(model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                  capacity: int | None = None, **kwargs) -> torch.Tensor:
+    """Final hidden states ``[N, L, d]`` of right-padded rows ``input_ids`` ``[N, L]`` computed padding-free: the rows
+    packed (:func:`pack_plan`) into ``[P, capacity]`` sequences (default capacity: the longest row, so no pack is
+    longer than the padded batch and attention never costs more than padded), ``position_ids`` restarting at 0 for
+    each row and no attention mask; 0 on padding."""
+    lengths = attention_mask.sum(dim=1).tolist()
+    capacity = capacity or max(lengths)
+    packs = pack_plan(lengths, capacity)
+    width = max(sum(lengths[r] for r in pack) for pack in packs)
+    pack_of, offset_of, cursor = [0] * len(lengths), [0] * len(lengths), [0] * len(packs)
+    for index, pack in enumerate(packs):
+        for row in pack:
+            pack_of[row], offset_of[row] = index, cursor[index]
+            cursor[index] += lengths[row]
+    keep = attention_mask.bool()
+    position = (keep.long().cumsum(dim=1) - 1).clamp(min=0)  # [N, L] position within the row
+    device = input_ids.device
+    target = (torch.tensor(pack_of, device=device)[:, None] * width
+              + torch.tensor(offset_of, device=device)[:, None] + position)[keep]  # flat slot of each real token
+    packed_ids = input_ids.new_zeros(len(packs) * width)
+    packed_ids[target] = input_ids[keep]
+    # Unused tail slots count from 0 again: a run of their own, attending only to itself.
+    slots = torch.arange(width, device=device).expand(len(packs), width)
+    packed_positions = (slots - torch.tensor(cursor, device=device)[:, None]).clamp(min=0).flatten()
+    packed_positions[target] = position[keep]
+    hidden = backbone(model)(packed_ids.view(len(packs), width), position_ids=packed_positions.view(len(packs), width),
+                             use_cache=False, **kwargs).last_hidden_state.flatten(0, 1)
+    out = hidden.new_zeros(*input_ids.shape, hidden.shape[-1])
+    return out.masked_scatter(keep[..., None], hidden[target])
+
+
+def verify_padding_free(model: nn.Module) -> None:
+    """Check that packing keeps rows apart for ``model`` (its architecture and attention implementation): a row
+    packed after another must give its hidden states alone (round-off of the model's dtype), and must not change at
+    all (1e-5 relative) when the other row's tokens change.
+
+    Raises:
+        UserError: one line naming the model type and attention implementation when it does not.
+    """
+    embedding = model.get_input_embeddings().weight
+    tokens = (torch.arange(1, 14, device=embedding.device) * 7919 % embedding.shape[0])
+    second = tokens[7:]  # row 2: 6 tokens, after a row 1 of 7 (rows right-padded to 7)
+    attention_mask = torch.ones(2, 7, dtype=torch.long, device=embedding.device)
+    attention_mask[1, 6] = 0
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            alone = backbone(model)(second[None], use_cache=False).last_hidden_state[0].float()
+            packed = [packed_hidden(model, torch.stack([first, torch.cat([second, first[:1]])]), attention_mask,
+                                    capacity=13)[1, :6].float() for first in (tokens[:7], tokens[:7].flip(0))]
+    finally:
+        model.train(was_training)
+    scale = max(1.0, alone.abs().max().item())
+    leak = (packed[0] - packed[1]).abs().max().item() / scale
+    error = (packed[0] - alone).abs().max().item() / scale
+    if not (leak <= 1e-5 and error <= (1e-3 if embedding.dtype == torch.float32 else 5e-2)):
+        config = model.config
+        raise UserError(f"--padding_free: model type {getattr(config, 'model_type', '?')!r} with attention "
+                        f"{getattr(config, '_attn_implementation', None)!r} does not keep packed rows apart (a "
+                        f"row's hidden states change by {max(leak, error):.3g} with the row packed before it); "
+                        "train with --padding_free false")
+
+
+def enable_token_scoring(model: nn.Module, tiling: Tiling = Tiling()) -> nn.Module:
     """Patch ``model.forward`` (this instance only) to accept ``score_tokens=True``; returns ``model``.
 
-    ``model(input_ids, attention_mask, score_tokens=True, return_hidden=False, return_stats=False)`` runs the
-    backbone once and returns :class:`TokenScores`. With ``router_aux_loss=True`` (mixture-of-experts models) the
-    model's own forward runs instead, with ``output_router_logits=True`` and its head on one position only, for its
-    ``aux_loss``; the backbone's final hidden states are taken from it by a forward hook. Idempotent.
+    ``model(input_ids, attention_mask, score_tokens=True, score_mask=None, return_hidden=False,
+    return_stats=False, padding_free=False)`` runs the backbone once and returns :class:`TokenScores`, scoring
+    only the positions of ``score_mask`` ``[N, L-1]`` (bool, shifted alignment; default: every position).
+    With ``router_aux_loss=True`` (mixture-of-experts models) the model's own forward runs instead, with
+    ``output_router_logits=True`` and its head on one position only, for its ``aux_loss``; the backbone's final
+    hidden states are taken from it by a forward hook (not with ``padding_free``: the router loss would count the
+    packs' unused slots). Idempotent. The first time, the head is checked against the model's own logits
+    (:func:`tokenweight.head.verify_output_head`).
     """
     if getattr(model, "_tokenweight_scoring", False):
         return model
+    verify_output_head(model, lambda ids: backbone(model)(ids, use_cache=False).last_hidden_state)
     original_forward = model.forward
 
     @functools.wraps(type(model).forward)
-    def forward(*args, score_tokens: bool = False, return_hidden: bool = False, return_stats: bool = False,
+    def forward(*args, score_tokens: bool = False, score_mask: torch.Tensor | None = None,
+                return_hidden: bool = False, return_stats: bool = False, padding_free: bool = False,
                 router_aux_loss: bool = False, **kwargs):
         if not score_tokens:
             return original_forward(*args, **kwargs)
-        input_ids = kwargs["input_ids"] if "input_ids" in kwargs else args[0]
-        kwargs.pop("input_ids", None)
-        kwargs["use_cache"] = False
+        input_ids = kwargs.pop("input_ids") if "input_ids" in kwargs else args[0]
         aux_loss = None
-        if router_aux_loss:
+        if padding_free:
+            if router_aux_loss:
+                raise ValueError("padding_free with router_aux_loss: the router loss would count the packs' "
+                                 "unused slots")
+            hidden = packed_hidden(model, input_ids, kwargs.pop("attention_mask"), **kwargs)
+        elif router_aux_loss:
             final = []
             handle = backbone(model).register_forward_hook(
                 lambda module, inputs, output: final.append(output.last_hidden_state))
             try:
                 outputs = original_forward(input_ids, *args[1:], output_router_logits=True, logits_to_keep=1,
-                                           **kwargs)
+                                           use_cache=False, **kwargs)
             finally:
                 handle.remove()
-            hidden, aux_loss = final[0][:, :-1], outputs.aux_loss
+            hidden, aux_loss = final[0], outputs.aux_loss
         else:
-            hidden = backbone(model)(input_ids, *args[1:], **kwargs).last_hidden_state[:, :-1]
-        token_logps, stats = scores_from_hidden(hidden, to_shifted(input_ids), output_head(model), chunk_size,
-                                                with_stats=return_stats)
+            kwargs["use_cache"] = False
+            hidden = backbone(model)(input_ids, *args[1:], **kwargs).last_hidden_state
+        hidden = hidden[:, :-1]
+        token_logps, stats = scores_from_hidden(hidden, to_shifted(input_ids), output_head(model), tiling,
+                                                with_stats=return_stats, mask=score_mask)
         return TokenScores(token_logps=token_logps, hidden=hidden if return_hidden else None, stats=stats,
                            aux_loss=aux_loss)
 

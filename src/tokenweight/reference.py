@@ -22,15 +22,18 @@ from tokenweight.masks import from_shifted
 @torch.no_grad()
 def precompute_reference_logps(ref_model: nn.Module, dataset: datasets.Dataset, pad_token_id: int,
                                batch_size: int = 8, device: torch.device | str | None = None,
-                               progress: bool = True, name: str = "train") -> datasets.Dataset:
-    """``dataset`` (tokenized) with the columns ``chosen_ref_logps`` and ``rejected_ref_logps``."""
+                               progress: bool = True, name: str = "train",
+                               padding_free: bool = False) -> datasets.Dataset:
+    """``dataset`` (tokenized) with the columns ``chosen_ref_logps`` and ``rejected_ref_logps``; only completion
+    positions reach the head; ``padding_free``: the batches are scored packed (:mod:`tokenweight.logps`)."""
     device = device or next(ref_model.parameters()).device
     enable_token_scoring(ref_model).eval()
     loader = DataLoader(dataset, batch_size=batch_size, collate_fn=PreferenceCollator(pad_token_id=pad_token_id))
     chosen, rejected = [], []
     for batch in tqdm(loader, desc=f"reference log-probs ({name})", disable=not progress):
         logps = ref_model(input_ids=batch["input_ids"].to(device), attention_mask=batch["attention_mask"].to(device),
-                          score_tokens=True).token_logps.float().cpu()
+                          score_tokens=True, score_mask=batch["loss_mask"].to(device),
+                          padding_free=padding_free).token_logps.float().cpu()
         # Token alignment: a completion that starts at position 0 (empty prompt) gets 0.0 for its first token.
         rows = [row[m].tolist() for row, m in zip(from_shifted(logps), batch["completion_mask"].bool())]
         pairs = len(rows) // 2

@@ -19,11 +19,11 @@ from transformers.trainer import rotate_checkpoints
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 from tokenweight.checkpoints import seal_checkpoint
-
 from tokenweight.config import TokenweightConfig
-from tokenweight.data import PreferenceCollator
+from tokenweight.data import PreferenceCollator, with_pair_lengths
+from tokenweight.errors import UserError
 from tokenweight.fsdp import enable_fsdp_on_cpu, end_reference_step, init_root, shard_reference
-from tokenweight.logps import TokenScores, enable_token_scoring
+from tokenweight.logps import TokenScores, enable_token_scoring, verify_padding_free
 from tokenweight.models import disable_dropout, freeze, router_aux_loss_coef
 from tokenweight.objectives import (MetricValue, completion_statistics, pair_loss, record_metrics, reduce_metrics,
                                     weight_statistics, wpo_pair_weights)
@@ -53,11 +53,18 @@ class TokenweightTrainer(Trainer):
             data_collator = PreferenceCollator(pad_token_id=processing_class.pad_token_id)
         if args.disable_dropout:
             disable_dropout(model)
-        enable_token_scoring(model, args.logps_chunk_size)
+        enable_token_scoring(model, args.head_tiling)
+        aux_loss_coef = router_aux_loss_coef(model, args.router_aux_loss_coef)
+        if args.padding_free:
+            if aux_loss_coef != 0:
+                raise UserError("--padding_free with a mixture-of-experts router loss is not supported (the router "
+                                "loss would count the packs' unused slots); set --router_aux_loss_coef 0 or "
+                                "--padding_free false")
+            verify_padding_free(model)
         if ref_model is not None:
             if args.disable_dropout:
                 disable_dropout(ref_model)
-            enable_token_scoring(freeze(ref_model), args.logps_chunk_size)
+            enable_token_scoring(freeze(ref_model), args.head_tiling)
         if args.precompute_ref_log_probs or args.ref_log_probs:
             train_dataset, eval_dataset = _with_reference_logps(ref_model, args, scheme, data_collator,
                                                                 train_dataset, eval_dataset)
@@ -65,13 +72,15 @@ class TokenweightTrainer(Trainer):
         elif ref_model is None and scheme.uses_reference:
             raise ValueError("TokenweightTrainer needs a frozen reference model (ref_model), unless "
                              "precompute_ref_log_probs=True and the datasets carry the reference log-probs")
+        if args.train_sampling_strategy == "group_by_length" and train_dataset is not None:
+            train_dataset = with_pair_lengths(train_dataset, args.length_column_name)
         super().__init__(model=model, args=args, train_dataset=train_dataset, eval_dataset=eval_dataset,
                          processing_class=processing_class, data_collator=data_collator, **kwargs)
         # Our loss is a mean over the micro-batch: let the Trainer scale it for gradient accumulation.
         self.model_accepts_loss_kwargs = False
         self.scheme = scheme
         self.beta = args.effective_beta
-        self.router_aux_loss_coef = router_aux_loss_coef(model, args.router_aux_loss_coef)
+        self.router_aux_loss_coef = aux_loss_coef
         self.ref_model = None if ref_model is None else self._prepare_reference(ref_model)
         self._metrics = {"train": defaultdict(list), "eval": defaultdict(list)}
         self._step_rows: tuple[int, list[torch.Tensor]] = (-1, [])  # (global step, row_index of its micro-batches)
@@ -130,14 +139,14 @@ class TokenweightTrainer(Trainer):
 
         def forward(return_hidden: bool):
             return model(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"], score_tokens=True,
-                         return_hidden=return_hidden, return_stats=True,
-                         router_aux_loss=self.router_aux_loss_coef != 0)
+                         score_mask=loss_mask, return_hidden=return_hidden, return_stats=True,
+                         padding_free=self.args.padding_free, router_aux_loss=self.router_aux_loss_coef != 0)
 
         token_weights, policy = weigh_batch(scheme, weighting_inputs, forward)
         weights = token_weights.weights
         ref_logps = ref_hidden = None  # a reference-free scheme has no reference scores at all
         if scheme.uses_reference:
-            ref = self._reference_scores(inputs, scheme.needs_hidden_for_loss)
+            ref = self._reference_scores(inputs, loss_mask, scheme.needs_hidden_for_loss)
             ref_logps, ref_hidden = ref.token_logps, ref.hidden
         context = LossContext(model=model, ref_model=self.ref_model, inputs=weighting_inputs,
                               policy_logps=policy.token_logps, ref_logps=ref_logps, weights=weights,
@@ -206,8 +215,9 @@ class TokenweightTrainer(Trainer):
                                      f"{self.scheme.name!r} on dataset rows {[int(r) for rows in self._step_rows[1] for r in rows]}")
         return grad_norm
 
-    def _reference_scores(self, inputs: dict, return_hidden: bool) -> TokenScores:
-        """The reference's per-token log-probs ``[2B, L-1]``: precomputed in the batch, or a no-grad forward."""
+    def _reference_scores(self, inputs: dict, loss_mask: torch.Tensor, return_hidden: bool) -> TokenScores:
+        """The reference's per-token log-probs ``[2B, L-1]`` on the completion positions ``loss_mask``: precomputed in
+        the batch, or a no-grad forward."""
         if "ref_token_logps" in inputs:
             return TokenScores(token_logps=inputs["ref_token_logps"].float())
         if self.ref_model is None:
@@ -215,7 +225,8 @@ class TokenweightTrainer(Trainer):
                              "log-probs and the trainer has no reference model")
         with torch.no_grad():
             return self.ref_model(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"],
-                                  score_tokens=True, return_hidden=return_hidden)
+                                  score_tokens=True, score_mask=loss_mask, return_hidden=return_hidden,
+                                  padding_free=self.args.padding_free)
 
     def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
         inputs = self._prepare_inputs(inputs)
@@ -269,7 +280,7 @@ def _with_reference_logps(ref_model, args: TokenweightConfig, scheme, collator, 
                                  "with tokenweight.reference_cache.with_cached_reference_logps)")
             dataset = precompute_reference_logps(ref_model.to(args.device), dataset, collator.pad_token_id,
                                                  args.precompute_ref_batch_size or args.per_device_eval_batch_size,
-                                                 name=name)
+                                                 name=name, padding_free=args.padding_free)
         datasets_out.append(dataset)
     return tuple(datasets_out)
 

@@ -29,7 +29,8 @@ from transformers import (GenerationConfig, GenerationMixin, LogitsProcessor, Lo
                           TemperatureLogitsWarper, TopKLogitsWarper, TopPLogitsWarper)
 
 from tokenweight.errors import UserError
-from tokenweight.logps import backbone, logps_from_hidden, output_head
+from tokenweight.head import output_head
+from tokenweight.logps import backbone, logps_from_hidden
 from tokenweight.masks import pack_left, position_ids_from_mask, to_shifted
 from tokenweight.models import generation_kwargs
 from tokenweight.weights.base import row_seeds
@@ -178,7 +179,7 @@ def sample_anchors(model: nn.Module, input_ids: torch.Tensor, attention_mask: to
     return assemble_anchor_batch(prompt_ids, prompt_mask, generated[:, prompt_ids.shape[1]:], eos_ids, pad_token_id)
 
 
-def anchor_token_logps(model: nn.Module, anchor: AnchorBatch, chunk_size: int = 256) -> torch.Tensor:
+def anchor_token_logps(model: nn.Module, anchor: AnchorBatch) -> torch.Tensor:
     """Per-token log-probs ``[B, La-1]`` (shifted alignment, fp32) of the anchor batch under ``model``.
 
     Gradients flow when enabled (policy); wrap in ``torch.no_grad()`` for the reference.
@@ -186,4 +187,4 @@ def anchor_token_logps(model: nn.Module, anchor: AnchorBatch, chunk_size: int = 
     hidden = backbone(model)(anchor.input_ids, attention_mask=anchor.attention_mask,
                              position_ids=position_ids_from_mask(anchor.attention_mask),
                              use_cache=False).last_hidden_state[:, :-1]
-    return logps_from_hidden(hidden, to_shifted(anchor.input_ids), output_head(model), chunk_size)
+    return logps_from_hidden(hidden, to_shifted(anchor.input_ids), output_head(model))

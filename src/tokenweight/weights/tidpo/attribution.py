@@ -20,7 +20,8 @@ import torch
 from torch import nn
 from transformers.modeling_layers import GradientCheckpointingLayer
 
-from tokenweight.logps import backbone, output_head
+from tokenweight.head import output_head
+from tokenweight.logps import backbone
 from tokenweight.masks import last_index, position_ids_from_mask
 from tokenweight.weights.tidpo.common import eval_mode
 
