@@ -24,9 +24,10 @@ from tokenweight.weights import SCHEMES
 POSITIONS = 512  # holds AttentionPO's judge input (template ≈ 300 tokens + question + both answers)
 WINDOW = 300  # sliding layers: longer than the judge template, shorter than the judge inputs
 SCHEME_NAMES = sorted(SCHEMES)
-#: flags an architecture needs on every run: BLOOM computes attention itself and states no context length (the judge
-#: cap is then given; every run's --max_length 128 also bounds TI-DPO's sampled anchors)
-ARCHITECTURE_FLAGS = {"bloom": ["--attention_max_length", "512", "--attention_rows", "eager"]}
+#: flags an architecture needs on an AttentionPO run: BLOOM computes attention itself and states no context length (the
+#: judge cap is then given; every run's --max_length 128 also bounds TI-DPO's sampled anchors). Other schemes refuse
+#: them, as every scheme refuses another's settings.
+ATTENTION_FLAGS = {"bloom": ["--attention_max_length", "512", "--attention_rows", "eager"]}
 #: the default suite's cover: every architecture and every scheme at least once
 COVER = [("llama", "uniform"), ("mistral", "sampo"), ("qwen2", "column"), ("qwen3", "confpo"), ("mixtral", "tidpo"),
          ("qwen2_moe", "otpo"), ("qwen3_moe", "d2po"), ("gemma", "lddpo"), ("gemma2", "simpo"), ("gemma3_text", "tdpo"),
@@ -72,7 +73,7 @@ def train_two_steps(workspace, name: str, scheme: str, *extra: str) -> tuple[int
     root, models, data, weighted = workspace
     out = root / "runs" / f"{name}-{scheme}{'-lora' if extra else ''}"
     argv = ["train", "--model_name_or_path", str(models[name][0]), "--weighting", scheme,
-            *_flags(scheme, models[name], data, weighted), *ARCHITECTURE_FLAGS.get(name, []), *extra,
+            *_flags(scheme, models[name], data, weighted), *(ATTENTION_FLAGS.get(name, []) if scheme == "attention" else []), *extra,
             "--output_dir", str(out), "--max_length", "128", "--max_steps", "2", "--per_device_train_batch_size", "2", "--logging_steps",
             "1", "--save_strategy", "no", "--report_to", "none", "--use_cpu", "true", "--overwrite_output_dir", "true"]
     status = main(argv)
