@@ -19,7 +19,7 @@ from tokenweight.data import print_data_summary, tokenize_preference_dataset
 from tokenweight.sources import PreferenceSplits, load_splits, swap_pairs
 from tokenweight.evaluate import REWARD_DEFINITIONS, held_out_preference
 from tokenweight.errors import UserError
-from tokenweight.models import add_lora_adapters, load_causal_lm, load_tokenizer
+from tokenweight.models import add_lora_adapters, load_causal_lm, load_tokenizer, master_weights
 from tokenweight.weights import SCHEMES
 
 logger = logging.getLogger(__name__)
@@ -211,6 +211,8 @@ def run_training(config: TokenweightConfig) -> dict:
     if config.use_peft:
         policy = add_lora_adapters(policy, config.lora_r, config.lora_alpha, config.lora_dropout,
                                    config.lora_target_modules)
+    else:
+        policy = master_weights(policy, config.fp32_master_weights, config.learning_rate)
     trainer = TokenweightTrainer(model=policy, ref_model=reference, args=config, train_dataset=train,
                                  eval_dataset=evaluation, processing_class=tokenizer)
     results = {"weighting": config.weighting, "model": model_path, "eval_split": splits.eval_name,
