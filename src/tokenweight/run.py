@@ -139,7 +139,7 @@ def resolve_model_path(config: TokenweightConfig) -> str:
 
 
 def keyfact_model_path(config: TokenweightConfig) -> str:
-    """The cached KeyFact base model of the config's ``keyfact_*`` settings (built on first use)."""
+    """The KeyFact base model of the config's ``keyfact_*`` settings (shipped, or built once and cached)."""
     from tokenweight.keyfact import keyfact_base_model
 
     return str(keyfact_base_model(seed=config.keyfact_seed, size=config.keyfact_model_size,
