@@ -46,6 +46,7 @@ SHIPPED_BUILDS = (
     ShippedBuild("small", "small", 0),
     ShippedBuild("default", "default", 0),
     ShippedBuild("default-seed1", "default", 1),
+    ShippedBuild("everyday", "default", 0, EVERYDAY_FACTS_PATH),
 )
 #: Base seeds of the shipped replicas of the default model (built-in facts): a benchmark repeated on each of them
 #: shows whether its ranking survives a new base model.
