@@ -115,7 +115,7 @@ class CoreConfig(TrainingArguments):
     keyfact_shortcut: float = field(default=0.0, metadata={
         "help": "0 (off) or s in (0, 1]: the shortcut sentence goes into the chosen answer of a fraction s of "
                 "training pairs and into the rejected answer of the others (below 0.5 it marks rejected)."})
-    keyfact_seed: int = field(default=0, metadata={"help": "KeyFact training-data and base-model seed (base models of seeds 0, 1, 2 are shipped; another "
+    keyfact_seed: int = field(default=0, metadata={"help": "KeyFact training-data and base-model seed (base models of seeds 0 and 1 are shipped; another "
                 "seed builds its own, ~10 min, cached)."})
     keyfact_eval_seed: int = field(default=0, metadata={
         "help": "Seed of the KeyFact eval and validation splits (independent of keyfact_seed)."})
