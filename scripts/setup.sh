@@ -3,11 +3,14 @@
 # Without a GPU it pins the CPU build of PyTorch (torch==2.13.0); with one (nvidia-smi works) it installs
 # PyTorch's default CUDA build. Set TORCH_SPEC to choose another torch requirement (e.g. TORCH_SPEC="torch==2.8.0").
 # Re-running is cheap: nothing is reinstalled while pyproject.toml and this script are unchanged.
-# As root on Debian it also installs chromium for the browser test of the HTML report.
+# `scripts/setup.sh --browser` (what `make test` runs) also installs chromium, as root on Debian, for the browser
+# test of the HTML report; `make train` needs no browser.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+browser=false
+[ "${1:-}" = "--browser" ] && browser=true
 # The HTML weight report is tested in a real headless browser: Debian's chromium, installed when we can (root).
-if ! command -v chromium >/dev/null 2>&1 && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+if $browser && ! command -v chromium >/dev/null 2>&1 && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
   echo "setup: installing Debian's chromium (browser test of the HTML weight report)"
   { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; } \
     || echo "setup: could not install chromium; the browser test will be skipped" >&2

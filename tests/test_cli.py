@@ -65,11 +65,39 @@ def test_unknown_weighting_lists_the_known_ones():
         build_scheme("otp")
 
 
-def test_help_of_every_command_has_examples(capsys):
-    assert main(["train", "--help"]) == 0
-    assert "examples:" in capsys.readouterr().out
-    for command in (["precompute"], ["eval"], ["weights"], ["bench"]):
-        with pytest.raises(SystemExit) as exit_info:
-            main([*command, "--help"])
-        assert exit_info.value.code == 0
-        assert "examples:" in capsys.readouterr().out
+#: Every command and sub-command of the program, as a user types it before ``--help``.
+EVERY_COMMAND = [[], ["train"], ["precompute"], ["precompute", "attention"], ["precompute", "tisdpo"],
+                 ["precompute", "reference"], ["eval"], ["weights"], ["bench"], ["bench", "keyfact"]]
+
+
+@pytest.mark.parametrize("command", EVERY_COMMAND, ids=lambda c: " ".join(c) or "tokenweight")
+def test_every_command_answers_help_with_exit_0_and_examples(command, capsys):
+    try:
+        status = main([*command, "--help"])
+    except SystemExit as exit_info:  # argparse's --help of a sub-command
+        status = exit_info.code
+    captured = capsys.readouterr()
+    assert status == 0 and captured.err == ""
+    assert "usage: tokenweight" in captured.out and "examples:" in captured.out
+
+
+def test_eval_weights_and_precompute_take_the_scheme_flags_of_train(tmp_path):
+    from tokenweight.cli import command_parser
+    from tokenweight.commands.common import build_config
+    from tokenweight.commands.precompute import _own_flags
+
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("weighting: otpo\notpo_reg: 0.2\ntidpo_lambda: 0.7\n")
+    flags = ["--config", str(recipe), "--otpo_reg", "0.37", "--otpo_reg_m", "0.1", "0.2", "--tidpo_preset", "upstream"]
+    from tokenweight.keyfact import keyfact_base_model
+
+    for command in (["eval", "--model_name_or_path", str(keyfact_base_model(size="small"))], ["weights"]):
+        args = command_parser(command[0]).parse_args([*command, *flags])
+        config = build_config(args)
+        assert (config.otpo_reg, config.otpo_reg_m, config.tidpo_preset) == (0.37, [0.1, 0.2], "upstream")
+        assert config.tidpo_lambda == 0.7  # not given as a flag: the recipe's value stands
+    args = _own_flags(command_parser("precompute").parse_args(["precompute", "attention", "--output", "o",
+                                                                "--attention_layers", "-1"]))
+    assert parse_train_config(args.flags).attention_layers == [-1]
+    with pytest.raises(UserError, match="unrecognized arguments: --otpo_regg"):
+        command_parser("weights").parse_args(["weights", "--otpo_regg", "1"])

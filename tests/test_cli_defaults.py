@@ -3,6 +3,7 @@ model's context; a grouped ``train --help`` that lists the schemes; a light ``to
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import re
 import subprocess
@@ -69,8 +70,7 @@ def test_train_help_groups_flags_shows_defaults_and_lists_the_schemes(capsys):
     titles = list(sections)
     expected = ["model", "data", "objective", *[f"{s} (--weighting {s})" for s in sorted(SCHEMES) if
                                                f"{s} (--weighting {s})" in sections],
-                "built-in KeyFact task (used when neither a model nor a dataset is named)",
-                "all transformers.TrainingArguments"]
+                "built-in KeyFact task (used when neither a model nor a dataset is named)"]
     assert [t for t in titles if t in expected] == expected
     assert {"otpo (--weighting otpo)", "tidpo (--weighting tidpo)", "attention (--weighting attention)"} <= set(titles)
     assert "--model_name_or_path" in sections["model"] and "--lora_r" in sections["model"]
@@ -78,12 +78,39 @@ def test_train_help_groups_flags_shows_defaults_and_lists_the_schemes(capsys):
     assert "min(1024, the model's context)" in " ".join(sections["data"].split())
     assert "--otpo_reg_m" in sections["otpo (--weighting otpo)"]
     assert "--tidpo_preset" in sections["tidpo (--weighting tidpo)"]
-    assert "--learning_rate" in sections["all transformers.TrainingArguments"]
+    assert "all transformers.TrainingArguments" not in sections and "--help-all" in text
     assert "--learning_rate" not in sections["objective"] and "--otpo_reg " not in sections["objective"]
     objective = " ".join(sections["objective"].split())
     assert f"--weighting {{{','.join(sorted(SCHEMES))}}}" in objective
     assert "(default: uniform)" in objective and "(default: sigmoid)" in objective
     assert "examples:" in text and "tokenweight train --weighting otpo" in text
+    assert text.startswith("usage: tokenweight train [--config RECIPE] [--weighting SCHEME] [--FLAG VALUE ...]\n")
+
+
+def test_train_help_all_shows_every_training_arguments_flag_after_tokenweights_groups(capsys):
+    from transformers import TrainingArguments
+
+    assert main(["train", "--help-all"]) == 0
+    text = capsys.readouterr().out
+    titles = list(_help_sections(text))
+    assert titles.index("all transformers.TrainingArguments") > titles.index("model")
+    flags = set(re.findall(r"--\w+", _help_sections(text)["all transformers.TrainingArguments"]))
+    expected = {f"--{item.name}" for item in dataclasses.fields(TrainingArguments) if item.init}
+    assert expected <= flags and "--learning_rate" in flags
+
+
+def test_train_help_is_the_stored_rendering_and_imports_neither_torch_nor_transformers():
+    from tokenweight.commands.train_help import STORED_HELP, render_help
+
+    assert STORED_HELP.read_text(encoding="utf-8") == render_help(), (
+        "train --help is stale: run `python -m tokenweight.commands.train_help`")
+    code = ("import sys\nfrom tokenweight.cli import main\nassert main(['train', '--help']) == 0\n"
+            "print('HEAVY', sorted(m for m in ('torch', 'transformers', 'datasets') if m in sys.modules))")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "PYTHONPATH": SRC})
+    assert done.returncode == 0, done.stderr
+    assert "--otpo_reg_m" in done.stdout and "--keyfact_model_size" in done.stdout
+    assert done.stdout.strip().splitlines()[-1] == "HEAVY []"
 
 
 def test_top_level_help_imports_neither_torch_nor_transformers():

@@ -1,6 +1,7 @@
-"""Every command shown in README.md and in every ``--help`` epilog runs, so a documented command cannot break.
+"""Every command shown in README.md, in docs/*.md and in every ``--help`` epilog runs, so a documented command cannot
+break.
 
-The commands are read from the documents themselves (README ``bash`` blocks and inline ``tokenweight …`` spans,
+The commands are read from the documents themselves (``bash`` blocks and inline ``tokenweight …`` spans,
 the ``examples:`` of each command's ``--help``): a newly documented command is picked up without editing this file.
 Each runs in a fresh working folder through ``tokenweight.cli.main`` with the tiny world substituted:
 
@@ -10,8 +11,9 @@ Each runs in a fresh working folder through ``tokenweight.cli.main`` with the ti
   ``keyfact_model_size small`` and a few pairs;
 - sizes -> tiny (``--max_steps 1``, ``--max_length 64``, a few pairs, one seed, one scheme, ``--quick``), and
   hardware settings -> CPU (``--bf16 false``, ``--model_dtype float32``);
-- placeholders: ``DIR`` a fresh folder, ``M`` the model, ``S`` otpo, ``N`` 2, ``F`` 0.25, ``SEED`` 0 (an unknown
-  one fails the test);
+- placeholders: ``DIR`` a fresh folder, ``M`` the model, ``S`` otpo, ``N`` 2, ``F`` 0.25, ``SEED`` 0, and the shell
+  variables of docs/DISTRIBUTED.md and docs/SCALING.md: ``$R`` a recipe, ``$CONFIGS`` the accelerate configs,
+  ``$NAME`` a run name, ``$RANK``/``$MASTER_IP``/``$MASTER_PORT`` (an unknown one fails the test);
 - a command that reads what another writes first gets it written: ``train --ref_log_probs DIR`` runs
   ``precompute reference --output DIR`` with the same flags before it; commands joined by ``&&`` (a pipeline such
   as the TIS-DPO recipe) run in order in one working folder, each reading what the ones before wrote.
@@ -40,6 +42,9 @@ REPO = Path(__file__).resolve().parents[1]
 PLACEHOLDERS = {"DIR": lambda env, cwd: str(cwd / "dir"), "M": lambda env, cwd: env["model"],
                 "S": lambda env, cwd: "otpo", "N": lambda env, cwd: "2", "F": lambda env, cwd: "0.25",
                 "SEED": lambda env, cwd: "0"}
+#: Shell variables of the documents (``$NAME`` words), replaced before anything else.
+SHELL_VARIABLES = {"R": "recipes/otpo_llama3_8b_instruct_ultrafeedback.yaml", "CONFIGS": "src/tokenweight/accelerate_configs",
+                   "NAME": "run", "RANK": "0", "MASTER_IP": "127.0.0.1", "MASTER_PORT": "29500"}
 #: Config keys / flags replaced wherever a command or recipe sets them (value -> tiny-world value).
 REPLACED = {"model_name_or_path": "model", "ref_model_name_or_path": "model", "dataset_name": "data",
             "reward_model": "reward_model"}
@@ -68,8 +73,12 @@ def shell_commands(text: str) -> list[str]:
     return commands
 
 
-def readme_commands() -> list[str]:
-    text = (REPO / "README.md").read_text(encoding="utf-8")
+DOCUMENTS = ["README.md", *sorted(str(p.relative_to(REPO)) for p in (REPO / "docs").glob("*.md"))]
+
+
+def document_commands(name: str) -> list[str]:
+    """The commands of one document: its ``bash`` blocks, then its inline ``tokenweight …`` spans."""
+    text = (REPO / name).read_text(encoding="utf-8")
     commands = [c for block in re.findall(r"```bash\n(.*?)```", text, flags=re.DOTALL) for c in shell_commands(block)]
     return commands + re.findall(r"`(tokenweight(?: [^`]+)?)`", text)
 
@@ -94,7 +103,8 @@ def epilog_commands() -> list[tuple[str, str]]:
 
 def documented_commands() -> list[tuple[str, str]]:
     seen, unique = set(), []
-    for source, command in [*(("README.md", c) for c in readme_commands()), *epilog_commands()]:
+    documented = [(name, c) for name in DOCUMENTS for c in document_commands(name)]
+    for source, command in [*documented, *epilog_commands()]:
         if command not in seen:
             seen.add(command)
             unique.append((source, command))
@@ -166,7 +176,7 @@ def substitute(words: list[str], env: dict, cwd: Path) -> list[str]:
 
 def expected_output(argv: list[str]) -> Path | None:
     """The file or folder the command promises to write (``None``: nothing to check, e.g. ``--help``)."""
-    if not argv or "--help" in argv:
+    if not argv or "--help" in argv or "--help-all" in argv:
         return None
     value = {flag: argv[i + 1] for i, flag in enumerate(argv[:-1]) if flag.startswith("--")}
     command = argv[0]
@@ -219,9 +229,17 @@ def test_documented_command_runs(command, env, tmp_path, monkeypatch):
         run_documented(step, env, tmp_path)
 
 
+def expand_variables(word: str) -> str:
+    """``word`` with its ``$NAME`` shell variables replaced (:data:`SHELL_VARIABLES`; an unknown one fails)."""
+    for name in re.findall(r"\$(\w+)", word):
+        if name not in SHELL_VARIABLES:
+            pytest.fail(f"unknown shell variable ${name} in a documented command: add it to SHELL_VARIABLES")
+    return re.sub(r"\$(\w+)", lambda match: SHELL_VARIABLES[match.group(1)], word)
+
+
 def run_documented(command: str, env: dict, tmp_path: Path) -> None:
     """Run one documented ``tokenweight`` command (or parse an ``accelerate launch`` line) in the tiny world."""
-    words = shlex.split(command)
+    words = [expand_variables(word) for word in shlex.split(command)]
     if words[0] == "accelerate":
         if "--config_file" in words:
             config_file = words[words.index("--config_file") + 1]
@@ -229,7 +247,8 @@ def run_documented(command: str, env: dict, tmp_path: Path) -> None:
         argv = substitute(words[words.index("tokenweight.cli") + 1:], env, tmp_path)
         assert argv[0] in ("train", "precompute")
         config = parse_train_config(argv[2 + argv.index("--output"):] if argv[0] == "precompute" else argv[1:])
-        assert config.model_name_or_path == env["model"]
+        assert config.model_name_or_path == env["model"] or (config.model_name_or_path, config.dataset_name) == (
+            None, None)  # a named model runs in the tiny world; none named: the built-in task
         return
     argv = substitute(words[1:], env, tmp_path)
     if argv[:1] == ["eval"]:

@@ -17,6 +17,7 @@ from tokenweight.keyfact import (SIZES, build_keyfact, build_keyfact_tokenizer, 
                                  greedy_generations, key_margins, key_position, key_weight_share,
                                  keyfact_base_model, load_facts, one_thread, pref_acc, save_facts)
 from tokenweight.keyfact import base_model as base_model_module
+from tokenweight.keyfact import build as build_module
 from tokenweight.keyfact.facts import fill
 from tokenweight.keyfact.generator import heldout_items
 from tokenweight.keyfact.judge import judge_verdict_accuracy, judge_verdict_logits
@@ -54,8 +55,8 @@ def tokenizer(facts):
 
 
 @pytest.fixture(scope="module")
-def small_model_path(tmp_path_factory):
-    return keyfact_base_model(cache_dir=tmp_path_factory.mktemp("cache"), size="small", progress=False)
+def small_model_path():
+    return keyfact_base_model(size="small", progress=False)  # the shipped one
 
 
 @pytest.fixture
@@ -320,11 +321,13 @@ def test_chat_template_renders_turns_and_prompt_is_a_token_prefix(tokenizer):
 # ------------------------------------------------------------------------------------------------- base model
 
 
-def test_small_base_model_saves_reloads_and_is_deterministic(small_model_path, facts, single_thread):
-    settings = base_model_module._build_settings("small", 0, 0.5, 0.1, 1, 3, facts)
-    fresh, _, losses, judge = base_model_module._train(settings, facts, progress=False)
+def test_small_base_model_saves_reloads_and_is_deterministic(tmp_path, facts, single_thread):
+    settings = build_module.build_settings("small", 0, 0.5, 0.1, 1, 3, facts)
+    fresh, _, losses, judge = build_module.train_base_model(settings, progress=False)
     assert judge == {}  # the small model has no judge stage
     assert all(math.isfinite(loss) for loss in losses)
+    small_model_path = keyfact_base_model(cache_dir=tmp_path, size="small", progress=False, shipped=False)
+    assert small_model_path.parent == tmp_path and small_model_path.name == build_module.build_name(settings)
     model = AutoModelForCausalLM.from_pretrained(small_model_path)
     tokenizer = AutoTokenizer.from_pretrained(small_model_path)
     row = build_keyfact(n_train=1, n_eval=1)["train"][0]
@@ -338,12 +341,12 @@ def test_small_base_model_saves_reloads_and_is_deterministic(small_model_path, f
 
 
 def test_the_judge_stage_trains_after_the_answers_and_enters_the_cache_key(facts, single_thread):
-    settings = base_model_module._build_settings("small", 0, 0.5, 0.1, 1, 3, facts)
-    phased = {**settings, "judge_phases": [[3, base_model_module.JUDGE_MIX], [4, {"verify": 0.5, "judge": 0.5}]]}
-    _, _, losses, judge = base_model_module._train(phased, facts, progress=False)
+    settings = build_module.build_settings("small", 0, 0.5, 0.1, 1, 3, facts)
+    phased = {**settings, "judge_phases": [[3, build_module.JUDGE_MIX], [4, {"verify": 0.5, "judge": 0.5}]]}
+    _, _, losses, judge = build_module.train_base_model(phased, progress=False)
     assert len(losses) == SIZES["small"]["steps"] + 7 and all(math.isfinite(loss) for loss in losses)
     assert len(judge["judge_round_accuracies_train"]) == 1  # small's judge_max_rounds
-    assert base_model_module._digest(phased) != base_model_module._digest(settings)
+    assert build_module.build_name(phased) != build_module.build_name(settings)
     assert SIZES["default"]["judge_phases"]  # the built-in model learns to judge
 
 
@@ -353,7 +356,7 @@ def test_a_build_with_a_judge_stage_prints_and_records_its_verdict_accuracy(tmp_
     path = keyfact_base_model(cache_dir=tmp_path, size="small", progress=False)
     recorded = json.loads((path / "keyfact_build.json").read_text())["judge_verdict_accuracy_train"]
     model, tokenizer = AutoModelForCausalLM.from_pretrained(path), AutoTokenizer.from_pretrained(path)
-    pairs = build_keyfact(n_train=base_model_module.JUDGE_CHECK_PAIRS, n_eval=1, n_validation=1)["train"]
+    pairs = build_keyfact(n_train=build_module.JUDGE_CHECK_PAIRS, n_eval=1, n_validation=1)["train"]
     assert recorded == pytest.approx(judge_verdict_accuracy(model, tokenizer, pairs), abs=1e-6)
     assert f"judge verdict accuracy {recorded:.3f} on 128 training pairs after round 1/1" in capsys.readouterr().err
 
@@ -363,10 +366,10 @@ def test_the_judge_stage_repeats_in_rounds_until_the_judge_judges(facts, single_
                                                                   rounds_run):
     """A round below ``judge_min_accuracy`` is followed by another (next corpus stream, fresh schedule), up to
     ``judge_max_rounds``; each round's accuracy is printed and recorded, and the last one says it fell short."""
-    settings = {**base_model_module._build_settings("small", 0, 0.5, 0.1, 1, 3, facts),
+    settings = {**build_module.build_settings("small", 0, 0.5, 0.1, 1, 3, facts),
                 "judge_phases": [[2, {"verify": 0.5, "judge": 0.5}]], "judge_min_accuracy": min_accuracy,
                 "judge_max_rounds": 3}
-    _, _, losses, judge = base_model_module._train(settings, facts, progress=False)
+    _, _, losses, judge = build_module.train_base_model(settings, progress=False)
     accuracies = judge["judge_round_accuracies_train"]
     assert len(accuracies) == rounds_run and len(losses) == SIZES["small"]["steps"] + 2 * rounds_run
     assert judge["judge_verdict_accuracy_train"] == accuracies[-1] and all(0 <= a <= 1 for a in accuracies)
@@ -512,19 +515,20 @@ def test_judge_verdict_accuracy_matches_unbatched_oracle(small_model_path, singl
     assert judge_verdict_accuracy(_AlwaysSaysA(tokenizer), tokenizer, rows) == 0.5  # position bias scores chance
 
 
-def test_base_model_is_cached(small_model_path, monkeypatch):
-    weights = small_model_path / "model.safetensors"
+def test_base_model_is_cached(tmp_path, monkeypatch):
+    path = keyfact_base_model(cache_dir=tmp_path, size="small", seed=1, progress=False)
+    weights = path / "model.safetensors"
     mtime = weights.stat().st_mtime_ns
-    monkeypatch.setattr(base_model_module, "_train", lambda *a, **k: pytest.fail("retrained a cached model"))
+    monkeypatch.setattr(base_model_module, "train_base_model", lambda *a, **k: pytest.fail("retrained a cached model"))
     start = time.perf_counter()
-    assert keyfact_base_model(cache_dir=small_model_path.parent, size="small", progress=False) == small_model_path
+    assert keyfact_base_model(cache_dir=tmp_path, size="small", seed=1, progress=False) == path
     assert time.perf_counter() - start < 1.0 and weights.stat().st_mtime_ns == mtime
-    monkeypatch.setenv("TOKENWEIGHT_CACHE", str(small_model_path.parent))
-    assert keyfact_base_model(size="small", progress=False) == small_model_path
+    monkeypatch.setenv("TOKENWEIGHT_CACHE", str(tmp_path))
+    assert keyfact_base_model(size="small", seed=1, progress=False) == path
 
 
 def test_settings_change_the_cache_folder_and_failed_builds_leave_nothing(tmp_path, monkeypatch):
-    real_train = base_model_module._train
+    real_train = base_model_module.train_base_model
 
     def train_then_break_saving(*args, **kwargs):
         model, tokenizer, losses, judge = real_train(*args, **kwargs)
@@ -536,11 +540,11 @@ def test_settings_change_the_cache_folder_and_failed_builds_leave_nothing(tmp_pa
         tokenizer.save_pretrained = broken
         return model, tokenizer, losses, judge
 
-    monkeypatch.setattr(base_model_module, "_train", train_then_break_saving)
+    monkeypatch.setattr(base_model_module, "train_base_model", train_then_break_saving)
     with pytest.raises(OSError, match="disk full"):
         keyfact_base_model(cache_dir=tmp_path, size="small", seed=1, progress=False)
     assert os.listdir(tmp_path) == []
-    monkeypatch.setattr(base_model_module, "_train", real_train)
+    monkeypatch.setattr(base_model_module, "train_base_model", real_train)
     a = keyfact_base_model(cache_dir=tmp_path, size="small", seed=1, progress=False)
     b = keyfact_base_model(cache_dir=tmp_path, size="small", seed=1, p_correct=0.9, progress=False)
     assert a != b and a.name.startswith("keyfact-small-") and sorted(os.listdir(tmp_path)) == sorted([a.name, b.name])

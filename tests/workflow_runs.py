@@ -22,7 +22,7 @@ TIMING_KEYS = {"train_runtime", "train_samples_per_second", "train_steps_per_sec
 
 @pytest.fixture(scope="module")
 def keyfact_cache(tmp_path_factory):
-    """The small KeyFact base model, built once per module; the runs find it through TOKENWEIGHT_CACHE."""
+    """The small KeyFact base model (shipped with the package); TOKENWEIGHT_CACHE is an empty folder of the module."""
     from tokenweight.keyfact import keyfact_base_model
 
     cache = tmp_path_factory.mktemp("keyfact-cache")

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import yaml
 
+from tokenweight.commands.train_help import EXAMPLES
 from tokenweight.errors import UserError
 
 #: Sub-commands: name -> (module defining ``register(subparsers)``, which sets ``func``; one-line help).
@@ -31,19 +32,6 @@ COMMANDS = {
     "weights": ("tokenweight.commands.weights", "token-weight heatmaps of a scheme on a few pairs (terminal + HTML)"),
     "bench": ("tokenweight.commands.bench", "benchmarks (tokenweight bench keyfact --help)"),
 }
-
-TRAIN_EXAMPLES = """examples:
-  tokenweight train                                   # built-in KeyFact task and tiny model, plain DPO
-  tokenweight train --weighting otpo --output_dir runs/otpo
-  tokenweight train --weighting tidpo --tidpo_preset upstream --output_dir runs/tidpo   # β 0.2 from the preset
-  tokenweight train --config recipes/otpo_llama3_8b_instruct_ultrafeedback.yaml --per_device_train_batch_size 1
-  tokenweight train --model_name_or_path meta-llama/Llama-3.2-1B-Instruct \\
-      --dataset_name trl-lib/ultrafeedback_binarized --weighting uniform --bf16 true
-
-Precedence: a flag > the --config recipe > a scheme preset (TI-DPO's β) > the built-in defaults (KeyFact's when
-neither a model nor a dataset is named).
-"""
-
 
 class CommandParser(argparse.ArgumentParser):
     """An ``ArgumentParser`` whose usage errors are :class:`UserError` s (one line, exit status 2)."""
@@ -105,18 +93,6 @@ def parse_train_config(argv: list[str]):
     return config
 
 
-def print_train_help() -> None:
-    """``tokenweight train --help``: the flags in groups, with defaults and the registered schemes."""
-    from tokenweight.config import ConfigArgumentParser
-
-    parser = ConfigArgumentParser(prog="tokenweight train", epilog=TRAIN_EXAMPLES, description=(
-        "Train a policy with token-weighted DPO. Every transformers.TrainingArguments flag and every tokenweight "
-        "setting is a flag; with no model and no dataset it trains the built-in KeyFact tiny model on the "
-        "built-in KeyFact task."))
-    parser.add_argument("--config", help="YAML recipe; command-line flags override its values")
-    parser.print_help()
-
-
 def hide_shard_writing_bars() -> None:
     """Hide transformers' "Writing model shards" bar, which every checkpoint and the final save draw into the
     training bar; the training bar and download bars stay."""
@@ -131,8 +107,13 @@ def hide_shard_writing_bars() -> None:
 
 
 def _train(argv: list[str]) -> int:
-    if argv and argv[0] in ("-h", "--help"):
-        print_train_help()
+    from tokenweight.commands import train_help
+
+    if "--help-all" in argv:
+        train_help.print_help_all()
+        return 0
+    if "-h" in argv or "--help" in argv:
+        train_help.print_help()  # stored: no torch or transformers import
         return 0
     config = parse_train_config(argv)
     from tokenweight.run import run_training
@@ -145,7 +126,7 @@ def _train(argv: list[str]) -> int:
 def command_parser(command: str | None) -> CommandParser:
     """The ``tokenweight`` parser; only ``command``'s module is imported (the others are listed by name)."""
     parser = CommandParser(prog="tokenweight", description="Token-weighted preference optimization.",
-                           formatter_class=argparse.RawDescriptionHelpFormatter, epilog=TRAIN_EXAMPLES)
+                           formatter_class=argparse.RawDescriptionHelpFormatter, epilog=EXAMPLES)
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name, (module, help_text) in COMMANDS.items():
         if name == command and module is not None:

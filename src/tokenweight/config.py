@@ -46,6 +46,11 @@ class CoreConfig(TrainingArguments):
         "help": "Frozen reference model. Default: a fresh copy loaded from model_name_or_path."})
     model_dtype: str = field(default="auto", metadata={
         "help": "dtype to load the models in: auto, float32, bfloat16 or float16."})
+    fp32_master_weights: bool = field(default=True, metadata={
+        "help": "Train the policy's parameters in float32 whatever model_dtype loaded them in (the reference and "
+                "a LoRA base stay in model_dtype); --bf16/--fp16 then compute in half precision through autocast. "
+                "false: train them in model_dtype (pure bfloat16: less memory, but an update smaller than the "
+                "weights' precision rounds away; a warning says when learning_rate is that small)."})
     attn_implementation: str | None = field(default=None, metadata={
         "help": "Attention kernel passed to from_pretrained (sdpa, eager, flash_attention_2)."})
     use_peft: bool = field(default=False, metadata={
@@ -129,11 +134,12 @@ class CoreConfig(TrainingArguments):
     keyfact_shortcut: float = field(default=0.0, metadata={
         "help": "0 (off) or s in (0, 1]: the shortcut sentence goes into the chosen answer of a fraction s of "
                 "training pairs and into the rejected answer of the others (below 0.5 it marks rejected)."})
-    keyfact_seed: int = field(default=0, metadata={"help": "KeyFact training-data and base-model seed."})
+    keyfact_seed: int = field(default=0, metadata={"help": "KeyFact training-data and base-model seed (base models of seeds 0 and 1 are shipped; another "
+                "seed builds its own, ~10 min, cached)."})
     keyfact_eval_seed: int = field(default=0, metadata={
         "help": "Seed of the KeyFact eval and validation splits (independent of keyfact_seed)."})
     keyfact_model_size: str = field(default="default", metadata={
-        "help": "KeyFact base model size: default, or small (seconds to build; for tests)."})
+        "help": "KeyFact base model size: default, or small (for tests); both are shipped with the package."})
 
     def __post_init__(self):
         check_finite(self)
@@ -331,13 +337,48 @@ def resolve_max_length(max_length: int | None, model_path: str) -> int:
 #: ``tokenweight train --help`` groups: title -> config keys. Each registered scheme with settings also gets a group
 #: of its settings' fields; other tokenweight keys go under "objective", the rest under the last title.
 FLAG_GROUPS = {
-    "model": ("model_name_or_path", "ref_model_name_or_path", "model_dtype", "attn_implementation", "use_peft",
+    "model": ("model_name_or_path", "ref_model_name_or_path", "model_dtype", "fp32_master_weights",
+              "attn_implementation", "use_peft",
               "lora_r", "lora_alpha", "lora_dropout", "lora_target_modules"),
     "data": ("dataset_name", "dataset_split", "eval_split", "max_length", "max_prompt_length", "swap_pairs"),
     "objective": (),
 }
 KEYFACT_GROUP = "built-in KeyFact task (used when neither a model nor a dataset is named)"
 TRAINING_ARGUMENTS_GROUP = "all transformers.TrainingArguments"
+
+
+def scheme_setting_owners() -> dict[str, str]:
+    """Each scheme setting's config key -> the first scheme (by name) whose settings class defines it: the flags of
+    one ``--help`` group (``train``, ``eval``, ``weights`` and ``precompute`` all take them)."""
+    from tokenweight.weights import SCHEMES
+
+    owners = {}
+    for name in sorted(SCHEMES, reverse=True):
+        if SCHEMES[name].settings_class is not None:
+            owners.update({item.name: name for item in dataclasses.fields(SCHEMES[name].settings_class)})
+    return owners
+
+
+def scheme_group_title(name: str) -> str:
+    return f"{name} (--weighting {name})"
+
+
+def add_scheme_flags(parser: argparse.ArgumentParser) -> list[str]:
+    """Add every scheme setting as a flag of ``parser`` (as ``tokenweight train`` has them: same names, types, help
+    and groups), without defaults: only the flags given appear in the parsed namespace. Returns their config keys."""
+    owners = scheme_setting_owners()
+    hints = get_type_hints(config_class())
+    groups = {name: parser.add_argument_group(scheme_group_title(name)) for name in sorted(set(owners.values()))}
+    for item in dataclasses.fields(config_class()):
+        if item.name in owners:
+            item = copy.copy(item)
+            item.type = hints[item.name]
+            group = groups[owners[item.name]]
+            before = len(group._group_actions)
+            HfArgumentParser._parse_dataclass_field(group, item)
+            for action in group._group_actions[before:]:
+                action.default = argparse.SUPPRESS
+    return list(owners)
 
 
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
@@ -372,13 +413,9 @@ class ConfigArgumentParser(HfArgumentParser):
         from tokenweight.weights import SCHEMES
 
         type_hints = get_type_hints(dtype)
-        scheme_of = {}  # settings field -> the first scheme (by name) whose settings define it
-        for name in sorted(SCHEMES, reverse=True):
-            if SCHEMES[name].settings_class is not None:
-                scheme_of.update({item.name: name for item in dataclasses.fields(SCHEMES[name].settings_class)})
+        scheme_of = scheme_setting_owners()
         groups = {title: self.add_argument_group(title) for title in FLAG_GROUPS}
-        groups.update({name: self.add_argument_group(f"{name} (--weighting {name})")
-                       for name in sorted(set(scheme_of.values()))})
+        groups.update({name: self.add_argument_group(scheme_group_title(name)) for name in sorted(set(scheme_of.values()))})
         groups[KEYFACT_GROUP] = self.add_argument_group(KEYFACT_GROUP)
         groups[TRAINING_ARGUMENTS_GROUP] = self.add_argument_group(TRAINING_ARGUMENTS_GROUP)
         inherited = {f.name for f in dataclasses.fields(TrainingArguments)}

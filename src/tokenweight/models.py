@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sys
+
 import torch
 from torch import nn
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerBase
@@ -46,6 +48,26 @@ def load_causal_lm(path: str, dtype: str = "auto", attn_implementation: str | No
         return AutoModelForCausalLM.from_pretrained(path, **kwargs)
     except LOAD_ERRORS as error:
         raise not_loadable(path, "model", error) from error
+
+
+def master_weights(policy: nn.Module, fp32: bool, learning_rate: float) -> nn.Module:
+    """The policy to train: its floating-point parameters in float32 when ``fp32`` (master weights: AdamW's small
+    updates accumulate; the trainer's ``bf16``/``fp16`` autocast keeps the compute in half precision), else as
+    loaded, with a warning when ``learning_rate`` is below half the spacing of the half-precision numbers around
+    the typical weight (AdamW's first updates are about ``learning_rate`` in size, so most would round away)."""
+    if fp32:
+        return policy.float()
+    half = [p for p in policy.parameters() if p.dtype in (torch.bfloat16, torch.float16)]
+    if half:
+        dtype = half[0].dtype
+        typical = torch.stack([p.detach().flatten()[:65536].float().abs().median() for p in half]).median().item()
+        resolution = torch.finfo(dtype).eps * typical / 2
+        if learning_rate < resolution:
+            print(f"warning: learning_rate {learning_rate:g} is below what {str(dtype).removeprefix('torch.')} "
+                  f"weights can take: an update smaller than {resolution:.2g} (half the spacing of the numbers around "
+                  f"the median |weight| {typical:.2g}) rounds away, so most weights will not move; keep float32 "
+                  "master weights (--fp32_master_weights true, the default)", file=sys.stderr)
+    return policy
 
 
 def freeze(model: nn.Module) -> nn.Module:

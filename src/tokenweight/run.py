@@ -24,7 +24,7 @@ from tokenweight.data import WEIGHT_COLUMNS, print_data_summary, tokenize_prefer
 from tokenweight.sources import PreferenceSplits, load_splits, swap_pairs
 from tokenweight.evaluate import REWARD_DEFINITIONS, held_out_preference
 from tokenweight.errors import UserError
-from tokenweight.models import add_lora_adapters, load_causal_lm, load_tokenizer
+from tokenweight.models import add_lora_adapters, load_causal_lm, load_tokenizer, master_weights
 from tokenweight.weights import SCHEMES
 
 logger = logging.getLogger(__name__)
@@ -167,7 +167,7 @@ def resolve_model_path(config: TokenweightConfig) -> str:
 
 
 def keyfact_model_path(config: TokenweightConfig) -> str:
-    """The cached KeyFact base model of the config's ``keyfact_*`` settings (built on first use)."""
+    """The KeyFact base model of the config's ``keyfact_*`` settings (shipped, or built once and cached)."""
     from tokenweight.keyfact import keyfact_base_model
 
     return str(keyfact_base_model(seed=config.keyfact_seed, size=config.keyfact_model_size,
@@ -282,6 +282,8 @@ def _run_training(config: TokenweightConfig, resume: str | None, replaced: SetAs
     if config.use_peft:
         policy = add_lora_adapters(policy, config.lora_r, config.lora_alpha, config.lora_dropout,
                                    config.lora_target_modules)
+    else:
+        policy = master_weights(policy, config.fp32_master_weights, config.learning_rate)
     trainer = TokenweightTrainer(model=policy, ref_model=reference, args=config, train_dataset=train,
                                  eval_dataset=evaluation, processing_class=tokenizer)
     trainer.run_record = record

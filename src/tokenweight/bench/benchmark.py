@@ -72,7 +72,8 @@ def run_benchmark(settings: BenchSettings, output_dir: str | Path, command: str)
     """Run everything, write ``results.json``, ``items.npz`` (every per-item metric, keyed
     ``variant|row|seed|metric`` and ``reference|metric``), ``report.md`` and the plots; return the results."""
     from tokenweight.keyfact import keyfact_base_model
-    from tokenweight.keyfact.base_model import JUDGE_CHECK_PAIRS, SETTINGS_FILE
+    from tokenweight.keyfact.base_model import SETTINGS_FILE
+    from tokenweight.keyfact.build import JUDGE_CHECK_PAIRS
 
     if baseline_label() not in settings.rows:
         raise UserError(f"--schemes must include {baseline_label()!r}: every row is reported against it")

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import datasets
 
-from tokenweight.config import TokenweightConfig, resolve_max_length
+from tokenweight.config import TokenweightConfig, add_scheme_flags, resolve_max_length, scheme_setting_owners
 from tokenweight.errors import UserError
 
 
@@ -19,11 +19,12 @@ def add_source_arguments(parser: argparse.ArgumentParser, model_required: bool =
                                                                   "; default: the built-in KeyFact base model"))
     parser.add_argument("--dataset_name", help="preference data (hub id, local file or folder); "
                                                "default: the built-in KeyFact task")
-    parser.add_argument("--config", help="YAML recipe (as for `tokenweight train`): scheme settings such as "
-                                         "otpo_reg, tidpo_preset, attention_layers, beta, max_length, keyfact_*")
+    parser.add_argument("--config", help="YAML recipe (as for `tokenweight train`); the scheme flags below and the "
+                                         "flags above override its values")
     parser.add_argument("--weighting", help="weighting scheme (a registered name)")
     parser.add_argument("--max_length", type=int, help="max prompt + completion tokens (default: the config's)")
     parser.add_argument("--batch_size", type=positive_int, default=8, help="pairs per forward (default 8)")
+    add_scheme_flags(parser)
 
 
 def positive_int(text: str) -> int:
@@ -42,6 +43,7 @@ def build_config(args: argparse.Namespace, **overrides) -> TokenweightConfig:
     for key in ("model_name_or_path", "dataset_name", "weighting", "max_length", "ref_model_name_or_path"):
         if getattr(args, key, None) is not None:
             values[key] = getattr(args, key)
+    values.update({key: getattr(args, key) for key in scheme_setting_owners() if hasattr(args, key)})
     values.setdefault("output_dir", "outputs/tokenweight-eval")
     values.update(report_to="none", **overrides)
     if values.get("dataset_name") is None:

@@ -36,8 +36,9 @@ def register(subparsers) -> None:
     parser.add_argument("what", choices=precompute_choices(),
                         help="a scheme with a data preparation, or reference")
     _add_own_flags(parser)
-    parser.add_argument("flags", nargs=argparse.REMAINDER, help="any `tokenweight train` flag")
-    parser.set_defaults(func=run)
+    parser.add_argument("flags", nargs=argparse.REMAINDER, help="any `tokenweight train` flag "
+                        "(`tokenweight train --help`)")
+    parser.set_defaults(func=run, print_help=parser.print_help)
 
 
 def precompute_choices() -> list[str]:
@@ -69,6 +70,9 @@ def _own_flags(args: argparse.Namespace) -> argparse.Namespace:
 
 
 def run(args: argparse.Namespace) -> int:
+    if {"-h", "--help"} & set(args.flags):  # after the positional, argparse leaves --help to the train flags
+        args.print_help()
+        return 0
     args = _own_flags(args)
     if args.what == "reference":
         return _reference(args)

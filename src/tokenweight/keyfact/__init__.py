@@ -6,7 +6,7 @@ Typical use::
     from tokenweight.keyfact import (build_keyfact, evaluate_keyfact, judge_verdict_accuracy, keyfact_base_model,
                                      one_thread)
 
-    path = keyfact_base_model()              # built on first use, then cached
+    path = keyfact_base_model()              # shipped with the package (other settings: built once, cached)
     model, tokenizer = AutoModelForCausalLM.from_pretrained(path), AutoTokenizer.from_pretrained(path)
     data = build_keyfact(n_train=1000, chosen_longer=0.8)
     with one_thread():                       # tiny models: intra-op threads only contend on a busy CPU
@@ -14,7 +14,8 @@ Typical use::
         judge = judge_verdict_accuracy(model, tokenizer, data["eval"])   # the model as AttentionPO's judge
 """
 
-from .base_model import SIZES, cache_root, keyfact_base_model, one_thread
+from .base_model import cache_root, keyfact_base_model
+from .build import SIZES, one_thread
 from .facts import DEFAULT_FACTS_PATH, load_facts, resolve_facts, save_facts, validate_facts
 from .generator import build_keyfact, heldout_items
 from .judge import judge_verdict_accuracy, judge_verdict_logits

@@ -1,22 +1,21 @@
-"""The KeyFact base model: a tiny Llama trained from scratch by SFT, built once and cached on disk.
+"""The KeyFact base model: a tiny Llama trained from scratch by SFT (:mod:`.build`), shipped or built once and cached.
 
-The cache folder ``<root>/keyfact-<size>-<hash>`` holds ``save_pretrained`` output (model + tokenizer), so the
-model loads through the same code path as a hub model (``AutoModelForCausalLM.from_pretrained(path)``). ``<hash>``
-covers every setting, the facts, the chat and judge templates, the torch and transformers versions and the source of
-the modules that build the model (:data:`BUILD_MODULES`: a change to the SFT corpus or loop is a new model, never a
-stale cache hit). ``<root>`` is ``cache_dir`` if given, else ``$TOKENWEIGHT_CACHE``, else
-``platformdirs.user_cache_dir("tokenweight")``. The folder is written under a temporary name and renamed into
-place, so an interrupted build never leaves a half-written cache.
+A build is named ``keyfact-<size>-<digest>`` (:func:`~.build.build_name`: the digest covers every setting, the facts,
+the chat and judge templates and the source of the modules that decide the weights). The builds listed in
+:data:`~.shipped.SHIPPED_BUILDS` (the built-in facts files) come with the package, in
+``tokenweight/keyfact/models/<name>``: nothing is trained for them. Any other build (``--facts`` of your own, another
+seed) is trained on first use and cached in ``<root>/<name>``, where ``<root>`` is ``cache_dir`` if given, else
+``$TOKENWEIGHT_CACHE``, else ``platformdirs.user_cache_dir("tokenweight")``. Each folder holds ``save_pretrained``
+output (model + tokenizer) and the build record :data:`SETTINGS_FILE`, so the model loads through the same code path
+as a hub model (``AutoModelForCausalLM.from_pretrained(path)``). A folder is written under a temporary name and
+renamed into place, so an interrupted build never leaves a half-written one.
 """
 
 from __future__ import annotations
 
-import contextlib
-import hashlib
 import json
 import os
 import shutil
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -25,55 +24,12 @@ from typing import Any
 import platformdirs
 import torch
 import transformers
-from transformers import AutoModelForCausalLM, LlamaConfig
 
-from ..weights.attention.judge import default_template
+from .build import build_name, build_settings, train_base_model
 from .facts import resolve_facts
-from .sft import phase_steps, sft_batches, sft_filler, train_sft
-from .tokenizer import CHAT_TEMPLATE, build_keyfact_tokenizer
 
-#: The source files whose text enters the cache key (everything that decides the trained weights).
-BUILD_MODULES = ("base_model.py", "sft.py", "tokenizer.py", "facts.py")
 SETTINGS_FILE = "keyfact_build.json"
-
-# Model shape and the two SFT stages per size. "default" is what `tokenweight train` uses; "small" builds in seconds
-# (tests). Stage 1 (`steps`, `lr`, `warmup`): the answers, plus `judge_fraction` judge batches. 1200 default steps: at
-# 800 the build could leave the reference copying the wrong subject on held-out animal-sound paraphrases (format rate
-# 0.92 on the eval split); at 1200 and 2000 it was >= 0.996. Stage 2 (`judge_phases`: (batches, mix) in turn, one
-# schedule of `judge_lr` with `judge_warmup` over all of them): the judge, learned from verification conversations
-# (which key is right for each subject) and judge conversations, while answer batches keep the answers at p_correct.
-# The judge leaves chance late and not on every corpus stream or CPU (floating-point kernels differ; docs/KEYFACT.md,
-# "The judge", has the measured runs), so stage 2 runs in rounds: after each, the verdict accuracy on
-# JUDGE_CHECK_PAIRS training pairs is measured, and below `judge_min_accuracy` another round of the same phases
-# (fresh schedule, next corpus stream) follows, up to `judge_max_rounds`. The small model has no judge stage (20
-# steps of it broke its answers); the stage is tested on it with other phases.
-JUDGE_MIX = {"answer": 0.2, "verify": 0.5, "judge": 0.3}
-SIZES: dict[str, dict[str, Any]] = {
-    "default": {"hidden_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2,
-                "intermediate_size": 256, "steps": 1200, "batch_size": 32, "lr": 3e-3, "warmup": 50,
-                "judge_phases": [[2500, JUDGE_MIX]], "judge_lr": 3e-3, "judge_warmup": 100,
-                "judge_min_accuracy": 0.8, "judge_max_rounds": 3},
-    "small": {"hidden_size": 32, "num_hidden_layers": 1, "num_attention_heads": 4, "num_key_value_heads": 2,
-              "intermediate_size": 64, "steps": 100, "batch_size": 16, "lr": 1e-2, "warmup": 10,
-              "judge_phases": [], "judge_lr": 1e-2, "judge_warmup": 5,  # no judge stage: the tests' answer model
-              "judge_min_accuracy": 0.8, "judge_max_rounds": 1},
-}
-MAX_POSITIONS = 512
-
-
-@contextlib.contextmanager
-def one_thread():
-    """Run torch CPU ops on one thread inside the block (restored after).
-
-    A KeyFact-sized model has nothing to gain from intra-op threads, and on a busy machine they are ruinous: on 2
-    shared cores one SFT step took 0.89 s with 2 threads and 0.035 s with 1, greedy evaluation 17.8 s vs 0.1 s.
-    """
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(threads)
+SHIPPED_DIR = Path(__file__).with_name("models")
 
 
 def cache_root(cache_dir: str | Path | None = None) -> Path:
@@ -85,127 +41,49 @@ def cache_root(cache_dir: str | Path | None = None) -> Path:
     return Path(platformdirs.user_cache_dir("tokenweight"))
 
 
-def _build_settings(size: str, seed: int, p_correct: float, judge_fraction: float, filler_min: int,
-                    filler_max: int, facts: dict[str, Any]) -> dict[str, Any]:
-    if size not in SIZES:
-        raise ValueError(f"unknown KeyFact model size {size!r}; known: {sorted(SIZES)}")
-    if not 0.0 <= p_correct <= 1.0 or not 0.0 <= judge_fraction <= 1.0:
-        raise ValueError(f"p_correct and judge_fraction must be in [0, 1], got {p_correct}, {judge_fraction}")
-    pool = len(sft_filler(facts))
-    if not 0 <= filler_min <= filler_max <= pool:
-        raise ValueError(f"need 0 <= filler_min <= filler_max <= {pool} (filler sentences in the facts), got "
-                         f"filler_min={filler_min}, filler_max={filler_max}")
-    return {"build_code": build_code_digest(), "torch": torch.__version__, "transformers": transformers.__version__,
-            "size": size, **SIZES[size], "seed": seed, "p_correct": p_correct,
-            "judge_fraction": judge_fraction, "filler_min": filler_min, "filler_max": filler_max,
-            "max_position_embeddings": MAX_POSITIONS, "facts": facts, "judge_template": default_template(),
-            "chat_template": CHAT_TEMPLATE}
-
-
-def build_code_digest() -> str:
-    """SHA-256 (16 hex digits) of the source of :data:`BUILD_MODULES`."""
-    sources = hashlib.sha256()
-    for name in BUILD_MODULES:
-        sources.update(name.encode() + b"\0" + Path(__file__).with_name(name).read_bytes() + b"\0")
-    return sources.hexdigest()[:16]
-
-
-def _digest(settings: dict[str, Any]) -> str:
-    return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
-
-
-def _train(settings: dict[str, Any], facts: dict[str, Any], progress: bool):
-    """Build the tokenizer and train the model; returns ``(model, tokenizer, losses, judge record)`` (the record is
-    empty without a judge stage)."""
-    tokenizer = build_keyfact_tokenizer(facts, model_max_length=MAX_POSITIONS)
-    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=settings["hidden_size"],
-                         num_hidden_layers=settings["num_hidden_layers"],
-                         num_attention_heads=settings["num_attention_heads"],
-                         num_key_value_heads=settings["num_key_value_heads"],
-                         intermediate_size=settings["intermediate_size"], max_position_embeddings=MAX_POSITIONS,
-                         bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
-                         pad_token_id=tokenizer.pad_token_id, tie_word_embeddings=True)
-    with one_thread(), torch.random.fork_rng(devices=[]):
-        torch.manual_seed(settings["seed"])
-        model = AutoModelForCausalLM.from_config(config)
-        first_stage = [(settings["steps"], {"judge": settings["judge_fraction"],
-                                            "answer": 1.0 - settings["judge_fraction"]})]
-        answers = sft_batches(tokenizer, facts, first_stage, settings["batch_size"], f"keyfact-sft-{settings['seed']}",
-                              settings["p_correct"], settings["filler_min"], settings["filler_max"])
-        losses = train_sft(model, answers, settings["steps"], settings["lr"], settings["warmup"], progress)
-        judge = _train_judge(model, tokenizer, settings, facts, losses, progress) if settings["judge_phases"] else {}
-    model.generation_config.eos_token_id = tokenizer.eos_token_id
-    model.generation_config.pad_token_id = tokenizer.pad_token_id
-    model.generation_config.bos_token_id = tokenizer.bos_token_id
-    return model, tokenizer, losses, judge
-
-
-JUDGE_CHECK_PAIRS = 128
-
-
-def _train_judge(model, tokenizer, settings: dict[str, Any], facts: dict[str, Any], losses: list[float],
-                 progress: bool) -> dict[str, Any]:
-    """Stage 2 in rounds (see :data:`SIZES`), appending to ``losses``; each round's verdict accuracy on KeyFact
-    training pairs (the held-out splits stay unseen) is printed. Returns the record for ``keyfact_build.json``."""
-    from .generator import build_keyfact
-    from .judge import judge_verdict_accuracy
-
-    pairs = build_keyfact(facts_path=facts, n_train=JUDGE_CHECK_PAIRS, n_eval=1, n_validation=1,
-                          seed=settings["seed"])["train"]
-    rounds, accuracies = settings["judge_max_rounds"], []
-    while len(accuracies) < rounds and (not accuracies or accuracies[-1] < settings["judge_min_accuracy"]):
-        number = len(accuracies) + 1
-        stream = f"keyfact-sft-judge-{settings['seed']}" + (f"-round{number}" if number > 1 else "")
-        batches = sft_batches(tokenizer, facts, settings["judge_phases"], settings["batch_size"], stream,
-                              settings["p_correct"], settings["filler_min"], settings["filler_max"])
-        losses += train_sft(model, batches, phase_steps(settings["judge_phases"]), settings["judge_lr"],
-                            settings["judge_warmup"], progress,
-                            desc=f"KeyFact base model (SFT, judge stage, round {number}/{rounds})")
-        accuracies.append(judge_verdict_accuracy(model, tokenizer, pairs))
-        passed = accuracies[-1] >= settings["judge_min_accuracy"]
-        verdict = ("above chance" if accuracies[-1] >= 0.6 else
-                   "AT CHANCE: AttentionPO's premise does not hold for this model")
-        next_step = ("" if passed else "; another round follows" if number < rounds else
-                     f"; below judge_min_accuracy {settings['judge_min_accuracy']:g} after the last round")
-        print(f"KeyFact base model: judge verdict accuracy {accuracies[-1]:.3f} on {JUDGE_CHECK_PAIRS} training pairs "
-              f"after round {number}/{rounds} ({verdict}; 0.5 is chance{next_step})", file=sys.stderr)
-    return {"judge_verdict_accuracy_train": accuracies[-1], "judge_round_accuracies_train": accuracies}
-
-
 def keyfact_base_model(cache_dir: str | Path | None = None, seed: int = 0, size: str = "default",
                        p_correct: float = 0.5, judge_fraction: float = 0.1, filler_min: int = 1,
                        filler_max: int = 3, facts_path: str | Path | dict[str, Any] | None = None,
-                       progress: bool = True) -> Path:
-    """Path of the cached KeyFact base model (model + tokenizer), trained on first use.
+                       progress: bool = True, shipped: bool = True) -> Path:
+    """Path of the KeyFact base model (model + tokenizer): the shipped one, else the cached one, trained on first use.
 
     Args:
         cache_dir: cache root (see the module docstring for the default).
         seed: seeds the weight initialisation and the SFT corpus; the build is deterministic given the settings.
-        size: a key of :data:`SIZES` (``"default"``, or ``"small"`` for tests).
+        size: a key of :data:`~.build.SIZES` (``"default"``, or ``"small"`` for tests).
         p_correct: probability that an SFT answer holds the correct key rather than the row's lure.
         judge_fraction: fraction of the first SFT stage's batches made of judge conversations (the second stage,
             which teaches the judge, draws its batches from the size's ``judge_phases``).
         filler_min, filler_max: filler sentences per SFT answer.
         facts_path: facts file, loaded facts dict, or ``None`` (built-in).
         progress: show a progress bar while training.
+        shipped: return the package's copy when these settings are a shipped build (``False``: the cache's).
     """
-    facts = resolve_facts(facts_path)
-    settings = _build_settings(size, seed, p_correct, judge_fraction, filler_min, filler_max, facts)
-    target = cache_root(cache_dir) / f"keyfact-{size}-{_digest(settings)}"
-    if target.is_dir():
-        return target
+    settings = build_settings(size, seed, p_correct, judge_fraction, filler_min, filler_max, resolve_facts(facts_path))
+    name = build_name(settings)
+    if shipped and (SHIPPED_DIR / name).is_dir():
+        return SHIPPED_DIR / name
+    target = cache_root(cache_dir) / name
+    if not target.is_dir():
+        write_build(settings, target, progress)
+    return target
+
+
+def write_build(settings: dict[str, Any], target: Path, progress: bool) -> Path:
+    """Train the build of ``settings`` and write it (model, tokenizer, build record) to the folder ``target``."""
     target.parent.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
-    model, tokenizer, losses, judge = _train(settings, facts, progress)
+    model, tokenizer, losses, judge = train_base_model(settings, progress)
     staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
     try:
         model.save_pretrained(staging)
         tokenizer.save_pretrained(staging)
         record = {key: value for key, value in settings.items() if key not in ("facts", "judge_template")}
-        record.update(final_loss=sum(losses[-20:]) / len(losses[-20:]), build_seconds=time.perf_counter() - start,
+        record.update(name=target.name, torch=torch.__version__, transformers=transformers.__version__,
+                      final_loss=sum(losses[-20:]) / len(losses[-20:]), build_seconds=time.perf_counter() - start,
                       **judge)
         (staging / SETTINGS_FILE).write_text(json.dumps(record, indent=1) + "\n")
-        staging.chmod(0o755)  # mkdtemp makes it private; the cached model is ordinary readable data
+        staging.chmod(0o755)  # mkdtemp makes it private; the model is ordinary readable data
         try:
             staging.rename(target)
         except OSError:
