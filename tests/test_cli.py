@@ -87,17 +87,20 @@ def test_eval_weights_and_precompute_take_the_scheme_flags_of_train(tmp_path):
     from tokenweight.commands.precompute import _own_flags
 
     recipe = tmp_path / "r.yaml"
-    recipe.write_text("weighting: otpo\notpo_reg: 0.2\ntidpo_lambda: 0.7\n")
-    flags = ["--config", str(recipe), "--otpo_reg", "0.37", "--otpo_reg_m", "0.1", "0.2", "--tidpo_preset", "upstream"]
+    recipe.write_text("weighting: tidpo\ntidpo_lambda: 0.7\ntidpo_kl_alpha: 0.3\n")
     from tokenweight.keyfact import keyfact_base_model
 
     for command in (["eval", "--model_name_or_path", str(keyfact_base_model(size="small"))], ["weights"]):
-        args = command_parser(command[0]).parse_args([*command, *flags])
+        args = command_parser(command[0]).parse_args([*command, "--config", str(recipe), "--tidpo_lambda", "0.37",
+                                                      "--tidpo_preset", "upstream"])
         config = build_config(args)
-        assert (config.otpo_reg, config.otpo_reg_m, config.tidpo_preset) == (0.37, [0.1, 0.2], "upstream")
-        assert config.tidpo_lambda == 0.7  # not given as a flag: the recipe's value stands
+        assert (config.tidpo_lambda, config.tidpo_preset) == (0.37, "upstream")
+        assert config.tidpo_kl_alpha == 0.3  # not given as a flag: the recipe's value stands
+        args = command_parser(command[0]).parse_args([*command, "--weighting", "otpo", "--otpo_reg", "0.37",
+                                                      "--otpo_reg_m", "0.1", "0.2"])
+        assert (build_config(args).otpo_reg, build_config(args).otpo_reg_m) == (0.37, [0.1, 0.2])
     args = _own_flags(command_parser("precompute").parse_args(["precompute", "attention", "--output", "o",
                                                                 "--attention_layers", "-1"]))
-    assert parse_train_config(args.flags).attention_layers == [-1]
+    assert parse_train_config([*args.flags, "--weighting", "attention"]).attention_layers == [-1]
     with pytest.raises(UserError, match="unrecognized arguments: --otpo_regg"):
         command_parser("weights").parse_args(["weights", "--otpo_regg", "1"])
