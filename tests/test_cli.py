@@ -104,3 +104,16 @@ def test_eval_weights_and_precompute_take_the_scheme_flags_of_train(tmp_path):
     assert parse_train_config([*args.flags, "--weighting", "attention"]).attention_layers == [-1]
     with pytest.raises(UserError, match="unrecognized arguments: --otpo_regg"):
         command_parser("weights").parse_args(["weights", "--otpo_regg", "1"])
+
+
+@pytest.mark.parametrize("command", ["weights", "eval"])
+def test_eval_and_weights_refuse_another_schemes_flag_as_train_does(command, tmp_path, capsys):
+    from tokenweight.keyfact import keyfact_base_model
+
+    where = (["--output", str(tmp_path / "w.html")] if command == "weights"
+             else ["--model_name_or_path", str(keyfact_base_model(size="small"))])
+    status = main([command, "--weighting", "otpo", "--tidpo_lambda", "0.3", *where])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert status == 2 and len(err) == 1
+    assert err[0].startswith("tokenweight: error: --tidpo_lambda: `tidpo_lambda` is a setting of --weighting tidpo")
+    assert not (tmp_path / "w.html").exists()

@@ -8,7 +8,8 @@ from pathlib import Path
 
 import datasets
 
-from tokenweight.config import TokenweightConfig, add_scheme_flags, resolve_max_length, scheme_setting_owners
+from tokenweight.config import (TokenweightConfig, add_scheme_flags, check_scheme_keys, resolve_max_length,
+                                scheme_setting_owners)
 from tokenweight.errors import UserError
 
 
@@ -40,15 +41,19 @@ def build_config(args: argparse.Namespace, **overrides) -> TokenweightConfig:
     from tokenweight.cli import read_recipe
 
     values = read_recipe(args.config) if getattr(args, "config", None) else {}
+    set_keys = {key: f"recipe {args.config}" for key in values}
     for key in ("model_name_or_path", "dataset_name", "weighting", "max_length", "ref_model_name_or_path"):
         if getattr(args, key, None) is not None:
             values[key] = getattr(args, key)
-    values.update({key: getattr(args, key) for key in scheme_setting_owners() if hasattr(args, key)})
+    flags = {key: getattr(args, key) for key in scheme_setting_owners() if hasattr(args, key)}
+    values.update(flags)
+    set_keys.update({key: f"--{key}" for key in flags})
     values.setdefault("output_dir", "outputs/tokenweight-eval")
     values.update(report_to="none", **overrides)
     if values.get("dataset_name") is None:
         values.setdefault("max_length", 128)
     config = TokenweightConfig(**values)
+    check_scheme_keys(config.weighting, set_keys)
     if config.model_name_or_path is not None:
         config.max_length = resolve_max_length(config.max_length, config.model_name_or_path)
     return config
