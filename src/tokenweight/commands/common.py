@@ -10,6 +10,7 @@ import datasets
 
 from tokenweight.config import TokenweightConfig, resolve_max_length
 from tokenweight.errors import UserError
+from tokenweight.weights.base import scheme_class
 
 
 def add_source_arguments(parser: argparse.ArgumentParser, model_required: bool = False) -> None:
@@ -69,7 +70,8 @@ def load_pairs(config: TokenweightConfig, tokenizer, split: str, limit: int | No
     if prepare is not None:
         raw = prepare(raw, split)
     tokenized, stats = tokenize_preference_dataset(raw, tokenizer, max_length=config.max_length,
-                                                   max_prompt_length=config.max_prompt_length, name=split)
+                                                   max_prompt_length=config.max_prompt_length, name=split,
+                                                   signed_weights=scheme_class(config.weighting).signed_weights)
     print_data_summary(stats, split)
     return tokenized, raw
 

@@ -34,7 +34,8 @@ class Contrast:
     ``models``: ``{fingerprint part: config key}`` of π_a then π_b; ``batch_size_setting``: the config
     key of the pairs per forward; ``cache_setting``: the flag of the cache folder; ``format``: the cache format name;
     ``label``: the words that name it in messages (its first word the method); ``models_name``: the two models, in
-    messages; ``scheme``: the ``weighting`` value, for messages; ``how``: where
+    messages; ``flags``: ``{config key: flag}`` named when a model is missing (default ``--`` + the key without the
+    scheme's prefix, the settings' alias); ``scheme``: the ``weighting`` value, for messages; ``how``: where
     the user learns to make the models (appended to a missing-model error)."""
 
     models: dict
@@ -45,6 +46,7 @@ class Contrast:
     scheme: str
     how: str
     models_name: str
+    flags: dict | None = None
 
     @property
     def parts(self) -> tuple[str, ...]:
@@ -87,7 +89,7 @@ def _load(config: Any, key: str, contrast: Contrast, default: str | None):
     path = getattr(config, key) or default
     if not path:
         raise UserError(f"weighting={contrast.scheme} needs both of its models: "
-                        f"--{key.removeprefix(contrast.scheme + '_')} PATH "
+                        f"{(contrast.flags or {}).get(key, '--' + key.removeprefix(contrast.scheme + '_'))} PATH "
                         f"(config key `{key}`; {contrast.how})")
     if looks_like_local_path(path) and not Path(path).expanduser().exists():
         raise UserError(f"config key `{key}`: {path} does not exist (looked in {Path.cwd()}); train it first "
