@@ -47,11 +47,13 @@ class Contrast:
     how: str
     models_name: str
     flags: dict | None = None
+    settings: tuple = ()
 
     @property
     def parts(self) -> tuple[str, ...]:
-        """The fingerprint parts of a cache: both models, the tokenizer, the rows."""
-        return (*self.models, "tokenizer", "dataset")
+        """The fingerprint parts of a cache: both models, the tokenizer, the rows, and the config keys in
+        ``settings`` that change the scores (cDPO's contrast strength)."""
+        return (*self.models, "tokenizer", "dataset", *self.settings)
 
 
 TISDPO_CONTRAST = Contrast(models=MODEL_KEYS, batch_size_setting="tisdpo_batch_size",
@@ -83,7 +85,9 @@ def token_rewards(positive: list[list[float]], negative: list[list[float]]) -> l
     return [[p - n for p, n in zip(row_p, row_n)] for row_p, row_n in zip(positive, negative)]
 
 
-def _load(config: Any, key: str, contrast: Contrast, default: str | None):
+def load_scoring_model(config: Any, key: str, contrast: Contrast, default: str | None):
+    """The frozen model that config key ``key`` names (``default`` when unset), on the config's device; a missing or
+    absent model is a :class:`UserError` saying how to make it."""
     from tokenweight.models import freeze, load_causal_lm
 
     path = getattr(config, key) or default
@@ -117,7 +121,7 @@ def split_rewards(config: Any, tokenizer, rows: datasets.Dataset, split: str, fo
     logps = {}
     name = contrast.label.split()[0]
     for part, key in contrast.models.items():
-        model = _load(config, key, contrast, (defaults or {}).get(key))
+        model = load_scoring_model(config, key, contrast, (defaults or {}).get(key))
         expected[part] = model_fingerprint(model)
         if manifest is None:
             logps[part] = completion_logps(model, rows, tokenizer.pad_token_id,
