@@ -1,6 +1,7 @@
 """Reference-free schemes (``uses_reference = False``: simpo, confpo; sepo, which needs its oracle trained first, in
-test_sepo.py) end to end: ``tokenweight train`` loads only the policy, the trainer holds no reference, held-out metrics rank by the scheme's own reward, reference log-prob
-settings are refused in one line, and ``tokenweight eval`` / ``bench`` / ``weights`` run without a reference."""
+test_sepo.py) end to end: ``tokenweight train`` loads only the policy, the trainer holds no reference, held-out
+metrics rank by the scheme's own reward, reference log-prob settings are refused in one line, and ``tokenweight
+eval`` / ``bench`` / ``weights`` run without a reference."""
 
 from __future__ import annotations
 
