@@ -7,8 +7,8 @@ Every scheme runs the same optimizer step (``TokenweightTrainer.compute_loss`` â
 same seeded model and the same batch, each in a fresh process (memory method: ``benchmarks/_common.py``).
 Schemes: ``uniform``; ``otpo`` (Sinkhorn on the policy's hidden states, every step); ``tidpo`` without the triplet
 term (attribution pass + TDPO2 KL, ``tidpo_gamma=0``) and ``tidpo+triplet`` (anchor sampling and scoring, preset
-``paper``); ``attention`` and ``tisdpo`` with their weights cached (they are dataset columns by then, as after
-``tokenweight precompute attention|tisdpo``); ``tdpo`` (TDPO2's full-vocabulary KL every step); ``lddpo``,
+``paper``); ``attention``, ``tisdpo``, ``sepo``, ``tgdpo`` and ``cdpo`` with their weights (rewards) cached (they are
+dataset columns by then, as after ``tokenweight precompute <scheme>``); ``tdpo`` (TDPO2's full-vocabulary KL every step); ``lddpo``,
 ``sampo`` (two seeded host-side draws per step) and ``d2po``, the position baselines; ``uniform + WPO``: plain
 DPO with TRL's ``use_weighting`` pair weights; ``uniform (cached reference)``: plain DPO with no reference model
 in memory, its per-token log-probs read from the batch (as with ``--ref_log_probs DIR`` after ``tokenweight
@@ -49,10 +49,13 @@ VARIANTS = {
     "uniform (cached reference)": {"weighting": "uniform", "precompute_ref_log_probs": True},
     "simpo": {"weighting": "simpo"},
     "confpo": {"weighting": "confpo"},
+    "sepo (cached)": {"weighting": "sepo"},
+    "tgdpo (cached)": {"weighting": "tgdpo"},
+    "cdpo (cached)": {"weighting": "cdpo"},
 }
 
-#: Variants whose weights are dataset columns by then (after ``tokenweight precompute attention|tisdpo``).
-CACHED_WEIGHTS = ("attention (cached)", "tisdpo (cached)")
+#: Variants whose weights are dataset columns by then (after ``tokenweight precompute <scheme>``).
+CACHED_WEIGHTS = ("attention (cached)", "tisdpo (cached)", "sepo (cached)", "tgdpo (cached)", "cdpo (cached)")
 
 
 def variant_dataset(variant: str, tokenizer, rows: list[dict]):

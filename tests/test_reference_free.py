@@ -1,6 +1,7 @@
-"""Reference-free schemes (``uses_reference = False``: simpo, confpo) end to end: ``tokenweight train`` loads only the
-policy, the trainer holds no reference, held-out metrics rank by the scheme's own reward, reference log-prob
-settings are refused in one line, and ``tokenweight eval`` / ``bench`` / ``weights`` run without a reference."""
+"""Reference-free schemes (``uses_reference = False``: simpo, confpo; sepo, which needs its oracle trained first, in
+test_sepo.py) end to end: ``tokenweight train`` loads only the policy, the trainer holds no reference, held-out
+metrics rank by the scheme's own reward, reference log-prob settings are refused in one line, and ``tokenweight
+eval`` / ``bench`` / ``weights`` run without a reference."""
 
 from __future__ import annotations
 
@@ -21,7 +22,10 @@ from tokenweight.evaluate import REWARD_DEFINITIONS, held_out_preference, score_
 from tokenweight.trainer import TokenweightTrainer
 from tokenweight.weights import SCHEMES, build_scheme
 
-REFERENCE_FREE = sorted(name for name, scheme in SCHEMES.items() if not scheme.uses_reference)
+#: The reference-free schemes that train alone (SePO, reference-free too, needs its oracle trained first:
+#: tests/test_sepo.py runs its pipeline).
+REFERENCE_FREE = sorted(name for name, scheme in SCHEMES.items()
+                        if not scheme.uses_reference and not scheme.trained_models)
 KEYFACT = ["--keyfact_model_size", "small", "--keyfact_train_size", "16", "--keyfact_eval_size", "8"]
 
 
@@ -37,8 +41,9 @@ def count_model_loads(monkeypatch, module) -> list[str]:
     return loads
 
 
-def test_simpo_and_confpo_are_the_reference_free_schemes():
+def test_simpo_confpo_and_sepo_are_the_reference_free_schemes():
     assert REFERENCE_FREE == ["confpo", "simpo"]
+    assert sorted(name for name, scheme in SCHEMES.items() if not scheme.uses_reference) == ["confpo", "sepo", "simpo"]
 
 
 @pytest.mark.parametrize("weighting", REFERENCE_FREE)

@@ -109,7 +109,7 @@ def test_train_and_precompute_run_any_schemes_prepare_hook_on_every_split(tiny_m
 def test_precompute_offers_the_schemes_with_a_prepare_hook(monkeypatch):
     from tokenweight.commands.precompute import precompute_choices
 
-    assert precompute_choices() == ["attention", "tisdpo", "reference"]
+    assert precompute_choices() == ["attention", "cdpo", "sepo", "tgdpo", "tisdpo", "reference"]
     monkeypatch.setitem(SCHEMES, CountingScheme.name, CountingScheme)
-    assert precompute_choices() == ["attention", "counting", "tisdpo", "reference"]
+    assert precompute_choices() == ["attention", "cdpo", "counting", "sepo", "tgdpo", "tisdpo", "reference"]
     assert not UniformScheme.has_prepare() and AttentionScheme.has_prepare()

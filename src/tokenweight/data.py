@@ -262,7 +262,7 @@ class TokenizeStats:
 
 def tokenize_preference_dataset(dataset: datasets.Dataset, tokenizer, max_length: int | None = None,
                                 max_prompt_length: int | None = None, name: str = "train",
-                                source_rows: Sequence[int] | None = None,
+                                source_rows: Sequence[int] | None = None, signed_weights: bool = False,
                                 ) -> tuple[datasets.Dataset, TokenizeStats]:
     """Validate and tokenize every row; returns the tokenized dataset and its :class:`TokenizeStats`.
 
@@ -270,15 +270,16 @@ def tokenize_preference_dataset(dataset: datasets.Dataset, tokenizer, max_length
     index in ``dataset``); ``chosen_weights``/``rejected_weights`` are checked and truncated when present. Other
     columns are kept. Rows with no completion left after truncation are removed (their indices are in
     ``stats.dropped_too_long``). A malformed row is a :class:`UserError` naming ``name``, the row and the column;
-    ``source_rows`` (when ``dataset`` is a subset of a file) maps row indices to the numbers errors show.
+    ``source_rows`` (when ``dataset`` is a subset of a file) maps row indices to the numbers errors show;
+    ``signed_weights`` accepts negative weights (a scheme whose ``signed_weights`` is set, TGDPO).
     """
     try:
-        return _tokenize(dataset, tokenizer, max_length, max_prompt_length, name, source_rows)
+        return _tokenize(dataset, tokenizer, max_length, max_prompt_length, name, source_rows, signed_weights)
     except UserError as error:
         raise UserError(f"{name}: {error}") from error
 
 
-def _tokenize(dataset, tokenizer, max_length, max_prompt_length, name, source_rows):
+def _tokenize(dataset, tokenizer, max_length, max_prompt_length, name, source_rows, signed_weights):
     if len(dataset) == 0:
         raise UserError("the dataset has no rows")
     columns = set(dataset.column_names)
@@ -305,7 +306,7 @@ def _tokenize(dataset, tokenizer, max_length, max_prompt_length, name, source_ro
         for column in WEIGHT_COLUMNS:
             if column in row:
                 tokens[column] = _checked_weights(row[column], len(tokens[column.replace("weights", "ids")]),
-                                                  label, column)
+                                                  label, column, signed_weights)
         if not _truncate(tokens, max_length, max_prompt_length, stats):
             stats.dropped_too_long.append(index)
             continue
@@ -345,7 +346,7 @@ def print_data_summary(stats: TokenizeStats, name: str, file=None) -> None:
         print(line, file=file)
 
 
-def _checked_weights(weights: Any, expected: int, index: int, column: str) -> list[float]:
+def _checked_weights(weights: Any, expected: int, index: int, column: str, signed: bool = False) -> list[float]:
     if not isinstance(weights, (list, tuple)):
         raise UserError(f"row {index}, column {column!r}: expected a list of floats, got {_describe(weights)}")
     if len(weights) != expected:
@@ -354,8 +355,9 @@ def _checked_weights(weights: Any, expected: int, index: int, column: str) -> li
     if not all(isinstance(w, (int, float)) and not isinstance(w, bool) for w in weights):
         raise UserError(f"row {index}, column {column!r}: weights must be numbers")
     values = [float(w) for w in weights]
-    if any(not (w >= 0 and w < float("inf")) for w in values):
-        raise UserError(f"row {index}, column {column!r}: weights must be finite and non-negative")
+    if any(not (abs(w) < float("inf") if signed else 0 <= w < float("inf")) for w in values):
+        raise UserError(f"row {index}, column {column!r}: weights must be finite"
+                        f"{'' if signed else ' and non-negative'}")
     return values
 
 

@@ -26,6 +26,7 @@ from tokenweight.evaluate import REWARD_DEFINITIONS, held_out_preference
 from tokenweight.errors import UserError
 from tokenweight.models import add_lora_adapters, load_causal_lm, load_tokenizer, master_weights
 from tokenweight.weights import SCHEMES
+from tokenweight.weights.base import scheme_class
 
 logger = logging.getLogger(__name__)
 
@@ -102,7 +103,8 @@ def tokenize_split(config: TokenweightConfig, tokenizer, raw: datasets.Dataset, 
     ``summary[name]`` (for ``results.json``) and its one-line data summary and warnings to stderr."""
     tokenized, stats = tokenize_preference_dataset(raw, tokenizer, max_length=config.max_length,
                                                    max_prompt_length=config.max_prompt_length,
-                                                   name=label or name, source_rows=source_rows)
+                                                   name=label or name, source_rows=source_rows,
+                                                   signed_weights=scheme_class(config.weighting).signed_weights)
     if summary is not None:
         summary[name] = {"split": label or name, **stats.as_dict(), **summary.get(name, {})}
         print_data_summary(stats, f"{name} split {label or name}")

@@ -11,6 +11,7 @@ import datasets
 from tokenweight.config import (TokenweightConfig, add_scheme_flags, check_scheme_keys, resolve_max_length,
                                 scheme_setting_owners)
 from tokenweight.errors import UserError
+from tokenweight.weights.base import scheme_class
 
 
 def add_source_arguments(parser: argparse.ArgumentParser, model_required: bool = False) -> None:
@@ -84,7 +85,8 @@ def load_pairs(config: TokenweightConfig, tokenizer, split: str, limit: int | No
     if prepare is not None:
         raw = prepare(raw, split)
     tokenized, stats = tokenize_preference_dataset(raw, tokenizer, max_length=config.max_length,
-                                                   max_prompt_length=config.max_prompt_length, name=split)
+                                                   max_prompt_length=config.max_prompt_length, name=split,
+                                                   signed_weights=scheme_class(config.weighting).signed_weights)
     print_data_summary(stats, split)
     return tokenized, raw
 

@@ -92,6 +92,7 @@ def held_out_rows(args: argparse.Namespace, config, tokenizer, prepare=None,
     ``prepare(raw, split)`` (the scheme's data preparation) runs on the raw rows before tokenization."""
     from tokenweight.data import print_data_summary, tokenize_preference_dataset
     from tokenweight.sources import describe_source, load_splits
+    from tokenweight.weights.base import scheme_class
 
     if args.eval_fraction:
         if config.dataset_name is None:
@@ -104,7 +105,8 @@ def held_out_rows(args: argparse.Namespace, config, tokenizer, prepare=None,
             raw = prepare(raw, "eval")
         pairs, stats = tokenize_preference_dataset(raw, tokenizer, max_length=config.max_length,
                                                    max_prompt_length=config.max_prompt_length,
-                                                   name=splits.eval_name, source_rows=splits.eval_rows)
+                                                   name=splits.eval_name, source_rows=splits.eval_rows,
+                                                   signed_weights=scheme_class(config.weighting).signed_weights)
         print_data_summary(stats, splits.eval_name)
         return splits.eval_name, pairs, raw
     if config.dataset_name is None:

@@ -1,9 +1,10 @@
 """``tokenweight precompute <scheme>|reference``: one offline pass over the data, cached on disk.
 
 ``<scheme>``: the data preparation of any scheme that has one (``attention``: the frozen judge's AttentionPO
-weights; ``tisdpo``: the token rewards of TIS-DPO's two contrastive models), run on the train split exactly as
-``tokenweight train`` runs it. ``reference``: the frozen reference's
-per-token log-probs of every completion token (train and eval splits), so that training loads no reference model.
+weights; ``tisdpo``: the token rewards of TIS-DPO's two contrastive models; ``sepo``: the oracle's token scores;
+``tgdpo``: the guidance model's token rewards; ``cdpo``: the contrastive estimate of two models), run on the train
+split exactly as ``tokenweight train`` runs it. ``reference``: the frozen reference's per-token log-probs of every
+completion token (train and eval splits), so that training loads no reference model.
 """
 
 from __future__ import annotations
@@ -26,12 +27,16 @@ The run is resumable: started again with the same settings it continues with the
 Every `tokenweight train` flag is accepted (model, dataset, lengths, attention_* settings), before or after --output.
 TIS-DPO: precompute tisdpo --positive_model P --negative_model N --output DIR, then train with the same two models
 and --tisdpo_weights DIR (the whole pipeline, with the training of both models: README, "TIS-DPO").
+SePO: precompute sepo --oracle_model O --output DIR, then train with the same oracle and --sepo_scores DIR
+(docs/SCHEMES_TOKEN_LEVEL.md). TGDPO: precompute tgdpo --tgdpo_reward_model G --output DIR, then --tgdpo_rewards DIR.
+cDPO: precompute cdpo --cdpo_positive_model P --cdpo_negative_model N --output DIR, then --cdpo_scores DIR.
 """
 
 
 def register(subparsers) -> None:
     parser = subparsers.add_parser("precompute", help="precompute a scheme's cached data preparation (attention, "
-                                   "tisdpo) or reference log-probs (reference)", description=__doc__, epilog=EXAMPLES,
+                                   "tisdpo, sepo, tgdpo, cdpo) or reference log-probs (reference)",
+                                   description=__doc__, epilog=EXAMPLES,
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("what", choices=precompute_choices(),
                         help="a scheme with a data preparation, or reference")

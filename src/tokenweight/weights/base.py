@@ -195,6 +195,10 @@ class WeightingScheme:
     #: True when the weights must come with the dataset (columns ``chosen_weights``/``rejected_weights``), so the
     #: scheme cannot run on data without them (the built-in KeyFact task).
     needs_weight_columns: ClassVar[bool] = False
+    #: True when the scheme's token weights may be negative (TGDPO's 1 − αβ·r on a rejected token whose guidance
+    #: reward r exceeds 1/(αβ)): :func:`check_weights` and the weight-column validation then refuse only non-finite
+    #: weights and weight outside the completion.
+    signed_weights: ClassVar[bool] = False
     #: The models the scheme needs trained first, declared as ``{settings key: run-config overrides}``: each entry
     #: is a model trained with tokenweight itself from the same base model on the same training data under those
     #: overrides (TIS-DPO: ``tisdpo_positive_model`` ← ``{"weighting": "uniform"}``, ``tisdpo_negative_model`` ←
@@ -362,7 +366,7 @@ def weigh_batch(scheme: WeightingScheme, inputs: WeightingInputs,
             inputs.policy_logps = policy.token_logps.detach()
         token_weights = scheme.compute(inputs)
     token_weights.weights = token_weights.weights.detach()
-    check_weights(token_weights.weights, inputs.loss_mask, scheme.name)
+    check_weights(token_weights.weights, inputs.loss_mask, scheme.name, scheme.signed_weights)
     if token_weights.ref_weights is not None:
         token_weights.ref_weights = token_weights.ref_weights.detach()
         check_weights(token_weights.ref_weights, inputs.loss_mask, f"{scheme.name} (reference weights)")
@@ -371,15 +375,16 @@ def weigh_batch(scheme: WeightingScheme, inputs: WeightingInputs,
     return token_weights, policy
 
 
-def check_weights(weights: torch.Tensor, loss_mask: torch.Tensor, scheme: str) -> None:
-    """Raise if ``weights`` ``[2B, L-1]`` is misshaped, non-finite, negative, or non-zero outside ``loss_mask``."""
+def check_weights(weights: torch.Tensor, loss_mask: torch.Tensor, scheme: str, signed: bool = False) -> None:
+    """Raise if ``weights`` ``[2B, L-1]`` is misshaped, non-finite, negative (unless ``signed``), or non-zero outside
+    ``loss_mask``."""
     if weights.shape != loss_mask.shape:
         raise ValueError(f"scheme {scheme!r} returned weights of shape {tuple(weights.shape)}, "
                          f"expected {tuple(loss_mask.shape)}")
     bad_rows = (~torch.isfinite(weights)).any(dim=1).nonzero().flatten().tolist()
     if bad_rows:
         raise FloatingPointError(f"scheme {scheme!r} produced non-finite token weights in batch rows {bad_rows}")
-    if (weights < 0).any():
+    if not signed and (weights < 0).any():
         raise ValueError(f"scheme {scheme!r} produced negative token weights")
     if (weights.masked_fill(loss_mask, 0) != 0).any():
         raise ValueError(f"scheme {scheme!r} put weight outside the completion tokens")

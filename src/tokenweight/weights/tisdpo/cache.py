@@ -1,4 +1,6 @@
-"""On-disk cache of TIS-DPO token rewards r̂ = log π₊ − log π₋, one folder per split.
+"""On-disk cache of per-token log-ratios of two models (TIS-DPO's r̂ = log π₊ − log π₋; SePO's oracle scores), one
+folder per split. Which models, which format name and which flag name the messages come from the
+:class:`~tokenweight.weights.tisdpo.rewards.Contrast` (TIS-DPO's by default).
 
 Layout::
 
@@ -31,47 +33,60 @@ REWARDS = "rewards.safetensors"
 PARTS = ("positive_model", "negative_model", "tokenizer", "dataset")
 
 
-def read_manifest(folder: Path) -> dict | None:
+def _tisdpo():
+    from tokenweight.weights.tisdpo.rewards import TISDPO_CONTRAST
+    return TISDPO_CONTRAST
+
+
+def read_manifest(folder: Path, contrast=None) -> dict | None:
     """The manifest of the cache ``folder``, ``None`` when there is none; another format is a :class:`UserError`."""
+    contrast = contrast or _tisdpo()
     path = Path(folder) / MANIFEST
     return read_json_manifest(
-        path, FORMAT,
-        damaged=lambda error: UserError(f"TIS-DPO reward cache {path} is damaged ({error}); delete the folder to "
+        path, contrast.format,
+        damaged=lambda error: UserError(f"{contrast.label} cache {path} is damaged ({error}); delete the folder to "
                                         "recompute"),
-        mismatch=lambda found: UserError(f"{path} is not a tokenweight TIS-DPO reward cache of format {FORMAT!r}; "
-                                         "delete the folder or choose another --tisdpo_weights"))
+        mismatch=lambda found: UserError(f"{path} is not a tokenweight {contrast.label} cache of format "
+                                         f"{contrast.format!r}; delete the folder or choose another "
+                                         f"--{contrast.cache_setting}"))
 
 
-def check_fingerprint(manifest: dict, expected: dict, folder: Path, parts: tuple[str, ...] = PARTS) -> None:
-    """Raise :class:`UserError` naming the manifest and every part of ``parts`` where it differs from ``expected``."""
-    differing, details = fingerprint_differences(manifest["fingerprint"], expected, parts)
+def check_fingerprint(manifest: dict, expected: dict, folder: Path, parts: tuple[str, ...] | None = None,
+                      contrast=None) -> None:
+    """Raise :class:`UserError` naming the manifest and every part of ``parts`` (default: all of the contrast's) where
+    it differs from ``expected``."""
+    contrast = contrast or _tisdpo()
+    differing, details = fingerprint_differences(manifest["fingerprint"], expected, parts or contrast.parts)
     if differing:
-        raise UserError(f"TIS-DPO reward cache {Path(folder) / MANIFEST} is stale: computed for a different "
-                        f"{', '.join(differing)} ({details}); delete the folder or choose another --tisdpo_weights "
-                        "to recompute")
+        raise UserError(f"{contrast.label} cache {Path(folder) / MANIFEST} is stale: computed for a different "
+                        f"{', '.join(differing)} ({details}); delete the folder or choose another "
+                        f"--{contrast.cache_setting} to recompute")
 
 
-def write_rewards(folder: Path, fingerprint: dict, chosen: list[list[float]], rejected: list[list[float]]) -> None:
+def write_rewards(folder: Path, fingerprint: dict, chosen: list[list[float]], rejected: list[list[float]],
+                  contrast=None) -> None:
     """Write the rewards file, then the manifest naming its checksum."""
+    contrast = contrast or _tisdpo()
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     data = encode_pair_rows(chosen, rejected)
     write_atomic(folder / REWARDS, data)
-    manifest = {"format": FORMAT, "fingerprint": fingerprint, "num_rows": len(chosen),
+    manifest = {"format": contrast.format, "fingerprint": fingerprint, "num_rows": len(chosen),
                 "sha256": hashlib.sha256(data).hexdigest()}
     write_json_manifest(folder / MANIFEST, manifest)
 
 
-def read_rewards(folder: Path, manifest: dict) -> tuple[list[list[float]], list[list[float]]]:
+def read_rewards(folder: Path, manifest: dict, contrast=None) -> tuple[list[list[float]], list[list[float]]]:
     """Per-row ``(chosen, rejected)`` rewards of a cache whose fingerprint was checked; a missing or damaged rewards
     file is a :class:`UserError` naming it."""
+    label = (contrast or _tisdpo()).label
     path = Path(folder) / REWARDS
     data = path.read_bytes() if path.exists() else None
     if data is None or hashlib.sha256(data).hexdigest() != manifest["sha256"]:
-        raise UserError(f"TIS-DPO reward cache {path} is {'missing' if data is None else 'damaged'} (checksum in "
+        raise UserError(f"{label} cache {path} is {'missing' if data is None else 'damaged'} (checksum in "
                         f"{MANIFEST}); delete the folder to recompute")
     try:
         chosen, rejected = decode_pair_rows(data)
     except (SafetensorError, KeyError, RuntimeError) as error:
-        raise UserError(f"TIS-DPO reward cache {path} is unreadable ({error})") from None
+        raise UserError(f"{label} cache {path} is unreadable ({error})") from None
     return chosen, rejected
