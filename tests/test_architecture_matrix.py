@@ -31,8 +31,8 @@ ATTENTION_FLAGS = {"bloom": ["--attention_max_length", "512", "--attention_rows"
 #: the default suite's cover: every architecture and every scheme at least once
 COVER = [("llama", "uniform"), ("mistral", "sampo"), ("qwen2", "column"), ("qwen3", "confpo"), ("mixtral", "tidpo"),
          ("qwen2_moe", "otpo"), ("qwen3_moe", "d2po"), ("gemma", "lddpo"), ("gemma2", "simpo"), ("gemma3_text", "tdpo"),
-         ("phi3", "tisdpo"), ("granite", "uniform"), ("falcon_h1", "attention"), ("gpt2", "otpo"),
-         ("gpt_neox", "simpo"), ("olmo2", "lddpo"), ("falcon", "d2po"), ("bloom", "column")]
+         ("phi3", "tisdpo"), ("granite", "uniform"), ("falcon_h1", "attention"), ("gpt2", "sepo"),
+         ("gpt_neox", "tgdpo"), ("olmo2", "cdpo"), ("falcon", "d2po"), ("bloom", "column")]
 assert {name for name, _ in COVER} == set(ARCHITECTURES) and {scheme for _, scheme in COVER} == set(SCHEME_NAMES)
 FULL = [(name, scheme) for name in ARCHITECTURES for scheme in SCHEME_NAMES if (name, scheme) not in COVER]
 
@@ -61,10 +61,12 @@ def workspace(tmp_path_factory):
 
 
 def _flags(scheme: str, models: tuple, data, weighted) -> list[str]:
-    """The dataset and the scheme's own flags (TIS-DPO's contrastive models: the two seeds' models)."""
+    """The dataset and the scheme's own flags (the models a scheme needs trained first: the two seeds' models)."""
     flags = ["--dataset_name", str(weighted if scheme == "column" else data)]
-    if scheme == "tisdpo":
-        flags += ["--tisdpo_positive_model", str(models[0]), "--tisdpo_negative_model", str(models[1])]
+    flags += {"tisdpo": ["--tisdpo_positive_model", str(models[0]), "--tisdpo_negative_model", str(models[1])],
+              "cdpo": ["--cdpo_positive_model", str(models[0]), "--cdpo_negative_model", str(models[1])],
+              "sepo": ["--sepo_oracle_model", str(models[1])],
+              "tgdpo": ["--tgdpo_reward_model", str(models[1])]}.get(scheme, [])
     return flags
 
 

@@ -25,6 +25,7 @@ import dataclasses
 import hashlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
@@ -117,6 +118,15 @@ class PrepareContext:
     output_dir: str | None = None
     summary: dict | None = None
     model: nn.Module | None = None
+
+    def cache_folder(self, chosen: str | None, default_name: str, split: str) -> Path | None:
+        """Where a scheme caches what it computes for ``split``: the folder the user ``chosen`` (a scheme setting),
+        else ``output_dir/default_name``; another split than ``train`` in its sub-folder ``split``. ``None``
+        without ``output_dir`` (compute in memory)."""
+        if self.output_dir is None:
+            return None
+        folder = Path(chosen or Path(self.output_dir, default_name))
+        return folder if split == "train" else folder / split
 
 
 @dataclass

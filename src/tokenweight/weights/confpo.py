@@ -32,7 +32,7 @@ import torch
 
 from tokenweight.errors import UserError
 from tokenweight.weights.base import LossContext, TokenWeights, WeightingInputs, WeightingScheme, register_scheme
-from tokenweight.weights.simpo import length_normalised_weights, margin_offsets
+from tokenweight.weights.simpo import margin_offsets, selected_token_weights
 
 #: β of a ConfPO run that sets no ``beta`` (the released Mistral-Base script).
 CONFPO_BETA = 1.5
@@ -77,14 +77,9 @@ class ConfpoScheme(WeightingScheme):
         """``[2B, L-1]`` weights 1/|S| on each response's low-confidence tokens S (from ``inputs.policy_logps``);
         ``[B]`` pair weights 0 where a response's S is empty, else 1."""
         selected = low_confidence_tokens(inputs.policy_logps, inputs.loss_mask)
-        empty = inputs.loss_mask.bool().any(dim=1) & ~selected.any(dim=1)
-        chosen_empty, rejected_empty = empty.chunk(2)
-        zeroed = chosen_empty | rejected_empty
-        share = selected.sum(dim=1) / inputs.loss_mask.sum(dim=1).clamp(min=1)
-        chosen_share, rejected_share = share.chunk(2)
-        return TokenWeights(weights=length_normalised_weights(selected), pair_weights=(~zeroed).float(), metrics={
-            "confpo/selected_chosen": chosen_share.mean(), "confpo/selected_rejected": rejected_share.mean(),
-            "confpo/all_equal_rows": empty.sum(), "confpo/zeroed_pairs": zeroed.sum()})
+        weights = selected_token_weights(selected, inputs.loss_mask, "confpo")
+        weights.metrics["confpo/all_equal_rows"] = (inputs.loss_mask.bool().any(dim=1) & ~selected.any(dim=1)).sum()
+        return weights
 
     def margin_offset(self, ctx: LossContext) -> tuple[torch.Tensor, dict[str, float]]:
         """γ/β = ``confpo_gamma / beta`` for every pair."""

@@ -51,6 +51,21 @@ def length_normalised_weights(selected: torch.Tensor) -> torch.Tensor:
     return selected / selected.sum(dim=1, keepdim=True).clamp(min=1)
 
 
+def selected_token_weights(selected: torch.Tensor, loss_mask: torch.Tensor, prefix: str) -> TokenWeights:
+    """Weights of a scheme that keeps only the ``selected`` tokens ``[2B, T]`` (bool) of each response (ConfPO,
+    SePO): 1/|S| on each, ``[B]`` pair weights 0 where either response of the pair selected none of its completion
+    tokens (``loss_mask`` ``[2B, T]``), as both authors' code zeroes such a pair's loss, else 1. Logs
+    ``<prefix>/selected_chosen`` and ``<prefix>/selected_rejected`` (mean selected share) and
+    ``<prefix>/zeroed_pairs``."""
+    empty = loss_mask.bool().any(dim=1) & ~selected.any(dim=1)
+    chosen_empty, rejected_empty = empty.chunk(2)
+    zeroed = chosen_empty | rejected_empty
+    chosen_share, rejected_share = (selected.sum(dim=1) / loss_mask.sum(dim=1).clamp(min=1)).chunk(2)
+    return TokenWeights(weights=length_normalised_weights(selected), pair_weights=(~zeroed).float(), metrics={
+        f"{prefix}/selected_chosen": chosen_share.mean(), f"{prefix}/selected_rejected": rejected_share.mean(),
+        f"{prefix}/zeroed_pairs": zeroed.sum()})
+
+
 def margin_offsets(ctx: LossContext, gamma_over_beta: float) -> torch.Tensor:
     """The ``[B]`` pair-loss offset γ/β of a SimPO-style target margin γ (inside the loss β·(Δ − γ/β) = βΔ − γ)."""
     return ctx.policy_logps.new_full((ctx.policy_logps.shape[0] // 2,), gamma_over_beta)

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import sys
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import datasets
 
@@ -83,10 +82,7 @@ class CDPOScheme(ColumnScheme):
         from tokenweight.data import tokenize_preference_dataset
 
         full, _ = tokenize_preference_dataset(raw, context.tokenizer, name=f"{split} (cDPO scoring)")
-        folder = None
-        if context.output_dir is not None:
-            folder = Path(self.settings.cdpo_scores or Path(context.output_dir, "cdpo-scores"))
-            folder = folder if split == "train" else folder / split
+        folder = context.cache_folder(self.settings.cdpo_scores, "cdpo-scores", split)
         with PartialState().main_process_first():
             chosen_probs, rejected_probs, source = split_scores(context.config, context.tokenizer, full, split, folder)
         eos, only = context.tokenizer.eos_token_id, self.settings.cdpo_only_rejected

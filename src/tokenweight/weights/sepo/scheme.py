@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import sys
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import datasets
 
@@ -34,7 +33,7 @@ from tokenweight.errors import UserError
 from tokenweight.weights.base import PrepareContext, TokenWeights, WeightingInputs, register_scheme
 from tokenweight.weights.column import ColumnScheme
 from tokenweight.weights.sepo.selection import selected_tokens
-from tokenweight.weights.simpo import length_normalised_weights
+from tokenweight.weights.simpo import selected_token_weights
 from tokenweight.weights.tisdpo.rewards import Contrast, split_rewards
 from tokenweight.weights.uniform import UniformScheme
 
@@ -97,10 +96,7 @@ class SePOScheme(ColumnScheme):
         from tokenweight.data import tokenize_preference_dataset
 
         full, _ = tokenize_preference_dataset(raw, context.tokenizer, name=f"{split} (SePO scoring)")
-        folder = None
-        if context.output_dir is not None:
-            folder = Path(self.settings.sepo_scores or Path(context.output_dir, "sepo-scores"))
-            folder = folder if split == "train" else folder / split
+        folder = context.cache_folder(self.settings.sepo_scores, "sepo-scores", split)
         with PartialState().main_process_first():
             chosen_scores, rejected_scores, source = split_rewards(
                 context.config, context.tokenizer, full, split, folder, CONTRAST,
@@ -122,12 +118,4 @@ class SePOScheme(ColumnScheme):
     def compute(self, inputs: WeightingInputs) -> TokenWeights:
         """``[2B, L-1]`` weights 1/|S| on each response's selected tokens S; ``[B]`` pair weights 0 where a
         response's S is empty (after truncation), else 1."""
-        selected = super().compute(inputs).weights > 0
-        empty = inputs.loss_mask.bool().any(dim=1) & ~selected.any(dim=1)
-        chosen_empty, rejected_empty = empty.chunk(2)
-        zeroed = chosen_empty | rejected_empty
-        share = selected.sum(dim=1) / inputs.loss_mask.sum(dim=1).clamp(min=1)
-        chosen_share, rejected_share = share.chunk(2)
-        return TokenWeights(weights=length_normalised_weights(selected), pair_weights=(~zeroed).float(), metrics={
-            "sepo/selected_chosen": chosen_share.mean(), "sepo/selected_rejected": rejected_share.mean(),
-            "sepo/zeroed_pairs": zeroed.sum()})
+        return selected_token_weights(super().compute(inputs).weights > 0, inputs.loss_mask, "sepo")

@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import sys
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import datasets
 import torch
@@ -88,10 +87,7 @@ class TGDPOScheme(ColumnScheme):
         from tokenweight.data import tokenize_preference_dataset
 
         full, _ = tokenize_preference_dataset(raw, context.tokenizer, name=f"{split} (TGDPO scoring)")
-        folder = None
-        if context.output_dir is not None:
-            folder = Path(self.settings.tgdpo_rewards or Path(context.output_dir, "tgdpo-rewards"))
-            folder = folder if split == "train" else folder / split
+        folder = context.cache_folder(self.settings.tgdpo_rewards, "tgdpo-rewards", split)
         with PartialState().main_process_first():
             chosen, rejected, source = split_rewards(context.config, context.tokenizer, full, split, folder, CONTRAST,
                                                      {"ref_model_name_or_path": context.model_path})

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import sys
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import datasets
 
@@ -111,10 +110,7 @@ class TISDPOScheme(ColumnScheme):
         from tokenweight.data import tokenize_preference_dataset
 
         full, _ = tokenize_preference_dataset(raw, context.tokenizer, name=f"{split} (TIS-DPO scoring)")
-        folder = None
-        if context.output_dir is not None:
-            folder = Path(self.settings.tisdpo_weights or Path(context.output_dir, "tisdpo-weights"))
-            folder = folder if split == "train" else folder / split
+        folder = context.cache_folder(self.settings.tisdpo_weights, "tisdpo-weights", split)
         with PartialState().main_process_first():
             chosen_rewards, rejected_rewards, source = split_rewards(context.config, context.tokenizer, full, split,
                                                                      folder)
