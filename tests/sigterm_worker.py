@@ -1,8 +1,10 @@
-"""``tokenweight train ARGS`` under ``accelerate launch`` whose rank 1 alone receives SIGTERM inside step 3, then the
-same command resumed with ``--resume_from_checkpoint true`` in the same processes, for ``tests/test_distributed.py``.
+"""``tokenweight train ARGS`` under ``accelerate launch`` whose rank 1 alone receives SIGTERM inside step 3; with
+``--resume`` first, the same command resumed with ``--resume_from_checkpoint true``, for ``tests/test_distributed.py``.
 
-Each rank writes ``OUT/rank{r}.json``: the exit status of the interrupted run and of the resumed one. As a script:
-``python tests/sigterm_worker.py OUT ARGS…``.
+Each rank writes ``OUT/rank{r}.json`` (the interrupted run's exit status) or ``OUT/rank{r}-resumed.json``. As a
+script: ``python tests/sigterm_worker.py OUT [--resume] ARGS…``. The resume runs in a fresh launch, as a preempted
+job restarts: a second training in the same processes could hang at its end in torch's gloo teardown (the worker
+thread of a process group freed with the first run's DDP reducer waits for the GIL the main thread holds).
 """
 
 import json
@@ -23,7 +25,13 @@ def exit_status(argv: list[str]) -> int:
 
 
 def run(out: Path, argv: list[str]) -> None:
+    """The signalled run, or with ``--resume`` first in ``argv`` the resumed one (a fresh launch, as a preempted job
+    restarts in new processes)."""
     rank = int(os.environ["RANK"])
+    if argv[0] == "--resume":
+        resumed = exit_status(["train", *argv[1:], "--resume_from_checkpoint", "true"])
+        (out / f"rank{rank}-resumed.json").write_text(json.dumps({"resumed": resumed}))
+        return
     compute_loss = TokenweightTrainer.compute_loss
     sent = []
 
@@ -35,9 +43,7 @@ def run(out: Path, argv: list[str]) -> None:
 
     TokenweightTrainer.compute_loss = signalling_compute_loss
     stopped = exit_status(["train", *argv])
-    TokenweightTrainer.compute_loss = compute_loss
-    resumed = exit_status(["train", *argv, "--resume_from_checkpoint", "true"])
-    (out / f"rank{rank}.json").write_text(json.dumps({"stopped": stopped, "resumed": resumed}))
+    (out / f"rank{rank}.json").write_text(json.dumps({"stopped": stopped}))
 
 
 if __name__ == "__main__":

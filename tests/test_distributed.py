@@ -188,8 +188,8 @@ def _initial_params() -> dict[str, torch.Tensor]:
 
 def test_sigterm_to_one_process_stops_every_process_at_the_same_step_and_the_run_resumes(tmp_path):
     """Preemption under DDP: SIGTERM reaches rank 1 only, inside step 3; both processes finish step 3, save one
-    complete checkpoint-3 together and exit with 143; the same command with ``--resume_from_checkpoint true`` then
-    trains steps 4 to 6 in both."""
+    complete checkpoint-3 together and exit with 143; the same command with ``--resume_from_checkpoint true``, in a
+    new launch as a preempted job restarts, then trains steps 4 to 6 in both."""
     from conftest import make_model, make_tokenizer, standard_rows
     from tokenweight.checkpoints import checkpoint_problem
 
@@ -199,13 +199,15 @@ def test_sigterm_to_one_process_stops_every_process_at_the_same_step_and_the_run
     data = tmp_path / "pairs.jsonl"
     data.write_text("".join(json.dumps(row) + "\n" for row in standard_rows(24)))
     out = tmp_path / "run"
-    run([str(ACCELERATE), "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1", "--mixed_precision",
-         "no", "--dynamo_backend", "no", "--main_process_port", str(free_port()), str(SIGTERM_WORKER), str(tmp_path),
-         "--model_name_or_path", str(tmp_path / "model"), "--dataset_name", str(data), "--output_dir", str(out),
-         "--use_cpu", "true", "--per_device_train_batch_size", "2", "--max_steps", "6", "--save_strategy", "no",
-         "--logging_steps", "1", "--report_to", "none"])
-    assert [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)] == [{"stopped": 143,
-                                                                                     "resumed": 0}] * 2
+    flags = ["--model_name_or_path", str(tmp_path / "model"), "--dataset_name", str(data), "--output_dir", str(out),
+             "--use_cpu", "true", "--per_device_train_batch_size", "2", "--max_steps", "6", "--save_strategy", "no",
+             "--logging_steps", "1", "--report_to", "none"]
+    for phase in ([], ["--resume"]):
+        run([str(ACCELERATE), "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
+             "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(free_port()),
+             str(SIGTERM_WORKER), str(tmp_path), *phase, *flags])
+    assert [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)] == [{"stopped": 143}] * 2
+    assert [json.loads((tmp_path / f"rank{r}-resumed.json").read_text()) for r in (0, 1)] == [{"resumed": 0}] * 2
     assert checkpoint_problem(out / "checkpoint-3") is None
     assert sorted(p.name for p in out.glob("checkpoint-*")) == ["checkpoint-3"]
     state = json.loads((out / "trainer_state.json").read_text())
