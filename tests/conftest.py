@@ -43,6 +43,17 @@ def make_model(vocab_size: int, seed: int = 0, **overrides):
     return LlamaForCausalLM(config).eval()
 
 
+def save_tiny_models(folder, tokenizer, seeds: dict[str, int]) -> dict[str, str]:
+    """``{name: path}`` of :func:`make_model` models saved with ``tokenizer`` under ``folder/name``, one per
+    ``seeds[name]`` (the models a scheme needs trained first, in the scheme tests)."""
+    paths = {}
+    for name, seed in seeds.items():
+        paths[name] = str(folder / name)
+        make_model(len(tokenizer), seed=seed).save_pretrained(paths[name])
+        tokenizer.save_pretrained(paths[name])
+    return paths
+
+
 CAPITALS = [("france", "paris", "rome"), ("italy", "rome", "madrid"), ("spain", "madrid", "berlin"),
             ("germany", "berlin", "paris")]
 FILLER = ["it is a city with old streets .", "people say the weather there is mild in spring .",

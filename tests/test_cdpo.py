@@ -10,7 +10,7 @@ import datasets
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import make_model, standard_rows
+from conftest import make_model, save_tiny_models, standard_rows
 
 from tokenweight.cli import main
 from tokenweight.config import TokenweightConfig
@@ -27,12 +27,7 @@ BETA = 0.1  # get_cdpo_config
 
 @pytest.fixture
 def models(tmp_path, tokenizer):
-    paths = {}
-    for name, seed in (("positive", 41), ("negative", 42), ("other", 43)):
-        paths[name] = str(tmp_path / name)
-        make_model(len(tokenizer), seed=seed).save_pretrained(paths[name])
-        tokenizer.save_pretrained(paths[name])
-    return paths
+    return save_tiny_models(tmp_path, tokenizer, {"positive": 41, "negative": 42, "other": 43})
 
 
 def upstream_ce_prob(positive, negative, prompt_ids: list[int], completion_ids: list[int]) -> list[float]:

@@ -12,7 +12,7 @@ import datasets
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import make_model, standard_rows
+from conftest import make_model, save_tiny_models, standard_rows
 
 from tokenweight.cli import main
 from tokenweight.config import TokenweightConfig
@@ -63,12 +63,7 @@ def test_selection_equals_the_authors_get_top_k():
 @pytest.fixture
 def oracle(tmp_path, tokenizer):
     """Saved oracle, oracle reference and a third (other) tiny model."""
-    paths = {}
-    for name, seed in (("oracle", 21), ("reference", 22), ("other", 23)):
-        paths[name] = str(tmp_path / name)
-        make_model(len(tokenizer), seed=seed).save_pretrained(paths[name])
-        tokenizer.save_pretrained(paths[name])
-    return paths
+    return save_tiny_models(tmp_path, tokenizer, {"oracle": 21, "reference": 22, "other": 23})
 
 
 def naive_scores(oracle_model, reference, prompt_ids: list[int], completion_ids: list[int]) -> list[float]:

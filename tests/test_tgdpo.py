@@ -11,7 +11,7 @@ import datasets
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import make_model, standard_rows
+from conftest import make_model, save_tiny_models, standard_rows
 
 from tokenweight.cli import main
 from tokenweight.config import TokenweightConfig
@@ -29,12 +29,7 @@ BETA, ALPHA = 0.1, 0.5  # examples/llama3_8b_instruct_tgdpo.yaml
 @pytest.fixture
 def models(tmp_path, tokenizer):
     """Saved guidance model, reference and a third (other) tiny model."""
-    paths = {}
-    for name, seed in (("guide", 31), ("reference", 32), ("other", 33)):
-        paths[name] = str(tmp_path / name)
-        make_model(len(tokenizer), seed=seed).save_pretrained(paths[name])
-        tokenizer.save_pretrained(paths[name])
-    return paths
+    return save_tiny_models(tmp_path, tokenizer, {"guide": 31, "reference": 32, "other": 33})
 
 
 def token_logps(model, batch, row: int) -> torch.Tensor:

@@ -10,7 +10,7 @@ import json
 import datasets
 import pytest
 import torch
-from conftest import make_model, standard_rows
+from conftest import make_model, save_tiny_models, standard_rows
 
 from tokenweight.cli import main
 from tokenweight.config import TokenweightConfig
@@ -113,12 +113,7 @@ def naive_rewards(positive, negative, prompt_ids: list[int], completion_ids: lis
 @pytest.fixture
 def contrastive(tmp_path, tokenizer):
     """Saved positive, negative and a third (other) tiny model."""
-    paths = {}
-    for name, seed in (("positive", 11), ("negative", 12), ("other", 13)):
-        paths[name] = str(tmp_path / name)
-        make_model(len(tokenizer), seed=seed).save_pretrained(paths[name])
-        tokenizer.save_pretrained(paths[name])
-    return paths
+    return save_tiny_models(tmp_path, tokenizer, {"positive": 11, "negative": 12, "other": 13})
 
 
 def tisdpo_config(tmp_path, contrastive, **settings):
