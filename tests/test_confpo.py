@@ -62,7 +62,7 @@ def test_confpo_loss_metrics_and_gradients_match_the_naive_per_row_computation(t
     assert metrics["rewards/rejected"].item() == pytest.approx(rejected_rewards.mean().item(), abs=1e-6)
     assert metrics["rewards/accuracies"].item() == (chosen_rewards > rejected_rewards).float().mean().item()
     assert 0 < metrics["confpo/selected_chosen"].item() < 1 and 0 < metrics["confpo/selected_rejected"].item() < 1
-    assert metrics["confpo/all_equal_rows"].item() == 0
+    assert metrics["confpo/all_equal_rows"].value.item() == 0
     loss.backward()
     expected.backward()
     for (name, p_oracle), p_ours in zip(oracle.named_parameters(), trainer.model.parameters()):
@@ -126,7 +126,8 @@ def test_a_response_that_selects_nothing_zeroes_its_pair_as_the_authors_code():
                              policy_logps=values)
     result = scheme.compute(inputs)
     assert result.pair_weights.tolist() == [1.0, 0.0, 0.0]  # pair 1: flat chosen; pair 2: one-token rejected
-    assert result.metrics["confpo/all_equal_rows"].item() == 2 and result.metrics["confpo/zeroed_pairs"].item() == 2
+    assert result.metrics["confpo/all_equal_rows"].value.item() == 2
+    assert result.metrics["confpo/zeroed_pairs"].value.item() == 2
     assert result.weights[1].tolist() == [0.0] * 5 and result.weights[5].tolist() == [0.0] * 5
     ours = pair_loss(ours_logps, None, result.weights, mask.bool(), beta, offset=torch.full((3,), gamma / beta),
                      pair_weights=result.pair_weights)
@@ -154,7 +155,8 @@ def test_trainer_zeroes_every_pair_of_a_flat_policy(tokenizer):
     loss = trainer.compute_loss(trainer.model, batch)
     assert loss.item() == 0.0
     metrics = trainer._metrics["train"]
-    assert metrics["confpo/zeroed_pairs"][-1].item() == 4 and metrics["confpo/all_equal_rows"][-1].item() == 8
+    assert metrics["confpo/zeroed_pairs"][-1].value.item() == 4
+    assert metrics["confpo/all_equal_rows"][-1].value.item() == 8
     loss.backward()
     assert all(p.grad is None or p.grad.abs().sum().item() == 0.0 for p in trainer.model.parameters())
 

@@ -1,6 +1,7 @@
-"""Logged metrics a user can trust: counts are summed over processes and micro-steps (means averaged, token means
-combined as TRL does), TRL's head metrics equal a naive full-logits computation, ``num_tokens`` is a running total,
-and metrics cost no host synchronisation per micro-step (one transfer per logging step)."""
+"""Logged metrics a user can trust: declared counts are summed over processes and micro-steps (means averaged
+whatever their names, token means combined as TRL does), TRL's head metrics equal a naive full-logits computation,
+``num_tokens`` is a running total, and metrics cost no host synchronisation per micro-step (one transfer per
+logging step)."""
 
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ from conftest import make_model, standard_rows
 from tokenweight.cli import main
 from tokenweight.config import TokenweightConfig
 from tokenweight.data import tokenize_preference_dataset
-from tokenweight.objectives import TokenMean, is_count_metric, record_metrics, reduce_metrics
+from tokenweight.metrics import Count, TokenMean, record_metrics, reduce_metrics
 from tokenweight.trainer import TokenweightTrainer
 from tokenweight.weights.base import TokenWeights
 from tokenweight.weights.uniform import UniformScheme
@@ -41,13 +42,13 @@ def reduce_over_two_processes(first: defaultdict, second: defaultdict) -> dict[s
 
 def test_counts_are_summed_means_averaged_token_means_pooled_over_processes_and_steps():
     # two micro-steps on each of two processes; floats (as schemes return them) and tensors mixed
-    process0 = recorded({"x/unconverged_pairs": 1.0, "x/iterations": torch.tensor(10.0),
+    process0 = recorded({"x/unconverged_pairs": Count(1.0), "x/iterations": torch.tensor(10.0),
                          "entropy": TokenMean(torch.tensor(6.0), torch.tensor(3))},
-                        {"x/unconverged_pairs": torch.tensor(2.0), "x/iterations": 20.0,
+                        {"x/unconverged_pairs": Count(torch.tensor(2.0)), "x/iterations": 20.0,
                          "entropy": TokenMean(torch.tensor(1.0), torch.tensor(1))})
-    process1 = recorded({"x/unconverged_pairs": 0.0, "x/iterations": torch.tensor(30.0),
+    process1 = recorded({"x/unconverged_pairs": Count(0.0), "x/iterations": torch.tensor(30.0),
                          "entropy": TokenMean(torch.tensor(2.0), torch.tensor(1))},
-                        {"x/unconverged_pairs": torch.tensor(4.0), "x/iterations": 40.0,
+                        {"x/unconverged_pairs": Count(torch.tensor(4.0)), "x/iterations": 40.0,
                          "entropy": TokenMean(torch.tensor(9.0), torch.tensor(3))})
     logged = reduce_over_two_processes(process0, process1)
     assert logged["x/unconverged_pairs"] == 7.0          # 1 + 2 + 0 + 4, not their mean 1.75
@@ -57,13 +58,22 @@ def test_counts_are_summed_means_averaged_token_means_pooled_over_processes_and_
     assert reduce_metrics(defaultdict(list), CPU, lambda flat: 1 / 0, 1) == {}  # nothing recorded: no collective
 
 
-def test_the_count_rule():
-    counts = ["otpo/unconverged_pairs", "tidpo/kl_failures", "tidpo/triplet_failures", "tidpo/zero_attribution_rows",
-              "attention/truncated_tokens", "num_tokens", "data/num_dropped"]
-    means = ["otpo/iterations", "weights/first_token", "tidpo/weight_on_last_token", "rewards/accuracies",
-             "tidpo/anchor_len", "entropy"]
-    assert [name for name in counts if not is_count_metric(name)] == []
-    assert [name for name in means if is_count_metric(name)] == []
+def test_a_metric_kind_is_declared_not_read_from_its_name():
+    # a mean named like a count: 3.0 at each of 4 micro-steps logs 3.0 (a name rule gave their sum, 12.0)
+    assert reduce_metrics(recorded(*[{"firstk/avg_tokens": 3.0}] * 4), CPU, lambda flat: flat, 1) == {
+        "firstk/avg_tokens": 3.0}
+    # a declared count named like a mean is summed, over micro-steps and over processes
+    # (and a mean named `num_*` is averaged)
+    process0 = recorded({"x/mean_gap": Count(1.0), "num_x": 2.0},
+                        {"x/mean_gap": Count(torch.tensor(2.0)), "num_x": 4.0})
+    process1 = recorded({"x/mean_gap": Count(torch.tensor(3.0)), "num_x": 6.0},
+                        {"x/mean_gap": Count(5.0), "num_x": 8.0})
+    assert reduce_over_two_processes(process0, process1) == {"x/mean_gap": 11.0, "num_x": 5.0}
+
+
+def test_a_metric_recorded_as_two_kinds_is_refused():
+    with pytest.raises(ValueError, match="'x/m' was recorded as more than one kind: count, mean"):
+        reduce_metrics(recorded({"x/m": Count(1.0)}, {"x/m": 1.0}), CPU, lambda flat: flat, 1)
 
 
 def test_a_metric_must_be_a_scalar():
@@ -74,12 +84,14 @@ def test_a_metric_must_be_a_scalar():
 
 
 class CountingUniform(UniformScheme):
-    """Uniform weights, plus a count metric of 1 (a float) and 2 (a tensor) at every micro-step."""
+    """Uniform weights, plus a count of 1 (a float) and 2 (a tensor) and a mean named like a count (3.0) at every
+    micro-step."""
 
     def compute(self, inputs):
         weights = super().compute(inputs).weights
-        return TokenWeights(weights=weights, metrics={"test/fake_failures": 1.0,
-                                                      "test/fake_rows": torch.tensor(2.0)})
+        return TokenWeights(weights=weights, metrics={"test/fake_failures": Count(1.0),
+                                                      "test/fake_rows": Count(torch.tensor(2.0)),
+                                                      "test/avg_tokens": torch.tensor(3.0)})
 
 
 def small_trainer(tokenizer, tmp_path, **overrides) -> TokenweightTrainer:
@@ -102,6 +114,7 @@ def test_counts_in_a_two_step_log_are_the_sum_of_its_micro_steps(tokenizer, tmp_
     assert len(logs) == 2
     for entry in logs:  # 2 optimizer steps × 2 micro-steps per log
         assert entry["test/fake_failures"] == 4.0 and entry["test/fake_rows"] == 8.0
+        assert entry["test/avg_tokens"] == 3.0  # a mean named `*_tokens` stays a mean
         assert entry["weights/mean"] == pytest.approx(1.0)  # a mean stays a mean
     tokens = sum(row_tokens(trainer.train_dataset))  # each log covers 2 × 2 × 2 pairs: all 8 rows, once
     assert [entry["num_tokens"] for entry in logs] == [tokens, 2 * tokens]  # a running total

@@ -10,6 +10,7 @@ import torch
 from tokenweight.weights.otpo import otpo_weights
 from tokenweight.weights.base import SCHEMES, WeightingInputs, check_weights
 from tokenweight.masks import pack_left
+from tokenweight.metrics import Count
 from tokenweight.weights.otpo import OTPOScheme, OTPOSettings
 
 PROMPTS = [4, 2, 6]          # prompt tokens per pair (shared by chosen and rejected)
@@ -80,7 +81,7 @@ def test_scheme_equals_direct_call(args, reg, reg_m):
     assert out.metrics["otpo/iterations"] == stats["iterations"].double().mean().item()
     assert out.metrics["otpo/iterations"] == (11.0 if args is None else 31.0)  # POT: 11 at (1, 0.2)
     assert float(out.metrics["otpo/mass_scale"]) == pytest.approx(stats["mass_scale"].mean().item(), rel=1e-6)
-    assert out.metrics["otpo/unconverged_pairs"] == 0.0
+    assert out.metrics["otpo/unconverged_pairs"] == Count(0.0)
 
 
 def test_scheme_is_registered_and_needs_hidden_states():

@@ -124,7 +124,7 @@ def test_scores_selection_loss_and_gradients_equal_the_authors(tmp_path, tokeniz
     expected = upstream_selective_loss(policy, batch, masks["chosen"] + masks["rejected"])
     assert loss.item() == pytest.approx(expected.item(), abs=1e-6)
     metrics = {name: values[-1] for name, values in trainer._metrics["train"].items()}
-    assert metrics["sepo/zeroed_pairs"].item() == 0 and 0 < metrics["sepo/selected_chosen"].item() < 0.3
+    assert metrics["sepo/zeroed_pairs"].value.item() == 0 and 0 < metrics["sepo/selected_chosen"].item() < 0.3
     loss.backward()
     expected.backward()
     for (name, p_oracle), p_ours in zip(policy.named_parameters(), trainer.model.parameters()):

@@ -11,6 +11,7 @@ from tidpo_oracles import EOS, PAD, UNIQUE_TOKEN, VOCAB, make_batch, naive_kl, n
 import tokenweight.weights.tidpo.scheme as tidpo_scheme
 from tokenweight.errors import UserError
 from tokenweight.logps import backbone, logps_from_hidden, output_head
+from tokenweight.metrics import Count
 from tokenweight.weights.base import SCHEMES, LossContext, WeightingInputs, build_scheme, check_weights
 from tokenweight.weights.tidpo.anchor import anchor_seeds, sample_anchors
 from tokenweight.weights.tidpo.attribution import tidpo_weights
@@ -65,7 +66,8 @@ def test_compute_returns_shifted_weights(models):
     torch.testing.assert_close(result.weights, unshifted[:, 1:] * inputs.loss_mask)
     check_weights(result.weights, inputs.loss_mask, "tidpo")
     torch.testing.assert_close(result.weights.sum(1), inputs.loss_mask.sum(1).float())  # mean 1, response span
-    assert result.metrics["tidpo/attribution_failures"] == 0.0 and "tidpo/weight_on_last_token" in result.metrics
+    assert result.metrics["tidpo/attribution_failures"] == Count(0.0)
+    assert "tidpo/weight_on_last_token" in result.metrics
 
 
 def test_margin_offset_is_alpha_kl_difference_with_stopgrad_on_chosen(models):
@@ -136,7 +138,7 @@ def test_nan_attribution_raises_or_is_counted():
     counted = build_scheme("tidpo", config(tidpo_on_failure="count")).compute(inputs)
     prior = tidpo_weights(model, ids, inputs.attention_mask, inputs.completion_mask, lam=0.0)
     torch.testing.assert_close(counted.weights, prior[:, 1:] * inputs.loss_mask)
-    assert counted.metrics["tidpo/attribution_failures"] == 1.0
+    assert counted.metrics["tidpo/attribution_failures"] == Count(1.0)
 
 
 def test_triplet_anchors_are_seeded_by_seed_step_and_row(models, monkeypatch):

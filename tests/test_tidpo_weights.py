@@ -5,6 +5,7 @@ import torch
 
 from conftest import make_model
 from tidpo_oracles import VOCAB, attribution_one_row, gaussian_prior_list, make_batch
+from tokenweight.metrics import Count
 from tokenweight.weights.tidpo.attribution import tidpo_weights
 
 PROMPTS, COMPLETIONS = [3, 5, 2, 4], [4, 2, 7, 1]
@@ -45,7 +46,7 @@ def test_mixture_equals_independent_oracle(model, batch, lam, span):
     assert metrics["tidpo/weight_on_last_token"] == pytest.approx(
         sum(weights[r, t].item() for r, t in enumerate(last)) / len(last), rel=1e-6)
     assert metrics["tidpo/weight_max"] == pytest.approx(weights.max().item())
-    assert metrics["tidpo/zero_attribution_rows"] == 0.0
+    assert metrics["tidpo/zero_attribution_rows"] == Count(0.0)
 
 
 def test_full_span_spreads_over_prompt_and_response(model, batch):
@@ -84,7 +85,7 @@ def test_zero_attribution_rows_use_prior_and_are_counted(batch):
     weights, metrics = tidpo_weights(model, ids, attention, completion, lam=0.7, log=True)
     prior_only = tidpo_weights(model, ids, attention, completion, lam=0.0)
     torch.testing.assert_close(weights, prior_only)
-    assert metrics["tidpo/zero_attribution_rows"] == 4.0
+    assert metrics["tidpo/zero_attribution_rows"] == Count(4.0)
 
 
 def test_errors_name_the_problem(model, batch):

@@ -20,51 +20,23 @@ Reference-free (``ref_logps=None``, SimPO and ConfPO): the log-ratios are the po
 logs for ``loss_type="simpo"``: ``rewards/chosen`` = β·Σ_t ω_t log π_θ(y_t) (the length-normalised log-prob for
 SimPO), ``logps/chosen`` = Σ_t ω_t log π_θ(y_t); there are no separate ``rewards/weighted_*`` (they would be equal).
 
-Metrics stay tensors until the logging step
--------------------------------------------
-The metric functions here return detached 0-d tensors on the batch's device and never call ``.item()``. The
-trainer keeps every micro-step's values (:func:`record_metrics`) and, at the logging step, combines them with
-:func:`reduce_metrics`: one stack, one sum over processes, one device-to-host transfer. A metric is one of:
-
-- a **mean** (default; a 0-d tensor or a Python float): averaged over processes and micro-steps
-  (``rewards/*``, ``weights/*``, ``otpo/iterations`` …);
-- a **count**, recognised by its name (:func:`is_count_metric`): the last ``/``-segment starts with ``num_`` or ends
-  with ``_failures``, ``_pairs``, ``_rows`` or ``_tokens`` (``otpo/unconverged_pairs``, ``tidpo/kl_failures``,
-  ``tidpo/zero_attribution_rows``, ``num_tokens``): **summed** over processes and micro-steps, so it reads as the
-  number of events since the previous log (the trainer turns ``num_tokens`` into a running total, as TRL logs it);
-- a :class:`TokenMean` (Σ over tokens, token count): per micro-step Σ/Σ over processes, then averaged over
-  micro-steps, exactly as TRL averages ``entropy``, ``logits/chosen``, ``logits/rejected`` and
-  ``mean_token_accuracy``.
-
-Schemes may return Python floats (kept on the host until the logging step, no device round trip) or tensors.
-Every process must record the same metric names at every micro-step (the cross-process sum is elementwise).
+The metric functions here return detached 0-d tensors on the batch's device (no ``.item()``), recorded and reduced
+by :mod:`tokenweight.metrics` with declared kinds (means; :class:`~tokenweight.metrics.TokenMean` for TRL's per-token
+head metrics).
 """
 
 from __future__ import annotations
 
-from collections import defaultdict
-from collections.abc import Callable
 from dataclasses import dataclass
-from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
 
 from tokenweight.logps import TokenStats
 from tokenweight.masks import last_index
+from tokenweight.metrics import TokenMean
 
 LOSS_TYPES = ("sigmoid", "ipo", "hinge")
-COUNT_SUFFIXES = ("_failures", "_pairs", "_rows", "_tokens")
-
-
-class TokenMean(NamedTuple):
-    """A per-token mean kept as its parts (0-d tensors or floats), so processes combine as ``Σ total / Σ tokens``."""
-
-    total: torch.Tensor | float
-    tokens: torch.Tensor | float
-
-
-MetricValue = torch.Tensor | float | TokenMean
 
 
 @dataclass
@@ -235,73 +207,3 @@ def completion_statistics(stats: TokenStats, loss_mask: torch.Tensor) -> dict[st
         "logits/rejected": TokenMean(mean_logit_rejected.sum(), rejected.sum()),
         "mean_token_accuracy": TokenMean((stats.is_top1.chunk(2)[0] & chosen).sum(), chosen.sum()),
     }
-
-
-def is_count_metric(name: str) -> bool:
-    """Whether ``name`` is a count (summed over processes and micro-steps) rather than a mean; see the module
-    docstring for the rule."""
-    last = name.rsplit("/", 1)[-1]
-    return last.startswith("num_") or last.endswith(COUNT_SUFFIXES)
-
-
-def record_metrics(recorded: defaultdict[str, list], metrics: dict[str, MetricValue]) -> None:
-    """Append one micro-step's ``metrics`` to ``recorded`` (name → values): tensors detached, no host sync."""
-    for name, value in metrics.items():
-        recorded[name].append(TokenMean(*(_scalar(name, part) for part in value)) if isinstance(value, TokenMean)
-                              else _scalar(name, value))
-
-
-def _scalar(name: str, value) -> torch.Tensor | float:
-    if isinstance(value, torch.Tensor):
-        if value.numel() != 1:
-            raise ValueError(f"metric {name!r} must be a scalar, got a tensor of shape {tuple(value.shape)}")
-        return value.detach().reshape(())
-    if isinstance(value, (bool, int, float)):
-        return float(value)
-    raise TypeError(f"metric {name!r} must be a tensor, a float or a TokenMean, got {type(value).__name__}")
-
-
-def reduce_metrics(recorded: dict[str, list], device: torch.device,
-                   sum_over_processes: Callable[[torch.Tensor], torch.Tensor],
-                   num_processes: int) -> dict[str, float]:
-    """Combine the values recorded since the last logging step into one number per name (see the module docstring).
-
-    The values on ``device`` are stacked (the host floats appended with one copy), summed over processes with
-    ``sum_over_processes`` (``[K]`` → ``[K]``, e.g. ``accelerator.reduce(·, "sum")``) and moved to the host once.
-    """
-    names = sorted(name for name, values in recorded.items() if values)
-    on_device, on_host, layout = [], [], []
-    for name in names:
-        for value in recorded[name]:
-            slots = []
-            for part in (value if isinstance(value, TokenMean) else (value,)):
-                if isinstance(part, torch.Tensor) and part.device == device:
-                    slots.append(len(on_device))
-                    on_device.append(part)
-                else:
-                    slots.append(~len(on_host))  # negative: an index into the host values
-                    on_host.append(float(part))
-            layout.append((name, isinstance(value, TokenMean), slots))
-    if not layout:
-        return {}
-    dtype = torch.float32 if device.type == "mps" else torch.float64  # MPS has no float64
-    flat = torch.stack(on_device).to(dtype) if on_device else torch.zeros(0, dtype=dtype, device=device)
-    if on_host:
-        flat = torch.cat([flat, torch.tensor(on_host, dtype=dtype).to(device)])
-    totals = sum_over_processes(flat).tolist()
-    entries: dict[str, list[list[float]]] = defaultdict(list)
-    kinds: dict[str, set[bool]] = defaultdict(set)
-    for name, is_token_mean, slots in layout:
-        entries[name].append([totals[s] if s >= 0 else totals[len(on_device) + ~s] for s in slots])
-        kinds[name].add(is_token_mean)
-    reduced = {}
-    for name, values in entries.items():
-        if len(kinds[name]) > 1:
-            raise ValueError(f"metric {name!r} was recorded both as a TokenMean and as a plain value")
-        if kinds[name] == {True}:
-            reduced[name] = sum(total / tokens if tokens else 0.0 for total, tokens in values) / len(values)
-        elif is_count_metric(name):
-            reduced[name] = sum(value for value, in values)
-        else:
-            reduced[name] = sum(value for value, in values) / (len(values) * num_processes)
-    return reduced

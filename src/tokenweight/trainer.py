@@ -24,9 +24,9 @@ from tokenweight.data import PreferenceCollator, with_pair_lengths
 from tokenweight.errors import UserError
 from tokenweight.fsdp import enable_fsdp_on_cpu, end_reference_step, init_root, shard_reference
 from tokenweight.logps import TokenScores, enable_token_scoring, verify_padding_free
+from tokenweight.metrics import Count, MetricValue, record_metrics, reduce_metrics
 from tokenweight.models import disable_dropout, freeze, router_aux_loss_coef
-from tokenweight.objectives import (MetricValue, completion_statistics, pair_loss, record_metrics, reduce_metrics,
-                                    weight_statistics, wpo_pair_weights)
+from tokenweight.objectives import completion_statistics, pair_loss, weight_statistics, wpo_pair_weights
 from tokenweight.weights import LossContext, batch_inputs, build_scheme, weigh_batch
 
 
@@ -181,7 +181,7 @@ class TokenweightTrainer(Trainer):
         metrics.update(weight_statistics(weights, loss_mask))
         metrics.update(completion_statistics(policy.stats, loss_mask))
         if mode == "train":
-            metrics["num_tokens"] = inputs["attention_mask"].sum()
+            metrics["num_tokens"] = Count(inputs["attention_mask"].sum())
         self._record(mode, metrics)
         return (loss, {"per_pair": result.per_pair}) if return_outputs else loss
 
@@ -243,7 +243,7 @@ class TokenweightTrainer(Trainer):
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
         """Add the metrics recorded since the last log, reduced over processes and micro-steps
-        (:func:`tokenweight.objectives.reduce_metrics`: means averaged, counts summed); ``num_tokens`` is the
+        (:func:`tokenweight.metrics.reduce_metrics`: means averaged, counts summed); ``num_tokens`` is the
         running total of training tokens (prompt and completions, every process), continued from ``log_history``
         after a resume."""
         mode = "eval" if any(k.startswith("eval_") for k in logs) else "train"

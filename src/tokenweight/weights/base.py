@@ -82,8 +82,10 @@ class TokenWeights:
     (SamPO draws its token subsets independently for the two): Δ = Σ ω ℓ_θ − Σ ω_ref ℓ_ref per response; ``None``
     (every other scheme): ``weights`` weigh both, Δ = Σ ω (ℓ_θ − ℓ_ref).
 
-    ``metrics`` holds scheme-specific scalars to log (e.g. ``otpo/iterations``); the generic weight statistics
-    (``weights/mean`` …) are computed by the trainer for every scheme.
+    ``metrics`` holds scheme-specific scalars to log, each of a declared kind (:mod:`tokenweight.metrics`): a plain
+    tensor or float is a mean (``otpo/iterations``), a :class:`~tokenweight.metrics.Count` a count
+    (``otpo/unconverged_pairs``); the generic weight statistics (``weights/mean`` …) are computed by the trainer for
+    every scheme.
     """
 
     weights: torch.Tensor

@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 import torch
 
 from tokenweight.errors import UserError
+from tokenweight.metrics import Count
 from tokenweight.weights.base import LossContext, TokenWeights, WeightingInputs, WeightingScheme, register_scheme
 from tokenweight.weights.simpo import margin_offsets, selected_token_weights
 
@@ -78,7 +79,8 @@ class ConfpoScheme(WeightingScheme):
         ``[B]`` pair weights 0 where a response's S is empty, else 1."""
         selected = low_confidence_tokens(inputs.policy_logps, inputs.loss_mask)
         weights = selected_token_weights(selected, inputs.loss_mask, "confpo")
-        weights.metrics["confpo/all_equal_rows"] = (inputs.loss_mask.bool().any(dim=1) & ~selected.any(dim=1)).sum()
+        all_equal = inputs.loss_mask.bool().any(dim=1) & ~selected.any(dim=1)
+        weights.metrics["confpo/all_equal_rows"] = Count(all_equal.sum())
         return weights
 
     def margin_offset(self, ctx: LossContext) -> tuple[torch.Tensor, dict[str, float]]:

@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 import torch
 
 from tokenweight.errors import UserError
+from tokenweight.metrics import Count
 from tokenweight.weights.base import LossContext, TokenWeights, WeightingInputs, WeightingScheme, register_scheme
 
 #: β of a SimPO run that sets no ``beta`` (SimPO's released Llama3-Base setting and its code default).
@@ -63,7 +64,7 @@ def selected_token_weights(selected: torch.Tensor, loss_mask: torch.Tensor, pref
     chosen_share, rejected_share = (selected.sum(dim=1) / loss_mask.sum(dim=1).clamp(min=1)).chunk(2)
     return TokenWeights(weights=length_normalised_weights(selected), pair_weights=(~zeroed).float(), metrics={
         f"{prefix}/selected_chosen": chosen_share.mean(), f"{prefix}/selected_rejected": rejected_share.mean(),
-        f"{prefix}/zeroed_pairs": zeroed.sum()})
+        f"{prefix}/zeroed_pairs": Count(zeroed.sum())})
 
 
 def margin_offsets(ctx: LossContext, gamma_over_beta: float) -> torch.Tensor:

@@ -19,6 +19,7 @@ import torch
 
 from tokenweight.errors import UserError
 from tokenweight.masks import pack_order
+from tokenweight.metrics import Count
 from tokenweight.weights.base import TokenWeights, WeightingInputs, WeightingScheme, register_scheme
 from tokenweight.weights.otpo.cost import raise_response_problems
 from tokenweight.weights.otpo.plan import otpo_weights
@@ -66,7 +67,7 @@ class OTPOScheme(WeightingScheme):
         weights[pairs:].scatter_(1, rejected_order, rejected_weights)
         metrics = {"otpo/mass_scale": log["mass_scale"].double().mean(),
                    "otpo/iterations": log["iterations"].double().mean(),
-                   "otpo/unconverged_pairs": (~log["converged"]).sum().double()}
+                   "otpo/unconverged_pairs": Count((~log["converged"]).sum().double())}
         return TokenWeights(weights=weights, metrics=metrics, plan=log.get("plan"))
 
 

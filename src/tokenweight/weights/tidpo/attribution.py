@@ -23,6 +23,7 @@ from transformers.modeling_layers import GradientCheckpointingLayer
 from tokenweight.head import output_head
 from tokenweight.logps import backbone
 from tokenweight.masks import last_index, position_ids_from_mask
+from tokenweight.metrics import Count
 from tokenweight.weights.tidpo.common import eval_mode
 
 SPANS = ("response", "full")
@@ -144,6 +145,6 @@ def tidpo_weights(model: nn.Module, input_ids: torch.Tensor, attention_mask: tor
     metrics = {
         "tidpo/weight_on_last_token": weights[rows, last_index(completion)].mean().item(),
         "tidpo/weight_max": weights.max().item(),
-        "tidpo/zero_attribution_rows": float(zero_rows.sum().item()),
+        "tidpo/zero_attribution_rows": Count(float(zero_rows.sum().item())),
     }
     return weights, metrics

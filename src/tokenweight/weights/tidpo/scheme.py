@@ -33,6 +33,7 @@ from torch import nn
 
 from tokenweight.errors import UserError
 from tokenweight.masks import to_shifted
+from tokenweight.metrics import Count
 from tokenweight.weights.base import (LossContext, SchemeContext, TokenWeights, WeightingInputs, WeightingScheme,
                                       dataset_rows, register_scheme)
 from tokenweight.weights.kl import sequence_kl, tdpo2_offset
@@ -104,7 +105,7 @@ class TIDPOScheme(WeightingScheme):
         except FloatingPointError as error:
             failures = self._count_or_raise(error)
             weights, metrics = tidpo_weights(*batch, lam=0.0, sigma_div=s.sigma_div, span=s.span, log=True)
-        metrics["tidpo/attribution_failures"] = failures
+        metrics["tidpo/attribution_failures"] = Count(failures)
         return TokenWeights(weights=to_shifted(weights) * inputs.loss_mask, metrics=metrics)
 
     def margin_offset(self, ctx: LossContext) -> tuple[torch.Tensor, dict[str, float]] | None:
@@ -118,11 +119,11 @@ class TIDPOScheme(WeightingScheme):
             failures = self._count_or_raise(error)
             zeros = torch.zeros(ctx.policy_hidden.shape[0] // 2, device=ctx.policy_hidden.device)
             return zeros, {"tidpo/kl_chosen": 0.0, "tidpo/kl_rejected": 0.0, "tidpo/kl_term": 0.0,
-                           "tidpo/kl_failures": failures}
+                           "tidpo/kl_failures": Count(failures)}
         kl_chosen, kl_rejected = kl.chunk(2)
         offset = tdpo2_offset(kl, alpha)
         return offset, {"tidpo/kl_chosen": kl_chosen.mean().item(), "tidpo/kl_rejected": kl_rejected.mean().item(),
-                        "tidpo/kl_term": offset.mean().item(), "tidpo/kl_failures": 0.0}
+                        "tidpo/kl_term": offset.mean().item(), "tidpo/kl_failures": Count(0.0)}
 
     def extra_loss(self, ctx: LossContext) -> tuple[torch.Tensor, dict[str, float]] | None:
         """``(γ · L_triplet, metrics)`` with an anchor sampled from the current policy; ``None`` when γ = 0.
@@ -158,9 +159,9 @@ class TIDPOScheme(WeightingScheme):
             loss, dist_pos, dist_neg = triplet_loss(anchor_ratios, ratios[:pairs], ratios[pairs:], anchor_len,
                                                     lengths[:pairs], lengths[pairs:], s.margin)
         except FloatingPointError as error:
-            metrics["tidpo/triplet_failures"] = self._count_or_raise(error)
+            metrics["tidpo/triplet_failures"] = Count(self._count_or_raise(error))
             metrics.update({"tidpo/triplet_loss": 0.0, "tidpo/dist_pos": 0.0, "tidpo/dist_neg": 0.0})
             return torch.zeros((), device=policy_anchor.device), metrics
         metrics.update({"tidpo/triplet_loss": loss.item(), "tidpo/dist_pos": dist_pos.mean().item(),
-                        "tidpo/dist_neg": dist_neg.mean().item(), "tidpo/triplet_failures": 0.0})
+                        "tidpo/dist_neg": dist_neg.mean().item(), "tidpo/triplet_failures": Count(0.0)})
         return s.gamma * loss, metrics
