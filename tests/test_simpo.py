@@ -15,7 +15,7 @@ from tokenweight.data import PreferenceCollator, tokenize_preference_dataset
 from tokenweight.errors import UserError
 from tokenweight.trainer import TokenweightTrainer
 from tokenweight.weights import SchemeContext, batch_inputs, build_scheme
-from tokenweight.weights.simpo import SimpoScheme
+from tokenweight.weights.simpo import SimPOScheme
 
 BETA, RATIO = 2.5, 0.55  # SimPO's Llama3-Instruct setting: γ = 1.375
 #: metrics TRL's CPO logs under the same names and meaning (rewards = β · length-normalised policy log-probs)
@@ -100,7 +100,7 @@ def test_simpo_defaults_and_refusals():
     with pytest.raises(UserError, match="weighting=simpo supports sigmoid, hinge, not ipo"):
         TokenweightConfig(output_dir="/tmp/tw", weighting="simpo", loss_type="ipo")
     with pytest.raises(UserError, match="weighting=simpo supports sigmoid, hinge, not ipo"):  # without a config too
-        SimpoScheme(context=SchemeContext(beta=2.0, loss_type="ipo"))
+        SimPOScheme(context=SchemeContext(beta=2.0, loss_type="ipo"))
     with pytest.raises(UserError, match="simpo_gamma_beta_ratio` must be >= 0"):
         TokenweightConfig(output_dir="/tmp/tw", weighting="simpo", simpo_gamma_beta_ratio=-0.1)
 

@@ -40,7 +40,7 @@ CONFPO_BETA = 1.5
 
 
 @dataclass
-class ConfpoSettings:
+class ConfPOSettings:
     """ConfPO's flags."""
 
     confpo_gamma: float = field(default=1.6, metadata={
@@ -63,9 +63,9 @@ def low_confidence_tokens(token_logps: torch.Tensor, loss_mask: torch.Tensor) ->
 
 
 @register_scheme
-class ConfpoScheme(WeightingScheme):
+class ConfPOScheme(WeightingScheme):
     name = "confpo"
-    settings_class = ConfpoSettings
+    settings_class = ConfPOSettings
     needs_policy_logps = True
     uses_reference = False
     loss_types = ("sigmoid",)

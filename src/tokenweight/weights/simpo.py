@@ -33,7 +33,7 @@ SIMPO_BETA = 2.0
 
 
 @dataclass
-class SimpoSettings:
+class SimPOSettings:
     """SimPO's flags."""
 
     simpo_gamma_beta_ratio: float = field(default=0.5, metadata={
@@ -73,9 +73,9 @@ def margin_offsets(ctx: LossContext, gamma_over_beta: float) -> torch.Tensor:
 
 
 @register_scheme
-class SimpoScheme(WeightingScheme):
+class SimPOScheme(WeightingScheme):
     name = "simpo"
-    settings_class = SimpoSettings
+    settings_class = SimPOSettings
     uses_reference = False
     loss_types = ("sigmoid", "hinge")
 
