@@ -14,7 +14,7 @@ from conftest import make_model, standard_rows
 from tokenweight.config import TokenweightConfig
 from tokenweight.data import PreferenceCollator, tokenize_preference_dataset
 from tokenweight.errors import UserError
-from tokenweight.objectives import pair_loss
+from tokenweight.objectives import pair_loss, pair_sides
 from tokenweight.trainer import TokenweightTrainer
 from tokenweight.weights import WeightingInputs, build_scheme
 from tokenweight.weights.confpo import low_confidence_tokens
@@ -129,8 +129,8 @@ def test_a_response_that_selects_nothing_zeroes_its_pair_as_the_authors_code():
     assert result.metrics["confpo/all_equal_rows"].value.item() == 2
     assert result.metrics["confpo/zeroed_pairs"].value.item() == 2
     assert result.weights[1].tolist() == [0.0] * 5 and result.weights[5].tolist() == [0.0] * 5
-    ours = pair_loss(ours_logps, None, result.weights, mask.bool(), beta, offset=torch.full((3,), gamma / beta),
-                     pair_weights=result.pair_weights)
+    ours = pair_loss(*pair_sides(ours_logps, result.weights, mask.bool()), beta,
+                     offset=torch.full((3,), gamma / beta), pair_weights=result.pair_weights)
     losses = upstream_confpo_losses(oracle_logps[:3], oracle_logps[3:], mask, beta, gamma)
     assert losses[1].item() == losses[2].item() == 0.0 and losses[0].item() > 0.1
     assert ours.per_pair.tolist() == pytest.approx(losses.tolist(), abs=1e-6)

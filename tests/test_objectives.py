@@ -13,7 +13,7 @@ from conftest import make_model, standard_rows
 from tokenweight.config import TokenweightConfig
 from tokenweight.data import tokenize_preference_dataset
 from tokenweight.logps import naive_token_logps
-from tokenweight.objectives import pair_loss, weight_statistics
+from tokenweight.objectives import Responses, pair_loss, pair_sides, weight_statistics
 from tokenweight.trainer import TokenweightTrainer
 
 BETA = 0.3
@@ -57,7 +57,7 @@ def test_sigmoid_and_cdpo_match_naive(label_smoothing):
     for i in range(pairs):
         z = BETA * (sums[i] - sums[pairs + i])
         expected.append(-(1 - label_smoothing) * log_sigmoid(z) - label_smoothing * log_sigmoid(-z))
-    result = pair_loss(policy, ref, weights, mask, BETA, "sigmoid", label_smoothing)
+    result = pair_loss(*pair_sides(policy, weights, mask, ref), BETA, "sigmoid", label_smoothing)
     assert result.per_pair.tolist() == pytest.approx(expected, abs=1e-12)
     assert result.loss.item() == pytest.approx(sum(expected) / pairs, abs=1e-12)
 
@@ -70,7 +70,7 @@ def test_ipo_is_length_normalised():
     pairs = len(sums) // 2
     expected = [(sums[i] / lengths[i] - sums[pairs + i] / lengths[pairs + i] - 1 / (2 * BETA)) ** 2
                 for i in range(pairs)]
-    result = pair_loss(policy, ref, weights, mask, BETA, "ipo")
+    result = pair_loss(*pair_sides(policy, weights, mask, ref), BETA, "ipo")
     assert result.per_pair.tolist() == pytest.approx(expected, abs=1e-12)
 
 
@@ -82,7 +82,7 @@ def test_hinge_matches_naive_on_both_sides_of_the_kink():
         policy[0] += 40 * mask[0]
     sums = naive_sums(policy, ref, weights, mask)
     expected = [max(0.0, 1 - BETA * (sums[i] - sums[4 + i])) for i in range(4)]
-    result = pair_loss(policy, ref, weights, mask, BETA, "hinge")
+    result = pair_loss(*pair_sides(policy, weights, mask, ref), BETA, "hinge")
     assert expected[0] == 0.0 and any(e > 0 for e in expected)
     assert result.per_pair.tolist() == pytest.approx(expected, abs=1e-12)
 
@@ -93,7 +93,7 @@ def test_offset_moves_the_margin():
     offset = torch.tensor([0.5, -1.0, 2.0], dtype=torch.float64)
     sums = naive_sums(policy, ref, weights, mask)
     expected = [-log_sigmoid(BETA * (sums[i] - sums[3 + i] - offset[i].item())) for i in range(3)]
-    result = pair_loss(policy, ref, weights, mask, BETA, "sigmoid", offset=offset)
+    result = pair_loss(*pair_sides(policy, weights, mask, ref), BETA, "sigmoid", offset=offset)
     assert result.per_pair.tolist() == pytest.approx(expected, abs=1e-12)
 
 
@@ -103,7 +103,7 @@ def test_reward_metrics_match_hand_computation():
     plain = naive_sums(policy, ref, mask.double(), mask)
     weighted = naive_sums(policy, ref, weights, mask)
     logps = naive_sums(policy, torch.zeros_like(ref), mask.double(), mask)
-    metrics = pair_loss(policy, ref, weights, mask, BETA).metrics
+    metrics = pair_loss(*pair_sides(policy, weights, mask, ref), BETA).metrics
     mean = lambda values: sum(values) / len(values)  # noqa: E731
     chosen, rejected = [BETA * s for s in plain[:3]], [BETA * s for s in plain[3:]]
     assert metrics["rewards/chosen"] == pytest.approx(mean(chosen), abs=1e-6)
@@ -125,7 +125,7 @@ def test_token_weight_scales_its_gradient_by_hand_formula():
     rejected_token = (pairs + 1, int(mask[pairs + 1].nonzero()[-1]))
     weights[chosen_token] = 2.0
     weights[rejected_token] = 2.0
-    pair_loss(policy, ref, weights, mask, BETA, "sigmoid").loss.backward()
+    pair_loss(*pair_sides(policy, weights, mask, ref), BETA, "sigmoid").loss.backward()
     sums = naive_sums(policy, ref, weights, mask)
     deltas = [sums[i] - sums[pairs + i] for i in range(pairs)]
     slope = [BETA * (1 / (1 + math.exp(BETA * d))) / pairs for d in deltas]  # β σ(−βΔ) / B
@@ -218,12 +218,30 @@ def test_reference_weights_and_pair_weights_enter_the_loss_as_written():
     weights = torch.rand(mask.shape, generator=generator, dtype=torch.float64) * mask
     ref_weights = torch.rand(mask.shape, generator=generator, dtype=torch.float64) * mask
     pair_weights = torch.tensor([0.5, 1.5, 0.25], dtype=torch.float64)
-    result = pair_loss(policy, ref, weights, mask, BETA, ref_weights=ref_weights, pair_weights=pair_weights)
+    result = pair_loss(*pair_sides(policy, weights, mask, ref, ref_weights), BETA, pair_weights=pair_weights)
     pairs = mask.shape[0] // 2
     sums = [sum(weights[i, t] * policy[i, t] - ref_weights[i, t] * ref[i, t] for t in range(mask.shape[1])
                 if mask[i, t]) for i in range(2 * pairs)]
     expected = [pair_weights[b] * -math.log(1 / (1 + math.exp(-BETA * (sums[b] - sums[pairs + b]))))
                 for b in range(pairs)]
     assert result.per_pair.tolist() == pytest.approx([float(e) for e in expected], rel=1e-12)
-    same = pair_loss(policy, ref, weights, mask, BETA, ref_weights=weights)
-    assert same.loss.item() == pytest.approx(pair_loss(policy, ref, weights, mask, BETA).loss.item(), rel=1e-12)
+    same = pair_loss(*pair_sides(policy, weights, mask, ref, weights), BETA)
+    assert same.loss.item() == pytest.approx(pair_loss(*pair_sides(policy, weights, mask, ref), BETA).loss.item(),
+                                               rel=1e-12)
+
+
+def test_the_two_sides_are_explicit_and_may_differ_in_length():
+    """Chosen ``[B, 5]`` and rejected ``[B, 7]`` given apart (no stacked layout): the naive per-pair sigmoid loss; a
+    side with reference log-probs and one without are refused."""
+    policy, ref, mask = make_pairs(seed=8)
+    weights = torch.rand(mask.shape, dtype=torch.float64, generator=torch.Generator().manual_seed(9)) * mask
+    chosen = Responses(policy[:3, :5], weights[:3, :5], mask[:3, :5], ref[:3, :5])
+    rejected = Responses(policy[3:], weights[3:], mask[3:], ref[3:])
+    sums_c = naive_sums(policy[:3, :5], ref[:3, :5], weights[:3, :5], mask[:3, :5])
+    sums_r = naive_sums(policy[3:], ref[3:], weights[3:], mask[3:])
+    expected = [-log_sigmoid(BETA * (c - r)) for c, r in zip(sums_c, sums_r)]
+    result = pair_loss(chosen, rejected, BETA)
+    assert result.per_pair.tolist() == pytest.approx(expected, abs=1e-12)
+    assert result.loss.item() == pytest.approx(sum(expected) / 3, abs=1e-12)
+    with pytest.raises(ValueError, match="both have reference log-probs or both have none"):
+        pair_loss(chosen, rejected._replace(ref_logps=None), BETA)

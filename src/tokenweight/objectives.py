@@ -1,7 +1,8 @@
 """Pair losses on weighted log-ratio sums, and the metrics logged under TRL's names.
 
-Inputs are per-token log-probs in the shifted alignment (see :mod:`tokenweight.weights.base`), rows
-``[0, B)`` chosen and ``[B, 2B)`` rejected:
+:func:`pair_loss` takes the chosen and the rejected responses of ``B`` pairs as two :class:`Responses` (per-token
+log-probs in the shifted alignment, see :mod:`tokenweight.weights.base`, weights, masks: ``[B, T]`` each;
+:func:`pair_sides` splits a collated batch's ``[2B, T]`` tensors) and returns the unreduced ``[B]`` pair losses:
 
     Δ = Σ_t ω_c,t (log π_θ − log π_ref)(y_c,t) − Σ_t ω_r,t (log π_θ − log π_ref)(y_r,t) − offset
 
@@ -28,6 +29,7 @@ head metrics).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -41,11 +43,15 @@ LOSS_TYPES = ("sigmoid", "ipo", "hinge")
 
 @dataclass
 class PairLoss:
-    """``loss`` is the batch mean (scalar, with grad); ``metrics`` are detached 0-d tensors; ``per_pair`` ``[B]``."""
+    """``per_pair``: the ``[B]`` unreduced pair losses (with grad); ``loss``: their mean (the batch loss);
+    ``metrics``: detached 0-d tensors."""
 
-    loss: torch.Tensor
     per_pair: torch.Tensor
     metrics: dict[str, torch.Tensor]
+
+    @property
+    def loss(self) -> torch.Tensor:
+        return self.per_pair.mean()
 
 
 def weighted_log_ratios(policy_logps: torch.Tensor, ref_logps: torch.Tensor | None, weights: torch.Tensor,
@@ -85,30 +91,65 @@ def wpo_pair_weights(policy_logps: torch.Tensor, log_sum_sq_probs: torch.Tensor,
         return weights.clamp(max=1.0) if clamp else weights
 
 
-def pair_loss(policy_logps: torch.Tensor, ref_logps: torch.Tensor | None, weights: torch.Tensor,
-              loss_mask: torch.Tensor, beta: float, loss_type: str = "sigmoid", label_smoothing: float = 0.0,
-              offset: torch.Tensor | None = None, ref_weights: torch.Tensor | None = None,
+class Responses(NamedTuple):
+    """One side of ``B`` preference pairs, the chosen or the rejected responses: ``[B, T]`` per-token tensors in the
+    shifted alignment.
+
+    Attributes:
+        policy_logps: the policy's per-token log-probs (with grad).
+        weights: the token weights ω, 0 outside ``mask`` (no grad).
+        mask: bool, the completion tokens.
+        ref_logps: the reference's per-token log-probs (no grad); ``None``: reference-free (module docstring).
+        ref_weights: weights of the reference log-probs alone (:func:`weighted_log_ratios`); ``None``: ``weights``.
+    """
+
+    policy_logps: torch.Tensor
+    weights: torch.Tensor
+    mask: torch.Tensor
+    ref_logps: torch.Tensor | None = None
+    ref_weights: torch.Tensor | None = None
+
+    def weighted_log_ratios(self) -> torch.Tensor:
+        """``[B]`` Σ_t ω_t ℓ_θ,t − Σ_t ω_ref,t ℓ_ref,t per response (:func:`weighted_log_ratios`)."""
+        return weighted_log_ratios(self.policy_logps, self.ref_logps, self.weights, self.mask, self.ref_weights)
+
+    def log_ratios(self) -> torch.Tensor:
+        """``[B]`` the unweighted Σ_t (ℓ_θ,t − ℓ_ref,t) per response (Σ_t ℓ_θ,t when reference-free)."""
+        ratios = self.policy_logps if self.ref_logps is None else self.policy_logps - self.ref_logps
+        return (ratios * self.mask.to(self.policy_logps.dtype)).sum(dim=1)
+
+
+def pair_sides(policy_logps: torch.Tensor, weights: torch.Tensor, loss_mask: torch.Tensor,
+               ref_logps: torch.Tensor | None = None,
+               ref_weights: torch.Tensor | None = None) -> tuple[Responses, Responses]:
+    """The chosen and the rejected :class:`Responses` of a collated batch's ``[2B, T]`` tensors (rows ``[0, B)``
+    chosen, ``[B, 2B)`` rejected, as the collator stacks them)."""
+    parts = [None if tensor is None else tensor.chunk(2)
+             for tensor in (policy_logps, weights, loss_mask, ref_logps, ref_weights)]
+    return tuple(Responses(*(None if part is None else part[side] for part in parts)) for side in (0, 1))
+
+
+def pair_loss(chosen: Responses, rejected: Responses, beta: float, loss_type: str = "sigmoid",
+              label_smoothing: float = 0.0, offset: torch.Tensor | None = None,
               pair_weights: torch.Tensor | None = None) -> PairLoss:
-    """Token-weighted preference loss.
+    """Token-weighted preference loss of ``B`` pairs, pair ``b`` = (``chosen`` row ``b``, ``rejected`` row ``b``).
 
     Args:
-        policy_logps: ``[2B, T]`` per-token log-probs of the policy (with grad).
-        ref_logps: ``[2B, T]`` per-token log-probs of the reference; ``None``: reference-free (module docstring).
-        weights: ``[2B, T]`` token weights, 0 outside ``loss_mask`` (no grad).
-        loss_mask: ``[2B, T]`` bool, completion tokens.
+        chosen, rejected: the two sides (:class:`Responses`, ``[B, T]`` each); both with reference log-probs, or
+            both without (reference-free, module docstring).
         offset: optional ``[B]`` subtracted from Δ before the pair loss.
-        ref_weights: optional ``[2B, T]`` weights of the reference log-probs (:func:`weighted_log_ratios`);
-            ``None``: ``weights``.
         pair_weights: optional ``[B]`` factors of each pair's loss (WPO, :func:`wpo_pair_weights`), no grad.
+
+    Returns:
+        :class:`PairLoss`: the unreduced ``[B]`` losses (with grad), their mean, and the reward metrics.
     """
     if loss_type not in LOSS_TYPES:
         raise ValueError(f"unknown loss_type {loss_type!r} (config key `loss_type`); known: {list(LOSS_TYPES)}")
     if label_smoothing and loss_type != "sigmoid":
         raise ValueError("label_smoothing (cDPO) applies to loss_type='sigmoid' only")
-    mask = loss_mask.to(policy_logps.dtype)
-    ratios = (policy_logps if ref_logps is None else policy_logps - ref_logps) * mask
-    weighted = weighted_log_ratios(policy_logps, ref_logps, weights, loss_mask, ref_weights)
-    chosen_w, rejected_w = weighted.chunk(2)
+    if (chosen.ref_logps is None) != (rejected.ref_logps is None):
+        raise ValueError("pair_loss: chosen and rejected must both have reference log-probs or both have none")
+    chosen_w, rejected_w = chosen.weighted_log_ratios(), rejected.weighted_log_ratios()
     delta = chosen_w - rejected_w
     if offset is not None:
         delta = delta - offset
@@ -117,25 +158,28 @@ def pair_loss(policy_logps: torch.Tensor, ref_logps: torch.Tensor | None, weight
     elif loss_type == "hinge":
         per_pair = torch.relu(1 - beta * delta)
     else:
-        chosen_len, rejected_len = loss_mask.sum(dim=1).clamp(min=1).to(policy_logps.dtype).chunk(2)
+        chosen_len, rejected_len = (side.mask.sum(dim=1).clamp(min=1).to(side.policy_logps.dtype)
+                                    for side in (chosen, rejected))
         ipo_delta = chosen_w / chosen_len - rejected_w / rejected_len
         if offset is not None:
             ipo_delta = ipo_delta - offset
         per_pair = (ipo_delta - 1 / (2 * beta)) ** 2
     if pair_weights is not None:
         per_pair = per_pair * pair_weights.to(per_pair.dtype)
-    metrics = (reference_free_metrics(weighted, beta) if ref_logps is None
-               else preference_metrics(policy_logps, ratios, weighted, mask, beta))
-    return PairLoss(loss=per_pair.mean(), per_pair=per_pair.detach(), metrics=metrics)
+    metrics = (reference_free_metrics(chosen_w, rejected_w, beta) if chosen.ref_logps is None
+               else preference_metrics(chosen, rejected, chosen_w, rejected_w, beta))
+    return PairLoss(per_pair=per_pair, metrics=metrics)
 
 
-def preference_metrics(policy_logps: torch.Tensor, ratios: torch.Tensor, weighted: torch.Tensor,
-                       mask: torch.Tensor, beta: float) -> dict[str, torch.Tensor]:
-    """TRL's reward metrics (unweighted β·Σ log-ratio, so schemes stay comparable) plus the weighted ones."""
+def preference_metrics(chosen: Responses, rejected: Responses, chosen_w: torch.Tensor, rejected_w: torch.Tensor,
+                       beta: float) -> dict[str, torch.Tensor]:
+    """TRL's reward metrics (unweighted β·Σ log-ratio, so schemes stay comparable) plus the weighted ones, from the
+    two sides and their weighted log-ratio sums ``[B]``."""
     with torch.no_grad():
-        rewards_c, rewards_r = (beta * ratios.sum(dim=1)).chunk(2)
-        weighted_c, weighted_r = (beta * weighted.detach()).chunk(2)
-        logps_c, logps_r = (policy_logps.detach() * mask).sum(dim=1).chunk(2)
+        rewards_c, rewards_r = beta * chosen.log_ratios(), beta * rejected.log_ratios()
+        weighted_c, weighted_r = beta * chosen_w.detach(), beta * rejected_w.detach()
+        logps_c, logps_r = ((side.policy_logps.detach() * side.mask.to(side.policy_logps.dtype)).sum(dim=1)
+                            for side in (chosen, rejected))
         return {
             "rewards/chosen": rewards_c.mean(),
             "rewards/rejected": rewards_r.mean(),
@@ -150,11 +194,11 @@ def preference_metrics(policy_logps: torch.Tensor, ratios: torch.Tensor, weighte
         }
 
 
-def reference_free_metrics(weighted: torch.Tensor, beta: float) -> dict[str, torch.Tensor]:
-    """TRL CPO's reward metrics of a reference-free pair loss from the weighted policy log-prob sums ``[2B]``:
-    rewards β·Σ ω log π_θ, ``logps/*`` Σ ω log π_θ (the length-normalised log-probs for SimPO)."""
+def reference_free_metrics(chosen_w: torch.Tensor, rejected_w: torch.Tensor, beta: float) -> dict[str, torch.Tensor]:
+    """TRL CPO's reward metrics of a reference-free pair loss from the weighted policy log-prob sums ``[B]`` of each
+    side: rewards β·Σ ω log π_θ, ``logps/*`` Σ ω log π_θ (the length-normalised log-probs for SimPO)."""
     with torch.no_grad():
-        logps_c, logps_r = weighted.detach().chunk(2)
+        logps_c, logps_r = chosen_w.detach(), rejected_w.detach()
         rewards_c, rewards_r = beta * logps_c, beta * logps_r
         return {
             "rewards/chosen": rewards_c.mean(),

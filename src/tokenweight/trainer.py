@@ -26,7 +26,8 @@ from tokenweight.fsdp import enable_fsdp_on_cpu, end_reference_step, init_root, 
 from tokenweight.logps import TokenScores, enable_token_scoring, verify_padding_free
 from tokenweight.metrics import Count, MetricValue, record_metrics, reduce_metrics
 from tokenweight.models import disable_dropout, freeze, router_aux_loss_coef
-from tokenweight.objectives import completion_statistics, pair_loss, weight_statistics, wpo_pair_weights
+from tokenweight.objectives import (completion_statistics, pair_loss, pair_sides, weight_statistics,
+                                    wpo_pair_weights)
 from tokenweight.weights import LossContext, batch_inputs, build_scheme, weigh_batch
 
 
@@ -161,9 +162,9 @@ class TokenweightTrainer(Trainer):
             wpo = wpo_pair_weights(policy.token_logps, policy.stats.log_sum_sq_probs, loss_mask, self.args.wpo_clamp)
             metrics["wpo/pair_weight"] = wpo.mean()
             pair_weights = wpo if pair_weights is None else pair_weights * wpo
-        result = pair_loss(policy.token_logps, ref_logps, weights, loss_mask, self.beta, self.args.loss_type,
-                           self.args.label_smoothing, offset=offset, ref_weights=token_weights.ref_weights,
-                           pair_weights=pair_weights)
+        chosen, rejected = pair_sides(policy.token_logps, weights, loss_mask, ref_logps, token_weights.ref_weights)
+        result = pair_loss(chosen, rejected, self.beta, self.args.loss_type, self.args.label_smoothing,
+                           offset=offset, pair_weights=pair_weights)
         loss = result.loss
         extra = scheme.extra_loss(context)
         if extra is not None:
@@ -183,7 +184,7 @@ class TokenweightTrainer(Trainer):
         if mode == "train":
             metrics["num_tokens"] = Count(inputs["attention_mask"].sum())
         self._record(mode, metrics)
-        return (loss, {"per_pair": result.per_pair}) if return_outputs else loss
+        return (loss, {"per_pair": result.per_pair.detach()}) if return_outputs else loss
 
     def training_step(self, model, inputs, num_items_in_batch=None):
         loss = super().training_step(model, inputs, num_items_in_batch)
