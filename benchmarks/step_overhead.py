@@ -13,7 +13,8 @@ dataset columns by then, as after ``tokenweight precompute <scheme>``); ``tdpo``
 DPO with TRL's ``use_weighting`` pair weights; ``uniform (cached reference)``: plain DPO with no reference model
 in memory, its per-token log-probs read from the batch (as with ``--ref_log_probs DIR`` after ``tokenweight
 precompute reference``; the values are any fixed numbers, which do not change the step's cost); ``simpo`` and
-``confpo``: reference-free, so no reference model is built at all (the trainer refuses one). Besides the peak the step
+``confpo``: reference-free, so no reference model is built at all (the trainer refuses one). The rows come from
+the scheme registry (:func:`scheme_variants`): a newly registered scheme gets one at its defaults. Besides the peak the step
 adds, each child reports its peak with the models resident (policy, reference, optimizer state), measured from
 before the models are built. Runs are interleaved over ``--rounds`` rounds (at least 5), the order rotated by one
 every round (each scheme goes first in turn), so that load on a shared machine hits every scheme alike. Each
@@ -34,28 +35,31 @@ sys.path.insert(0, str(Path(__file__).parent))
 from _common import MIB, PeakMemory, command_line, markdown_table, run_child  # noqa: E402
 from dpo_vs_trl import make_model, make_rows, make_tokenizer, rotated  # noqa: E402
 
-VARIANTS = {
-    "uniform": {"weighting": "uniform"},
-    "otpo": {"weighting": "otpo"},
-    "tidpo": {"weighting": "tidpo", "tidpo_gamma": 0.0},
+#: Settings of a scheme's own row besides its defaults: TI-DPO's leaves out the triplet term (``tidpo+triplet`` has it).
+SCHEME_ROW_SETTINGS = {"tidpo": {"tidpo_gamma": 0.0}}
+#: Rows besides one per scheme: TI-DPO with its triplet term, WPO's pair weights and the reference-log-prob cache.
+EXTRA_VARIANTS = {
     "tidpo+triplet": {"weighting": "tidpo"},
-    "attention (cached)": {"weighting": "attention"},
-    "tdpo": {"weighting": "tdpo"},
-    "tisdpo (cached)": {"weighting": "tisdpo"},
-    "lddpo": {"weighting": "lddpo"},
-    "sampo": {"weighting": "sampo"},
-    "d2po": {"weighting": "d2po"},
     "uniform + WPO": {"weighting": "uniform", "use_weighting": True},
     "uniform (cached reference)": {"weighting": "uniform", "precompute_ref_log_probs": True},
-    "simpo": {"weighting": "simpo"},
-    "confpo": {"weighting": "confpo"},
-    "sepo (cached)": {"weighting": "sepo"},
-    "tgdpo (cached)": {"weighting": "tgdpo"},
-    "cdpo (cached)": {"weighting": "cdpo"},
 }
 
+
+def scheme_variants() -> dict[str, dict]:
+    """One row per registered scheme that runs without dataset-supplied weight columns, ``uniform`` (the baseline)
+    first, then by name: named after the scheme, ``<name> (cached)`` for a scheme with a prepare hook
+    (its weights are dataset columns by then, as after ``tokenweight precompute <scheme>``)."""
+    from tokenweight.weights import SCHEMES
+
+    names = ["uniform", *sorted(name for name in SCHEMES if name != "uniform")]
+    return {f"{name} (cached)" if SCHEMES[name].has_prepare() else name:
+            {"weighting": name, **SCHEME_ROW_SETTINGS.get(name, {})}
+            for name in names if not SCHEMES[name].tooling.needs_weight_columns}
+
+
+VARIANTS = {**scheme_variants(), **EXTRA_VARIANTS}
 #: Variants whose weights are dataset columns by then (after ``tokenweight precompute <scheme>``).
-CACHED_WEIGHTS = ("attention (cached)", "tisdpo (cached)", "sepo (cached)", "tgdpo (cached)", "cdpo (cached)")
+CACHED_WEIGHTS = tuple(label for label in VARIANTS if label.endswith(" (cached)"))
 
 
 def variant_dataset(variant: str, tokenizer, rows: list[dict]):

@@ -1,12 +1,17 @@
-"""docs/ADDING_A_SCHEME.md works as written: its example scheme ``mine``, copied from the page into a throw-away
-package and registered by importing it, gets its flags, help group and validation, and trains 2 steps through the
-CLI with its weights and its extra loss term used."""
+"""docs/ADDING_A_SCHEME.md works as written: its example scheme ``mine``, written from the page into a copy of the
+package source where the page says and nothing else changed, appears in ``tokenweight train --help``, in
+``tokenweight weights``, in the bench's rows and in ``benchmarks/step_overhead.py``'s; copied into a throw-away package
+and registered by importing it (the page's plugin route), it gets its flags, help group and validation, and trains 2
+steps through the CLI with its weights and its extra loss term used."""
 
 from __future__ import annotations
 
 import importlib
 import json
+import os
 import re
+import shutil
+import subprocess
 import sys
 from pathlib import Path
 
@@ -17,26 +22,74 @@ from tokenweight.cli import main
 from tokenweight.weights import SCHEMES, SchemeContext, WeightingInputs, build_scheme
 from workflow_runs import keyfact_cache, log_history  # noqa: F401  (keyfact_cache: the small model, built once)
 
-GUIDE = Path(__file__).resolve().parents[1] / "docs" / "ADDING_A_SCHEME.md"
+REPO = Path(__file__).resolve().parents[1]
+GUIDE = REPO / "docs" / "ADDING_A_SCHEME.md"
 FOLDER = "src/tokenweight/weights/mine/"
+#: The ``tokenweight`` command of this environment.
+TOKENWEIGHT = Path(sys.executable).with_name("tokenweight")
 
 
 def guide_files() -> dict[str, str]:
-    """``file name -> source`` of the guide's Python blocks that start with ``# src/tokenweight/weights/mine/…``."""
+    """``path in the repository -> source`` of the guide's Python blocks that start with
+    ``# src/tokenweight/weights/mine/…``."""
     blocks = re.findall(r"```python\n(.*?)```", GUIDE.read_text(), flags=re.DOTALL)
-    return {block.split("\n", 1)[0][len("# " + FOLDER):]: block for block in blocks
-            if block.startswith("# " + FOLDER)}
+    return {block.split("\n", 1)[0][len("# "):]: block for block in blocks if block.startswith("# " + FOLDER)}
+
+
+@pytest.fixture(scope="module")
+def source_with_mine(tmp_path_factory) -> Path:
+    """The ``src`` folder of a copy of the package source with the guide's files written where the guide says;
+    nothing else in it differs from this checkout (no list edited, the stored help as committed)."""
+    root = tmp_path_factory.mktemp("checkout")
+    shutil.copytree(REPO / "src" / "tokenweight", root / "src" / "tokenweight",
+                    ignore=shutil.ignore_patterns("__pycache__"))
+    files = guide_files()
+    assert sorted(files) == [FOLDER + "__init__.py", FOLDER + "scheme.py"]
+    for path, source in files.items():
+        (root / path).parent.mkdir(parents=True, exist_ok=True)
+        (root / path).write_text(source)
+    return root / "src"
+
+
+def run_on(source: Path, cwd: Path, *command: str) -> subprocess.CompletedProcess:
+    """``command`` in a fresh process that imports tokenweight from ``source`` (first on ``PYTHONPATH``)."""
+    env = {**os.environ, "PYTHONPATH": str(source), "TOKENIZERS_PARALLELISM": "false"}
+    done = subprocess.run(command, capture_output=True, text=True, env=env, cwd=cwd, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return done
+
+
+def test_the_guides_folder_alone_puts_the_scheme_in_help_and_weights(source_with_mine, tmp_path):
+    text = run_on(source_with_mine, tmp_path, str(TOKENWEIGHT), "train", "--help").stdout
+    group = text.split("mine (--weighting mine):\n", 1)[1].split("\n\n", 1)[0]
+    assert "--mine_strength" in group and "--mine_sft" in group and "(default: 1.0)" in group
+    assert ",lddpo,mine,otpo," in " ".join(text.split())  # a --weighting choice, in name order
+    shown = run_on(source_with_mine, tmp_path, str(TOKENWEIGHT), "weights", "--weighting", "mine",
+                   "--mine_strength", "2", "--num_pairs", "2", "--output", "mine.html").stdout
+    assert str(source_with_mine) in shown  # the copy's shipped KeyFact model: the copy ran, not this checkout
+    assert "weighting=mine" in shown and "mine_strength=2.0" in shown
+    assert shown.count("weights from 2.000 (white) to 2.000 (red)") == 2  # both pairs weighed by the scheme
+    assert "mine_strength" in (tmp_path / "mine.html").read_text()
+
+
+def test_the_guides_folder_alone_puts_the_scheme_in_the_bench_and_the_step_benchmark(source_with_mine, tmp_path):
+    code = ("import json, sys\nsys.path.insert(0, sys.argv[1])\nimport tokenweight\n"
+            "from tokenweight.bench import default_rows\nfrom step_overhead import VARIANTS\n"
+            "print(json.dumps({'package': tokenweight.__file__, 'bench': default_rows(), 'steps': VARIANTS}))")
+    found = json.loads(run_on(source_with_mine, tmp_path, sys.executable, "-c", code,
+                              str(REPO / "benchmarks")).stdout.splitlines()[-1])
+    assert found["package"].startswith(str(source_with_mine))
+    assert "mine" in found["bench"]  # a row of `tokenweight bench keyfact`'s full table
+    assert found["steps"]["mine"] == {"weighting": "mine"}  # and of the step-overhead table, at its defaults
 
 
 @pytest.fixture
 def mine(tmp_path, monkeypatch):
     """The guide's ``mine`` package written to ``tmp_path/mine`` and imported (which registers it); unregistered
     afterwards."""
-    files = guide_files()
-    assert set(files) == {"__init__.py", "scheme.py"}
     (tmp_path / "mine").mkdir()
-    for name, source in files.items():
-        (tmp_path / "mine" / name).write_text(source)
+    for path, source in guide_files().items():
+        (tmp_path / "mine" / Path(path).name).write_text(source)
     monkeypatch.syspath_prepend(str(tmp_path))
     try:
         yield importlib.import_module("mine")

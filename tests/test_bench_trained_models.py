@@ -16,7 +16,7 @@ from tokenweight.weights import SCHEMES
 
 
 def test_default_schemes_include_every_scheme_that_declares_trained_models():
-    declaring = [name for name, scheme in SCHEMES.items() if scheme.trained_models]
+    declaring = [name for name, scheme in SCHEMES.items() if scheme.tooling.trained_models]
     assert "tisdpo" in declaring and set(declaring) <= set(default_schemes())
     assert trained_model_rows(bench_row("uniform")) == {}
     rows = trained_model_rows(bench_row("tisdpo"))

@@ -100,10 +100,12 @@ def test_train_help_all_shows_every_training_arguments_flag_after_tokenweights_g
 
 
 def test_train_help_is_the_stored_rendering_and_imports_neither_torch_nor_transformers():
-    from tokenweight.commands.train_help import STORED_HELP, render_help
+    from tokenweight.commands.train_help import STORED_HELP, STORED_MODULES, render_help
+    from tokenweight.discovery import weights_modules
 
-    assert STORED_HELP.read_text(encoding="utf-8") == render_help(), (
-        "train --help is stale: run `python -m tokenweight.commands.train_help`")
+    stale = "train --help is stale: run `python -m tokenweight.commands.train_help`"
+    assert STORED_HELP.read_text(encoding="utf-8") == render_help(), stale
+    assert STORED_MODULES.read_text(encoding="utf-8").split() == weights_modules(), stale
     code = ("import sys\nfrom tokenweight.cli import main\nassert main(['train', '--help']) == 0\n"
             "print('HEAVY', sorted(m for m in ('torch', 'transformers', 'datasets') if m in sys.modules))")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,

@@ -40,7 +40,7 @@ def test_gpu_check_tiny_runs_every_part_on_cpu(tmp_path):
     assert list(steps) == list(VARIANTS)
     # every registered scheme that runs without weight columns has a row (step_overhead's VARIANTS)
     assert {settings["weighting"] for settings in VARIANTS.values()} >= {
-        name for name, scheme in SCHEMES.items() if not scheme.needs_weight_columns}
+        name for name, scheme in SCHEMES.items() if not scheme.tooling.needs_weight_columns}
     assert all(float(row[0]) > 0 for row in steps.values())  # step (ms)
     assert steps["uniform"][1] == "1.00"
     (otpo,) = table_rows(report, "B").values()

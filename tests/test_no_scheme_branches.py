@@ -1,4 +1,4 @@
-"""Nothing outside ``weights/`` branches on a scheme's name (issue 11): a scheme is one home plus one registry line.
+"""Nothing outside ``weights/`` branches on a scheme's name (issue 11): a scheme is one home, found without a list.
 
 The source tree is parsed (``ast``) and every comparison is checked: none may compare against a registered scheme's
 name (``x == "attention"``, ``name in ("column",)``) or test ``weighting`` against anything but ``None`` or the

@@ -1,5 +1,6 @@
-"""The README is a front door: at most 200 lines, the two commands first, and every figure it quotes found in
-docs/BENCHMARKS.md (the measured section it summarises), so the two cannot drift apart."""
+"""The README is a front door: at most 200 lines, the two commands first, every figure it quotes found in
+docs/BENCHMARKS.md (the measured section it summarises), so the two cannot drift apart, and one row per registered
+scheme in its scheme table."""
 
 from __future__ import annotations
 
@@ -53,3 +54,16 @@ def test_the_benchmark_figures_are_those_of_benchmarks_md():
     assert len(quoted) >= 10
     missing = [figure for figure in quoted if not measured(figure, BENCHMARKS)]
     assert missing == [], f"README figures not in docs/BENCHMARKS.md: {missing}"
+
+
+def test_the_scheme_table_has_one_row_per_registered_scheme():
+    from tokenweight.weights import SCHEMES
+
+    lines = README.splitlines()
+    start = lines.index("| `--weighting` | weights come from | paper |")
+    rows = []
+    for line in lines[start + 2:]:
+        if not line.startswith("|"):
+            break
+        rows.append(re.match(r"\| `([^`]+)` \|", line).group(1))
+    assert sorted(rows) == sorted(SCHEMES) and len(rows) == len(set(rows))

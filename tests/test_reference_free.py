@@ -25,7 +25,7 @@ from tokenweight.weights import SCHEMES, build_scheme
 #: The reference-free schemes that train alone (SePO, reference-free too, needs its oracle trained first:
 #: tests/test_sepo.py runs its pipeline).
 REFERENCE_FREE = sorted(name for name, scheme in SCHEMES.items()
-                        if not scheme.uses_reference and not scheme.trained_models)
+                        if not scheme.uses_reference and not scheme.tooling.trained_models)
 KEYFACT = ["--keyfact_model_size", "small", "--keyfact_train_size", "16", "--keyfact_eval_size", "8"]
 
 

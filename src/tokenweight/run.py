@@ -129,7 +129,7 @@ def prepare_split(config: TokenweightConfig, model_path: str, tokenizer, raw: da
     """One split of the run prepared by its scheme (cached under ``output_dir``) and tokenized, so that every split
     the trainer sees — train and eval — carries what the scheme reads."""
     prepared = prepare_raw(config, model_path, tokenizer, raw, name, config.output_dir, summary)
-    if SCHEMES[config.weighting].needs_weight_columns and not set(WEIGHT_COLUMNS) <= set(prepared.column_names):
+    if SCHEMES[config.weighting].tooling.needs_weight_columns and not set(WEIGHT_COLUMNS) <= set(prepared.column_names):
         raise UserError(f"weighting={config.weighting} needs the dataset columns chosen_weights and rejected_weights "
                         f"(one float per completion token); the {name} split {label or name} has columns "
                         f"{sorted(prepared.column_names)}")

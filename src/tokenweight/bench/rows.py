@@ -1,7 +1,7 @@
 """The rows of the KeyFact table: a label names a scheme with settings overrides, and optionally oracle weights.
 
 - a registered scheme, by its name (``uniform``, ``otpo`` …), at its defaults;
-- ``<scheme>:<ablation>``: the scheme with one of its declared :attr:`~tokenweight.weights.WeightingScheme.ablations`
+- ``<scheme>:<ablation>``: the scheme with one of its declared :attr:`~tokenweight.weights.tooling.SchemeTooling.ablations`
   (TI-DPO's weights alone, its KL alone), so weighting and regularisation are reported apart;
 - ``oracle`` / ``oracle-unit``: the ``column`` scheme fed key-only weights built from the key slot of every pair,
   on chosen and rejected alike: ``oracle`` puts the completion's whole uniform total ``n`` (its token count) on the
@@ -51,15 +51,16 @@ def bench_row(label: str) -> BenchRow:
     if name not in SCHEMES:
         raise UserError(f"--schemes: unknown row {label!r}; registered schemes: {sorted(SCHEMES)}, plus "
                         f"{sorted(ORACLE_ROWS)} and <scheme>:<ablation>")
-    if SCHEMES[name].needs_weight_columns and not ablation:
+    if SCHEMES[name].tooling.needs_weight_columns and not ablation:
         raise UserError(f"--schemes: {label!r} needs dataset-supplied weight columns, which KeyFact does not have "
                         f"(the oracle rows {sorted(ORACLE_ROWS)} feed it key-only weights)")
     if not ablation:
         return BenchRow(label, name)
-    if ablation not in SCHEMES[name].ablations:
+    ablations = SCHEMES[name].tooling.ablations
+    if ablation not in ablations:
         raise UserError(f"--schemes: scheme {name!r} has no ablation {ablation!r}; it declares "
-                        f"{sorted(SCHEMES[name].ablations) or 'none'}")
-    return BenchRow(label, name, dict(SCHEMES[name].ablations[ablation]))
+                        f"{sorted(ablations) or 'none'}")
+    return BenchRow(label, name, dict(ablations[ablation]))
 
 
 def default_schemes() -> list[str]:
@@ -67,13 +68,13 @@ def default_schemes() -> list[str]:
     that needs models trained first, ``trained_models``, gets them trained inside its run:
     :mod:`~tokenweight.bench.trained_models`)."""
     from tokenweight.weights import SCHEMES
-    return [name for name, scheme in SCHEMES.items() if not scheme.needs_weight_columns]
+    return [name for name, scheme in SCHEMES.items() if not scheme.tooling.needs_weight_columns]
 
 
 def ablation_labels(schemes: list[str]) -> list[str]:
     """``<scheme>:<ablation>`` for every ablation the given schemes declare."""
     from tokenweight.weights import SCHEMES
-    return [f"{name}:{ablation}" for name in schemes if name in SCHEMES for ablation in SCHEMES[name].ablations]
+    return [f"{name}:{ablation}" for name in schemes if name in SCHEMES for ablation in SCHEMES[name].tooling.ablations]
 
 
 def default_rows() -> list[str]:

@@ -1,4 +1,4 @@
-"""The models a row's scheme needs trained before it runs (``WeightingScheme.trained_models``; TIS-DPO's contrastive
+"""The models a row's scheme needs trained before it runs (``SchemeTooling.trained_models``; TIS-DPO's contrastive
 models π₊ and π₋), trained inside that row's own run so that every run stays self-contained (with ``--jobs N`` a run
 is one task in one worker; no run waits for another).
 
@@ -34,7 +34,7 @@ def trained_model_rows(row: BenchRow) -> dict[str, BenchRow]:
 
     default_weighting = TokenweightConfig.__dataclass_fields__["weighting"].default
     rows = {}
-    for key, overrides in scheme_class(row.scheme).trained_models.items():
+    for key, overrides in scheme_class(row.scheme).tooling.trained_models.items():
         rest = {k: v for k, v in overrides.items() if k != "weighting"}
         rows[key] = BenchRow(f"{row.label}/{key}", overrides.get("weighting", default_weighting), rest)
     return rows

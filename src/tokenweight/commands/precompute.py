@@ -91,7 +91,7 @@ def _scheme(args: argparse.Namespace) -> int:
     from tokenweight.run import load_run_splits, prepare_raw, resolve_model_path
     from tokenweight.weights import SCHEMES
 
-    setting = SCHEMES[args.what].cache_setting
+    setting = SCHEMES[args.what].tooling.cache_setting
     cache_flags = [f"--{setting}", args.output] if setting else ["--output_dir", args.output]
     config = parse_train_config(list(args.flags) + ["--weighting", args.what, *cache_flags])
     model_path = resolve_model_path(config)

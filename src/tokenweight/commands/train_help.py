@@ -2,9 +2,11 @@
 
 The train parser is built from ``transformers.TrainingArguments`` and every registered scheme's settings, which takes
 seconds to import. ``--help`` therefore prints :data:`STORED_HELP`, tokenweight's own flag groups rendered once from
-that parser (:func:`render_help`); tests/test_cli.py fails when it differs from a fresh rendering, and
-``python -m tokenweight.commands.train_help`` writes it again. In a process that has already imported the schemes
-(a plugin scheme registered by importing its package), ``--help`` renders afresh instead. ``--help-all`` renders the whole parser, the
+that parser (:func:`render_help`), with the modules of ``tokenweight.weights`` it was rendered from in
+:data:`STORED_MODULES`; tests/test_cli_defaults.py fails when either differs from a fresh rendering, and
+``python -m tokenweight.commands.train_help`` writes both again. ``--help`` renders afresh instead (seconds) when the
+package's modules are not those stored (a scheme folder added, docs/ADDING_A_SCHEME.md) and in a process that has
+already imported the schemes (a plugin scheme registered by importing its package). ``--help-all`` renders the whole parser, the
 ``TrainingArguments`` flags of the installed transformers last.
 """
 
@@ -16,6 +18,9 @@ import sys
 from pathlib import Path
 
 STORED_HELP = Path(__file__).with_name("train_help.txt")
+#: The modules of ``tokenweight.weights`` (:func:`~tokenweight.discovery.weights_modules`) :data:`STORED_HELP` was
+#: rendered from, one a line.
+STORED_MODULES = Path(__file__).with_name("train_help_modules.txt")
 USAGE = "tokenweight train [--config RECIPE] [--weighting SCHEME] [--FLAG VALUE ...]"
 WIDTH = 110
 TRAINING_ARGUMENTS_NOTE = """every transformers.TrainingArguments flag is also a flag (--learning_rate, --num_train_epochs, --max_steps,
@@ -59,8 +64,11 @@ def render_help() -> str:
 
 def print_help() -> None:
     """The stored help; rendered afresh when the schemes are already imported (a scheme registered by importing
-    its package in this process, docs/ADDING_A_SCHEME.md, gets its group), which then costs nothing more."""
-    if "tokenweight.weights" in sys.modules:
+    its package in this process, docs/ADDING_A_SCHEME.md, gets its group), which then costs nothing more, or when
+    the modules of ``tokenweight.weights`` are not those the stored help was rendered from (a new scheme's folder)."""
+    from tokenweight.discovery import weights_modules
+
+    if "tokenweight.weights" in sys.modules or STORED_MODULES.read_text(encoding="utf-8").split() != weights_modules():
         print(render_help(), end="")
     else:
         print(STORED_HELP.read_text(encoding="utf-8"), end="")
@@ -72,8 +80,11 @@ def print_help_all() -> None:
 
 
 def main() -> None:
+    from tokenweight.discovery import weights_modules
+
     STORED_HELP.write_text(render_help(), encoding="utf-8")
-    print(f"wrote {STORED_HELP}")
+    STORED_MODULES.write_text("".join(f"{name}\n" for name in weights_modules()), encoding="utf-8")
+    print(f"wrote {STORED_HELP} and {STORED_MODULES}")
 
 
 if __name__ == "__main__":

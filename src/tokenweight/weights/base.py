@@ -11,8 +11,9 @@ token ``input_ids[:, t + 1]``; ``token_logps[:, t] = log p(input_ids[:, t + 1] |
 ``[B, 2B)`` the rejected responses of the same pairs.
 
 Adding a scheme = one file or folder in ``weights/`` with its settings dataclass (flags ``<name>_…``) and a
-:class:`WeightingScheme` subclass decorated with :func:`register_scheme`, plus one import line in
-``weights/__init__.py`` (docs/ADDING_A_SCHEME.md). The run configuration gains the settings' fields by itself.
+:class:`WeightingScheme` subclass decorated with :func:`register_scheme`; ``weights/__init__.py`` imports every module
+of the package, which registers it (docs/ADDING_A_SCHEME.md). The run configuration gains the settings' fields by
+itself.
 
 Where the library meets a scheme: :meth:`WeightingScheme.prepare` on every split before tokenization (training,
 ``tokenweight eval``, ``weights``, ``bench``, ``precompute``), and :func:`weigh_batch` on every batch (the trainer's
@@ -33,6 +34,7 @@ from torch import nn
 
 from tokenweight.errors import UserError
 from tokenweight.objectives import LOSS_TYPES
+from tokenweight.weights.tooling import SchemeTooling
 
 if TYPE_CHECKING:
     import datasets
@@ -204,25 +206,13 @@ class WeightingScheme:
     loss_types: ClassVar[tuple[str, ...]] = LOSS_TYPES
     #: The dataclass of the scheme's flags; the run configuration is composed of every registered one.
     settings_class: ClassVar[type | None] = None
-    #: True when the weights must come with the dataset (columns ``chosen_weights``/``rejected_weights``), so the
-    #: scheme cannot run on data without them (the built-in KeyFact task).
-    needs_weight_columns: ClassVar[bool] = False
     #: True when the scheme's token weights may be negative (TGDPO's 1 − αβ·r on a rejected token whose guidance
     #: reward r exceeds 1/(αβ)): :func:`check_weights` and the weight-column validation then refuse only non-finite
     #: weights and weight outside the completion.
     signed_weights: ClassVar[bool] = False
-    #: The models the scheme needs trained first, declared as ``{settings key: run-config overrides}``: each entry
-    #: is a model trained with tokenweight itself from the same base model on the same training data under those
-    #: overrides (TIS-DPO: ``tisdpo_positive_model`` ← ``{"weighting": "uniform"}``, ``tisdpo_negative_model`` ←
-    #: the same with ``"swap_pairs": True``), whose folder the settings key names. Non-empty (``bool``): the scheme
-    #: cannot run alone; ``tokenweight bench keyfact`` trains each model inside the scheme's run, then runs it.
-    trained_models: ClassVar[dict[str, dict[str, Any]]] = {}
-    #: The config key naming the folder of the cache :meth:`prepare` writes (``tokenweight precompute <scheme>
-    #: --output DIR`` sets it); ``None`` for a scheme without a prepare hook.
-    cache_setting: ClassVar[str | None] = None
-    #: Named settings overrides that isolate one part of the scheme (its weights alone, its extra loss terms alone),
-    #: reported by ``tokenweight bench keyfact`` as rows ``<name>:<ablation>``; ``{}``: nothing to separate.
-    ablations: ClassVar[dict[str, dict[str, Any]]] = {}
+    #: What the commands and the bench read about the scheme (weight columns, models trained first, cache key,
+    #: ablations), apart from training: :class:`~tokenweight.weights.tooling.SchemeTooling`.
+    tooling: ClassVar[SchemeTooling] = SchemeTooling()
 
     def __init__(self, settings: Any = None, context: SchemeContext | None = None):
         if self.settings_class is not None and settings is None:

@@ -8,12 +8,13 @@ The rows carry ``chosen_weights`` / ``rejected_weights``: one float per completi
 from __future__ import annotations
 
 from tokenweight.weights.base import TokenWeights, WeightingInputs, WeightingScheme, register_scheme
+from tokenweight.weights.tooling import SchemeTooling
 
 
 @register_scheme
 class ColumnScheme(WeightingScheme):
     name = "column"
-    needs_weight_columns = True
+    tooling = SchemeTooling(needs_weight_columns=True)
 
     def compute(self, inputs: WeightingInputs) -> TokenWeights:
         if "token_weights" not in inputs.batch:

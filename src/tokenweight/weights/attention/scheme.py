@@ -22,6 +22,7 @@ from tokenweight.weights.attention.normalize import WeightStats
 from tokenweight.weights.attention.rows import METHODS
 from tokenweight.weights.base import PrepareContext, register_scheme
 from tokenweight.weights.column import ColumnScheme
+from tokenweight.weights.tooling import SchemeTooling
 
 
 @dataclass
@@ -61,8 +62,7 @@ class AttentionScheme(ColumnScheme):
     name = "attention"
     needs_hidden_states = False
     settings_class = AttentionSettings
-    needs_weight_columns = False
-    cache_setting = "attention_weights"
+    tooling = SchemeTooling(cache_setting="attention_weights")
 
     def prepare(self, raw: datasets.Dataset, split: str, context: PrepareContext) -> datasets.Dataset:
         """``raw`` with the judge's ``chosen_weights``/``rejected_weights``.

@@ -27,6 +27,7 @@ from tokenweight.errors import UserError
 from tokenweight.weights.base import PrepareContext, register_scheme
 from tokenweight.weights.cdpo.scores import split_scores
 from tokenweight.weights.column import ColumnScheme
+from tokenweight.weights.tooling import SchemeTooling
 from tokenweight.weights.uniform import UniformScheme
 
 
@@ -67,11 +68,11 @@ def side_weights(probs: list[float], chosen: bool, only_rejected: bool, ends_wit
 class CDPOScheme(ColumnScheme):
     name = "cdpo"
     settings_class = CDPOSettings
-    needs_weight_columns = False
     #: π₊ and π₋ (upstream: SFT on correct / incorrect answers; here DPO and DPO on the swapped pairs).
-    trained_models = {"cdpo_positive_model": {"weighting": UniformScheme.name},
-                      "cdpo_negative_model": {"weighting": UniformScheme.name, "swap_pairs": True}}
-    cache_setting = "cdpo_scores"
+    tooling = SchemeTooling(trained_models={"cdpo_positive_model": {"weighting": UniformScheme.name},
+                                            "cdpo_negative_model": {"weighting": UniformScheme.name,
+                                                                    "swap_pairs": True}},
+                            cache_setting="cdpo_scores")
 
     def prepare(self, raw: datasets.Dataset, split: str, context: PrepareContext) -> datasets.Dataset:
         """``raw`` with cDPO's ``chosen_weights`` / ``rejected_weights`` (one per completion token), from the scores

@@ -35,6 +35,7 @@ from tokenweight.weights.column import ColumnScheme
 from tokenweight.weights.sepo.selection import selected_tokens
 from tokenweight.weights.simpo import selected_token_weights
 from tokenweight.weights.tisdpo.rewards import Contrast, split_rewards
+from tokenweight.weights.tooling import SchemeTooling
 from tokenweight.weights.uniform import UniformScheme
 
 #: β of a SePO run that sets no ``beta``: upstream's selective loss has none.
@@ -76,12 +77,11 @@ class SePOSettings:
 class SePOScheme(ColumnScheme):
     name = "sepo"
     settings_class = SePOSettings
-    needs_weight_columns = False
     uses_reference = False
     loss_types = ("sigmoid",)
     #: the oracle = DPO on the run's pairs from the run's base model (its reference, the default oracle reference).
-    trained_models = {"sepo_oracle_model": {"weighting": UniformScheme.name}}
-    cache_setting = "sepo_scores"
+    tooling = SchemeTooling(trained_models={"sepo_oracle_model": {"weighting": UniformScheme.name}},
+                            cache_setting="sepo_scores")
 
     @classmethod
     def default_beta(cls, settings=None) -> float:

@@ -36,6 +36,7 @@ from tokenweight.errors import UserError
 from tokenweight.weights.base import PrepareContext, TokenWeights, WeightingInputs, register_scheme
 from tokenweight.weights.column import ColumnScheme
 from tokenweight.weights.tisdpo.rewards import Contrast, split_rewards
+from tokenweight.weights.tooling import SchemeTooling
 from tokenweight.weights.uniform import UniformScheme
 
 CONTRAST = Contrast(models={"reward_model": "tgdpo_reward_model", "reference": "ref_model_name_or_path"},
@@ -70,12 +71,11 @@ class TGDPOSettings:
 class TGDPOScheme(ColumnScheme):
     name = "tgdpo"
     settings_class = TGDPOSettings
-    needs_weight_columns = False
     signed_weights = True
     loss_types = ("sigmoid",)
     #: the guidance model = DPO on the run's pairs from the run's base model.
-    trained_models = {"tgdpo_reward_model": {"weighting": UniformScheme.name}}
-    cache_setting = "tgdpo_rewards"
+    tooling = SchemeTooling(trained_models={"tgdpo_reward_model": {"weighting": UniformScheme.name}},
+                            cache_setting="tgdpo_rewards")
 
     def prepare(self, raw: datasets.Dataset, split: str, context: PrepareContext) -> datasets.Dataset:
         """``raw`` with the token rewards r as ``chosen_weights`` / ``rejected_weights`` (one per completion token),

@@ -41,6 +41,7 @@ from tokenweight.weights.tidpo.anchor import anchor_seeds, anchor_token_logps, s
 from tokenweight.weights.tidpo.attribution import tidpo_weights
 from tokenweight.weights.tidpo.presets import TIDPOSettings, preset_beta, resolve_tidpo_settings
 from tokenweight.weights.tidpo.triplet import left_align, triplet_loss
+from tokenweight.weights.tooling import SchemeTooling
 
 
 def special_token_ids(model: nn.Module) -> tuple[int, int | list[int]]:
@@ -64,8 +65,8 @@ class TIDPOScheme(WeightingScheme):
     settings_class = TIDPOSettings
     #: ``weights``: attribution × prior weights, no TDPO2 KL, no triplet; ``kl``: the TDPO2 KL alone on uniform
     #: weights (λ 0 and σ = T / 1e-9: the Gaussian prior is flat, so every weight is 1 to float precision).
-    ablations = {"weights": {"tidpo_kl_alpha": 0.0, "tidpo_gamma": 0.0},
-                 "kl": {"tidpo_lambda": 0.0, "tidpo_sigma_div": 1e-9, "tidpo_gamma": 0.0}}
+    tooling = SchemeTooling(ablations={"weights": {"tidpo_kl_alpha": 0.0, "tidpo_gamma": 0.0},
+                                       "kl": {"tidpo_lambda": 0.0, "tidpo_sigma_div": 1e-9, "tidpo_gamma": 0.0}})
 
     def __init__(self, settings: TIDPOSettings | None = None, context: SchemeContext | None = None):
         super().__init__(settings, context)

@@ -25,6 +25,7 @@ from tokenweight.weights.base import PrepareContext, register_scheme
 from tokenweight.weights.column import ColumnScheme
 from tokenweight.weights.tisdpo.rewards import MODEL_KEYS, split_rewards
 from tokenweight.weights.tisdpo.transforms import PRESETS, TRANSFORMS, Transform, response_weights
+from tokenweight.weights.tooling import SchemeTooling
 from tokenweight.weights.uniform import UniformScheme
 
 
@@ -89,13 +90,11 @@ def resolve_transform(settings) -> Transform:
 class TISDPOScheme(ColumnScheme):
     name = "tisdpo"
     settings_class = TISDPOSettings
-    needs_weight_columns = False
     #: π₊ = DPO on the data, π₋ = DPO on the swapped pairs (the README's pipeline), both from the run's base model.
-    trained_models = {
+    tooling = SchemeTooling(trained_models={
         MODEL_KEYS["positive_model"]: {"weighting": UniformScheme.name},
         MODEL_KEYS["negative_model"]: {"weighting": UniformScheme.name, "swap_pairs": True},
-    }
-    cache_setting = "tisdpo_weights"
+    }, cache_setting="tisdpo_weights")
 
     def prepare(self, raw: datasets.Dataset, split: str, context: PrepareContext) -> datasets.Dataset:
         """``raw`` with the TIS-DPO ``chosen_weights`` / ``rejected_weights`` (one per completion token).
