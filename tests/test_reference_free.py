@@ -144,8 +144,8 @@ def test_bench_run_of_a_reference_free_scheme_trains_without_a_reference(tmp_pat
     """The bench loads the base model once more only to *measure* (pref_acc, KL to the reference); the trainer of
     a reference-free scheme gets no reference model."""
     import tokenweight.trainer
-    from tokenweight.bench import BenchSettings, quick_settings
-    from tokenweight.bench.runs import run_one
+    from tokenweight.keyfact.bench import BenchSettings, quick_settings
+    from tokenweight.keyfact.bench.runs import run_one
     from tokenweight.keyfact import keyfact_base_model
 
     monkeypatch.setenv("TOKENWEIGHT_CACHE", str(tmp_path.parent / "keyfact-cache"))

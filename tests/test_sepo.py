@@ -181,9 +181,9 @@ def test_the_whole_pipeline_through_the_cli(tmp_path, monkeypatch, capsys):
 
 
 def test_the_bench_trains_the_oracle_inside_a_sepo_row():
-    from tokenweight.bench import default_schemes
-    from tokenweight.bench.rows import bench_row
-    from tokenweight.bench.trained_models import trained_model_rows
+    from tokenweight.keyfact.bench import default_schemes
+    from tokenweight.keyfact.bench.rows import bench_row
+    from tokenweight.keyfact.bench.trained_models import trained_model_rows
 
     assert "sepo" in default_schemes()
     rows = trained_model_rows(bench_row("sepo"))

@@ -149,9 +149,9 @@ def test_the_whole_pipeline_through_the_cli(tmp_path, monkeypatch):
 
 
 def test_the_bench_trains_the_guidance_model_inside_a_tgdpo_row():
-    from tokenweight.bench import default_schemes
-    from tokenweight.bench.rows import bench_row
-    from tokenweight.bench.trained_models import trained_model_rows
+    from tokenweight.keyfact.bench import default_schemes
+    from tokenweight.keyfact.bench.rows import bench_row
+    from tokenweight.keyfact.bench.trained_models import trained_model_rows
 
     assert "tgdpo" in default_schemes()
     rows = trained_model_rows(bench_row("tgdpo"))

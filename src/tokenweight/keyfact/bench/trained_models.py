@@ -2,7 +2,7 @@
 models π₊ and π₋), trained inside that row's own run so that every run stays self-contained (with ``--jobs N`` a run
 is one task in one worker; no run waits for another).
 
-Each declared model is trained through the bench's own training path (:func:`~tokenweight.bench.runs.run_config`,
+Each declared model is trained through the bench's own training path (:func:`~tokenweight.keyfact.bench.runs.run_config`,
 the run's data loading and the scheme's data preparation, :class:`~tokenweight.trainer.TokenweightTrainer`): the
 same base model, variant and seed as the run (so the same training pairs, and the same training order), the bench's
 budget learning rate × ``BenchSettings.trained_models_lr_factor`` (0.1: a mild training, as upstream's lr 5e-7 for
@@ -21,9 +21,9 @@ import sys
 import time
 from pathlib import Path
 
-from tokenweight.bench.rows import BenchRow
-from tokenweight.bench.runs import run_config, trainer_uses_reference
-from tokenweight.bench.settings import BenchSettings
+from tokenweight.keyfact.bench.rows import BenchRow
+from tokenweight.keyfact.bench.runs import run_config, trainer_uses_reference
+from tokenweight.keyfact.bench.settings import BenchSettings
 
 
 def trained_model_rows(row: BenchRow) -> dict[str, BenchRow]:

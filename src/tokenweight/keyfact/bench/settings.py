@@ -37,7 +37,7 @@ def budget() -> dict:
 class BenchSettings:
     """Every run shares all of this except its row, variant and seed.
 
-    ``rows``: table rows (:func:`~tokenweight.bench.rows.bench_row`); the first variant is the one where ablation
+    ``rows``: table rows (:func:`~tokenweight.keyfact.bench.rows.bench_row`); the first variant is the one where ablation
     rows (``scheme:ablation``) run. ``eval_seed`` (``keyfact_eval_seed``) draws the fixed evaluation set
     (independent of the training seeds) and the disjoint ``validation`` split ``--tune`` selects on. ``jobs``: worker processes (one thread each).
     ``trained_models_all_variants``: a row whose scheme trains models first (``trained_models``; TIS-DPO, three

@@ -2,7 +2,7 @@
 
 The run's training data is drawn with the seed (``keyfact_seed``, and the training order ``seed``); the evaluation
 set is fixed (KeyFact's ``eval`` split drawn by ``BenchSettings.eval_seed``), the same for every run, so every metric is a list over the same items
-and rows compare pairwise (:mod:`tokenweight.bench.stats`). The base model is also the frozen reference: it is
+and rows compare pairwise (:mod:`tokenweight.keyfact.bench.stats`). The base model is also the frozen reference: it is
 handed to the trainer only for a scheme that ``uses_reference``, but always used to *measure* (``pref_acc``,
 ``kl_nonkey``).
 """
@@ -20,8 +20,8 @@ import torch
 from tqdm.auto import tqdm
 from transformers import TrainerCallback
 
-from tokenweight.bench.rows import BenchRow, baseline_label, bench_row, oracle_column
-from tokenweight.bench.settings import VARIANTS, BenchSettings
+from tokenweight.keyfact.bench.rows import BenchRow, baseline_label, bench_row, oracle_column
+from tokenweight.keyfact.bench.settings import VARIANTS, BenchSettings
 from tokenweight.errors import UserError
 
 #: Means of these item metrics are measured along training (the learning curves).
@@ -118,7 +118,7 @@ def run_one(settings: BenchSettings, base_path: str, label: str, variant: str, s
     """Train row ``label`` on ``variant`` with ``seed``; returns its per-item metrics on the ``eval_size`` pairs
     of held-out ``eval_split``, their means, the learning curve and ``heatmap_pairs`` pairs' weights. A scheme that
     declares ``trained_models`` first gets them trained here, under ``output_dir``
-    (:func:`~tokenweight.bench.trained_models.train_declared_models`)."""
+    (:func:`~tokenweight.keyfact.bench.trained_models.train_declared_models`)."""
     from transformers import PrinterCallback
 
     from tokenweight.keyfact import key_slot
@@ -126,7 +126,7 @@ def run_one(settings: BenchSettings, base_path: str, label: str, variant: str, s
     from tokenweight.run import load_run_splits, prepare_split
     from tokenweight.trainer import TokenweightTrainer
 
-    from tokenweight.bench.trained_models import train_declared_models
+    from tokenweight.keyfact.bench.trained_models import train_declared_models
 
     start = time.perf_counter()  # the models the scheme needs trained first count in the row's seconds
     row, trained_models = train_declared_models(settings, base_path, bench_row(label), variant, seed, Path(output_dir))
