@@ -17,7 +17,7 @@ from tokenweight.cli import main
 from tokenweight.config import TokenweightConfig
 from tokenweight.data import PreferenceCollator, tokenize_preference_dataset
 from tokenweight.errors import UserError
-from tokenweight.run import prepare_split
+from tokenweight.pipeline import prepare_split
 from tokenweight.trainer import TokenweightTrainer
 from tokenweight.weights import PrepareContext, build_scheme
 from tokenweight.weights.tgdpo import CONTRAST

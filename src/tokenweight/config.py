@@ -27,6 +27,7 @@ import torch
 from transformers import HfArgumentParser, TrainingArguments
 
 from tokenweight.errors import UserError
+from tokenweight.models import model_context
 from tokenweight.sources import looks_like_local_path
 
 #: ``max_length`` when none is given: this, or the model's context when that is shorter.
@@ -293,28 +294,6 @@ def check_local_path(key: str, name: str | None) -> None:
     the hub is asked for it (which retries for half a minute)."""
     if name is not None and looks_like_local_path(name) and not Path(os.path.expanduser(name)).exists():
         raise UserError(f"config key `{key}`: {name} does not exist (looked in {Path.cwd()})")
-
-
-def config_context(text_config) -> int | None:
-    """The number of positions a model's text config was built for (``max_position_embeddings`` or
-    ``n_positions``), or ``None`` when it states none (BLOOM)."""
-    for key in ("max_position_embeddings", "n_positions"):
-        if isinstance(getattr(text_config, key, None), int):
-            return getattr(text_config, key)
-    return None
-
-
-def model_context(model_path: str) -> int | None:
-    """:func:`config_context` of the model at ``model_path``."""
-    from transformers import AutoConfig
-
-    from tokenweight.models import LOAD_ERRORS, not_loadable
-
-    try:
-        config = AutoConfig.from_pretrained(model_path).get_text_config()
-    except LOAD_ERRORS as error:
-        raise not_loadable(model_path, "config", error) from error
-    return config_context(config)
 
 
 def resolve_max_length(max_length: int | None, model_path: str) -> int:

@@ -80,7 +80,9 @@ def command_line(args: argparse.Namespace) -> str:
 
 def run(args: argparse.Namespace) -> int:
     from tokenweight.keyfact.bench import markdown_table, run_benchmark, update_docs
+    from tokenweight.models import hide_shard_writing_bars
 
+    hide_shard_writing_bars()
     results = run_benchmark(settings_from_args(args), args.output_dir, command_line(args))
     console = Console()
     console.print(markdown_table(results), soft_wrap=True, markup=False, highlight=False)

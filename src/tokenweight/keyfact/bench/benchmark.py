@@ -20,8 +20,8 @@ from tokenweight.keyfact.bench.analysis import analyse
 from tokenweight.keyfact.bench.plots import plot_curves, plot_forest, plot_heatmaps
 from tokenweight.keyfact.bench.report import markdown_report
 from tokenweight.keyfact.bench.rows import baseline_label, bench_row
-from tokenweight.keyfact.bench.runs import execute, reference_items, run_config
-from tokenweight.keyfact.bench.settings import TUNE_FACTORS, BenchSettings
+from tokenweight.keyfact.bench.runs import execute, reference_items
+from tokenweight.keyfact.bench.settings import TUNE_FACTORS, BenchSettings, run_config
 from tokenweight.keyfact.bench.trained_models import trained_model_rows
 from tokenweight.errors import UserError
 
