@@ -28,6 +28,7 @@ from transformers import HfArgumentParser, TrainingArguments
 
 from tokenweight.errors import UserError
 from tokenweight.models import model_context
+from tokenweight.objectives import LOSS_TYPES
 from tokenweight.sources import looks_like_local_path
 
 #: ``max_length`` when none is given: this, or the model's context when that is shorter.
@@ -153,8 +154,8 @@ class CoreConfig(TrainingArguments):
                             "max_steps): the run would train 0 steps")
         if self.dataloader_pin_memory and not accelerator_available():
             self.dataloader_pin_memory = False  # nothing to pin for; torch would warn on every dataloader
-        if self.loss_type not in ("sigmoid", "ipo", "hinge"):
-            raise UserError(f"config key `loss_type`: {self.loss_type!r} is not one of sigmoid, ipo, hinge")
+        if self.loss_type not in LOSS_TYPES:
+            raise UserError(f"config key `loss_type`: {self.loss_type!r} is not one of {', '.join(LOSS_TYPES)}")
         if self.label_smoothing and self.loss_type != "sigmoid":
             raise UserError("config key `label_smoothing`: only supported with loss_type=sigmoid")
         if not 0 <= self.label_smoothing < 0.5:
@@ -170,7 +171,7 @@ class CoreConfig(TrainingArguments):
         if self.weighting not in SCHEMES:
             raise UserError(f"config key `weighting`: unknown scheme {self.weighting!r}; "
                             f"choose one of {', '.join(sorted(SCHEMES))}")
-        check_scheme_objective(self, SCHEMES[self.weighting])
+        check_scheme_objective(SCHEMES[self.weighting], self)
         for key in ("dataset_name", "model_name_or_path", "ref_model_name_or_path"):
             check_local_path(key, getattr(self, key))
         from tokenweight.run_record import check_resume_changes_setting
@@ -218,15 +219,42 @@ def check_scheme_keys(weighting: str, set_keys: dict[str, str]) -> None:
                             f"--weighting {weighting}, which does not read it; drop it")
 
 
-def check_scheme_objective(config, scheme) -> None:
-    """Refuse a ``loss_type`` the scheme class ``scheme`` does not support, and reference log-prob settings
-    (``precompute_ref_log_probs``, ``ref_log_probs``) for a reference-free scheme, which uses no reference."""
-    scheme.check_loss_type(config.loss_type)
-    if not scheme.uses_reference:
-        for key in ("precompute_ref_log_probs", "ref_log_probs"):
-            if getattr(config, key):
-                raise UserError(f"config key `{key}`: weighting={scheme.name} is reference-free (no reference model "
-                                "is loaded or scored); drop the setting")
+#: Each way a reference reaches a reference-free scheme (a config key, or what a caller passes) -> the exception and
+#: the message that refuses it (``{name}``: the scheme's name).
+REFERENCE_REFUSALS = {
+    "ref_model_name_or_path": (UserError, "config key `ref_model_name_or_path`: weighting={name} is reference-free (no "
+                                          "reference model is loaded); drop the setting"),
+    "precompute_ref_log_probs": (UserError, "config key `precompute_ref_log_probs`: weighting={name} is "
+                                            "reference-free (no reference model is loaded or scored); drop the setting"),
+    "ref_log_probs": (UserError, "config key `ref_log_probs`: weighting={name} is reference-free (no reference model "
+                                 "is loaded or scored); drop the setting"),
+    "precompute reference": (UserError, "precompute reference: weighting={name} is reference-free; its training "
+                                        "reads no reference log-probs"),
+    "trainer ref_model": (ValueError, "weighting={name!r} is reference-free: pass ref_model=None (a reference model "
+                                      "would only take memory)"),
+    "held-out ref_model": (ValueError, "weighting={name!r} is reference-free: its held-out metrics take no reference "
+                                       "model"),
+}
+#: The config keys that give a run a reference whatever the command (``ref_model_name_or_path`` is also the
+#: reference of ``eval``'s implicit reward, so only ``train`` refuses it).
+REFERENCE_SETTINGS = ("precompute_ref_log_probs", "ref_log_probs")
+
+
+def check_scheme_objective(scheme, config=None, given: tuple[str, ...] = ()) -> None:
+    """The one check of a scheme (class or instance) against the run's objective, which the config, every command,
+    the trainer and held-out evaluation call: the config's ``loss_type`` must be one the scheme supports, and a
+    reference-free scheme (``uses_reference = False``) takes no reference — neither the config's
+    :data:`REFERENCE_SETTINGS` nor any of ``given``, the ways the caller gives one (keys of
+    :data:`REFERENCE_REFUSALS`). Raises the refusal's :class:`UserError` (a setting) or ``ValueError`` (an argument
+    passed in code)."""
+    if config is not None:
+        scheme.check_loss_type(config.loss_type)
+    if scheme.uses_reference:
+        return
+    uses = [key for key in REFERENCE_SETTINGS if config is not None and getattr(config, key)] + list(given)
+    if uses:
+        error, message = REFERENCE_REFUSALS[uses[0]]
+        raise error(message.format(name=scheme.name))
 
 
 def config_class() -> type:

@@ -72,9 +72,6 @@ def new_run_saved(output_dir: str) -> bool:
 def _run_training(config: TokenweightConfig, resume: str | None, replaced: SetAside) -> dict:
     set_seed(config.seed)
     uses_reference = SCHEMES[config.weighting].uses_reference
-    if not uses_reference and config.ref_model_name_or_path:
-        raise UserError(f"config key `ref_model_name_or_path`: weighting={config.weighting} is reference-free (no "
-                        "reference model is loaded); drop the setting")
     model_path, tokenizer = model_and_tokenizer_path(config)
     splits = load_run_splits(config)
     train_raw, eval_raw = splits.train, splits.eval

@@ -110,16 +110,14 @@ def _reference(args: argparse.Namespace) -> int:
     from accelerate import PartialState
 
     from tokenweight import reference_cache
-    from tokenweight.errors import UserError
+    from tokenweight.config import check_scheme_objective
     from tokenweight.models import freeze, load_causal_lm
     from tokenweight.pipeline import load_run_splits, model_and_tokenizer_path, tokenize_split
     from tokenweight.recipe import parse_train_config
     from tokenweight.weights import SCHEMES
 
     config = parse_train_config(list(args.flags))
-    if not SCHEMES[config.weighting].uses_reference:
-        raise UserError(f"precompute reference: weighting={config.weighting} is reference-free; its training reads "
-                        "no reference log-probs")
+    check_scheme_objective(SCHEMES[config.weighting], config, given=("precompute reference",))
     state = PartialState()
     model_path, tokenizer = model_and_tokenizer_path(config)  # max_length resolved as `train` does: the cache's
     raw = load_run_splits(config)

@@ -33,11 +33,15 @@ def run(args: argparse.Namespace) -> int:
         return 0
     import torch
 
+    from tokenweight.config import check_scheme_objective
     from tokenweight.models import hide_shard_writing_bars
     from tokenweight.recipe import parse_train_config
     from tokenweight.training import run_training
+    from tokenweight.weights import SCHEMES
 
     config = parse_train_config(args.flags)
+    given = ("ref_model_name_or_path",) if config.ref_model_name_or_path else ()
+    check_scheme_objective(SCHEMES[config.weighting], config, given)
     if config.dataset_name is None and not torch.cuda.is_available():
         torch.set_num_threads(1)  # the built-in task's 150k-parameter model: extra intra-op threads only contend
     hide_shard_writing_bars()
