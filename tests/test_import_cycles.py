@@ -1,5 +1,6 @@
 """No import cycles in the package: a static walk of every module's ``import`` and ``from … import`` statements
-(function-local ones included) and of the command modules ``cli`` loads with importlib (``cli.COMMANDS``)."""
+(function-local ones included) and of the modules loaded with importlib by name: the commands of ``cli.COMMANDS``
+and the lazy exports of ``tokenweight._EXPORTS``."""
 
 from __future__ import annotations
 
@@ -21,8 +22,8 @@ def module_names(package_dir: Path) -> dict[str, Path]:
 def imported_modules(name: str, path: Path, known: dict[str, Path]) -> set[str]:
     """The package's modules that module ``name`` (at ``path``) imports anywhere in its body: each imported module
     itself (``from P import x`` is module ``P.x`` when that is a module, else ``P``), never the parent packages that
-    Python also initialises; plus every module named in a ``COMMANDS`` table (the commands ``cli`` imports with
-    importlib)."""
+    Python also initialises; plus every module named in a ``COMMANDS`` or ``_EXPORTS`` table (what ``cli`` and the
+    package import with importlib)."""
     tree = ast.parse(path.read_text(encoding="utf-8"))
     package = name if path.name == "__init__.py" else name.rpartition(".")[0]
     found = set()
@@ -34,9 +35,10 @@ def imported_modules(name: str, path: Path, known: dict[str, Path]) -> set[str]:
             source = ".".join([*base, node.module] if node.module else base)
             found.update(f"{source}.{alias.name}" if f"{source}.{alias.name}" in known else source
                          for alias in node.names)
-        elif (isinstance(node, ast.Assign) and any(isinstance(t, ast.Name) and t.id == "COMMANDS"
+        elif (isinstance(node, ast.Assign) and any(isinstance(t, ast.Name) and t.id in ("COMMANDS", "_EXPORTS")
                                                    for t in node.targets)):
-            found.update(entry[0] for entry in ast.literal_eval(node.value).values() if entry[0])
+            found.update(entry if isinstance(entry, str) else entry[0]
+                         for entry in ast.literal_eval(node.value).values())
     return {module for module in found if module in known and module != name}
 
 
