@@ -15,7 +15,7 @@ import datasets
 from tokenweight.config import TokenweightConfig, resolve_max_length
 from tokenweight.data import WEIGHT_COLUMNS, print_data_summary, tokenize_preference_dataset
 from tokenweight.errors import UserError
-from tokenweight.keyfact.task import keyfact_metrics, keyfact_model_path, keyfact_splits
+from tokenweight.keyfact.task import keyfact_metrics, keyfact_model_path, keyfact_run_splits, keyfact_split
 from tokenweight.models import add_lora_adapters, load_causal_lm, load_tokenizer, master_weights
 from tokenweight.sources import PreferenceSplits, load_preference_split, load_splits, swap_pairs
 from tokenweight.weights import SCHEMES
@@ -64,9 +64,7 @@ def _load_run_splits(config: TokenweightConfig) -> PreferenceSplits:
                            config.seed)
     if config.eval_fraction:
         raise UserError("--eval_fraction needs --dataset_name: the built-in KeyFact task has its own eval split")
-    splits = keyfact_splits(config)
-    return PreferenceSplits(splits["train"], splits["eval"], f"train (built-in KeyFact, {len(splits['train'])} rows)",
-                            f"eval (built-in KeyFact, {len(splits['eval'])} rows)")
+    return keyfact_run_splits(config)
 
 
 def tokenize_split(config: TokenweightConfig, tokenizer, raw: datasets.Dataset, name: str,
@@ -138,11 +136,7 @@ def load_pairs(config: TokenweightConfig, tokenizer, split: str, limit: int | No
     ``tokenized`` rows carry ``row_index`` into ``raw`` (rows whose prompt fills ``max_length`` are dropped).
     """
     if config.dataset_name is None:
-        if split not in ("train", "eval", "validation"):
-            raise UserError(f"split {split!r} not found in the built-in KeyFact task (available: ['eval', "
-                            "'train', 'validation'])")
-        sizes = {} if limit is None else {"n_" + split: limit}
-        raw = keyfact_splits(config, **sizes)[split]
+        raw = keyfact_split(config, split, limit)
     else:
         raw = load_preference_split(config.dataset_name, split)
         if limit is not None:

@@ -11,8 +11,10 @@ import datasets
 
 from tokenweight.errors import UserError
 from tokenweight.keyfact.settings import KEYFACT_DEFAULTS, KEYFACT_FLAGS
+from tokenweight.sources import PreferenceSplits
 
-__all__ = ["KEYFACT_DEFAULTS", "keyfact_metrics", "keyfact_model_path", "keyfact_splits"]
+__all__ = ["KEYFACT_DEFAULTS", "keyfact_metrics", "keyfact_model_path", "keyfact_run_splits", "keyfact_split",
+           "keyfact_splits"]
 
 
 def keyfact_splits(config, **sizes: int) -> datasets.DatasetDict:
@@ -31,6 +33,24 @@ def keyfact_splits(config, **sizes: int) -> datasets.DatasetDict:
         source = KEYFACT_FLAGS.get(str(error).split(" ", 1)[0], f"--keyfact_facts {config.keyfact_facts}"
                                    if config.keyfact_facts else "the built-in facts")
         raise UserError(f"KeyFact data ({source}): {error}") from error
+
+
+def keyfact_run_splits(config) -> PreferenceSplits:
+    """The training run's splits of the built-in task: ``train`` and its fixed ``eval`` split, named for the run's
+    summary and ``results.json``."""
+    splits = keyfact_splits(config)
+    return PreferenceSplits(splits["train"], splits["eval"], f"train (built-in KeyFact, {len(splits['train'])} rows)",
+                            f"eval (built-in KeyFact, {len(splits['eval'])} rows)")
+
+
+def keyfact_split(config, split: str, limit: int | None = None) -> datasets.Dataset:
+    """The built-in split ``split`` (``train``, ``eval`` or ``validation``; another name is a :class:`UserError`),
+    at most ``limit`` rows of it (the same first rows as the configured size)."""
+    if split not in ("train", "eval", "validation"):
+        raise UserError(f"split {split!r} not found in the built-in KeyFact task (available: ['eval', "
+                        "'train', 'validation'])")
+    sizes = {} if limit is None else {"n_" + split: limit}
+    return keyfact_splits(config, **sizes)[split]
 
 
 def keyfact_model_path(config) -> str:
