@@ -35,7 +35,7 @@ def resolve_model_path(config: TokenweightConfig) -> str:
     return keyfact_model_path(config)
 
 
-def model_and_tokenizer_path(config: TokenweightConfig, resolve_length: bool = True) -> tuple[str, object]:
+def model_path_and_tokenizer(config: TokenweightConfig, resolve_length: bool = True) -> tuple[str, object]:
     """``(model path, tokenizer)`` of the run (:func:`resolve_model_path`); with ``resolve_length``,
     ``config.max_length`` is first checked against the model's context (``None``: the default)."""
     model_path = resolve_model_path(config)

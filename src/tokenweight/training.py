@@ -16,7 +16,7 @@ from tokenweight.checkpoints import (check_output_dir, last_complete_checkpoint,
 from tokenweight.config import TokenweightConfig
 from tokenweight.errors import UserError
 from tokenweight.evaluate import REWARD_DEFINITIONS
-from tokenweight.pipeline import (build_trainer, held_out_metrics, load_run_splits, model_and_tokenizer_path,
+from tokenweight.pipeline import (build_trainer, held_out_metrics, load_run_splits, model_path_and_tokenizer,
                                   prepare_split)
 from tokenweight.preemption import SIGTERM_EXIT_STATUS, StopOnSigterm, any_process
 from tokenweight.run_folder import (DropReplacedOnSave, SetAside, check_writable, is_disk_error, lock_output_dir,
@@ -72,7 +72,7 @@ def new_run_saved(output_dir: str) -> bool:
 def _run_training(config: TokenweightConfig, resume: str | None, replaced: SetAside) -> dict:
     set_seed(config.seed)
     uses_reference = SCHEMES[config.weighting].uses_reference
-    model_path, tokenizer = model_and_tokenizer_path(config)
+    model_path, tokenizer = model_path_and_tokenizer(config)
     splits = load_run_splits(config)
     train_raw, eval_raw = splits.train, splits.eval
     data_summary = {name: {"swapped_pairs": count} for name, count in splits.swapped_pairs.items()}

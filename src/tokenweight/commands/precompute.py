@@ -89,14 +89,14 @@ def run(args: argparse.Namespace) -> int:
 
 def _scheme(args: argparse.Namespace) -> int:
     """The train split through the scheme's prepare hook, its cache in ``--output`` (the scheme's cache setting)."""
-    from tokenweight.pipeline import load_run_splits, model_and_tokenizer_path, prepare_raw
+    from tokenweight.pipeline import load_run_splits, model_path_and_tokenizer, prepare_raw
     from tokenweight.recipe import parse_train_config
     from tokenweight.weights import SCHEMES
 
     setting = SCHEMES[args.what].cache_setting
     cache_flags = [f"--{setting}", args.output] if setting else ["--output_dir", args.output]
     config = parse_train_config(list(args.flags) + ["--weighting", args.what, *cache_flags])
-    model_path, tokenizer = model_and_tokenizer_path(config, resolve_length=False)
+    model_path, tokenizer = model_path_and_tokenizer(config, resolve_length=False)
     train_raw = load_run_splits(config).train
     prepared = prepare_raw(config, model_path, tokenizer, train_raw, "train", config.output_dir)
     print(f"{args.what}: data preparation of {len(prepared)} pairs cached in {args.output}")
@@ -112,14 +112,14 @@ def _reference(args: argparse.Namespace) -> int:
     from tokenweight import reference_cache
     from tokenweight.config import check_scheme_objective
     from tokenweight.models import freeze, load_causal_lm
-    from tokenweight.pipeline import load_run_splits, model_and_tokenizer_path, tokenize_split
+    from tokenweight.pipeline import load_run_splits, model_path_and_tokenizer, tokenize_split
     from tokenweight.recipe import parse_train_config
     from tokenweight.weights import SCHEMES
 
     config = parse_train_config(list(args.flags))
     check_scheme_objective(SCHEMES[config.weighting], config, given=("precompute reference",))
     state = PartialState()
-    model_path, tokenizer = model_and_tokenizer_path(config)  # max_length resolved as `train` does: the cache's
+    model_path, tokenizer = model_path_and_tokenizer(config)  # max_length as `train` resolves it: the cache's lengths
     raw = load_run_splits(config)
     summary = {}  # the data summary `train` prints, line for line
     splits = {"train": tokenize_split(config, tokenizer, raw.train, "train", summary, raw.train_name, raw.train_rows),
