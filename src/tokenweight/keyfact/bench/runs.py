@@ -2,9 +2,9 @@
 
 The run's training data is drawn with the seed (``keyfact_seed``, and the training order ``seed``); the evaluation
 set is fixed (KeyFact's ``eval`` split drawn by ``BenchSettings.eval_seed``), the same for every run, so every metric is a list over the same items
-and rows compare pairwise (:mod:`tokenweight.keyfact.bench.stats`). The base model is also the frozen reference: it is
-handed to the trainer only for a scheme that ``uses_reference``, but always used to *measure* (``pref_acc``,
-``kl_nonkey``).
+and rows compare pairwise (:mod:`tokenweight.keyfact.bench.stats`). The base model is also the frozen reference: the
+trainer (:func:`tokenweight.pipeline.build_trainer`, as ``tokenweight train`` builds it) loads it only for a scheme
+that ``uses_reference``, and a copy of it always *measures* (``pref_acc``, ``kl_nonkey``).
 """
 
 from __future__ import annotations
@@ -112,7 +112,7 @@ def run_one(settings: BenchSettings, base_path: str, label: str, variant: str, s
     # every split through the scheme's data preparation, as `tokenweight train` does (AttentionPO: the judge's cache)
     train = prepare_split(config, base_path, tokenizer, train_rows, "train")
     evaluation = prepare_split(config, base_path, tokenizer, eval_rows, "eval")
-    reference = load_causal_lm(base_path)  # measures every row, and is the trainer's reference if the scheme has one
+    reference = load_causal_lm(base_path)  # measures every row (the trainer loads its own when the scheme has one)
     curve_pairs = evaluation.select(range(min(settings.curve_eval_size, len(evaluation))))
     curve_rows = eval_rows.select(range(len(curve_pairs)))
     curve = CurveCallback(lambda model: _means(item_metrics(model, reference, tokenizer, curve_pairs, curve_rows,
