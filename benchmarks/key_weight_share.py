@@ -44,7 +44,7 @@ def main() -> None:
     from tokenweight.evaluate import pair_token_weights
     from tokenweight.keyfact import build_keyfact, key_position, keyfact_base_model
     from tokenweight.models import load_causal_lm, load_tokenizer
-    from tokenweight.run import prepare_raw
+    from tokenweight.pipeline import prepare_raw
     from tokenweight.weights import build_scheme
 
     path = args.model_name_or_path or str(keyfact_base_model())

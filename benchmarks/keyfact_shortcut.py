@@ -25,14 +25,13 @@ from transformers import PrinterCallback
 sys.path.insert(0, str(Path(__file__).parent))
 from _common import command_line, markdown_table  # noqa: E402
 
-from tokenweight.bench.rows import bench_row  # noqa: E402
-from tokenweight.bench.runs import run_config  # noqa: E402
-from tokenweight.bench.settings import BenchSettings  # noqa: E402
+from tokenweight.keyfact.bench.rows import bench_row  # noqa: E402
+from tokenweight.keyfact.bench.settings import BenchSettings, run_config  # noqa: E402
 from tokenweight.keyfact import key_slots, key_word, keyfact_base_model, one_thread  # noqa: E402
 from tokenweight.keyfact.facts import load_facts  # noqa: E402
 from tokenweight.logps import naive_token_logps  # noqa: E402
 from tokenweight.models import load_causal_lm, load_tokenizer  # noqa: E402
-from tokenweight.run import load_run_splits, prepare_split  # noqa: E402
+from tokenweight.pipeline import load_run_splits, prepare_split  # noqa: E402
 from tokenweight.trainer import TokenweightTrainer  # noqa: E402
 
 

@@ -34,7 +34,7 @@ from conftest import make_model, make_tokenizer, standard_rows  # noqa: E402
 
 from tokenweight.config import TokenweightConfig  # noqa: E402
 from tokenweight.data import tokenize_preference_dataset  # noqa: E402
-from tokenweight.run import prepare_raw  # noqa: E402
+from tokenweight.pipeline import prepare_raw  # noqa: E402
 from tokenweight.trainer import TokenweightTrainer  # noqa: E402
 from tokenweight.weights.base import scheme_class  # noqa: E402
 

@@ -52,7 +52,7 @@ def test_the_train_help_lists_the_baselines_flags(capsys):
 
 
 def _weights_rows():
-    from tokenweight.bench.rows import default_schemes
+    from tokenweight.keyfact.bench.rows import default_schemes
     from tokenweight.weights.base import scheme_class
     return [s for s in default_schemes() if not scheme_class(s).tooling.trained_models]
 

@@ -9,8 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tokenweight.bench import DOCS_BEGIN, DOCS_END
-from tokenweight.bench.report import cell
+from tokenweight.keyfact.bench import DOCS_BEGIN, DOCS_END
+from tokenweight.keyfact.bench.report import cell
 from tokenweight.cli import main
 
 

@@ -6,8 +6,8 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from tokenweight.bench.rows import ORACLE_ROWS, bench_row, oracle_weights
-from tokenweight.bench.runs import with_oracle_weights
+from tokenweight.keyfact.bench.rows import ORACLE_ROWS, bench_row, oracle_weights
+from tokenweight.keyfact.bench.runs import with_oracle_weights
 from tokenweight.keyfact import (build_keyfact, greedy_outcomes, key_slot, key_weight_rank, key_weight_stats,
                                  keyfact_base_model, keyfact_item_metrics, nonkey_kl, resolve_facts)
 from tokenweight.keyfact.facts import fill, find_row

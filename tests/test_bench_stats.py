@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from tokenweight.bench.stats import (DETECTABLE_Z, detectable_difference, hierarchical_bootstrap, paired_difference,
+from tokenweight.keyfact.bench.stats import (DETECTABLE_Z, detectable_difference, hierarchical_bootstrap, paired_difference,
                                      sign_test, wilcoxon_test)
 
 

@@ -9,9 +9,9 @@ import math
 
 import torch
 
-from tokenweight.bench import default_schemes
-from tokenweight.bench.rows import bench_row
-from tokenweight.bench.trained_models import trained_model_rows
+from tokenweight.keyfact.bench import default_schemes
+from tokenweight.keyfact.bench.rows import bench_row
+from tokenweight.keyfact.bench.trained_models import trained_model_rows
 from tokenweight.weights import SCHEMES
 
 
@@ -26,8 +26,8 @@ def test_default_schemes_include_every_scheme_that_declares_trained_models():
 
 def test_bench_run_of_tisdpo_trains_both_contrastive_models_first(tmp_path, monkeypatch, capsys):
     import tokenweight.trainer
-    from tokenweight.bench import BenchSettings, quick_settings
-    from tokenweight.bench.runs import run_one
+    from tokenweight.keyfact.bench import BenchSettings, quick_settings
+    from tokenweight.keyfact.bench.runs import run_one
     from tokenweight.fingerprint import model_fingerprint
     from tokenweight.keyfact import keyfact_base_model
     from tokenweight.models import load_causal_lm
@@ -84,8 +84,8 @@ def test_bench_run_of_tisdpo_trains_both_contrastive_models_first(tmp_path, monk
 
 
 def test_rows_that_train_models_first_run_on_the_first_variant_unless_told_otherwise(tmp_path):
-    from tokenweight.bench import BenchSettings
-    from tokenweight.bench.benchmark import benchmark_tasks
+    from tokenweight.keyfact.bench import BenchSettings
+    from tokenweight.keyfact.bench.benchmark import benchmark_tasks
 
     rows = ["uniform", "tisdpo", "tidpo:kl"]
     settings = BenchSettings(rows=rows, seeds=[0, 1], variants=["base", "noise0.2"])

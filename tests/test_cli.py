@@ -6,9 +6,10 @@ import re
 
 import pytest
 
-from tokenweight.cli import main, parse_train_config
+from tokenweight.cli import main
+from tokenweight.recipe import parse_train_config
 from tokenweight.errors import UserError
-from tokenweight.run import KEYFACT_DEFAULTS
+from tokenweight.keyfact.settings import KEYFACT_DEFAULTS
 
 
 def test_flags_override_the_recipe_which_overrides_defaults(tmp_path):
@@ -52,7 +53,7 @@ def test_bad_values_name_the_config_key(flags, message):
 
 
 def test_model_without_dataset_is_refused(tmp_path):
-    from tokenweight.run import resolve_model_path
+    from tokenweight.pipeline import resolve_model_path
     config = parse_train_config(["--model_name_or_path", "x", "--use_cpu", "true"])
     with pytest.raises(UserError, match="config key `dataset_name` is required"):
         resolve_model_path(config)

@@ -12,7 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from tokenweight.cli import main, parse_train_config
+from tokenweight.cli import main
+from tokenweight.recipe import parse_train_config
 from tokenweight.config import DEFAULT_MAX_LENGTH, resolve_max_length
 from tokenweight.errors import UserError
 from tokenweight.weights import SCHEMES

@@ -151,7 +151,7 @@ def test_recipe_values_are_converted_and_checked_like_flags(capsys, tmp_path, te
 
 
 def test_recipe_values_get_the_flags_types(tmp_path):
-    from tokenweight.cli import parse_train_config
+    from tokenweight.recipe import parse_train_config
 
     recipe = tmp_path / "recipe.yaml"
     recipe.write_text("learning_rate: 5e-4\nweighting: otpo\notpo_reg_m: 0.3\nmax_length: 64\n"  # 5e-4: a YAML str

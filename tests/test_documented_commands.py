@@ -36,7 +36,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tokenweight.cli import COMMANDS, main, parse_train_config
+from tokenweight.cli import COMMANDS, main
+from tokenweight.recipe import parse_train_config
 
 REPO = Path(__file__).resolve().parents[1]
 PLACEHOLDERS = {"DIR": lambda env, cwd: str(cwd / "dir"), "M": lambda env, cwd: env["model"],

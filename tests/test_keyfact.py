@@ -674,9 +674,9 @@ def test_one_thread_restores_the_thread_count():
 
 
 def test_run_splits_follow_the_config_and_share_the_eval_split_across_seeds(tmp_path, tokenizer):
-    from tokenweight.commands.common import load_pairs
     from tokenweight.config import TokenweightConfig
-    from tokenweight.run import KEYFACT_DEFAULTS, keyfact_splits, load_run_splits
+    from tokenweight.keyfact.task import KEYFACT_DEFAULTS, keyfact_splits
+    from tokenweight.pipeline import load_pairs, load_run_splits
 
     def config(**settings):
         return TokenweightConfig(**{**KEYFACT_DEFAULTS, "output_dir": str(tmp_path), "keyfact_train_size": 40,

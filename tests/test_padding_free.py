@@ -14,7 +14,7 @@ from tokenweight.config import TokenweightConfig
 from tokenweight.data import PreferenceCollator, tokenize_preference_dataset
 from tokenweight.logps import enable_token_scoring, pack_plan
 from tokenweight.models import add_lora_adapters
-from tokenweight.run import prepare_raw
+from tokenweight.pipeline import prepare_raw
 from tokenweight.trainer import TokenweightTrainer
 from tokenweight.weights.base import scheme_class
 

@@ -68,13 +68,13 @@ def test_cached_log_probs_equal_the_live_reference_per_token(tmp_path):
 
 
 def test_training_with_the_cache_loads_one_model_and_matches_the_live_reference(tmp_path, monkeypatch):
-    import tokenweight.run
+    import tokenweight.pipeline
     train = ["train", *KEYFACT, "--per_device_train_batch_size", "4", "--num_train_epochs", "1"]
     assert main([*train, "--output_dir", str(tmp_path / "live")]) == 0
     assert main(["precompute", "reference", *KEYFACT, "--output", str(tmp_path / "ref")]) == 0
 
     loads = []
-    monkeypatch.setattr(tokenweight.run, "load_causal_lm", lambda *a, **k: loads.append(a) or load_causal_lm(*a, **k))
+    monkeypatch.setattr(tokenweight.pipeline, "load_causal_lm", lambda *a, **k: loads.append(a) or load_causal_lm(*a, **k))
     assert main([*train, "--output_dir", str(tmp_path / "cached"), "--ref_log_probs", str(tmp_path / "ref")]) == 0
     assert len(loads) == 1  # the policy only: no reference model in memory
 

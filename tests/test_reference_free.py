@@ -13,7 +13,7 @@ import torch
 from conftest import make_model, standard_rows
 
 import tokenweight.models
-import tokenweight.run
+import tokenweight.pipeline
 from tokenweight.cli import main
 from tokenweight.config import TokenweightConfig
 from tokenweight.data import tokenize_preference_dataset
@@ -49,7 +49,7 @@ def test_simpo_confpo_and_sepo_are_the_reference_free_schemes():
 @pytest.mark.parametrize("weighting", REFERENCE_FREE)
 def test_train_two_steps_loads_only_the_policy(tmp_path, monkeypatch, capsys, weighting):
     monkeypatch.setenv("TOKENWEIGHT_CACHE", str(tmp_path.parent / "keyfact-cache"))
-    loads = count_model_loads(monkeypatch, tokenweight.run)
+    loads = count_model_loads(monkeypatch, tokenweight.pipeline)
     trainers, save_state = [], TokenweightTrainer.save_state
 
     def recording_save_state(self):
@@ -144,8 +144,8 @@ def test_bench_run_of_a_reference_free_scheme_trains_without_a_reference(tmp_pat
     """The bench loads the base model once more only to *measure* (pref_acc, KL to the reference); the trainer of
     a reference-free scheme gets no reference model."""
     import tokenweight.trainer
-    from tokenweight.bench import BenchSettings, quick_settings
-    from tokenweight.bench.runs import run_one
+    from tokenweight.keyfact.bench import BenchSettings, quick_settings
+    from tokenweight.keyfact.bench.runs import run_one
     from tokenweight.keyfact import keyfact_base_model
 
     monkeypatch.setenv("TOKENWEIGHT_CACHE", str(tmp_path.parent / "keyfact-cache"))

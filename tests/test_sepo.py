@@ -18,7 +18,7 @@ from tokenweight.cli import main
 from tokenweight.config import TokenweightConfig
 from tokenweight.data import PreferenceCollator, tokenize_preference_dataset
 from tokenweight.errors import UserError
-from tokenweight.run import prepare_split
+from tokenweight.pipeline import prepare_split
 from tokenweight.trainer import TokenweightTrainer
 from tokenweight.weights import PrepareContext, build_scheme
 from tokenweight.weights.sepo import CONTRAST, selected_tokens
@@ -181,9 +181,9 @@ def test_the_whole_pipeline_through_the_cli(tmp_path, monkeypatch, capsys):
 
 
 def test_the_bench_trains_the_oracle_inside_a_sepo_row():
-    from tokenweight.bench import default_schemes
-    from tokenweight.bench.rows import bench_row
-    from tokenweight.bench.trained_models import trained_model_rows
+    from tokenweight.keyfact.bench import default_schemes
+    from tokenweight.keyfact.bench.rows import bench_row
+    from tokenweight.keyfact.bench.trained_models import trained_model_rows
 
     assert "sepo" in default_schemes()
     rows = trained_model_rows(bench_row("sepo"))

@@ -16,7 +16,7 @@ from tokenweight.cli import main
 from tokenweight.config import TokenweightConfig
 from tokenweight.data import PreferenceCollator, tokenize_preference_dataset
 from tokenweight.errors import UserError
-from tokenweight.run import prepare_split
+from tokenweight.pipeline import prepare_split
 from tokenweight.sources import swap_pairs
 from tokenweight.weights import PrepareContext, batch_inputs, build_scheme
 from tokenweight.weights.tisdpo import Transform, response_weights, stable_ranks

@@ -130,13 +130,13 @@ def test_a_second_run_into_a_folder_in_use_is_refused_naming_the_holder(tiny_mod
 
 def test_an_output_dir_that_cannot_be_written_is_refused_before_any_model_loads(tiny_model_dir, tmp_path, capsys,
                                                                                monkeypatch):
-    import tokenweight.run
+    import tokenweight.pipeline
 
     def no_loading(*args, **kwargs):
         raise AssertionError("a model was loaded")
 
-    monkeypatch.setattr(tokenweight.run, "load_tokenizer", no_loading)
-    monkeypatch.setattr(tokenweight.run, "load_causal_lm", no_loading)
+    monkeypatch.setattr(tokenweight.pipeline, "load_tokenizer", no_loading)
+    monkeypatch.setattr(tokenweight.pipeline, "load_causal_lm", no_loading)
     (tmp_path / "a-file").write_text("")
     out = tmp_path / "a-file" / "run"
     data = write_jsonl(tmp_path / "pairs.jsonl", standard_rows(8))

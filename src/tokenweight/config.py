@@ -27,6 +27,8 @@ import torch
 from transformers import HfArgumentParser, TrainingArguments
 
 from tokenweight.errors import UserError
+from tokenweight.models import model_context
+from tokenweight.objectives import LOSS_TYPES
 from tokenweight.sources import looks_like_local_path
 
 #: ``max_length`` when none is given: this, or the model's context when that is shorter.
@@ -121,26 +123,6 @@ class CoreConfig(TrainingArguments):
     padding_free: bool = field(default=False, metadata={
         "help": "Concatenate the rows of a batch into one sequence without padding, position ids restarting per "
                 "row, attention kept within each row (refused for a model that cannot keep packed rows apart)."})
-    # ---------------------------------------------------------------- built-in KeyFact task
-    keyfact_facts: str | None = field(default=None, metadata={"help": "KeyFact facts JSON (default: built-in)."})
-    keyfact_train_size: int = field(default=512, metadata={"help": "KeyFact training pairs."})
-    keyfact_eval_size: int = field(default=512, metadata={
-        "help": "KeyFact held-out pairs (the fixed eval split, drawn by keyfact_eval_seed)."})
-    keyfact_validation_size: int = field(default=128, metadata={
-        "help": "KeyFact validation pairs (held out like eval, disjoint from it; for tuning)."})
-    keyfact_chosen_longer: float = field(default=0.5, metadata={
-        "help": "Probability that the chosen answer has more filler (0.8: verbosity trap)."})
-    keyfact_label_noise: float = field(default=0.0, metadata={"help": "Fraction of swapped training pairs."})
-    keyfact_shortcut: float = field(default=0.0, metadata={
-        "help": "0 (off) or s in (0, 1]: the shortcut sentence goes into the chosen answer of a fraction s of "
-                "training pairs and into the rejected answer of the others (below 0.5 it marks rejected)."})
-    keyfact_seed: int = field(default=0, metadata={"help": "KeyFact training-data and base-model seed (base models of seeds 0 and 1 are shipped; another "
-                "seed builds its own, ~10 min, cached)."})
-    keyfact_eval_seed: int = field(default=0, metadata={
-        "help": "Seed of the KeyFact eval and validation splits (independent of keyfact_seed)."})
-    keyfact_model_size: str = field(default="default", metadata={
-        "help": "KeyFact base model size: default, or small (for tests); both are shipped with the package."})
-
     def __post_init__(self):
         check_finite(self)
         if self.output_dir is None:
@@ -152,8 +134,8 @@ class CoreConfig(TrainingArguments):
                             "max_steps): the run would train 0 steps")
         if self.dataloader_pin_memory and not accelerator_available():
             self.dataloader_pin_memory = False  # nothing to pin for; torch would warn on every dataloader
-        if self.loss_type not in ("sigmoid", "ipo", "hinge"):
-            raise UserError(f"config key `loss_type`: {self.loss_type!r} is not one of sigmoid, ipo, hinge")
+        if self.loss_type not in LOSS_TYPES:
+            raise UserError(f"config key `loss_type`: {self.loss_type!r} is not one of {', '.join(LOSS_TYPES)}")
         if self.label_smoothing and self.loss_type != "sigmoid":
             raise UserError("config key `label_smoothing`: only supported with loss_type=sigmoid")
         if not 0 <= self.label_smoothing < 0.5:
@@ -169,7 +151,7 @@ class CoreConfig(TrainingArguments):
         if self.weighting not in SCHEMES:
             raise UserError(f"config key `weighting`: unknown scheme {self.weighting!r}; "
                             f"choose one of {', '.join(sorted(SCHEMES))}")
-        check_scheme_objective(self, SCHEMES[self.weighting])
+        check_scheme_objective(SCHEMES[self.weighting], self)
         for key in ("dataset_name", "model_name_or_path", "ref_model_name_or_path"):
             check_local_path(key, getattr(self, key))
         from tokenweight.run_record import check_resume_changes_setting
@@ -217,21 +199,58 @@ def check_scheme_keys(weighting: str, set_keys: dict[str, str]) -> None:
                             f"--weighting {weighting}, which does not read it; drop it")
 
 
-def check_scheme_objective(config, scheme) -> None:
-    """Refuse a ``loss_type`` the scheme class ``scheme`` does not support, and reference log-prob settings
-    (``precompute_ref_log_probs``, ``ref_log_probs``) for a reference-free scheme, which uses no reference."""
-    scheme.check_loss_type(config.loss_type)
-    if not scheme.uses_reference:
-        for key in ("precompute_ref_log_probs", "ref_log_probs"):
-            if getattr(config, key):
-                raise UserError(f"config key `{key}`: weighting={scheme.name} is reference-free (no reference model "
-                                "is loaded or scored); drop the setting")
+#: Each way a reference reaches a reference-free scheme (a config key, or what a caller passes) -> the exception and
+#: the message that refuses it (``{name}``: the scheme's name).
+REFERENCE_REFUSALS = {
+    "ref_model_name_or_path": (UserError, "config key `ref_model_name_or_path`: weighting={name} is reference-free (no "
+                                          "reference model is loaded); drop the setting"),
+    "precompute_ref_log_probs": (UserError, "config key `precompute_ref_log_probs`: weighting={name} is "
+                                            "reference-free (no reference model is loaded or scored); drop the "
+                                            "setting"),
+    "ref_log_probs": (UserError, "config key `ref_log_probs`: weighting={name} is reference-free (no reference model "
+                                 "is loaded or scored); drop the setting"),
+    "precompute reference": (UserError, "precompute reference: weighting={name} is reference-free; its training "
+                                        "reads no reference log-probs"),
+    "trainer ref_model": (ValueError, "weighting={name!r} is reference-free: pass ref_model=None (a reference model "
+                                      "would only take memory)"),
+    "held-out ref_model": (ValueError, "weighting={name!r} is reference-free: its held-out metrics take no reference "
+                                       "model"),
+}
+#: The config keys that give a run a reference whatever the command (``ref_model_name_or_path`` is also the
+#: reference of ``eval``'s implicit reward, so only ``train`` refuses it).
+REFERENCE_SETTINGS = ("precompute_ref_log_probs", "ref_log_probs")
+
+
+def check_scheme_objective(scheme, config=None, given: tuple[str, ...] = ()) -> None:
+    """The one check of a scheme (class or instance) against the run's objective, which the config, every command,
+    the trainer and held-out evaluation call: the config's ``loss_type`` must be one the scheme supports, and a
+    reference-free scheme (``uses_reference = False``) takes no reference — neither the config's
+    :data:`REFERENCE_SETTINGS` nor any of ``given``, the ways the caller gives one (keys of
+    :data:`REFERENCE_REFUSALS`). Raises the refusal's :class:`UserError` (a setting) or ``ValueError`` (an argument
+    passed in code)."""
+    if config is not None:
+        scheme.check_loss_type(config.loss_type)
+    if scheme.uses_reference:
+        return
+    uses = [key for key in REFERENCE_SETTINGS if config is not None and getattr(config, key)] + list(given)
+    if uses:
+        error, message = REFERENCE_REFUSALS[uses[0]]
+        raise error(message.format(name=scheme.name))
+
+
+def task_settings_class() -> type:
+    """The built-in task's settings dataclass (:class:`~tokenweight.keyfact.settings.KeyfactSettings`), composed
+    into the run configuration as the schemes' settings are; its ``help_group`` titles its flags in ``--help``."""
+    from tokenweight.keyfact.settings import KeyfactSettings
+
+    return KeyfactSettings
 
 
 def config_class() -> type:
-    """``TokenweightConfig``: a dataclass of :class:`CoreConfig` and the settings dataclass of every registered
-    scheme (``settings_class``), so that each scheme's flags are config keys, flags and recipe keys without this
-    module naming them. Its ``__post_init__`` runs :class:`CoreConfig`'s checks, then each settings class's.
+    """``TokenweightConfig``: a dataclass of :class:`CoreConfig`, the built-in task's settings
+    (:func:`task_settings_class`) and the settings dataclass of every registered scheme (``settings_class``), so
+    that each one's fields are config keys, flags and recipe keys without this module naming them. Its
+    ``__post_init__`` runs :class:`CoreConfig`'s checks, then each settings class's.
 
     The class is built once per set of settings classes: a scheme registered later (a plugin) gets a new class,
     which the ``train`` parser uses; ``tokenweight.config.TokenweightConfig`` is always the current one.
@@ -241,16 +260,16 @@ def config_class() -> type:
     """
     from tokenweight.weights import SCHEMES
 
-    settings_classes = tuple(dict.fromkeys(SCHEMES[name].settings_class for name in sorted(SCHEMES)
-                                           if SCHEMES[name].settings_class is not None))
+    settings_classes = (task_settings_class(), *dict.fromkeys(SCHEMES[name].settings_class for name in sorted(SCHEMES)
+                                                              if SCHEMES[name].settings_class is not None))
     if settings_classes not in _COMPOSED:
         _COMPOSED[settings_classes] = _compose(settings_classes)
     return _COMPOSED[settings_classes]
 
 
 _COMPOSED: dict[tuple[type, ...], type] = {}
-CONFIG_DOC = """The run configuration: :class:`CoreConfig` (every ``TrainingArguments`` flag plus tokenweight's own) and
-the settings of every registered scheme (built by :func:`config_class`)."""
+CONFIG_DOC = """The run configuration: :class:`CoreConfig` (every ``TrainingArguments`` flag plus tokenweight's own),
+the built-in task's settings and the settings of every registered scheme (built by :func:`config_class`)."""
 
 
 def _compose(settings_classes: tuple[type, ...]) -> type:
@@ -268,7 +287,7 @@ def _compose(settings_classes: tuple[type, ...]) -> type:
             if hasattr(settings_class, "__post_init__"):
                 settings_class.__post_init__(self)
 
-    # Bases in this order put the fields in the order TrainingArguments, CoreConfig, then each scheme's settings.
+    # Bases in this order put the fields in the order TrainingArguments, CoreConfig, then each settings class's.
     return dataclasses.make_dataclass("TokenweightConfig", [], bases=(*reversed(settings_classes), CoreConfig),
                                       namespace={"__post_init__": __post_init__, "__module__": __name__,
                                                  "__doc__": CONFIG_DOC})
@@ -295,28 +314,6 @@ def check_local_path(key: str, name: str | None) -> None:
         raise UserError(f"config key `{key}`: {name} does not exist (looked in {Path.cwd()})")
 
 
-def config_context(text_config) -> int | None:
-    """The number of positions a model's text config was built for (``max_position_embeddings`` or
-    ``n_positions``), or ``None`` when it states none (BLOOM)."""
-    for key in ("max_position_embeddings", "n_positions"):
-        if isinstance(getattr(text_config, key, None), int):
-            return getattr(text_config, key)
-    return None
-
-
-def model_context(model_path: str) -> int | None:
-    """:func:`config_context` of the model at ``model_path``."""
-    from transformers import AutoConfig
-
-    from tokenweight.models import LOAD_ERRORS, not_loadable
-
-    try:
-        config = AutoConfig.from_pretrained(model_path).get_text_config()
-    except LOAD_ERRORS as error:
-        raise not_loadable(model_path, "config", error) from error
-    return config_context(config)
-
-
 def resolve_max_length(max_length: int | None, model_path: str) -> int:
     """``max_length`` checked against the model's context: ``None`` becomes min(:data:`DEFAULT_MAX_LENGTH`,
     context); a value above the context is a :class:`UserError` naming both numbers."""
@@ -335,7 +332,8 @@ def resolve_max_length(max_length: int | None, model_path: str) -> int:
 
 
 #: ``tokenweight train --help`` groups: title -> config keys. Each registered scheme with settings also gets a group
-#: of its settings' fields; other tokenweight keys go under "objective", the rest under the last title.
+#: of its settings' fields, and the built-in task one of its own (its ``help_group``); other tokenweight keys go
+#: under "objective", the rest under the last title.
 FLAG_GROUPS = {
     "model": ("model_name_or_path", "ref_model_name_or_path", "model_dtype", "fp32_master_weights",
               "attn_implementation", "use_peft",
@@ -343,7 +341,6 @@ FLAG_GROUPS = {
     "data": ("dataset_name", "dataset_split", "eval_split", "max_length", "max_prompt_length", "swap_pairs"),
     "objective": (),
 }
-KEYFACT_GROUP = "built-in KeyFact task (used when neither a model nor a dataset is named)"
 TRAINING_ARGUMENTS_GROUP = "all transformers.TrainingArguments"
 
 
@@ -416,7 +413,8 @@ class ConfigArgumentParser(HfArgumentParser):
         scheme_of = scheme_setting_owners()
         groups = {title: self.add_argument_group(title) for title in FLAG_GROUPS}
         groups.update({name: self.add_argument_group(scheme_group_title(name)) for name in sorted(set(scheme_of.values()))})
-        groups[KEYFACT_GROUP] = self.add_argument_group(KEYFACT_GROUP)
+        task = task_settings_class()
+        groups[task.help_group] = self.add_argument_group(task.help_group)
         groups[TRAINING_ARGUMENTS_GROUP] = self.add_argument_group(TRAINING_ARGUMENTS_GROUP)
         inherited = {f.name for f in dataclasses.fields(TrainingArguments)}
         for item in dataclasses.fields(dtype):
@@ -426,17 +424,17 @@ class ConfigArgumentParser(HfArgumentParser):
             if item.name == "weighting":
                 item = copy.copy(item)
                 item.metadata = types.MappingProxyType({**item.metadata, "choices": sorted(SCHEMES)})
-            self._parse_dataclass_field(groups[self._group_of(item.name, inherited, scheme_of)], item)
+            self._parse_dataclass_field(groups[self._group_of(item.name, inherited, scheme_of, task)], item)
 
     @staticmethod
-    def _group_of(key: str, inherited: set[str], scheme_of: dict[str, str]) -> str:
+    def _group_of(key: str, inherited: set[str], scheme_of: dict[str, str], task: type) -> str:
         titled = [title for title, keys in FLAG_GROUPS.items() if key in keys]
         if titled:
             return titled[0]
         if key in scheme_of:
             return scheme_of[key]
-        if key.startswith("keyfact_"):
-            return KEYFACT_GROUP
+        if key in task.__dataclass_fields__:
+            return task.help_group
         return TRAINING_ARGUMENTS_GROUP if key in inherited else "objective"
 
     def error(self, message: str):

@@ -24,6 +24,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
+from tokenweight.config import check_scheme_objective
 from tokenweight.data import PreferenceCollator
 from tokenweight.logps import enable_token_scoring
 from tokenweight.masks import from_shifted
@@ -103,7 +104,7 @@ def held_out_preference(model: nn.Module, ref_model: nn.Module | None, scheme: W
     if scheme is None or scheme.uses_reference:
         return report
     if ref_model is not None:
-        raise ValueError(f"weighting={scheme.name!r} is reference-free: its held-out metrics take no reference model")
+        check_scheme_objective(scheme, given=("held-out ref_model",))
     weighted = weighted_preference_report(score_weighted_pairs(model, None, scheme, dataset, pad_token_id,
                                                                batch_size, progress), beta)
     return {"pref_acc": weighted["weighted_pref_acc"], "logp_acc": report["logp_acc"],

@@ -118,3 +118,36 @@ def add_lora_adapters(model: nn.Module, r: int, alpha: int, dropout: float = 0.0
     config = LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout, task_type="CAUSAL_LM",
                         target_modules=target_modules or "all-linear")
     return get_peft_model(model, config)
+
+
+def hide_shard_writing_bars() -> None:
+    """Hide transformers' "Writing model shards" bar, which every checkpoint and the final save draw into the
+    training bar; the training bar and download bars stay (each command calls this before it loads a model)."""
+    from transformers.utils import logging as hf_logging
+
+    def hook(factory, args, kwargs):
+        if kwargs.get("desc") == "Writing model shards":
+            kwargs = {**kwargs, "disable": True}
+        return factory(*args, **kwargs)
+
+    hf_logging.set_tqdm_hook(hook)
+
+
+def config_context(text_config) -> int | None:
+    """The number of positions a model's text config was built for (``max_position_embeddings`` or
+    ``n_positions``), or ``None`` when it states none (BLOOM)."""
+    for key in ("max_position_embeddings", "n_positions"):
+        if isinstance(getattr(text_config, key, None), int):
+            return getattr(text_config, key)
+    return None
+
+
+def model_context(model_path: str) -> int | None:
+    """:func:`config_context` of the model at ``model_path``."""
+    from transformers import AutoConfig
+
+    try:
+        config = AutoConfig.from_pretrained(model_path).get_text_config()
+    except LOAD_ERRORS as error:
+        raise not_loadable(model_path, "config", error) from error
+    return config_context(config)

@@ -19,7 +19,7 @@ from transformers.trainer import rotate_checkpoints
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 from tokenweight.checkpoints import seal_checkpoint
-from tokenweight.config import TokenweightConfig
+from tokenweight.config import TokenweightConfig, check_scheme_objective
 from tokenweight.data import PreferenceCollator, with_pair_lengths
 from tokenweight.errors import UserError
 from tokenweight.fsdp import enable_fsdp_on_cpu, end_reference_step, init_root, shard_reference
@@ -43,9 +43,8 @@ class TokenweightTrainer(Trainer):
     def __init__(self, model: nn.Module, ref_model: nn.Module | None, args: TokenweightConfig, train_dataset=None,
                  eval_dataset=None, processing_class=None, data_collator=None, **kwargs):
         scheme = build_scheme(args.weighting, args)
-        if not scheme.uses_reference and ref_model is not None:
-            raise ValueError(f"weighting={scheme.name!r} is reference-free: pass ref_model=None (a reference model "
-                             "would only take memory)")
+        if ref_model is not None:
+            check_scheme_objective(scheme, given=("trainer ref_model",))
         if ref_model is model:
             raise ValueError("TokenweightTrainer needs a separate frozen reference model (ref_model)")
         if data_collator is None:

@@ -47,9 +47,9 @@ def register(subparsers) -> None:
 
 
 def settings_from_args(args: argparse.Namespace):
-    """The :class:`~tokenweight.bench.BenchSettings` named by the flags (``--quick`` first, then the sizes)."""
-    from tokenweight.bench import VARIANTS, BenchSettings, default_rows, quick_settings
-    from tokenweight.bench.rows import bench_row
+    """The :class:`~tokenweight.keyfact.bench.BenchSettings` named by the flags (``--quick`` first, then the sizes)."""
+    from tokenweight.keyfact.bench import VARIANTS, BenchSettings, default_rows, quick_settings
+    from tokenweight.keyfact.bench.rows import bench_row
 
     rows = args.schemes.split(",") if args.schemes else default_rows()
     for label in rows:
@@ -79,8 +79,10 @@ def command_line(args: argparse.Namespace) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    from tokenweight.bench import markdown_table, run_benchmark, update_docs
+    from tokenweight.keyfact.bench import markdown_table, run_benchmark, update_docs
+    from tokenweight.models import hide_shard_writing_bars
 
+    hide_shard_writing_bars()
     results = run_benchmark(settings_from_args(args), args.output_dir, command_line(args))
     console = Console()
     console.print(markdown_table(results), soft_wrap=True, markup=False, highlight=False)

@@ -1,17 +1,12 @@
-"""What the ``eval``, ``weights`` and ``bench`` commands share: model/data flags, the run config, held-out pairs."""
+"""What the ``eval`` and ``weights`` commands share: model/data flags and the run config of their flags."""
 
 from __future__ import annotations
 
 import argparse
-from collections.abc import Callable
 from pathlib import Path
-
-import datasets
 
 from tokenweight.config import (TokenweightConfig, add_scheme_flags, check_scheme_keys, resolve_max_length,
                                 scheme_setting_owners)
-from tokenweight.errors import UserError
-from tokenweight.weights.base import scheme_class
 
 
 def add_source_arguments(parser: argparse.ArgumentParser, model_required: bool = False) -> None:
@@ -39,7 +34,7 @@ def positive_int(text: str) -> int:
 
 def build_config(args: argparse.Namespace, **overrides) -> TokenweightConfig:
     """The :class:`TokenweightConfig` of the command: the ``--config`` recipe, then the flags, then ``overrides``."""
-    from tokenweight.cli import read_recipe
+    from tokenweight.recipe import read_recipe
 
     values = read_recipe(args.config) if getattr(args, "config", None) else {}
     set_keys = {key: f"recipe {args.config}" for key in values}
@@ -58,37 +53,6 @@ def build_config(args: argparse.Namespace, **overrides) -> TokenweightConfig:
     if config.model_name_or_path is not None:
         config.max_length = resolve_max_length(config.max_length, config.model_name_or_path)
     return config
-
-
-def load_pairs(config: TokenweightConfig, tokenizer, split: str, limit: int | None = None,
-               prepare: Callable[[datasets.Dataset, str], datasets.Dataset] | None = None,
-               ) -> tuple[datasets.Dataset, datasets.Dataset]:
-    """``(tokenized, raw)`` pairs of ``split`` (KeyFact: ``train``, ``eval`` or ``validation``), at most ``limit``
-    of them; ``prepare(raw, split)`` (the scheme's data preparation, :func:`tokenweight.run.prepare_raw`) runs on
-    the raw rows first.
-
-    ``tokenized`` rows carry ``row_index`` into ``raw`` (rows whose prompt fills ``max_length`` are dropped).
-    """
-    from tokenweight.data import load_preference_split, print_data_summary, tokenize_preference_dataset
-
-    if config.dataset_name is None:
-        from tokenweight.run import keyfact_splits
-        if split not in ("train", "eval", "validation"):
-            raise UserError(f"split {split!r} not found in the built-in KeyFact task (available: ['eval', "
-                            "'train', 'validation'])")
-        sizes = {} if limit is None else {"n_" + split: limit}
-        raw = keyfact_splits(config, **sizes)[split]
-    else:
-        raw = load_preference_split(config.dataset_name, split)
-        if limit is not None:
-            raw = raw.select(range(min(limit, len(raw))))
-    if prepare is not None:
-        raw = prepare(raw, split)
-    tokenized, stats = tokenize_preference_dataset(raw, tokenizer, max_length=config.max_length,
-                                                   max_prompt_length=config.max_prompt_length, name=split,
-                                                   signed_weights=scheme_class(config.weighting).signed_weights)
-    print_data_summary(stats, split)
-    return tokenized, raw
 
 
 def model_label(path: str) -> str:

@@ -11,10 +11,10 @@ import datasets
 from rich.console import Console
 from rich.table import Table
 
-from tokenweight.run import keyfact_model_path
-from tokenweight.commands.common import add_source_arguments, build_config, load_pairs, model_label
+from tokenweight.commands.common import add_source_arguments, build_config, model_label
 from tokenweight.config import check_local_path
 from tokenweight.errors import UserError
+from tokenweight.keyfact.task import keyfact_metrics, keyfact_model_path
 
 EXAMPLES = """examples:
   tokenweight eval --model_name_or_path outputs/keyfact-default
@@ -60,6 +60,9 @@ def register(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from tokenweight.models import hide_shard_writing_bars
+
+    hide_shard_writing_bars()
     output = output_path(args)
     results = evaluate_model(args)
     print_report(results)
@@ -91,6 +94,7 @@ def held_out_rows(args: argparse.Namespace, config, tokenizer, prepare=None,
     ``test (file x.jsonl, 12 rows)``, ``train[eval_fraction 0.1, seed 0] (file x.jsonl, 3 rows)``, …;
     ``prepare(raw, split)`` (the scheme's data preparation) runs on the raw rows before tokenization."""
     from tokenweight.data import print_data_summary, tokenize_preference_dataset
+    from tokenweight.pipeline import load_pairs
     from tokenweight.sources import describe_source, load_splits
     from tokenweight.weights.base import scheme_class
 
@@ -123,7 +127,7 @@ def evaluate_model(args: argparse.Namespace) -> dict:
     """Every metric of ``tokenweight eval`` as a nested dict (see the module docstring)."""
     from tokenweight import evaluate as ev
     from tokenweight.models import load_causal_lm, load_tokenizer
-    from tokenweight.run import prepare_raw
+    from tokenweight.pipeline import prepare_raw
     from tokenweight.weights import SCHEMES
 
     config = build_config(args)
@@ -156,9 +160,7 @@ def evaluate_model(args: argparse.Namespace) -> dict:
     if args.num_generations > 0:
         results.update(generation_metrics(args, policy, ref, tokenizer, pairs))
     if keyfact:
-        from tokenweight.keyfact import evaluate_keyfact
-        results["keyfact"] = evaluate_keyfact(policy, tokenizer, list(raw), facts=config.keyfact_facts,
-                                              max_new_tokens=args.max_new_tokens)
+        results["keyfact"] = keyfact_metrics(config, policy, tokenizer, list(raw), max_new_tokens=args.max_new_tokens)
     return results
 
 

@@ -75,6 +75,9 @@ def _own_flags(args: argparse.Namespace) -> argparse.Namespace:
 
 
 def run(args: argparse.Namespace) -> int:
+    from tokenweight.models import hide_shard_writing_bars
+
+    hide_shard_writing_bars()
     if {"-h", "--help"} & set(args.flags):  # after the positional, argparse leaves --help to the train flags
         args.print_help()
         return 0
@@ -86,16 +89,14 @@ def run(args: argparse.Namespace) -> int:
 
 def _scheme(args: argparse.Namespace) -> int:
     """The train split through the scheme's prepare hook, its cache in ``--output`` (the scheme's cache setting)."""
-    from tokenweight.cli import parse_train_config
-    from tokenweight.models import load_tokenizer
-    from tokenweight.run import load_run_splits, prepare_raw, resolve_model_path
+    from tokenweight.pipeline import load_run_splits, model_path_and_tokenizer, prepare_raw
+    from tokenweight.recipe import parse_train_config
     from tokenweight.weights import SCHEMES
 
     setting = SCHEMES[args.what].tooling.cache_setting
     cache_flags = [f"--{setting}", args.output] if setting else ["--output_dir", args.output]
     config = parse_train_config(list(args.flags) + ["--weighting", args.what, *cache_flags])
-    model_path = resolve_model_path(config)
-    tokenizer = load_tokenizer(model_path)
+    model_path, tokenizer = model_path_and_tokenizer(config, resolve_length=False)
     train_raw = load_run_splits(config).train
     prepared = prepare_raw(config, model_path, tokenizer, train_raw, "train", config.output_dir)
     print(f"{args.what}: data preparation of {len(prepared)} pairs cached in {args.output}")
@@ -109,21 +110,16 @@ def _reference(args: argparse.Namespace) -> int:
     from accelerate import PartialState
 
     from tokenweight import reference_cache
-    from tokenweight.cli import parse_train_config
-    from tokenweight.config import resolve_max_length
-    from tokenweight.errors import UserError
-    from tokenweight.models import freeze, load_causal_lm, load_tokenizer
-    from tokenweight.run import load_run_splits, resolve_model_path, tokenize_split
+    from tokenweight.config import check_scheme_objective
+    from tokenweight.models import freeze, load_causal_lm
+    from tokenweight.pipeline import load_run_splits, model_path_and_tokenizer, tokenize_split
+    from tokenweight.recipe import parse_train_config
     from tokenweight.weights import SCHEMES
 
     config = parse_train_config(list(args.flags))
-    if not SCHEMES[config.weighting].uses_reference:
-        raise UserError(f"precompute reference: weighting={config.weighting} is reference-free; its training reads "
-                        "no reference log-probs")
+    check_scheme_objective(SCHEMES[config.weighting], config, given=("precompute reference",))
     state = PartialState()
-    model_path = resolve_model_path(config)
-    config.max_length = resolve_max_length(config.max_length, model_path)  # as `train` does: the cache's lengths
-    tokenizer = load_tokenizer(model_path)
+    model_path, tokenizer = model_path_and_tokenizer(config)  # max_length as `train` resolves it: the cache's lengths
     raw = load_run_splits(config)
     summary = {}  # the data summary `train` prints, line for line
     splits = {"train": tokenize_split(config, tokenizer, raw.train, "train", summary, raw.train_name, raw.train_rows),

@@ -8,9 +8,9 @@ from pathlib import Path
 
 from rich.console import Console
 
-from tokenweight.run import keyfact_model_path
-from tokenweight.commands.common import add_source_arguments, build_config, load_pairs, positive_int
+from tokenweight.commands.common import add_source_arguments, build_config, positive_int
 from tokenweight.errors import UserError
+from tokenweight.keyfact.task import keyfact_model_path
 
 EXAMPLES = """examples:
   tokenweight weights --weighting otpo --num_pairs 4 --output otpo.html     # built-in KeyFact model and task
@@ -36,8 +36,10 @@ def register(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from tokenweight.models import hide_shard_writing_bars
     from tokenweight.viz import html_report, terminal_heatmap
 
+    hide_shard_writing_bars()
     if Path(args.output).exists() and not args.overwrite:
         raise UserError(f"--output {args.output} exists; pass --overwrite to replace it")
     config = build_config(args)
@@ -70,7 +72,7 @@ def weight_views(config, model_path: str, split: str, num_pairs: int, batch_size
     with each pair."""
     from tokenweight.evaluate import pair_token_weights
     from tokenweight.models import load_causal_lm, load_tokenizer
-    from tokenweight.run import prepare_raw
+    from tokenweight.pipeline import load_pairs, prepare_raw
     from tokenweight.viz import PairView, token_texts
     from tokenweight.weights import build_scheme
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 
-from tokenweight.config import config_context
+from tokenweight.models import config_context
 from tokenweight.errors import UserError
 from tokenweight.weights.attention.rows import resolve_layers
 

@@ -11,7 +11,6 @@ per-token log-prob head of :func:`tokenweight.reference.precompute_reference_log
 from __future__ import annotations
 
 import gc
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -22,44 +21,8 @@ from tokenweight.errors import UserError
 from tokenweight.fingerprint import dataset_fingerprint, model_fingerprint, tokenizer_fingerprint
 from tokenweight.sources import looks_like_local_path
 from tokenweight.weights.tisdpo import cache
+from tokenweight.weights.tisdpo.cache import MODEL_KEYS, TISDPO_CONTRAST, Contrast  # noqa: F401  (re-exported)
 
-#: The config keys of the two contrastive models, in the order they are loaded.
-MODEL_KEYS = {"positive_model": "tisdpo_positive_model", "negative_model": "tisdpo_negative_model"}
-
-
-@dataclass(frozen=True)
-class Contrast:
-    """What a per-token log-ratio ``log π_a − log π_b`` is made of.
-
-    ``models``: ``{fingerprint part: config key}`` of π_a then π_b; ``batch_size_setting``: the config
-    key of the pairs per forward; ``cache_setting``: the flag of the cache folder; ``format``: the cache format name;
-    ``label``: the words that name it in messages (its first word the method); ``models_name``: the two models, in
-    messages; ``flags``: ``{config key: flag}`` named when a model is missing (default ``--`` + the key without the
-    scheme's prefix, the settings' alias); ``scheme``: the ``weighting`` value, for messages; ``how``: where
-    the user learns to make the models (appended to a missing-model error)."""
-
-    models: dict
-    batch_size_setting: str
-    cache_setting: str
-    format: str
-    label: str
-    scheme: str
-    how: str
-    models_name: str
-    flags: dict | None = None
-    settings: tuple = ()
-
-    @property
-    def parts(self) -> tuple[str, ...]:
-        """The fingerprint parts of a cache: both models, the tokenizer, the rows, and the config keys in
-        ``settings`` that change the scores (cDPO's contrast strength)."""
-        return (*self.models, "tokenizer", "dataset", *self.settings)
-
-
-TISDPO_CONTRAST = Contrast(models=MODEL_KEYS, batch_size_setting="tisdpo_batch_size",
-                           cache_setting="tisdpo_weights", format=cache.FORMAT, label="TIS-DPO reward", scheme="tisdpo",
-                           how="see the TIS-DPO pipeline in the README",
-                           models_name="TIS-DPO contrastive models")
 
 
 def completion_logps(model, rows: datasets.Dataset, pad_token_id: int, batch_size: int,

@@ -2,8 +2,9 @@
 models π₊ and π₋), trained inside that row's own run so that every run stays self-contained (with ``--jobs N`` a run
 is one task in one worker; no run waits for another).
 
-Each declared model is trained through the bench's own training path (:func:`~tokenweight.bench.runs.run_config`,
-the run's data loading and the scheme's data preparation, :class:`~tokenweight.trainer.TokenweightTrainer`): the
+Each declared model is trained through the bench's own training path
+(:func:`~tokenweight.keyfact.bench.settings.run_config`, the run pipeline's data loading, the scheme's data
+preparation and :func:`~tokenweight.pipeline.build_trainer`): the
 same base model, variant and seed as the run (so the same training pairs, and the same training order), the bench's
 budget learning rate × ``BenchSettings.trained_models_lr_factor`` (0.1: a mild training, as upstream's lr 5e-7 for
 one epoch), the declaration's overrides on top (``swap_pairs`` for π₋); it is saved to
@@ -21,9 +22,8 @@ import sys
 import time
 from pathlib import Path
 
-from tokenweight.bench.rows import BenchRow
-from tokenweight.bench.runs import run_config, trainer_uses_reference
-from tokenweight.bench.settings import BenchSettings
+from tokenweight.keyfact.bench.rows import BenchRow
+from tokenweight.keyfact.bench.settings import BenchSettings, run_config
 
 
 def trained_model_rows(row: BenchRow) -> dict[str, BenchRow]:
@@ -47,9 +47,8 @@ def train_declared_models(settings: BenchSettings, base_path: str, row: BenchRow
     swapped, learning rate, steps, seconds (also printed to stderr)."""
     from transformers import PrinterCallback
 
-    from tokenweight.models import load_causal_lm, load_tokenizer
-    from tokenweight.run import load_run_splits, prepare_split
-    from tokenweight.trainer import TokenweightTrainer
+    from tokenweight.models import load_tokenizer
+    from tokenweight.pipeline import build_trainer, load_run_splits, prepare_split
 
     trained = {}
     for key, model_row in trained_model_rows(row).items():
@@ -60,9 +59,7 @@ def train_declared_models(settings: BenchSettings, base_path: str, row: BenchRow
         splits = load_run_splits(config)
         tokenizer = load_tokenizer(base_path)
         train = prepare_split(config, base_path, tokenizer, splits.train, "train")
-        reference = load_causal_lm(base_path) if trainer_uses_reference(model_row) else None
-        trainer = TokenweightTrainer(model=load_causal_lm(base_path), ref_model=reference, args=config,
-                                     train_dataset=train, processing_class=tokenizer)
+        trainer = build_trainer(config, base_path, tokenizer, train)
         trainer.remove_callback(PrinterCallback)  # the run's one stderr line below says what was trained
         trainer.train()
         trainer.save_model(str(folder))
@@ -74,7 +71,7 @@ def train_declared_models(settings: BenchSettings, base_path: str, row: BenchRow
         print(f"bench {row.label} ({variant}, seed {seed}): trained {key} = {model_row.scheme}{settings_text} "
               f"on {len(train)} pairs ({trained[key]['swapped_pairs']} swapped) at lr {learning_rate:g}, "
               f"{trainer.state.global_step} steps, {trained[key]['seconds']:.0f} s -> {folder}", file=sys.stderr)
-        del trainer, reference
+        del trainer
         gc.collect()
     paths = {key: entry["path"] for key, entry in trained.items()}
     return dataclasses.replace(row, overrides={**row.overrides, **paths}), trained

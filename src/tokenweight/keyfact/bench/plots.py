@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
-from tokenweight.bench.runs import CURVE_METRICS
+from tokenweight.keyfact.bench.runs import CURVE_METRICS
 
 #: The forest plot's panels: the combined outcome, learning the key, and one collateral-damage metric.
 FOREST_METRICS = ("key_acc", "forced_acc", "answer_mass")

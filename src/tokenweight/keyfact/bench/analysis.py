@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from tokenweight.bench.rows import ORACLE_ROWS, baseline_label
-from tokenweight.bench.settings import BenchSettings
-from tokenweight.bench.stats import detectable_difference, paired_difference
+from tokenweight.keyfact.bench.rows import ORACLE_ROWS, baseline_label
+from tokenweight.keyfact.bench.settings import BenchSettings
+from tokenweight.keyfact.bench.stats import detectable_difference, paired_difference
 
 #: Learning the key: teacher-forced on the clean answer template.
 KEY_AXIS = ("forced_acc", "key_margin", "lure_margin")
@@ -35,7 +35,7 @@ def item_matrix(runs: list[dict], variant: str, label: str, metric: str, seeds: 
 
 
 def _families(settings: BenchSettings) -> list[str]:
-    from tokenweight.bench.runs import evaluation_rows
+    from tokenweight.keyfact.bench.runs import evaluation_rows
     return list(evaluation_rows(settings, "eval", settings.eval_size)["family"])
 
 

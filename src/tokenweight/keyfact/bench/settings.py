@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 
 from tokenweight.errors import UserError
 
@@ -24,9 +26,9 @@ TUNE_FACTORS = (0.5, 1.0, 2.0)
 
 
 def budget() -> dict:
-    """The KeyFact training budget of ``tokenweight train`` (``run.KEYFACT_DEFAULTS``): learning rate, epochs,
+    """The KeyFact training budget of ``tokenweight train`` (``keyfact.settings.KEYFACT_DEFAULTS``): learning rate, epochs,
     batch size, max length, and β when it sets one (else every scheme's own default β, as in ``train``)."""
-    from tokenweight.run import KEYFACT_DEFAULTS as defaults
+    from tokenweight.keyfact.settings import KEYFACT_DEFAULTS as defaults
 
     return {"learning_rate": defaults["learning_rate"], "epochs": float(defaults["num_train_epochs"]),
             "batch_size": defaults["per_device_train_batch_size"], "max_length": defaults["max_length"],
@@ -37,7 +39,7 @@ def budget() -> dict:
 class BenchSettings:
     """Every run shares all of this except its row, variant and seed.
 
-    ``rows``: table rows (:func:`~tokenweight.bench.rows.bench_row`); the first variant is the one where ablation
+    ``rows``: table rows (:func:`~tokenweight.keyfact.bench.rows.bench_row`); the first variant is the one where ablation
     rows (``scheme:ablation``) run. ``eval_seed`` (``keyfact_eval_seed``) draws the fixed evaluation set
     (independent of the training seeds) and the disjoint ``validation`` split ``--tune`` selects on. ``jobs``: worker processes (one thread each).
     ``trained_models_all_variants``: a row whose scheme trains models first (``trained_models``; TIS-DPO, three
@@ -93,3 +95,25 @@ def quick_settings(settings: BenchSettings) -> BenchSettings:
     return replace(settings, model_size="small", train_size=32, eval_size=16, validation_size=16, epochs=1.0,
                    batch_size=8, max_new_tokens=24, curve_points=2, curve_eval_size=8, heatmap_pairs=1,
                    bootstrap=200, seeds=settings.seeds[:2], variants=["base"])
+
+
+def run_config(settings: BenchSettings, row, variant: str, seed: int, output_dir: Path,
+               learning_rate: float):
+    """The :class:`TokenweightConfig` of one run of ``row`` (a :class:`~tokenweight.keyfact.bench.rows.BenchRow`): the
+    KeyFact budget, the variant's data, the row's overrides."""
+    from tokenweight.config import TokenweightConfig
+    from tokenweight.keyfact.settings import KEYFACT_DEFAULTS
+
+    known = {f.name for f in dataclasses.fields(TokenweightConfig)}
+    for source, overrides in ((f"variant {variant!r}", VARIANTS[variant]), (f"row {row.label!r}", row.overrides)):
+        unknown = sorted(set(overrides) - known)
+        if unknown:
+            raise UserError(f"KeyFact bench {source} sets {unknown}, which this version's config does not have")
+    return TokenweightConfig(**{
+        **KEYFACT_DEFAULTS, "output_dir": str(output_dir), "weighting": row.scheme, "seed": seed, "keyfact_seed": seed,
+        "keyfact_facts": settings.facts, "keyfact_train_size": settings.train_size, "keyfact_eval_size": 1,
+        "keyfact_validation_size": 1,
+        "num_train_epochs": settings.epochs, "per_device_train_batch_size": settings.batch_size,
+        "per_device_eval_batch_size": settings.batch_size, "learning_rate": learning_rate, "beta": settings.beta,
+        "max_length": settings.max_length, "logging_strategy": "no", "save_strategy": "no", "report_to": "none",
+        "disable_tqdm": True, **VARIANTS[variant], **row.overrides})

@@ -3,7 +3,7 @@
 Runs: every row × variant × seed, except the ablation rows (``scheme:ablation``), which run on the first variant
 only, and so do the rows whose scheme trains models first (``trained_models``: three trainings per run) unless
 ``BenchSettings.trained_models_all_variants``. With ``tune`` each row first trains on the first variant and seed at
-every learning rate of :data:`~tokenweight.bench.settings.TUNE_FACTORS` × the budget's, measured on a validation set
+every learning rate of :data:`~tokenweight.keyfact.bench.settings.TUNE_FACTORS` × the budget's, measured on a validation set
 KeyFact's ``validation`` split (disjoint from the evaluation set), and keeps the one with the best greedy ``key_acc`` for all
 its runs.
 """
@@ -16,13 +16,13 @@ from pathlib import Path
 
 import numpy as np
 
-from tokenweight.bench.analysis import analyse
-from tokenweight.bench.plots import plot_curves, plot_forest, plot_heatmaps
-from tokenweight.bench.report import markdown_report
-from tokenweight.bench.rows import baseline_label, bench_row
-from tokenweight.bench.runs import execute, reference_items, run_config
-from tokenweight.bench.settings import TUNE_FACTORS, BenchSettings
-from tokenweight.bench.trained_models import trained_model_rows
+from tokenweight.keyfact.bench.analysis import analyse
+from tokenweight.keyfact.bench.plots import plot_curves, plot_forest, plot_heatmaps
+from tokenweight.keyfact.bench.report import markdown_report
+from tokenweight.keyfact.bench.rows import baseline_label, bench_row
+from tokenweight.keyfact.bench.runs import execute, reference_items
+from tokenweight.keyfact.bench.settings import TUNE_FACTORS, BenchSettings, run_config
+from tokenweight.keyfact.bench.trained_models import trained_model_rows
 from tokenweight.errors import UserError
 
 

@@ -66,7 +66,7 @@ def bench_row(label: str) -> BenchRow:
 def default_schemes() -> list[str]:
     """Every registered scheme that can run on KeyFact: not those needing dataset-supplied weight columns (a scheme
     that needs models trained first, ``trained_models``, gets them trained inside its run:
-    :mod:`~tokenweight.bench.trained_models`)."""
+    :mod:`~tokenweight.keyfact.bench.trained_models`)."""
     from tokenweight.weights import SCHEMES
     return [name for name, scheme in SCHEMES.items() if not scheme.tooling.needs_weight_columns]
 

@@ -2,14 +2,13 @@
 
 The run's training data is drawn with the seed (``keyfact_seed``, and the training order ``seed``); the evaluation
 set is fixed (KeyFact's ``eval`` split drawn by ``BenchSettings.eval_seed``), the same for every run, so every metric is a list over the same items
-and rows compare pairwise (:mod:`tokenweight.bench.stats`). The base model is also the frozen reference: it is
-handed to the trainer only for a scheme that ``uses_reference``, but always used to *measure* (``pref_acc``,
-``kl_nonkey``).
+and rows compare pairwise (:mod:`tokenweight.keyfact.bench.stats`). The base model is also the frozen reference: the
+trainer (:func:`tokenweight.pipeline.build_trainer`, as ``tokenweight train`` builds it) loads it only for a scheme
+that ``uses_reference``, and a copy of it always *measures* (``pref_acc``, ``kl_nonkey``).
 """
 
 from __future__ import annotations
 
-import dataclasses
 import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from multiprocessing import get_context
@@ -20,33 +19,11 @@ import torch
 from tqdm.auto import tqdm
 from transformers import TrainerCallback
 
-from tokenweight.bench.rows import BenchRow, baseline_label, bench_row, oracle_column
-from tokenweight.bench.settings import VARIANTS, BenchSettings
-from tokenweight.errors import UserError
+from tokenweight.keyfact.bench.rows import BenchRow, baseline_label, bench_row, oracle_column
+from tokenweight.keyfact.bench.settings import BenchSettings, run_config
 
 #: Means of these item metrics are measured along training (the learning curves).
 CURVE_METRICS = ("forced_acc", "key_acc", "answer_mass", "pref_acc")
-
-
-def run_config(settings: BenchSettings, row: BenchRow, variant: str, seed: int, output_dir: Path,
-               learning_rate: float):
-    """The :class:`TokenweightConfig` of one run: the KeyFact budget, the variant's data, the row's overrides."""
-    from tokenweight.config import TokenweightConfig
-    from tokenweight.run import KEYFACT_DEFAULTS
-
-    known = {f.name for f in dataclasses.fields(TokenweightConfig)}
-    for source, overrides in ((f"variant {variant!r}", VARIANTS[variant]), (f"row {row.label!r}", row.overrides)):
-        unknown = sorted(set(overrides) - known)
-        if unknown:
-            raise UserError(f"KeyFact bench {source} sets {unknown}, which this version's config does not have")
-    return TokenweightConfig(**{
-        **KEYFACT_DEFAULTS, "output_dir": str(output_dir), "weighting": row.scheme, "seed": seed, "keyfact_seed": seed,
-        "keyfact_facts": settings.facts, "keyfact_train_size": settings.train_size, "keyfact_eval_size": 1,
-        "keyfact_validation_size": 1,
-        "num_train_epochs": settings.epochs, "per_device_train_batch_size": settings.batch_size,
-        "per_device_eval_batch_size": settings.batch_size, "learning_rate": learning_rate, "beta": settings.beta,
-        "max_length": settings.max_length, "logging_strategy": "no", "save_strategy": "no", "report_to": "none",
-        "disable_tqdm": True, **VARIANTS[variant], **row.overrides})
 
 
 def evaluation_rows(settings: BenchSettings, split: str, size: int) -> datasets.Dataset:
@@ -118,15 +95,13 @@ def run_one(settings: BenchSettings, base_path: str, label: str, variant: str, s
     """Train row ``label`` on ``variant`` with ``seed``; returns its per-item metrics on the ``eval_size`` pairs
     of held-out ``eval_split``, their means, the learning curve and ``heatmap_pairs`` pairs' weights. A scheme that
     declares ``trained_models`` first gets them trained here, under ``output_dir``
-    (:func:`~tokenweight.bench.trained_models.train_declared_models`)."""
+    (:func:`~tokenweight.keyfact.bench.trained_models.train_declared_models`)."""
     from transformers import PrinterCallback
 
     from tokenweight.keyfact import key_slot
+    from tokenweight.keyfact.bench.trained_models import train_declared_models
     from tokenweight.models import load_causal_lm, load_tokenizer
-    from tokenweight.run import load_run_splits, prepare_split
-    from tokenweight.trainer import TokenweightTrainer
-
-    from tokenweight.bench.trained_models import train_declared_models
+    from tokenweight.pipeline import build_trainer, load_run_splits, prepare_split
 
     start = time.perf_counter()  # the models the scheme needs trained first count in the row's seconds
     row, trained_models = train_declared_models(settings, base_path, bench_row(label), variant, seed, Path(output_dir))
@@ -137,13 +112,12 @@ def run_one(settings: BenchSettings, base_path: str, label: str, variant: str, s
     # every split through the scheme's data preparation, as `tokenweight train` does (AttentionPO: the judge's cache)
     train = prepare_split(config, base_path, tokenizer, train_rows, "train")
     evaluation = prepare_split(config, base_path, tokenizer, eval_rows, "eval")
-    policy, reference = load_causal_lm(base_path), load_causal_lm(base_path)
+    reference = load_causal_lm(base_path)  # measures every row (the trainer loads its own when the scheme has one)
     curve_pairs = evaluation.select(range(min(settings.curve_eval_size, len(evaluation))))
     curve_rows = eval_rows.select(range(len(curve_pairs)))
     curve = CurveCallback(lambda model: _means(item_metrics(model, reference, tokenizer, curve_pairs, curve_rows,
                                                             settings), CURVE_METRICS), settings.curve_points)
-    trainer = TokenweightTrainer(model=policy, ref_model=reference if trainer_uses_reference(row) else None,
-                                 args=config, train_dataset=train, processing_class=tokenizer, callbacks=[curve])
+    trainer = build_trainer(config, base_path, tokenizer, train, callbacks=[curve])
     trainer.remove_callback(PrinterCallback)  # hundreds of runs: the benchmark's progress bar is the output
     trainer.train()
     items = item_metrics(trainer.model, reference, tokenizer, evaluation, eval_rows, settings, trainer.scheme)
@@ -161,16 +135,10 @@ def run_one(settings: BenchSettings, base_path: str, label: str, variant: str, s
             "seconds": time.perf_counter() - start, "pairs": pairs, "trained_models": trained_models}
 
 
-def trainer_uses_reference(row: BenchRow) -> bool:
-    """Whether the trainer gets the reference model (a reference-free scheme trains without one)."""
-    from tokenweight.weights.base import scheme_class
-    return scheme_class(row.scheme).uses_reference
-
-
 def reference_items(settings: BenchSettings, base_path: str) -> dict[str, list]:
     """The base model's per-item metrics on the fixed evaluation set (no training; ``kl_nonkey`` 0)."""
     from tokenweight.models import load_causal_lm, load_tokenizer
-    from tokenweight.run import tokenize_split
+    from tokenweight.pipeline import tokenize_split
 
     config = run_config(settings, bench_row(baseline_label()), settings.variants[0], 0, Path("unused"),
                         settings.learning_rate)

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from tokenweight.bench.analysis import DAMAGE_AXIS, DETECTABLE_METRICS, KEY_AXIS, OUTCOME, WEIGHT_METRICS
-from tokenweight.bench.rows import ORACLE_ROWS, baseline_label
-from tokenweight.bench.settings import VARIANTS
+from tokenweight.keyfact.bench.analysis import DAMAGE_AXIS, DETECTABLE_METRICS, KEY_AXIS, OUTCOME, WEIGHT_METRICS
+from tokenweight.keyfact.bench.rows import ORACLE_ROWS, baseline_label
+from tokenweight.keyfact.bench.settings import VARIANTS
 
 DOCS_BEGIN, DOCS_END = "<!-- keyfact:begin -->", "<!-- keyfact:end -->"
 #: The main table's columns: both axes, then the combined outcome and the unweighted preference accuracy.
