@@ -74,7 +74,7 @@ def test_the_guides_folder_alone_puts_the_scheme_in_help_and_weights(source_with
 
 def test_the_guides_folder_alone_puts_the_scheme_in_the_bench_and_the_step_benchmark(source_with_mine, tmp_path):
     code = ("import json, sys\nsys.path.insert(0, sys.argv[1])\nimport tokenweight\n"
-            "from tokenweight.bench import default_rows\nfrom step_overhead import VARIANTS\n"
+            "from tokenweight.keyfact.bench import default_rows\nfrom step_overhead import VARIANTS\n"
             "print(json.dumps({'package': tokenweight.__file__, 'bench': default_rows(), 'steps': VARIANTS}))")
     found = json.loads(run_on(source_with_mine, tmp_path, sys.executable, "-c", code,
                               str(REPO / "benchmarks")).stdout.splitlines()[-1])
