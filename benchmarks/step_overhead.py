@@ -18,7 +18,8 @@ adds, each child reports its peak with the models resident (policy, reference, o
 before the models are built. Runs are interleaved over ``--rounds`` rounds (at least 5), the order rotated by one
 every round (each scheme goes first in turn), so that load on a shared machine hits every scheme alike. Each
 scheme's ratios to ``uniform`` are taken within a round (against that round's ``uniform`` run) and reported as the
-median and the range over the rounds: a goal is resolved when the whole range is on one side of it.
+median and the range over the rounds. Each goal (:data:`GOALS`) is **met** when the whole range is at or under its
+limit, **not met** when the whole range is over it, and **unresolved** when the range straddles it.
 """
 
 from __future__ import annotations
@@ -53,6 +54,14 @@ VARIANTS = {
     "tgdpo (cached)": {"weighting": "tgdpo"},
     "cdpo (cached)": {"weighting": "cdpo"},
 }
+
+#: The step-overhead goals: (variant, measured column, limit of its ratio to ``uniform``).
+GOALS = (("otpo", "step_s", 1.05), ("tidpo", "step_s", 1.5), ("tidpo+triplet", "step_s", 2.0),
+         ("tidpo", "models_peak_mib", 1.2), ("tidpo+triplet", "models_peak_mib", 1.2),
+         ("attention (cached)", "step_s", 1.03))
+#: How the goals table names a measured column.
+MEASURES = {"step_s": "step time", "models_peak_mib": "peak with models"}
+
 
 #: Variants whose weights are dataset columns by then (after ``tokenweight precompute <scheme>``).
 CACHED_WEIGHTS = ("attention (cached)", "tisdpo (cached)", "sepo (cached)", "tgdpo (cached)", "cdpo (cached)")
@@ -173,14 +182,39 @@ def main() -> None:
           f"round) × median of {args.steps} steps; ratios to uniform within each round: median [min–max]\n")
     print(markdown_table(["scheme", "step (ms)", "time vs uniform", "peak MiB added", "memory vs uniform",
                           "peak MiB with models", "vs uniform"], overhead_rows(results)))
+    print()
+    print(markdown_table(["goal", "ratio to uniform, median [min–max]", "verdict"], goal_rows(results)))
+
+
+def ratios(results: dict[str, list[dict]], variant: str, key: str) -> list[float]:
+    """``variant``'s ``key`` over the same round's ``uniform``, one per round."""
+    return [run[key] / base[key] for run, base in zip(results[variant], results["uniform"])]
+
+
+def verdict(low: float, high: float, limit: float) -> str:
+    """``met`` when the range ``[low, high]`` of a ratio is at or under ``limit``, ``not met`` when it is over it,
+    ``unresolved`` when it straddles it."""
+    return "met" if high <= limit else "not met" if low > limit else "unresolved"
+
+
+def goal_rows(results: dict[str, list[dict]]) -> list[list[str]]:
+    """Per goal of :data:`GOALS` whose variant ran: ``[goal, "median [min–max]", verdict]``."""
+    rows = []
+    for variant, key, limit in GOALS:
+        if variant in results:
+            values = ratios(results, variant, key)
+            rows.append([f"{variant} {MEASURES[key]} ≤ {limit:.2f}× uniform",
+                         f"{statistics.median(values):.2f} [{min(values):.2f}–{max(values):.2f}]",
+                         verdict(round(min(values), 2), round(max(values), 2), limit)])
+    return rows
 
 
 def overhead_rows(results: dict[str, list[dict]]) -> list[list[str]]:
     """Per scheme: median step time and memories, and the median [min–max] over rounds of its ratios to the same
     round's ``uniform``."""
     def ratio(variant: str, key: str) -> str:
-        ratios = [run[key] / base[key] for run, base in zip(results[variant], results["uniform"])]
-        return f"{statistics.median(ratios):.2f} [{min(ratios):.2f}–{max(ratios):.2f}]"
+        values = ratios(results, variant, key)
+        return f"{statistics.median(values):.2f} [{min(values):.2f}–{max(values):.2f}]"
 
     def median(variant: str, key: str) -> float:
         return statistics.median(r[key] for r in results[variant])
