@@ -157,8 +157,9 @@ def median_range(values, scale=1.0, digits=3) -> str:
 
 
 def summary_rows(results: dict[str, list[dict]]) -> list[list[str]]:
-    """Table rows: per variant the median [min–max] over the rounds of steps/s (wall, CPU), whole-process peak and train() peak
-    (MiB), its TRL counterpart (:func:`counterpart`), and the median [min–max] of its per-round ratios to it."""
+    """Table rows: per variant the median [min–max] over the rounds of steps/s (wall, CPU), whole-process peak and
+    train() peak (MiB), its TRL counterpart (:func:`counterpart`), and the median [min–max] of its per-round ratios to
+    it."""
     rows = []
     for name, runs in results.items():
         other = counterpart(name, results)
@@ -219,13 +220,10 @@ def main() -> None:
                           "process peak / against, per round", "train() peak added / against, per round"],
                          summary_rows(results)))
     if "tokenweight" in results and "tokenweight+padding_free" in results:
-        print("\nPadding-free against our padded path, per round: steps/s "
-              + median_range(per_round(results, "tokenweight+padding_free", "tokenweight", "steps_per_second"), digits=2)
-              + ", steps per CPU-second "
-              + median_range(per_round(results, "tokenweight+padding_free", "tokenweight", "steps_per_cpu_second"),
-                             digits=2) + ", whole-process peak "
-              + median_range(per_round(results, "tokenweight+padding_free", "tokenweight", "process_peak_bytes"),
-                             digits=2) + ".")
+        ratio = {key: median_range(per_round(results, "tokenweight+padding_free", "tokenweight", key), digits=2)
+                 for key in ("steps_per_second", "steps_per_cpu_second", "process_peak_bytes")}
+        print(f"\nPadding-free against our padded path, per round: steps/s {ratio['steps_per_second']}, steps per "
+              f"CPU-second {ratio['steps_per_cpu_second']}, whole-process peak {ratio['process_peak_bytes']}.")
 
 
 if __name__ == "__main__":

@@ -18,8 +18,9 @@ Three parts, each side by side in this one run:
 4. **tokenweight against TRL's ``DPOTrainer`` at the shapes users train** (``benchmarks/dpo_vs_trl.py``, each variant
    in a fresh process, 3 rounds with the order rotated): vocabulary 128,256, batch 8, UltraFeedback-like lengths
    (padded, ``padding_free``, and ``precompute_ref_log_probs`` on both sides), and a body-dominated shape (vocabulary
-   32,000, 16 layers), and the default shape with ``precompute_ref_log_probs`` on both sides. On a GPU TRL scores completion tokens only with its fused head: this is the real comparison
-   (its CPU fallback is slow, so CPU speed ratios against TRL prove little).
+   32,000, 16 layers), and the default shape with ``precompute_ref_log_probs`` on both sides. On a GPU TRL scores
+   completion tokens only with its fused head: this is the real comparison (its CPU fallback is slow, so CPU speed
+   ratios against TRL prove little).
 
 On CPU (``--tiny``) the memory figures are resident-set deltas inside one process and only show that the code runs.
 """

@@ -1,7 +1,7 @@
 """Where a step's time goes, padded against ``--padding_free``: the transformer body against the output head.
 
-    python benchmarks/padding_free_breakdown.py --vocab 128256 --hidden 64 --layers 2      # the issue's head-heavy shape
-    python benchmarks/padding_free_breakdown.py --vocab 8192 --hidden 512 --layers 4       # a body-dominated shape
+    python benchmarks/padding_free_breakdown.py --vocab 128256 --hidden 64 --layers 2   # the issue's shape
+    python benchmarks/padding_free_breakdown.py --vocab 8192 --hidden 512 --layers 4    # body-dominated
 
 One process, one seeded Llama policy and a reference copy (``benchmarks/dpo_vs_trl.py``'s model and rows: batch
 ``--batch`` pairs with UltraFeedback-like lengths), the batch collated as the trainer collates it. Per layout (padded
@@ -118,14 +118,14 @@ def main() -> None:
     rows = [[layout, f"{shape[0]} × {shape[1]}", cell(times["step", layout]), cell(times["body", layout]),
              cell(head[layout])]
             for layout, shape in (("padded", tuple(batch["input_ids"].shape)), ("padding-free", (len(packs), width)))]
-    rows.append(["padded / padding-free", "", *(cell([p / f for p, f in zip(a, b)]) for a, b in (
-        (times["step", "padded"], times["step", "padding-free"]), (times["body", "padded"], times["body", "padding-free"]),
-        (head["padded"], head["padding-free"])))])
+    pairs = ((times["step", "padded"], times["step", "padding-free"]),
+             (times["body", "padded"], times["body", "padding-free"]), (head["padded"], head["padding-free"]))
+    rows.append(["padded / padding-free", "", *(cell([p / f for p, f in zip(a, b)]) for a, b in pairs)])
     print(f"`{command_line()}`\n")
-    print(f"Llama {args.layers} layers × hidden {args.hidden}, vocab {args.vocab}, {args.batch} pairs, UltraFeedback-like "
-          f"lengths: {sum(lengths)} real tokens, {int(batch['loss_mask'].sum())} completion positions scored; cpu "
-          f"({args.threads} thread(s)), fp32, {args.rounds} rounds (layouts alternated, first swapped every round); "
-          "CPU seconds, median [range]\n")
+    print(f"Llama {args.layers} layers × hidden {args.hidden}, vocab {args.vocab}, {args.batch} pairs, "
+          f"UltraFeedback-like lengths: {sum(lengths)} real tokens, {int(batch['loss_mask'].sum())} completion "
+          f"positions scored; cpu ({args.threads} thread(s)), fp32, {args.rounds} rounds (layouts alternated, first "
+          "swapped every round); CPU seconds, median [range]\n")
     print(markdown_table(["layout", "sequences × width", "step: policy scoring fwd+bwd + reference fwd (s)",
                           "body only (s)", "head = step − body (s)"], rows))
 

@@ -16,11 +16,12 @@ precompute reference``; the values are any fixed numbers, which do not change th
 ``confpo``: reference-free, so no reference model is built at all (the trainer refuses one). Besides the peak the step
 adds, each child reports its peak with the models resident (policy, reference, optimizer state), measured from
 before the models are built. Runs are interleaved over ``--rounds`` rounds (at least 5), the order rotated by one
-every round (each scheme goes first in turn), so that load on a shared machine hits every scheme alike. Each
-scheme's ratios to ``uniform`` are taken within a round (against that round's ``uniform`` run) and reported as the
-median and the range over the rounds (wall clock and the process's CPU time, ``time.process_time``). Each goal (:data:`GOALS`) is **met** when the whole range is at or under its
-limit, **not met** when the whole range is over it, and **unresolved** when the range straddles it; on CPU the time
-goals read the CPU time (one torch thread: it does not count the time spent waiting for a core on a shared machine).
+every round (each scheme goes first in turn), so that load on a shared machine hits every scheme alike. Each scheme's
+ratios to ``uniform`` are taken within a round (against that round's ``uniform`` run) and reported as the median and
+the range over the rounds (wall clock and the process's CPU time, ``time.process_time``). Each goal (:data:`GOALS`)
+is **met** when the whole range is at or under its limit, **not met** when the whole range is over it, and
+**unresolved** when the range straddles it; on CPU the time goals read the CPU time (one torch thread: it does not
+count the time spent waiting for a core on a shared machine).
 """
 
 from __future__ import annotations
@@ -236,7 +237,8 @@ def overhead_rows(results: dict[str, list[dict]]) -> list[list[str]]:
         return statistics.median(r[key] for r in results[variant])
 
     return [[variant, f"{median(variant, 'step_s') * 1000:.0f}", ratio(variant, "step_s"),
-             f"{median(variant, 'cpu_s') * 1000:.0f}", ratio(variant, "cpu_s"), f"{median(variant, 'peak_mib'):.0f}", ratio(variant, "peak_mib"),
+             f"{median(variant, 'cpu_s') * 1000:.0f}", ratio(variant, "cpu_s"), f"{median(variant, 'peak_mib'):.0f}",
+             ratio(variant, "peak_mib"),
              f"{median(variant, 'models_peak_mib'):.0f}", ratio(variant, "models_peak_mib")] for variant in results]
 
 
