@@ -13,11 +13,15 @@ completions 16–448 tokens, log-normal, drawn independently for chosen and reje
 
 Variants (``--variants``): ``tokenweight``, ``tokenweight+padding_free``, ``trl``, and ``+precompute`` of either
 (``precompute_ref_log_probs``: the reference scores the data once before training). Each run is a fresh process (see
-``benchmarks/_common.py``): ``--warmup`` steps, then ``--steps`` timed steps; steps/s is over the timed steps.
+``benchmarks/_common.py``): ``--warmup`` steps, then ``--steps`` timed steps; steps/s is over the timed steps, by the
+wall clock and by the process's CPU time (``time.process_time``; with one thread on a shared machine it does not
+count the time spent waiting for a core, so its ratios are the steadier ones).
 Memory: the whole process's peak resident set (``ru_maxrss`` at its end: the interpreter, both models, the AdamW state,
 any precompute, every step), and the peak added by ``train()`` (CUDA: allocated bytes). ``--rounds`` rounds run
 every variant once each, the order rotated by one every round (each variant goes first in turn); the report gives the
-median and the range over the rounds, and the ratios of the medians.
+median and the range over the rounds of each figure and of each variant's ratios to its TRL counterpart taken within
+a round (``tokenweight+precompute`` against ``trl+precompute``, the others against ``trl``), and of padding-free
+against our padded path.
 """
 
 from __future__ import annotations
@@ -85,12 +89,13 @@ def _child(args) -> None:
 
     class StepClock(TrainerCallback):
         def __init__(self):
-            self.times = []
+            self.times, self.cpu_times = [], []
 
         def on_step_end(self, *_, **__):
             if args.device == "cuda":
                 torch.cuda.synchronize()
             self.times.append(time.perf_counter())
+            self.cpu_times.append(time.process_time())
 
     if args.device == "cpu":
         torch.set_num_threads(args.threads)
@@ -122,9 +127,9 @@ def _child(args) -> None:
     trainer.add_callback(clock)
     with PeakMemory(args.device) as peak:
         result = trainer.train()
-    timed = clock.times[args.warmup - 1:] if args.warmup else clock.times
-    seconds = timed[-1] - timed[0]
-    print(__import__("json").dumps({"steps_per_second": (len(timed) - 1) / seconds,
+    timed, cpu = clock.times[args.warmup - 1:], clock.cpu_times[args.warmup - 1:]
+    print(__import__("json").dumps({"steps_per_second": (len(timed) - 1) / (timed[-1] - timed[0]),
+                                    "steps_per_cpu_second": (len(cpu) - 1) / (cpu[-1] - cpu[0]),
                                     "peak_added_bytes": peak.added_bytes, "train_loss": result.training_loss,
                                     "process_peak_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024}))
 
@@ -134,22 +139,37 @@ def rotated(variants: list[str], rounds: int) -> list[list[str]]:
     return [variants[r % len(variants):] + variants[:r % len(variants)] for r in range(rounds)]
 
 
-def summary_rows(results: dict[str, list[dict]], baseline: str) -> list[list[str]]:
-    """Table rows: per variant the median [min–max] of steps/s, whole-process peak and train() peak (MiB), and the
-    ratios of its medians to ``baseline``'s."""
-    def median_range(values, scale=1.0, digits=3):
-        values = [v / scale for v in values]
-        return f"{statistics.median(values):.{digits}f} [{min(values):.{digits}f}–{max(values):.{digits}f}]"
+def counterpart(name: str, variants) -> str:
+    """The TRL run ``name`` is compared with: ``trl+precompute`` for ``tokenweight+precompute`` when it ran, else
+    ``trl``."""
+    return "trl+precompute" if name.endswith("+precompute") and "trl+precompute" in variants else "trl"
 
-    base = {k: statistics.median(r[k] for r in results[baseline]) for k in ("steps_per_second", "process_peak_bytes")}
+
+def per_round(results: dict[str, list[dict]], name: str, other: str, key: str) -> list[float]:
+    """``name``'s ``key`` over ``other``'s in the same round, one per round."""
+    return [run[key] / base[key] for run, base in zip(results[name], results[other])]
+
+
+def median_range(values, scale=1.0, digits=3) -> str:
+    """``"median [min–max]"`` of ``values / scale``."""
+    values = [v / scale for v in values]
+    return f"{statistics.median(values):.{digits}f} [{min(values):.{digits}f}–{max(values):.{digits}f}]"
+
+
+def summary_rows(results: dict[str, list[dict]]) -> list[list[str]]:
+    """Table rows: per variant the median [min–max] over the rounds of steps/s (wall, CPU), whole-process peak and
+    train() peak (MiB), its TRL counterpart (:func:`counterpart`), and the median [min–max] of its per-round ratios to
+    it."""
     rows = []
     for name, runs in results.items():
-        speed = [r["steps_per_second"] for r in runs]
-        process = [r["process_peak_bytes"] for r in runs]
-        rows.append([name, median_range(speed), median_range(process, MIB, 0),
-                     median_range([r["peak_added_bytes"] for r in runs], MIB, 0),
-                     f"{statistics.median(speed) / base['steps_per_second']:.2f}",
-                     f"{statistics.median(process) / base['process_peak_bytes']:.2f}"])
+        other = counterpart(name, results)
+        rows.append([name, median_range([r["steps_per_second"] for r in runs]),
+                     median_range([r["steps_per_cpu_second"] for r in runs]),
+                     median_range([r["process_peak_bytes"] for r in runs], MIB, 0),
+                     median_range([r["peak_added_bytes"] for r in runs], MIB, 0), other,
+                     *(median_range(per_round(results, name, other, key), digits=2)
+                       for key in ("steps_per_second", "steps_per_cpu_second", "process_peak_bytes",
+                                   "peak_added_bytes"))])
     return rows
 
 
@@ -194,9 +214,16 @@ def main() -> None:
     print(f"Llama {args.layers} layers × hidden {args.hidden}, vocab {args.vocab}, batch {args.batch} pairs, {shape}, "
           f"{args.steps} timed steps after {args.warmup} warm-up, {device}, fp32, {args.rounds} rounds (order rotated "
           f"every round); mean training loss: {losses}\n")
-    print(markdown_table(["variant", "steps / s, median [range]", "process peak MiB, median [range]",
-                          "train() peak added MiB, median [range]", "speed / TRL", "process peak / TRL"],
-                         summary_rows(results, "trl")))
+    print(markdown_table(["variant", "steps / s, median [range]", "steps / CPU-s, median [range]",
+                          "process peak MiB, median [range]", "train() peak added MiB, median [range]", "against",
+                          "speed / against, per round", "CPU speed / against, per round",
+                          "process peak / against, per round", "train() peak added / against, per round"],
+                         summary_rows(results)))
+    if "tokenweight" in results and "tokenweight+padding_free" in results:
+        ratio = {key: median_range(per_round(results, "tokenweight+padding_free", "tokenweight", key), digits=2)
+                 for key in ("steps_per_second", "steps_per_cpu_second", "process_peak_bytes")}
+        print(f"\nPadding-free against our padded path, per round: steps/s {ratio['steps_per_second']}, steps per "
+              f"CPU-second {ratio['steps_per_cpu_second']}, whole-process peak {ratio['process_peak_bytes']}.")
 
 
 if __name__ == "__main__":

@@ -18,8 +18,9 @@ Three parts, each side by side in this one run:
 4. **tokenweight against TRL's ``DPOTrainer`` at the shapes users train** (``benchmarks/dpo_vs_trl.py``, each variant
    in a fresh process, 3 rounds with the order rotated): vocabulary 128,256, batch 8, UltraFeedback-like lengths
    (padded, ``padding_free``, and ``precompute_ref_log_probs`` on both sides), and a body-dominated shape (vocabulary
-   32,000, 16 layers). On a GPU TRL scores completion tokens only with its fused head: this is the real comparison
-   (its CPU fallback is slow, so CPU speed ratios against TRL prove little).
+   32,000, 16 layers), and the default shape with ``precompute_ref_log_probs`` on both sides. On a GPU TRL scores
+   completion tokens only with its fused head: this is the real comparison (its CPU fallback is slow, so CPU speed
+   ratios against TRL prove little).
 
 On CPU (``--tiny``) the memory figures are resident-set deltas inside one process and only show that the code runs.
 """
@@ -55,10 +56,13 @@ TRL_SHAPES = {
                "tokenweight+precompute,trl+precompute"],
            "body-dominated: vocabulary 32,000, 16 layers × 1024": [
                "--vocab=32000", "--hidden=1024", "--layers=16", "--batch=8", "--lengths=ultrafeedback", "--warmup=2",
-               "--steps=5", "--rounds=3", "--variants=tokenweight,tokenweight+padding_free,trl"]},
+               "--steps=5", "--rounds=3", "--variants=tokenweight,tokenweight+padding_free,trl"],
+           "default shape: vocabulary 16,000, 4 layers × 256, batch 2": [
+               "--rounds=3", "--variants=tokenweight,trl,tokenweight+precompute,trl+precompute"]},
     "tiny": {"tiny, UltraFeedback-like lengths": [
                "--vocab=512", "--hidden=64", "--layers=1", "--batch=2", "--lengths=ultrafeedback", "--warmup=1",
-               "--steps=1", "--rounds=1", "--variants=tokenweight,tokenweight+padding_free,trl"]},
+               "--steps=1", "--rounds=1", "--variants=tokenweight,tokenweight+padding_free,trl,tokenweight+precompute,"
+               "trl+precompute"]},
 }
 
 
@@ -101,7 +105,7 @@ def scheme_steps(size: dict, device: str, steps: int) -> str:
             trainer = build_trainer(variant, tokenizer, lambda: make_model(size, device), device,
                                     size["prompt"] + size["completion"] + 64, **size["overrides"])
             batch = {k: v.to(device) for k, v in PreferenceCollator(tokenizer.pad_token_id)(list(dataset)).items()}
-            times, _ = timed_steps(trainer, batch, steps, device)
+            times, _, _ = timed_steps(trainer, batch, steps, device)
         padded = batch["input_ids"].shape[1]
         results[variant] = (statistics.median(times), with_models.added_bytes / MIB)
         print(f"{variant}: {results[variant]}", file=sys.stderr, flush=True)

@@ -48,6 +48,8 @@ def test_gpu_check_tiny_runs_every_part_on_cpu(tmp_path):
     assert set(table_rows(report, "method")) == {"interface", "eager"}
     difference = float(re.search(r"max abs difference of the rows: (\S+)", report).group(1))
     assert difference < 1e-6
-    trl = table_rows(report, "variant")  # part 4: tokenweight (padded and padding-free) vs TRL
-    assert list(trl) == ["tokenweight", "tokenweight+padding_free", "trl"]
-    assert trl["trl"][-2:] == ["1.00", "1.00"] and all(float(row[-2]) > 0 for row in trl.values())
+    trl = table_rows(report, "variant")  # part 4: tokenweight (padded, padding-free, precomputed reference) vs TRL
+    assert list(trl) == ["tokenweight", "tokenweight+padding_free", "trl", "tokenweight+precompute", "trl+precompute"]
+    assert [row[-5] for row in trl.values()] == ["trl", "trl", "trl", "trl+precompute", "trl+precompute"]
+    assert trl["trl"][-4:] == ["1.00 [1.00–1.00]"] * 4 and all(float(row[-4].split()[0]) > 0 for row in trl.values())
+    assert "Padding-free against our padded path, per round: steps/s" in report
