@@ -185,7 +185,8 @@ def expected_output(argv: list[str]) -> Path | None:
     return {"precompute": lambda: Path(value["--output"]),
             "eval": lambda: Path(value.get("--output", Path(value["--model_name_or_path"], "eval.json"))),
             "weights": lambda: Path(value.get("--output", "weights.html")),
-            "bench": lambda: Path(value.get("--output_dir", "outputs/bench-keyfact"), "report.md")}[command]()
+            "bench": lambda: Path(value.get("--report_from", value.get("--output_dir", "outputs/bench-keyfact")),
+                                  "report.md")}[command]()
 
 
 @pytest.fixture(scope="module")

@@ -113,10 +113,12 @@ def _means(items: dict[str, list], names) -> dict[str, float]:
     return {name: sum(items[name]) / len(items[name]) for name in names if name in items}
 
 
-def run_one(settings: BenchSettings, base_path: str, label: str, variant: str, seed: int, output_dir: str,
-            learning_rate: float, eval_split: str, eval_size: int, heatmap_pairs: int = 0) -> dict:
-    """Train row ``label`` on ``variant`` with ``seed``; returns its per-item metrics on the ``eval_size`` pairs
-    of held-out ``eval_split``, their means, the learning curve and ``heatmap_pairs`` pairs' weights. A scheme that
+def run_one(settings: BenchSettings, base_path: str, base_seed: int, base_model: str, label: str, variant: str,
+            seed: int, output_dir: str, learning_rate: float, eval_split: str, eval_size: int,
+            heatmap_pairs: int = 0) -> dict:
+    """Train row ``label`` on ``variant`` with ``seed`` from the base model at ``base_path`` (base seed
+    ``base_seed``, fingerprint ``base_model``, which the result names); returns its per-item metrics on the
+    ``eval_size`` pairs of held-out ``eval_split``, their means, the learning curve and ``heatmap_pairs`` pairs' weights. A scheme that
     declares ``trained_models`` first gets them trained here, under ``output_dir``
     (:func:`~tokenweight.bench.trained_models.train_declared_models`)."""
     from transformers import PrinterCallback
@@ -128,7 +130,7 @@ def run_one(settings: BenchSettings, base_path: str, label: str, variant: str, s
 
     from tokenweight.bench.trained_models import train_declared_models
 
-    start = time.perf_counter()  # the models the scheme needs trained first count in the row's seconds
+    start, cpu_start = time.perf_counter(), time.process_time()  # the models trained first count in the row's time
     row, trained_models = train_declared_models(settings, base_path, bench_row(label), variant, seed, Path(output_dir))
     config = run_config(settings, row, variant, seed, Path(output_dir), learning_rate)
     tokenizer = load_tokenizer(base_path)
@@ -156,9 +158,11 @@ def run_one(settings: BenchSettings, base_path: str, label: str, variant: str, s
                       "rejected_weights": weights[k][1],
                       "chosen_key": key_slot(tokenizer, raw, settings.facts, "chosen")[0],
                       "rejected_key": key_slot(tokenizer, raw, settings.facts, "rejected")[0]})
-    return {"label": label, "scheme": row.scheme, "variant": variant, "seed": seed, "learning_rate": learning_rate,
+    return {"label": label, "scheme": row.scheme, "variant": variant, "base_seed": base_seed,
+            "base_model": base_model, "seed": seed, "learning_rate": learning_rate,
             "metrics": _means(items, items), "items": items, "curve": curve.curve, "steps": trainer.state.global_step,
-            "seconds": time.perf_counter() - start, "pairs": pairs, "trained_models": trained_models}
+            "seconds": time.perf_counter() - start, "cpu_seconds": time.process_time() - cpu_start, "pairs": pairs,
+            "trained_models": trained_models}
 
 
 def trainer_uses_reference(row: BenchRow) -> bool:
@@ -196,7 +200,7 @@ def execute(tasks: list[dict], jobs: int, description: str) -> list[dict]:
     if jobs == 1:
         results = []
         for task in tasks:
-            bar.set_postfix_str(f"{task['variant']} {task['label']} seed {task['seed']}")
+            bar.set_postfix_str(f"{task['variant']} {task['label']} base {task['base_seed']} seed {task['seed']}")
             results.append(_run_task(task))
             bar.update()
         bar.close()
