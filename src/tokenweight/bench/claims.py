@@ -118,7 +118,8 @@ def paper_claims(results: dict, runs: list[dict]) -> list[dict]:
 def compare_fact_sets(results: dict, others: list[dict], metrics=("key_acc", "answer_mass")) -> list[dict]:
     """Per other run folder's results (another facts file) and shared variant: each shared row's difference
     against uniform here and there, whether it is **robust** (holds on both, same sign), and the Spearman rank
-    correlation of the rows' Δ over the shared rows, per metric."""
+    correlation of the rows' Δ over the shared rows, per metric (absent below 3 rows or when one side's Δ are all
+    equal)."""
     comparisons = []
     for other in others:
         for variant in [v for v in results["analysis"] if v in other["analysis"]]:
@@ -131,10 +132,9 @@ def compare_fact_sets(results: dict, others: list[dict], metrics=("key_acc", "an
                                             "robust": _robust(here[label]["deltas"][m], there[label]["deltas"][m])}
                                         for m in metrics}
             for m in metrics:
-                if len(labels) >= 3:
-                    rho = stats.spearmanr([here[x]["deltas"][m]["delta"] for x in labels],
-                                          [there[x]["deltas"][m]["delta"] for x in labels]).statistic
-                    entry["spearman"][m] = float(rho)
+                first, second = ([side[x]["deltas"][m]["delta"] for x in labels] for side in (here, there))
+                if len(labels) >= 3 and len(set(first)) > 1 and len(set(second)) > 1:  # else ρ is undefined
+                    entry["spearman"][m] = float(stats.spearmanr(first, second).statistic)
             comparisons.append(entry)
     return comparisons
 

@@ -157,8 +157,8 @@ def claims_table(results: dict) -> str:
             if claim.get("levels"):
                 measured += "; " + ", ".join(f"{v}: {_number(r)} vs {_number(u)}" for v, (r, u) in
                                              claim["levels"].items())
-        lines.append(f"| {claim['paper']} | {claim['claim']} | {claim['test']} | {measured} | "
-                     f"**{claim['verdict']}** |")
+        shown = claim["verdict"] if d is None else f"**{claim['verdict']}**"
+        lines.append(f"| {claim['paper']} | {claim['claim']} | {claim['test']} | {measured} | {shown} |")
     return "\n".join(lines)
 
 
@@ -176,11 +176,13 @@ def fact_sets_section(results: dict) -> str:
             lines.append(f"| {label} | " + " | ".join(interval(entry[m][side]) for m in metrics
                                                      for side in ("here", "there"))
                          + " | " + " | ".join("yes" if entry[m]["robust"] else "no" for m in metrics) + " |")
-        rho = ", ".join(f"{m} {value:+.2f}" for m, value in comparison["spearman"].items())
+        rho = ", ".join(f"{m} {comparison['spearman'][m]:+.2f}" if m in comparison["spearman"] else
+                        f"{m} undefined" for m in metrics)
         parts.append(f"""### `{comparison['variant']}` on two facts files: {here} and {there}
 
 Other run: `{comparison['command']}`. A row is robust where its difference holds on both facts files with the same
-sign. Spearman rank correlation of the rows' Δ between the two: {rho or 'fewer than 3 shared rows'}.
+sign. Spearman rank correlation of the rows' Δ between the two (undefined below 3 shared rows or when one side's Δ are all
+equal): {rho or 'no shared rows'}.
 
 {chr(10).join(lines)}
 """)
