@@ -106,6 +106,30 @@ def test_bench_quick_report_equals_runs(tmp_path, monkeypatch, capsys):
     assert sorted(compared["rows"]) == ["attention", "oracle"]
     assert "key_acc undefined, answer_mass undefined" in (out / "report.md").read_text()  # 2 shared rows
 
+    # a benchmark run in parts (one variant per invocation) merges into one folder: here a copy of the run as if it
+    # had been the `verbosity` variant of a second invocation
+    part = tmp_path / "part"
+    part.mkdir()
+    saved = json.loads((out / "results.json").read_text())
+    saved["settings"]["variants"] = ["verbosity"]
+    saved["runs"] = [{**r, "variant": "verbosity"} for r in saved["runs"]]
+    (part / "results.json").write_text(json.dumps(saved))
+    np.savez(part / "items.npz", **{k.replace("base|", "verbosity|", 1) if not k.startswith("reference") else k:
+                                    items[k] for k in items.files})
+    merged = tmp_path / "merged"
+    assert main(["bench", "keyfact", "--report_from", str(out), "--report_from", str(part),
+                 "--output_dir", str(merged)]) == 0
+    both = json.loads((merged / "results.json").read_text())
+    assert both["settings"]["variants"] == ["base", "verbosity"] and len(both["merged_from"]) == 2
+    assert both["analysis"]["base"] == results["analysis"]["base"]
+    assert both["analysis"]["verbosity"]["rows"] == results["analysis"]["base"]["rows"]
+    assert "Commands (one benchmark in several invocations" in (merged / "report.md").read_text()
+    saved["settings"]["seeds"] = [0, 1, 2]
+    (part / "results.json").write_text(json.dumps(saved))
+    assert main(["bench", "keyfact", "--report_from", str(out), "--report_from", str(part),
+                 "--output_dir", str(tmp_path / "refused")]) == 2
+    assert "has seeds = [0, 1, 2]" in capsys.readouterr().err
+
 
 def test_bench_refuses_unknown_rows_and_a_missing_baseline(tmp_path, capsys):
     for schemes, message in (("uniform,nope", "unknown row 'nope'"), ("uniform,otpo:nope", "no ablation"),
@@ -121,3 +145,28 @@ def test_report_from_refuses_a_folder_without_results(tmp_path, capsys):
     assert err.startswith("tokenweight: error: --report_from:") and "results.json does not exist" in err
     assert main(["bench", "keyfact", "--compare", str(tmp_path)]) == 2
     assert "--compare needs --report_from" in capsys.readouterr().err
+
+
+def test_a_killed_benchmark_resumes_from_the_runs_it_finished(tmp_path, capsys):
+    out = tmp_path / "report"
+    argv = ["bench", "keyfact", "--quick", "--schemes", "uniform", "--output_dir", str(out)]
+    assert main(argv) == 0
+    first = json.loads((out / "results.json").read_text())
+    records = sorted((out / "runs" / "base").glob("*/run.json"))
+    assert [p.parent.name for p in records] == [f"uniform-base{b}-seed{s}" for b in (0, 1) for s in (0, 1)]
+    # killed after three runs: the fourth run's record and the report never got written
+    records[-1].unlink()
+    for name in ("results.json", "items.npz", "report.md"):
+        (out / name).unlink()
+    kept = {p: p.stat().st_mtime_ns for p in records[:-1]}
+    capsys.readouterr()
+    assert main(argv) == 0
+    assert "3 of 4 runs already finished in their folders" in capsys.readouterr().out
+    assert {p: p.stat().st_mtime_ns for p in records[:-1]} == kept and records[-1].is_file()  # only one trained
+    again = json.loads((out / "results.json").read_text())
+    for before, after in zip(first["runs"], again["runs"]):
+        assert (after["base_seed"], after["seed"]) == (before["base_seed"], before["seed"])
+        assert after["metrics"] == pytest.approx(before["metrics"], abs=1e-6)
+    # another budget names other runs: nothing is reused
+    assert main([*argv, "--train_size", "16"]) == 0
+    assert "already finished" not in capsys.readouterr().out

@@ -18,12 +18,8 @@ import time
 from dataclasses import asdict
 from pathlib import Path
 
-import numpy as np
-
-from tokenweight.bench.analysis import analyse
-from tokenweight.bench.claims import compare_fact_sets, paper_claims
-from tokenweight.bench.plots import plot_curves, plot_forest, plot_heatmaps
-from tokenweight.bench.report import markdown_report
+from tokenweight.bench.folders import save_folder, write_report
+from tokenweight.bench.plots import plot_heatmaps
 from tokenweight.bench.rows import baseline_label, bench_row
 from tokenweight.bench.runs import execute, reference_items, run_config
 from tokenweight.bench.settings import TUNE_FACTORS, BenchSettings
@@ -139,64 +135,12 @@ def run_benchmark(settings: BenchSettings, output_dir: str | Path, command: str)
     tuning = tune_learning_rates(settings, bases[0], output_dir) if settings.tune else {}
     rates = {label: tuning[label]["learning_rate"] if tuning else settings.learning_rate for label in settings.rows}
     runs = execute(benchmark_tasks(settings, bases, output_dir, rates), settings.jobs, "KeyFact runs")
-    np.savez_compressed(output_dir / "items.npz",
-                        **{f"reference|{base}|{name}": np.array(values)
-                           for base, reference in references.items() for name, values in reference.items()},
-                        **{f"{r['variant']}|{r['label']}|{r['base_seed']}|{r['seed']}|{name}": np.array(values)
-                           for r in runs for name, values in r["items"].items()})
     results = {"command": command, "settings": asdict(settings), "base_models": bases,
                "eval_items": evaluation_items(settings), "tuning": tuning,
-               "reference": {str(base): {name: float(np.mean(values)) for name, values in reference.items()}
-                             for base, reference in references.items()},
                "timing": {"wall_seconds": time.perf_counter() - start, "run_seconds": sum(r["seconds"] for r in runs),
                           "run_cpu_seconds": sum(r["cpu_seconds"] for r in runs), "jobs": settings.jobs,
                           "machine_at_start": started, "machine_at_end": machine()},
-               "runs": [{k: v for k, v in run.items() if k not in ("pairs", "items")} for run in runs]}
-    (output_dir / "results.json").write_text(json.dumps(results, indent=2))
+               "runs": runs}
+    save_folder(output_dir, results, references)
     plot_heatmaps(runs, bases[0]["path"], output_dir / "heatmaps")
     return write_report(output_dir)
-
-
-def load_runs(output_dir: Path) -> tuple[dict, list[dict]]:
-    """``results.json`` of a finished run folder and its runs with their per-item metrics from ``items.npz``."""
-    results_path, items_path = output_dir / "results.json", output_dir / "items.npz"
-    for path in (results_path, items_path):
-        if not path.is_file():
-            raise UserError(f"--report_from: {path} does not exist (not a finished `tokenweight bench keyfact` "
-                            "folder)")
-    results = json.loads(results_path.read_text())
-    if "base_models" not in results:
-        raise UserError(f"--report_from: {results_path} predates base-model replicas (no 'base_models'); rerun it")
-    items = np.load(items_path)
-    names = {}
-    for key in items.files:
-        head, _, metric = key.rpartition("|")
-        names.setdefault(head, []).append(metric)
-    runs = []
-    for run in results["runs"]:
-        head = f"{run['variant']}|{run['label']}|{run['base_seed']}|{run['seed']}"
-        runs.append({**run, "items": {metric: items[f"{head}|{metric}"] for metric in names.get(head, [])}})
-    return results, runs
-
-
-def saved_settings(results: dict) -> BenchSettings:
-    """The :class:`BenchSettings` a ``results.json`` records."""
-    return BenchSettings(**{k: v for k, v in results["settings"].items() if k in BenchSettings.__dataclass_fields__})
-
-
-def write_report(output_dir: str | Path, compare_dirs: tuple = ()) -> dict:
-    """(Re)build the analysis of a finished run folder from its ``results.json`` and ``items.npz``: the analysis
-    and paper claims into ``results.json``, ``report.md``, the curves and the forest plot; ``compare_dirs``: run
-    folders of other facts files, compared row by row in the report. Returns the results."""
-    output_dir = Path(output_dir)
-    results, runs = load_runs(output_dir)
-    settings = saved_settings(results)
-    results["analysis"] = analyse(runs, settings, results["eval_items"])
-    results["claims"] = paper_claims(results, runs)
-    results["fact_sets"] = compare_fact_sets(results, [load_runs(Path(d))[0] for d in compare_dirs]) \
-        if compare_dirs else None
-    (output_dir / "results.json").write_text(json.dumps(results, indent=2))
-    (output_dir / "report.md").write_text(markdown_report(results))
-    plot_curves(results, output_dir)
-    plot_forest(results, output_dir / "forest.png")
-    return results

@@ -94,7 +94,7 @@ def noise_slope(runs: list[dict], settings: BenchSettings, label: str, metric: s
 def paper_claims(results: dict, runs: list[dict]) -> list[dict]:
     """Every claim of :data:`CLAIMS` whose row ran: the test, the measured difference (``delta``, ``low``,
     ``high``, per base model …), the verdict and, for a noise claim, the per-level means."""
-    from tokenweight.bench.benchmark import saved_settings
+    from tokenweight.bench.folders import saved_settings
 
     settings = saved_settings(results)
     out = []

@@ -93,7 +93,6 @@ def _variant_line(variant: str) -> str:
 def variant_section(results: dict, variant: str) -> str:
     """Tables, the smallest detectable differences, the ceiling and the oracle check of one variant."""
     analysis = results["analysis"][variant]
-    detectable = ", ".join(f"{m} {analysis['detectable'][m]:.3f}" for m in DETECTABLE_METRICS)
     oracle = next(iter(ORACLE_ROWS))
     check = ("" if "oracle_separates" not in analysis else
              f"\nOracle check: `{oracle}` beats `{baseline_label()}` on key_acc and answer_mass, holding (interval "
@@ -104,8 +103,7 @@ def variant_section(results: dict, variant: str) -> str:
 
 {variant_table(results, variant, MAIN_COLUMNS, tests=True)}
 
-Smallest detectable difference (α 0.05, power 0.8): {detectable}. Items no run learns (forced choice):
-{analysis['ceiling']['unlearned']:.3f}.
+{detectable_line(results, variant)} Items no run learns (forced choice): {analysis['ceiling']['unlearned']:.3f}.
 {check}
 Greedy outcome breakdown and key weights:
 
@@ -116,8 +114,15 @@ Greedy outcome breakdown and key weights:
 
 def markdown_table(results: dict) -> str:
     """The main table of every variant (what the command prints)."""
-    return "\n\n".join(f"{variant}:\n\n{variant_table(results, variant, MAIN_COLUMNS, tests=True)}"
-                       for variant in results["analysis"])
+    return "\n\n".join(f"{variant}:\n\n{variant_table(results, variant, MAIN_COLUMNS, tests=True)}\n\n"
+                       f"{detectable_line(results, variant)}" for variant in results["analysis"])
+
+
+def detectable_line(results: dict, variant: str) -> str:
+    """The smallest detectable difference of each of :data:`DETECTABLE_METRICS` on ``variant``."""
+    detectable = results["analysis"][variant]["detectable"]
+    return "Smallest detectable difference (α 0.05, power 0.8): " + ", ".join(
+        f"{m} {detectable[m]:.3f}" for m in DETECTABLE_METRICS) + "."
 
 
 def _base_models_line(results: dict) -> str:
@@ -198,13 +203,13 @@ def markdown_report(results: dict) -> str:
         row_seconds.setdefault(run["label"], []).append(run["seconds"])
     per_row = ", ".join(f"{label} {sum(times) / len(times):.0f}" for label, times in row_seconds.items())
     trainers = sorted({r["label"] for r in results["runs"] if r["trained_models"]})
-    trained_only = ("" if s["trained_models_all_variants"] or not trainers else
-                    f", and so do the rows that train models first ({', '.join(trainers)})")
-    if trainers:
-        trained_only += (f"; the models they train first use {s['trained_models_lr_factor']:g} × the "
-                         "learning rate")
-    extra = [v for v in s["ablation_variants"] if v in s["variants"] and v != s["variants"][0]]
-    ablations = f"`{s['variants'][0]}`" + (f" and {', '.join(f'`{v}`' for v in extra)}" if extra else "")
+    trained_only = (f"; the rows that train models first ({', '.join(trainers)}) train them at "
+                    f"{s['trained_models_lr_factor']:g} × the learning rate" if trainers else "")
+    ran_on = {}
+    for run in results["runs"]:
+        ran_on.setdefault(run["label"], set()).add(run["variant"])
+    partial = "; ".join(f"`{label}` on {', '.join(f'`{v}`' for v in s['variants'] if v in variants)}"
+                        for label, variants in ran_on.items() if len(variants) < len(s["variants"]))
     tuning = ("" if not results["tuning"] else "Learning rate per row (`--tune`, best greedy key_acc on the "
               "validation set, first base model): " + ", ".join(f"{label} {t['learning_rate']:g}" for label, t in
                                                                 results["tuning"].items()) + ".\n")
@@ -212,9 +217,13 @@ def markdown_report(results: dict) -> str:
     prompts = len(set(results["eval_items"]["prompt"]))
     sections = "\n".join(variant_section(results, variant) for variant in results["analysis"])
     fact_sets = fact_sets_section(results)
+    commands = (f"Command: `{results['command']}`" if "merged_from" not in results else
+                "Commands (one benchmark in several invocations, merged with `--report_from`):\n\n" + "\n".join(
+                    f"- `{m['command']}`: {m['timing']['wall_seconds'] / 60:.1f} min wall, load average "
+                    f"{m['timing']['machine_at_start']['load'][0]:g} at its start" for m in results["merged_from"]))
     return f"""## KeyFact
 
-Command: `{results['command']}`
+{commands}
 
 {_timing_line(results)}; seconds per run, mean over the row's runs (including the models a row trains first):
 {per_row}.
@@ -228,8 +237,8 @@ Budget, identical for every run (`tokenweight train`'s KeyFact defaults): {s['tr
 {s['epochs']:g} epoch(s), batch {s['batch_size']}, learning rate {s['learning_rate']:g} (constant), {beta}, max_length
 {s['max_length']}. One fixed evaluation set of {s['eval_size']} held-out pairs on {prompts} distinct prompts (eval seed
 {s['eval_seed']}, the same for every run; greedy generation of at most {s['max_new_tokens']} tokens). Seeds
-{s['seeds']} (training data and order) on each of {len(s['base_seeds'])} base model(s). Ablation rows
-(`scheme:ablation`) run on {ablations} only{trained_only}.
+{s['seeds']} (training data and order) on each of {len(s['base_seeds'])} base model(s). Rows that did not run on every
+variant: {partial or 'none'}{trained_only}.
 {tuning}
 Cells: mean over base models, seeds and items; for every row but `{baseline_label()}`, the paired difference against it
 (same base model, seed and item) with its 95% hierarchical bootstrap interval over base models, then seeds, then

@@ -10,12 +10,14 @@ handed to the trainer only for a scheme that ``uses_reference``, but always used
 from __future__ import annotations
 
 import dataclasses
+import json
 import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from multiprocessing import get_context
 from pathlib import Path
 
 import datasets
+import numpy
 import torch
 from tqdm.auto import tqdm
 from transformers import TrainerCallback
@@ -189,25 +191,70 @@ def _one_thread() -> None:
     torch.set_num_threads(1)
 
 
+#: Settings that choose which runs a benchmark makes, not what one run does (a finished run is reused whatever they are).
+RUN_SELECTION = ("rows", "seeds", "variants", "base_seeds", "jobs", "bootstrap", "tune",
+                 "trained_models_all_variants", "ablation_variants")
+
+
+def run_identity(task: dict) -> dict:
+    """What decides a run's result: the task (row, variant, base model fingerprint, seed, learning rate, evaluation
+    split and size, heatmap pairs) and the settings other than :data:`RUN_SELECTION`. Not the code version: a
+    finished run is reused after a code change."""
+    settings = {k: v for k, v in dataclasses.asdict(task["settings"]).items() if k not in RUN_SELECTION}
+    return {**{k: v for k, v in task.items() if k not in ("settings", "base_path", "output_dir")},
+            "settings": settings}
+
+
+def save_run(task: dict, run: dict) -> None:
+    """Keep a finished run in its folder: ``run_items.npz`` (per-item metrics), then ``run.json`` (the rest and
+    :func:`run_identity`), written under a temporary name and renamed, so a killed benchmark leaves only whole runs."""
+    folder = Path(task["output_dir"])
+    folder.mkdir(parents=True, exist_ok=True)
+    numpy.savez_compressed(folder / "run_items.npz", **{k: numpy.asarray(v) for k, v in run["items"].items()})
+    staging = folder / "run.json.tmp"
+    staging.write_text(json.dumps({"identity": run_identity(task),
+                                   "run": {k: v for k, v in run.items() if k != "items"}}))
+    staging.rename(folder / "run.json")
+
+
+def saved_run(task: dict) -> dict | None:
+    """The run ``task`` names, finished and kept by :func:`save_run` in an earlier (killed) benchmark, or ``None``."""
+    record = Path(task["output_dir"]) / "run.json"
+    if not record.is_file():
+        return None
+    saved = json.loads(record.read_text())
+    if saved["identity"] != json.loads(json.dumps(run_identity(task))):
+        return None
+    items = numpy.load(Path(task["output_dir"]) / "run_items.npz")
+    return {**saved["run"], "items": {k: items[k].tolist() for k in items.files}}
+
+
 def _run_task(task: dict) -> dict:
-    return run_one(**task)
+    run = run_one(**task)
+    save_run(task, run)
+    return run
 
 
 def execute(tasks: list[dict], jobs: int, description: str) -> list[dict]:
     """Every ``run_one(**task)``, in ``jobs`` worker processes of one thread each (in this process for 1), in the
-    order of ``tasks``."""
-    bar = tqdm(total=len(tasks), desc=description)
+    order of ``tasks``; each finished run is kept in its folder (:func:`save_run`), and a run already kept there by
+    a benchmark that was killed is read back instead of trained again (:func:`saved_run`)."""
+    results = [saved_run(task) for task in tasks]
+    todo = [k for k, run in enumerate(results) if run is None]
+    if len(todo) < len(tasks):
+        print(f"{description}: {len(tasks) - len(todo)} of {len(tasks)} runs already finished in their folders "
+              "(kept by an earlier, interrupted call): reused")
+    bar = tqdm(total=len(todo), desc=description)
     if jobs == 1:
-        results = []
-        for task in tasks:
+        for k in todo:
+            task = tasks[k]
             bar.set_postfix_str(f"{task['variant']} {task['label']} base {task['base_seed']} seed {task['seed']}")
-            results.append(_run_task(task))
+            results[k] = _run_task(task)
             bar.update()
         bar.close()
         return results
-    results = [None] * len(tasks)
     with ProcessPoolExecutor(jobs, mp_context=get_context("spawn"), initializer=_one_thread) as pool:
-        futures = {pool.submit(_run_task, task): k for k, task in enumerate(tasks)}
+        futures = {pool.submit(_run_task, tasks[k]): k for k in todo}
         for future in as_completed(futures):
             results[futures[future]] = future.result()
             bar.update()

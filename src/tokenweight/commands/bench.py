@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import shlex
+from pathlib import Path
 
 from rich.console import Console
 
@@ -19,7 +20,8 @@ EXAMPLES = """examples:
 rows: every registered scheme that runs on KeyFact, oracle (key-only weights, uniform's total n on the key),
   oracle-unit (weight 1 on the key), and <scheme>:<ablation> (e.g. tidpo:weights, tidpo:kl); uniform is required
 --report_from DIR rebuilds the analysis, report.md, plots (and with --update_docs the docs' blocks) of a finished
-  run folder without training; --compare DIR2 adds the row-by-row comparison with a run on another facts file
+  run folder without training; several --report_from merge the folders of one benchmark run in parts (e.g. one
+  variant each) into --output_dir; --compare DIR2 adds the row-by-row comparison with a run on another facts file
 base models: every run is repeated on each (--base_seeds); a difference holds where its interval (over base
   models, seeds and distinct prompts) excludes 0 and it has the same sign on every base model
 variants: base, verbosity (chosen_longer 0.8), noise0.1, noise0.2, noise0.4, shortcut (keyfact_shortcut 0.9),
@@ -53,8 +55,9 @@ def register(subparsers) -> None:
     keyfact.add_argument("--docs", default="docs/BENCHMARKS.md", help="benchmark document (default docs/BENCHMARKS.md)")
     keyfact.add_argument("--claims_docs", default="docs/KEYFACT.md",
                          help="document whose paper-claims block --update_docs rewrites (default docs/KEYFACT.md)")
-    keyfact.add_argument("--report_from", metavar="DIR",
-                         help="run nothing: rebuild the analysis, report.md and plots of the finished run folder DIR")
+    keyfact.add_argument("--report_from", metavar="DIR", action="append", default=[],
+                         help="run nothing: rebuild the analysis, report.md and plots of the finished run folder DIR; "
+                              "repeated: merge the folders (one benchmark run in parts) into --output_dir first")
     keyfact.add_argument("--compare", metavar="DIR", action="append", default=[],
                          help="with --report_from: a finished run folder on another facts file, compared row by row "
                               "(repeatable)")
@@ -110,7 +113,8 @@ def command_line(args: argparse.Namespace, settings) -> str:
 
 def run(args: argparse.Namespace) -> int:
     from tokenweight.bench import markdown_table, run_benchmark, update_docs
-    from tokenweight.bench.benchmark import expected_runs, write_report
+    from tokenweight.bench.benchmark import expected_runs
+    from tokenweight.bench.folders import merge_folders, write_report
     from tokenweight.bench.report import update_claims_docs
     from tokenweight.errors import UserError
 
@@ -118,7 +122,13 @@ def run(args: argparse.Namespace) -> int:
     if args.compare and not args.report_from:
         raise UserError("--compare needs --report_from (it compares finished run folders)")
     if args.report_from:
-        output_dir = args.report_from
+        output_dir = args.report_from[0]
+        if len(args.report_from) > 1:
+            output_dir = args.output_dir
+            if str(Path(output_dir).resolve()) in {str(Path(d).resolve()) for d in args.report_from}:
+                raise UserError("--report_from with several folders merges them into --output_dir, which must be "
+                                "another folder")
+            merge_folders([Path(d) for d in args.report_from], Path(output_dir))
         results = write_report(output_dir, tuple(args.compare))
     else:
         settings = settings_from_args(args)
