@@ -218,9 +218,10 @@ def markdown_report(results: dict) -> str:
     sections = "\n".join(variant_section(results, variant) for variant in results["analysis"])
     fact_sets = fact_sets_section(results)
     commands = (f"Command: `{results['command']}`" if "merged_from" not in results else
-                "Commands (one benchmark in several invocations, merged with `--report_from`):\n\n" + "\n".join(
-                    f"- `{m['command']}`: {m['timing']['wall_seconds'] / 60:.1f} min wall, load average "
-                    f"{m['timing']['machine_at_start']['load'][0]:g} at its start" for m in results["merged_from"]))
+                "Commands (one benchmark in several invocations, merged with `--report_from`; minutes of wall time "
+                "and the load average at the start of each):\n\n```text\n" + "\n".join(
+                    f"{m['command']}    # {m['timing']['wall_seconds'] / 60:.1f} min, load "
+                    f"{m['timing']['machine_at_start']['load'][0]:g}" for m in results["merged_from"]) + "\n```")
     return f"""## KeyFact
 
 {commands}
@@ -238,7 +239,7 @@ Budget, identical for every run (`tokenweight train`'s KeyFact defaults): {s['tr
 {s['max_length']}. One fixed evaluation set of {s['eval_size']} held-out pairs on {prompts} distinct prompts (eval seed
 {s['eval_seed']}, the same for every run; greedy generation of at most {s['max_new_tokens']} tokens). Seeds
 {s['seeds']} (training data and order) on each of {len(s['base_seeds'])} base model(s). Rows that did not run on every
-variant: {partial or 'none'}{trained_only}.
+variant: {partial or 'none'}{trained_only}.{_missing_variants(s)}
 {tuning}
 Cells: mean over base models, seeds and items; for every row but `{baseline_label()}`, the paired difference against it
 (same base model, seed and item) with its 95% hierarchical bootstrap interval over base models, then seeds, then
@@ -265,6 +266,12 @@ sign test and Wilcoxon signed-rank (two-sided). Plots in the report folder: `for
 
 {fact_sets}
 {sections}"""
+
+
+def _missing_variants(settings: dict) -> str:
+    missing = [v for v in VARIANTS if v not in settings["variants"]]
+    return "" if not missing else (f" Not in this report: the variants {', '.join(f'`{v}`' for v in missing)} "
+                                   "(`--variants` chose a subset).")
 
 
 def claims_verdicts_text() -> str:
