@@ -3,13 +3,14 @@ benchmark across two facts files."""
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 
 from tokenweight.bench import BenchSettings
 from tokenweight.bench.analysis import COMPARED, analyse
 from tokenweight.bench.claims import compare_fact_sets, noise_slope, paper_claims, verdict
-from tokenweight.bench.stats import DETECTABLE_Z
 
 PROMPTS = [0, 0, 1, 2, 2, 2, 3, 4]  # 8 evaluation items on 5 distinct prompts
 
@@ -22,15 +23,14 @@ def _difference(delta, low, high, se, per_base):
 
 
 def test_verdicts_by_hand():
-    assert verdict(_difference(-2.0, -3.0, -1.0, 0.5, [-1.5, -2.5]), -1) == "holds"
-    assert verdict(_difference(2.0, 1.0, 3.0, 0.5, [1.5, 2.5]), -1) == "does not hold"  # the opposite holds
-    # the interval includes 0 and rules out a claimed effect as large as 2.80 standard errors
-    assert verdict(_difference(0.0, -0.1, 0.1, 0.05, [0.01, -0.01]), +1) == "does not hold"
-    assert 0.1 < DETECTABLE_Z * 0.05
-    # includes 0 but allows a claimed effect the run could detect
-    assert verdict(_difference(0.1, -0.01, 0.2, 0.05, [0.05, 0.15]), +1) == "cannot say at this scale"
+    assert verdict(_difference(-2.0, -3.0, -1.0, 0.5, [-1.5, -2.5]), -1, 1.0) == "holds"
+    assert verdict(_difference(2.0, 1.0, 3.0, 0.5, [1.5, 2.5]), -1, 1.0) == "does not hold"  # the opposite holds
+    # the interval includes 0 and rules out a claimed effect as large as the effect of interest (0.2)
+    assert verdict(_difference(0.0, -0.1, 0.1, 0.05, [0.01, -0.01]), +1, 0.2) == "does not hold"
+    # the same interval with an effect of interest it does not rule out (0.05)
+    assert verdict(_difference(0.0, -0.1, 0.1, 0.05, [0.01, -0.01]), +1, 0.05) == "cannot say at this scale"
     # excludes 0 in the claimed direction, but one base model goes the other way
-    assert verdict(_difference(0.3, 0.1, 0.5, 0.1, [0.7, -0.1]), +1) == "cannot say at this scale"
+    assert verdict(_difference(0.3, 0.1, 0.5, 0.1, [0.7, -0.1]), +1, 0.05) == "cannot say at this scale"
 
 
 def _runs(effects: dict[tuple[str, str], float], base_seeds=(0, 1), seeds=(0, 1)) -> list[dict]:
@@ -71,7 +71,7 @@ def test_paper_claims_read_the_analysis_and_say_which_did_not_run():
     gain = claims["attention", "key_acc"]
     assert gain["difference"]["delta"] == pytest.approx(0.1) and gain["verdict"] == "holds"
     assert gain["means"] == (pytest.approx(0.6), pytest.approx(0.5))
-    assert claims["attention", "key_weight_rel"]["verdict"] == "cannot say at this scale"  # Δ 0 exactly, se 0
+    assert claims["attention", "key_weight_rel"]["verdict"] == "does not hold"  # Δ 0 exactly, interval [0, 0]
     assert claims["otpo", "gen_len"]["verdict"] == "not run" and claims["otpo", "gen_len"]["difference"] is None
     assert claims["tidpo", "key_acc"]["verdict"] == "not run"
 
@@ -92,5 +92,6 @@ def test_compare_fact_sets_ranks_rows_and_marks_the_robust_ones():
     assert comparison["facts"] == [None, "everyday.json"] and comparison["variant"] == "base"
     robust = {label: entry["key_acc"]["robust"] for label, entry in comparison["rows"].items()}
     assert robust == {"a": False, "b": True, "c": True}  # a changes sign between the facts files
+    assert json.loads(json.dumps(comparison)) == comparison  # written to results.json as it is
     # ranks of Δ key_acc: here a > b > c, there b > a > c → Spearman 1 − 6·(1 + 1 + 0)/(3·8) = 0.5
     assert comparison["spearman"]["key_acc"] == pytest.approx(0.5)

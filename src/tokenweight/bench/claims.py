@@ -3,8 +3,8 @@
 A claim is a row's paired difference against plain DPO (``uniform``) on one metric and variant, in a claimed
 direction, or the difference of label-noise slopes (TI-DPO's Table B8: key accuracy from noise 0 to 0.4). Its verdict
 (:func:`verdict`): **holds** (the difference is in the claimed direction and holds: interval excludes 0, same sign on
-every base model), **does not hold** (the opposite holds, or the interval rules out an effect in the claimed direction
-as large as this run can detect), else **cannot say at this scale**.
+every base model), **does not hold** (the opposite holds, or the interval rules out any effect in the claimed direction
+as large as the claim's smallest effect of interest, :data:`MEANINGFUL`), else **cannot say at this scale**.
 """
 
 from __future__ import annotations
@@ -17,10 +17,17 @@ from scipy import stats
 from tokenweight.bench.analysis import item_matrix
 from tokenweight.bench.rows import baseline_label
 from tokenweight.bench.settings import VARIANTS, BenchSettings
-from tokenweight.bench.stats import DETECTABLE_Z, difference_summary
+from tokenweight.bench.stats import difference_summary
 
 #: The label-noise variants of the noise claim, by noise level (the base variant is noise 0).
 NOISE_LEVELS = {"base": 0.0, **{v: VARIANTS[v]["keyfact_label_noise"] for v in VARIANTS if v.startswith("noise")}}
+
+
+#: The smallest effect of interest per metric (in the claimed direction): an interval whose claimed-side bound stays
+#: below it rules the claim out. ``gen_len`` in tokens, ``key_weight_rel`` in multiples of the mean weight, the rest
+#: in fractions of items; a noise slope's is per unit of label noise (0.05: 0.02 of key accuracy at noise 0.4).
+MEANINGFUL = {"gen_len": 1.0, "format_fail": 0.02, "key_weight_rel": 0.1, "key_share": 0.01, "key_acc": 0.02}
+NOISE_SLOPE_MEANINGFUL = 0.05
 
 
 @dataclass(frozen=True)
@@ -36,10 +43,14 @@ class Claim:
     variant: str = "base"
     noise: bool = False
 
+    @property
+    def meaningful(self) -> float:
+        return NOISE_SLOPE_MEANINGFUL if self.noise else MEANINGFUL[self.metric]
+
     def test(self) -> str:
         what = (f"slope of `{self.metric}` over label noise (`base` = 0, `noise*`), `{self.row}` − `uniform`"
                 if self.noise else f"Δ `{self.metric}` `{self.row}` − `uniform` on `{self.variant}`")
-        return f"{what}, expected {'> 0' if self.direction > 0 else '< 0'}"
+        return f"{what}, expected {'> 0' if self.direction > 0 else '< 0'} (effect of interest {self.meaningful:g})"
 
 
 CLAIMS = (
@@ -60,13 +71,14 @@ CLAIMS = (
 )
 
 
-def verdict(d: dict, direction: int) -> str:
+def verdict(d: dict, direction: int, meaningful: float) -> str:
     """``holds`` / ``does not hold`` / ``cannot say at this scale`` for the difference ``d``
-    (:meth:`~tokenweight.bench.stats.PairedDifference.as_dict`) and the claimed ``direction`` (module docstring)."""
+    (:meth:`~tokenweight.bench.stats.PairedDifference.as_dict`), the claimed ``direction`` and the smallest effect
+    of interest ``meaningful`` (module docstring)."""
     if d["holds"]:
         return "holds" if np.sign(d["delta"]) == direction else "does not hold"
     claimed_bound = d["high"] if direction > 0 else -d["low"]  # the largest claimed effect the interval allows
-    if not d["excludes_zero"] and claimed_bound < DETECTABLE_Z * d["se"]:
+    if claimed_bound < meaningful:
         return "does not hold"
     return "cannot say at this scale"
 
@@ -110,7 +122,7 @@ def paper_claims(results: dict, runs: list[dict]) -> list[dict]:
             if difference is not None:
                 entry["means"] = (rows[claim.row]["means"][claim.metric], rows[baseline_label()]["means"][claim.metric])
         entry["difference"] = difference
-        entry["verdict"] = "not run" if difference is None else verdict(difference, claim.direction)
+        entry["verdict"] = "not run" if difference is None else verdict(difference, claim.direction, claim.meaningful)
         out.append(entry)
     return out
 
@@ -140,4 +152,4 @@ def compare_fact_sets(results: dict, others: list[dict], metrics=("key_acc", "an
 
 
 def _robust(here: dict, there: dict) -> bool:
-    return here["holds"] and there["holds"] and np.sign(here["delta"]) == np.sign(there["delta"])
+    return bool(here["holds"] and there["holds"] and np.sign(here["delta"]) == np.sign(there["delta"]))
