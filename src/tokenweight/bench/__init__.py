@@ -3,10 +3,13 @@ seeds × data variants, trained in-process with one budget and compared pairwise
 
 - :mod:`~tokenweight.bench.settings`: what one call runs (rows, seeds, variants, the budget);
 - :mod:`~tokenweight.bench.rows`: a row label → scheme, settings overrides, oracle weights;
-- :mod:`~tokenweight.bench.runs`: one run, measured per evaluation item; worker processes;
-- :mod:`~tokenweight.bench.stats`: paired bootstrap intervals, sign and Wilcoxon tests, detectable difference;
-- :mod:`~tokenweight.bench.analysis`: the table's numbers; :mod:`~tokenweight.bench.report`: markdown;
-  :mod:`~tokenweight.bench.plots`: figures; :mod:`~tokenweight.bench.benchmark`: the whole run.
+- :mod:`~tokenweight.bench.runs`: one run, measured per evaluation item, kept in its folder; worker processes;
+- :mod:`~tokenweight.bench.stats`: paired bootstrap intervals over base models, seeds and distinct prompts, sign and
+  Wilcoxon tests, detectable difference;
+- :mod:`~tokenweight.bench.analysis`: the table's numbers; :mod:`~tokenweight.bench.claims`: the seed papers'
+  claims and the comparison across facts files; :mod:`~tokenweight.bench.report`: markdown;
+  :mod:`~tokenweight.bench.plots`: figures; :mod:`~tokenweight.bench.folders`: the report folder (written, read
+  back, merged); :mod:`~tokenweight.bench.benchmark`: the whole run.
 """
 
 from tokenweight.bench.benchmark import run_benchmark
