@@ -134,3 +134,22 @@ def test_tidpo_kl_ablation_has_uniform_weights(small):
     assert torch.allclose(weights, batch["loss_mask"].float(), atol=1e-6)
     weights_only = bench_row("tidpo:weights")
     assert weights_only.overrides == {"tidpo_kl_alpha": 0.0, "tidpo_gamma": 0.0}
+
+
+def test_metrics_of_the_prompt_are_computed_once_per_distinct_prompt(small):
+    # the evaluation set repeats prompts (one question, several filler/distractor draws); what depends on the prompt
+    # only is the same on every row of a prompt and equals the metrics of the distinct prompts measured alone
+    policy, reference, tokenizer = small
+    rows = list(build_keyfact(n_train=1, n_eval=64, seed=3)["eval"])
+    prompts = [str(row["prompt"]) for row in rows]
+    assert len(set(prompts)) < len(rows)  # repeats exist
+    distinct = [rows[prompts.index(p)] for p in dict.fromkeys(prompts)]
+    items = keyfact_item_metrics(policy, reference, tokenizer, rows, max_new_tokens=6, batch_size=8)
+    alone = keyfact_item_metrics(policy, reference, tokenizer, distinct, max_new_tokens=6, batch_size=8)
+    index = {p: k for k, p in enumerate(dict.fromkeys(prompts))}
+    for metric in ("forced_acc", "key_margin", "lure_margin", "answer_mass", "gen_len", "key_acc", "format_fail"):
+        assert [items[metric][k] for k in range(len(rows))] == [alone[metric][index[p]] for p in prompts], metric
+    # the KL reads each row's own chosen answer (its filler): it differs between rows of one prompt
+    repeated = next(p for p in prompts if prompts.count(p) > 1)
+    kls = {items["kl_nonkey"][k] for k, p in enumerate(prompts) if p == repeated}
+    assert len(kls) > 1

@@ -45,7 +45,7 @@ def test_bench_run_of_tisdpo_trains_both_contrastive_models_first(tmp_path, monk
 
     monkeypatch.setattr(tokenweight.trainer.TokenweightTrainer, "__init__", recording_init)
     folder = tmp_path / "run"
-    run = run_one(settings, base, "tisdpo", "base", 0, str(folder), settings.learning_rate, "eval", 4)
+    run = run_one(settings, base, 0, "small@test", "tisdpo", "base", 0, str(folder), settings.learning_rate, "eval", 4)
     printed = capsys.readouterr()
     assert "train_runtime" not in printed.out  # no Trainer log dicts from any of the three trainings
     assert printed.err.count("bench tisdpo (base, seed 0): trained tisdpo_") == 2
@@ -88,13 +88,32 @@ def test_rows_that_train_models_first_run_on_the_first_variant_unless_told_other
     from tokenweight.keyfact.bench.benchmark import benchmark_tasks
 
     rows = ["uniform", "tisdpo", "tidpo:kl"]
-    settings = BenchSettings(rows=rows, seeds=[0, 1], variants=["base", "noise0.2"])
+    settings = BenchSettings(rows=rows, seeds=[0, 1], variants=["base", "noise0.2"], base_seeds=[0])
+    bases = [{"seed": 0, "path": "base-model", "fingerprint": "base-model@0"}]
 
     def runs():
-        tasks = benchmark_tasks(settings, "base-model", tmp_path, dict.fromkeys(rows, 1e-4))
+        tasks = benchmark_tasks(settings, bases, tmp_path, dict.fromkeys(rows, 1e-4))
         return sorted((t["variant"], t["label"], t["seed"]) for t in tasks)
 
     first_only = [("base", label, seed) for label in ("tidpo:kl", "tisdpo", "uniform") for seed in (0, 1)]
     assert runs() == first_only + [("noise0.2", "uniform", 0), ("noise0.2", "uniform", 1)]
     settings.trained_models_all_variants = True
     assert runs() == first_only + [("noise0.2", label, seed) for label in ("tisdpo", "uniform") for seed in (0, 1)]
+
+
+def test_every_run_is_repeated_on_each_base_model_and_ablations_run_at_the_noise_end_point(tmp_path):
+    from tokenweight.keyfact.bench import BenchSettings
+    from tokenweight.keyfact.bench.benchmark import benchmark_tasks, expected_runs
+
+    rows = ["uniform", "tidpo", "tidpo:kl"]
+    settings = BenchSettings(rows=rows, seeds=[0, 1, 2], variants=["base", "noise0.2", "noise0.4"])
+    assert settings.base_seeds == [0, 1]  # the shipped replicas of the built-in facts
+    bases = [{"seed": b, "path": f"base-{b}", "fingerprint": f"base-{b}@x"} for b in settings.base_seeds]
+    tasks = benchmark_tasks(settings, bases, tmp_path, dict.fromkeys(rows, 1e-4))
+    cells = {(t["variant"], t["label"]) for t in tasks}
+    assert cells == {(v, label) for v in ("base", "noise0.2", "noise0.4") for label in ("uniform", "tidpo")} | {
+        ("base", "tidpo:kl"), ("noise0.4", "tidpo:kl")}
+    assert len(tasks) == expected_runs(settings) == len(cells) * 2 * 3
+    assert all(t["base_path"] == f"base-{t['base_seed']}" and t["base_model"] == f"base-{t['base_seed']}@x"
+               for t in tasks)
+    assert len({t["output_dir"] for t in tasks}) == len(tasks)  # no two runs share a folder

@@ -54,6 +54,9 @@ FIXED = {"bf16": "false", "fp16": "false", "model_dtype": "float32", "optim": "a
          "gradient_accumulation_steps": "1", "dataset_split": "train",
          "eval_split": "test", "num_pairs": "4", "num_generations": "2", "max_new_tokens": "8", "seeds": "1",
          "schemes": "uniform", "variants": "base", "train_size": "8", "eval_size": "4", "attention_batch_size": "2"}
+#: Flags naming files or folders: an absolute path (a documented benchmark's own folders) is moved into the test's
+#: folder, so that running the documented command never writes where the measured run lives.
+PATH_FLAGS = {"output_dir", "report_from", "compare", "facts", "docs", "claims_docs", "output"}
 #: Flags every run of a command gets (set when absent): a tiny budget.
 BUDGET = {"train": {"max_steps": "1", "use_cpu": "true", "report_to": "none", "per_device_eval_batch_size": "4"},
           "eval": {"num_pairs": "4", "num_generations": "2", "max_new_tokens": "8"},
@@ -160,6 +163,8 @@ def substitute(words: list[str], env: dict, cwd: Path) -> list[str]:
             word = FIXED[flag]
         elif flag == "config":
             word = tiny_recipe(word, env, cwd)
+        elif flag in PATH_FLAGS and Path(word).is_absolute():  # a folder of the run that measured it: not touched
+            word = str(cwd / Path(word).name)
         argv.append(word)
     command = argv[0] if argv else None
     for flag, value in BUDGET.get(command, {}).items():
@@ -186,7 +191,8 @@ def expected_output(argv: list[str]) -> Path | None:
     return {"precompute": lambda: Path(value["--output"]),
             "eval": lambda: Path(value.get("--output", Path(value["--model_name_or_path"], "eval.json"))),
             "weights": lambda: Path(value.get("--output", "weights.html")),
-            "bench": lambda: Path(value.get("--output_dir", "outputs/bench-keyfact"), "report.md")}[command]()
+            "bench": lambda: Path(value.get("--report_from", value.get("--output_dir", "outputs/bench-keyfact")),
+                                  "report.md")}[command]()
 
 
 @pytest.fixture(scope="module")

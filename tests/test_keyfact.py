@@ -516,15 +516,16 @@ def test_judge_verdict_accuracy_matches_unbatched_oracle(small_model_path, singl
 
 
 def test_base_model_is_cached(tmp_path, monkeypatch):
-    path = keyfact_base_model(cache_dir=tmp_path, size="small", seed=1, progress=False)
+    path = keyfact_base_model(cache_dir=tmp_path, size="small", seed=2, progress=False)  # not a shipped build
+    assert path.parent == tmp_path
     weights = path / "model.safetensors"
     mtime = weights.stat().st_mtime_ns
     monkeypatch.setattr(base_model_module, "train_base_model", lambda *a, **k: pytest.fail("retrained a cached model"))
     start = time.perf_counter()
-    assert keyfact_base_model(cache_dir=tmp_path, size="small", seed=1, progress=False) == path
+    assert keyfact_base_model(cache_dir=tmp_path, size="small", seed=2, progress=False) == path
     assert time.perf_counter() - start < 1.0 and weights.stat().st_mtime_ns == mtime
     monkeypatch.setenv("TOKENWEIGHT_CACHE", str(tmp_path))
-    assert keyfact_base_model(size="small", seed=1, progress=False) == path
+    assert keyfact_base_model(size="small", seed=2, progress=False) == path
 
 
 def test_settings_change_the_cache_folder_and_failed_builds_leave_nothing(tmp_path, monkeypatch):
@@ -541,12 +542,12 @@ def test_settings_change_the_cache_folder_and_failed_builds_leave_nothing(tmp_pa
         return model, tokenizer, losses, judge
 
     monkeypatch.setattr(base_model_module, "train_base_model", train_then_break_saving)
-    with pytest.raises(OSError, match="disk full"):
-        keyfact_base_model(cache_dir=tmp_path, size="small", seed=1, progress=False)
+    with pytest.raises(OSError, match="disk full"):  # base seed 2: no shipped small build (0 and 1 are shipped)
+        keyfact_base_model(cache_dir=tmp_path, size="small", seed=2, progress=False)
     assert os.listdir(tmp_path) == []
     monkeypatch.setattr(base_model_module, "train_base_model", real_train)
-    a = keyfact_base_model(cache_dir=tmp_path, size="small", seed=1, progress=False)
-    b = keyfact_base_model(cache_dir=tmp_path, size="small", seed=1, p_correct=0.9, progress=False)
+    a = keyfact_base_model(cache_dir=tmp_path, size="small", seed=2, progress=False)
+    b = keyfact_base_model(cache_dir=tmp_path, size="small", seed=2, p_correct=0.9, progress=False)
     assert a != b and a.name.startswith("keyfact-small-") and sorted(os.listdir(tmp_path)) == sorted([a.name, b.name])
 
 

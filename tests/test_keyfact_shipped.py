@@ -13,7 +13,7 @@ from safetensors.torch import load_file
 
 from tokenweight.keyfact import base_model, build, keyfact_base_model
 from tokenweight.keyfact.base_model import SETTINGS_FILE, SHIPPED_DIR
-from tokenweight.keyfact.shipped import BASE_REPLICA_SEEDS, EVERYDAY_FACTS_PATH, SHIPPED_BUILDS, main
+from tokenweight.keyfact.shipped import BASE_REPLICA_SEEDS, EVERYDAY_FACTS_PATH, SHIPPED_BUILDS, main, replica_seeds
 
 REBUILD = "python -m tokenweight.keyfact.shipped"
 
@@ -35,8 +35,11 @@ def test_every_shipped_model_is_the_build_of_the_current_code_and_settings(shipp
 
 
 def test_the_shipped_builds_are_the_replicas_and_the_second_facts_file():
-    assert BASE_REPLICA_SEEDS == (0, 1)
-    assert [b.label for b in SHIPPED_BUILDS if b.facts == EVERYDAY_FACTS_PATH] == ["everyday"]
+    assert BASE_REPLICA_SEEDS == replica_seeds("default") == (0, 1)
+    assert replica_seeds("default", EVERYDAY_FACTS_PATH) == (0, 1)  # the second facts file has replicas too
+    assert replica_seeds("small") == (0, 1)  # `bench keyfact --quick` runs on two base models
+    assert replica_seeds("default", "no_such_facts.json") == ()
+    assert [b.label for b in SHIPPED_BUILDS if b.facts == EVERYDAY_FACTS_PATH] == ["everyday", "everyday-seed1"]
     total = sum(p.stat().st_size for p in SHIPPED_DIR.rglob("*") if p.is_file())
     assert total < 5e6, f"the shipped models take {total / 1e6:.1f} MB"
 

@@ -160,7 +160,7 @@ def test_bench_run_of_a_reference_free_scheme_trains_without_a_reference(tmp_pat
         original(self, model, ref_model, *args, **kwargs)
 
     monkeypatch.setattr(tokenweight.trainer.TokenweightTrainer, "__init__", recording_init)
-    run = run_one(settings, base, "simpo", "base", 0, str(tmp_path / "run"), settings.learning_rate,
+    run = run_one(settings, base, 0, "small@test", "simpo", "base", 0, str(tmp_path / "run"), settings.learning_rate,
                   "eval", 4)
     assert given == [None]
     assert run["steps"] == 2 and 0 <= run["metrics"]["pref_acc"] <= 1

@@ -13,6 +13,7 @@ token of it (with its leading space); otherwise the functions raise.
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import torch
@@ -233,11 +234,21 @@ def keyfact_item_metrics(model, ref_model, tokenizer, rows, facts: Any = None, m
     the combined outcome (greedy)
         ``key_acc`` and the indicators ``greedy_lure``, ``greedy_other``, ``greedy_outside`` (``format_fail`` is
         the fourth way to miss).
+
+    Everything but ``kl_nonkey`` depends on the row's prompt only (its answer template, key and distractors follow
+    from the question), so it is computed once per distinct prompt and copied to the rows that share it.
     """
     facts = resolve_facts(facts)
     rows = list(rows)
-    scores = answer_set_logps(model, tokenizer, rows, facts, batch_size)
-    generations = greedy_generations(model, tokenizer, rows, max_new_tokens, batch_size)
+    first: dict[str, int] = {}  # prompt → the index of its first row
+    firsts = [first.setdefault(json.dumps(row["prompt"], sort_keys=True), k) for k, row in enumerate(rows)]
+    distinct_index = {k: n for n, k in enumerate(sorted(set(firsts)))}
+    prompt_of = [distinct_index[k] for k in firsts]
+    distinct = [rows[k] for k in sorted(set(firsts))]
+    distinct_scores = answer_set_logps(model, tokenizer, distinct, facts, batch_size)
+    distinct_generations = greedy_generations(model, tokenizer, distinct, max_new_tokens, batch_size)
+    scores = [distinct_scores[k] for k in prompt_of]
+    generations = [distinct_generations[k] for k in prompt_of]
     outcomes = greedy_outcomes(rows, generated_keys(tokenizer, rows, generations, facts), facts)
     kl = ([0.0] * len(rows) if ref_model is None else
           nonkey_kl(model, ref_model, tokenizer, rows, facts, batch_size).tolist())

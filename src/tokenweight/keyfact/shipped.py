@@ -44,13 +44,24 @@ class ShippedBuild:
 
 SHIPPED_BUILDS = (
     ShippedBuild("small", "small", 0),
+    ShippedBuild("small-seed1", "small", 1),
     ShippedBuild("default", "default", 0),
     ShippedBuild("default-seed1", "default", 1),
     ShippedBuild("everyday", "default", 0, EVERYDAY_FACTS_PATH),
+    ShippedBuild("everyday-seed1", "default", 1, EVERYDAY_FACTS_PATH),
 )
-#: Base seeds of the shipped replicas of the default model (built-in facts): a benchmark repeated on each of them
-#: shows whether its ranking survives a new base model.
-BASE_REPLICA_SEEDS = tuple(b.seed for b in SHIPPED_BUILDS if b.size == "default" and b.facts == DEFAULT_FACTS_PATH)
+
+
+def replica_seeds(size: str = "default", facts: str | Path | None = None) -> tuple[int, ...]:
+    """Base seeds of the shipped builds of ``size`` on the built-in facts file ``facts`` (``None``: the default
+    facts), in order; ``()`` for any other facts file. ``tokenweight bench keyfact`` runs every row on each of them
+    (base-model replicas: a ranking that holds on every one of them does not depend on one base model)."""
+    target = DEFAULT_FACTS_PATH if facts is None else Path(facts).resolve()
+    return tuple(b.seed for b in SHIPPED_BUILDS if b.size == size and b.facts.resolve() == target)
+
+
+#: Base seeds of the shipped replicas of the default model (built-in facts).
+BASE_REPLICA_SEEDS = replica_seeds()
 
 
 def rebuild(labels: list[str] | None = None, output: Path = SHIPPED_DIR, progress: bool = True) -> list[Path]:

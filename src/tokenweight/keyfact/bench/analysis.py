@@ -1,5 +1,6 @@
-"""From the runs' per-item metrics to the table's numbers: means, paired differences against the baseline, the
-ceiling of items no run learns, per-family accuracy, the smallest detectable difference, the oracle sanity check."""
+"""From the runs' per-item metrics to the table's numbers: means, paired differences against the baseline (over base
+models, seeds and distinct prompts), the ceiling of items no run learns, per-family accuracy and weights, the
+smallest detectable difference, the oracle sanity check."""
 
 from __future__ import annotations
 
@@ -23,39 +24,44 @@ COMPARED = (*KEY_AXIS, *DAMAGE_AXIS, *OUTCOME, "pref_acc", *WEIGHT_METRICS)
 SANITY_METRICS = ("key_acc", "answer_mass")
 #: Metrics whose smallest detectable difference is printed under the table.
 DETECTABLE_METRICS = ("forced_acc", "key_acc", "answer_mass", "gen_len")
+#: Metrics reported per family and row (so that weights that find the key on one family and not another show).
+FAMILY_METRICS = ("forced_acc", "key_acc", "key_weight_rel", "key_share")
 
 
-def item_matrix(runs: list[dict], variant: str, label: str, metric: str, seeds: list[int]) -> np.ndarray:
-    """``[S, N]``: ``metric`` per seed (in ``seeds`` order) and evaluation item of row ``label`` on ``variant``."""
-    by_seed = {r["seed"]: r["items"][metric] for r in runs if r["variant"] == variant and r["label"] == label}
-    missing = [s for s in seeds if s not in by_seed]
+def item_matrix(runs: list[dict], variant: str, label: str, metric: str, settings: BenchSettings) -> np.ndarray:
+    """``[B, S, N]``: ``metric`` of row ``label`` on ``variant`` per base model (``settings.base_seeds`` order),
+    seed (``settings.seeds`` order) and evaluation item."""
+    by_run = {(r["base_seed"], r["seed"]): r["items"][metric] for r in runs
+              if r["variant"] == variant and r["label"] == label}
+    missing = [(b, s) for b in settings.base_seeds for s in settings.seeds if (b, s) not in by_run]
     if missing:
-        raise ValueError(f"KeyFact bench: no run of {label!r} on {variant!r} for seeds {missing}")
-    return np.array([by_seed[s] for s in seeds], dtype=np.float64)
+        raise ValueError(f"KeyFact bench: no run of {label!r} on {variant!r} for (base seed, seed) {missing}")
+    return np.array([[by_run[b, s] for s in settings.seeds] for b in settings.base_seeds], dtype=np.float64)
 
 
-def _families(settings: BenchSettings) -> list[str]:
-    from tokenweight.keyfact.bench.runs import evaluation_rows
-    return list(evaluation_rows(settings, "eval", settings.eval_size)["family"])
+def _by_family(values: np.ndarray, families: list[str]) -> dict[str, float]:
+    """Mean of ``values`` ``[N]`` per family."""
+    return {f: float(values[[k for k, g in enumerate(families) if g == f]].mean()) for f in sorted(set(families))}
 
 
-def analyse_variant(runs: list[dict], variant: str, settings: BenchSettings, families: list[str]) -> dict:
-    """The numbers of one variant's table (see the module docstring)."""
+def analyse_variant(runs: list[dict], variant: str, settings: BenchSettings, eval_items: dict[str, list]) -> dict:
+    """The numbers of one variant's table (see the module docstring); ``eval_items``: every evaluation item's
+    ``family`` and ``prompt`` id."""
+    families, prompts = eval_items["family"], eval_items["prompt"]
     labels = [label for label in settings.rows if any(r["variant"] == variant and r["label"] == label for r in runs)]
     baseline = baseline_label()
     rows = {}
     for label in labels:
-        matrices = {m: item_matrix(runs, variant, label, m, settings.seeds) for m in COMPARED}
-        entry = {"means": {m: float(x.mean()) for m, x in matrices.items()}, "deltas": {}}
+        matrices = {m: item_matrix(runs, variant, label, m, settings) for m in COMPARED}
+        entry = {"means": {m: float(x.mean()) for m, x in matrices.items()}, "deltas": {},
+                 "base_means": {m: [float(v) for v in x.mean(axis=(1, 2))] for m, x in matrices.items()}}
         if label != baseline:
-            entry["deltas"] = {m: paired_difference(x, item_matrix(runs, variant, baseline, m, settings.seeds),
+            entry["deltas"] = {m: paired_difference(x, item_matrix(runs, variant, baseline, m, settings), prompts,
                                                     settings.bootstrap).as_dict() for m, x in matrices.items()}
-        forced = matrices["forced_acc"].mean(axis=0)
-        entry["family_forced_acc"] = {f: float(forced[[k for k, g in enumerate(families) if g == f]].mean())
-                                      for f in sorted(set(families))}
+        entry["family"] = {m: _by_family(matrices[m].mean(axis=(0, 1)), families) for m in FAMILY_METRICS}
         rows[label] = entry
-    learned = np.stack([item_matrix(runs, variant, label, "forced_acc", settings.seeds) for label in labels])
-    never = learned.max(axis=(0, 1)) == 0  # [N]: no row, no seed gets the item right
+    learned = np.stack([item_matrix(runs, variant, label, "forced_acc", settings) for label in labels])
+    never = learned.max(axis=(0, 1, 2)) == 0  # [N]: no row, no base model, no seed gets the item right
     result = {"rows": rows,
               "ceiling": {"unlearned": float(never.mean()),
                           "families": {f: float(never[[k for k, g in enumerate(families) if g == f]].mean())
@@ -65,11 +71,10 @@ def analyse_variant(runs: list[dict], variant: str, settings: BenchSettings, fam
     oracle = next(iter(ORACLE_ROWS))
     if oracle in rows:
         deltas = rows[oracle]["deltas"]
-        result["oracle_separates"] = all(deltas[m]["low"] > 0 for m in SANITY_METRICS)
+        result["oracle_separates"] = all(deltas[m]["holds"] and deltas[m]["delta"] > 0 for m in SANITY_METRICS)
     return result
 
 
-def analyse(runs: list[dict], settings: BenchSettings) -> dict:
+def analyse(runs: list[dict], settings: BenchSettings, eval_items: dict[str, list]) -> dict:
     """``{variant: analyse_variant(...)}`` for every variant that has runs."""
-    families = _families(settings)
-    return {variant: analyse_variant(runs, variant, settings, families) for variant in settings.variants}
+    return {variant: analyse_variant(runs, variant, settings, eval_items) for variant in settings.variants}

@@ -10,15 +10,16 @@ its runs.
 
 from __future__ import annotations
 
+import hashlib
 import json
+import os
+import platform
+import time
 from dataclasses import asdict
 from pathlib import Path
 
-import numpy as np
-
-from tokenweight.keyfact.bench.analysis import analyse
-from tokenweight.keyfact.bench.plots import plot_curves, plot_forest, plot_heatmaps
-from tokenweight.keyfact.bench.report import markdown_report
+from tokenweight.keyfact.bench.folders import save_folder, write_report
+from tokenweight.keyfact.bench.plots import plot_heatmaps
 from tokenweight.keyfact.bench.rows import baseline_label, bench_row
 from tokenweight.keyfact.bench.runs import execute, reference_items
 from tokenweight.keyfact.bench.settings import TUNE_FACTORS, BenchSettings, run_config
@@ -26,19 +27,21 @@ from tokenweight.keyfact.bench.trained_models import trained_model_rows
 from tokenweight.errors import UserError
 
 
-def _task(settings, base_path, label, variant, seed, output_dir, learning_rate, heatmap_pairs=0, validation=False):
-    return {"settings": settings, "base_path": base_path, "label": label, "variant": variant, "seed": seed,
-            "output_dir": str(output_dir / ("tune" if validation else "runs") / variant / f"{label}-seed{seed}"
-                              f"{f'-lr{learning_rate:g}' if validation else ''}"),
+def _task(settings, base, label, variant, seed, output_dir, learning_rate, heatmap_pairs=0, validation=False):
+    folder = f"{label}-base{base['seed']}-seed{seed}{f'-lr{learning_rate:g}' if validation else ''}"
+    return {"settings": settings, "base_path": base["path"], "base_seed": base["seed"],
+            "base_model": base["fingerprint"], "label": label, "variant": variant, "seed": seed,
+            "output_dir": str(output_dir / ("tune" if validation else "runs") / variant / folder),
             "learning_rate": learning_rate, "heatmap_pairs": heatmap_pairs,
             "eval_split": "validation" if validation else "eval",
             "eval_size": settings.validation_size if validation else settings.eval_size}
 
 
-def tune_learning_rates(settings: BenchSettings, base_path: str, output_dir: Path) -> dict[str, dict]:
-    """Per row, ``{"learning_rate": chosen, "validation_key_acc": {lr: key_acc}}`` (see the module docstring)."""
+def tune_learning_rates(settings: BenchSettings, base: dict, output_dir: Path) -> dict[str, dict]:
+    """Per row, ``{"learning_rate": chosen, "validation_key_acc": {lr: key_acc}}`` (see the module docstring), on
+    the first base model."""
     grid = [settings.learning_rate * factor for factor in TUNE_FACTORS]
-    tasks = [_task(settings, base_path, label, settings.variants[0], settings.seeds[0], output_dir, lr,
+    tasks = [_task(settings, base, label, settings.variants[0], settings.seeds[0], output_dir, lr,
                    validation=True) for label in settings.rows for lr in grid]
     runs = execute(tasks, settings.jobs, "tuning learning rates (validation set)")
     tuning = {}
@@ -54,26 +57,67 @@ def runs_on_variant(settings: BenchSettings, label: str, variant: str) -> bool:
     if variant == settings.ablation_variant:
         return True
     if ":" in label:
-        return False
+        return settings.runs_ablations(variant)
     return settings.trained_models_all_variants or not trained_model_rows(bench_row(label))
 
 
-def benchmark_tasks(settings: BenchSettings, base_path: str, output_dir: Path, rates: dict[str, float]) -> list[dict]:
-    """Every run of the benchmark (:func:`runs_on_variant`); the first seed of the first variant keeps its heatmap
-    pairs."""
-    return [_task(settings, base_path, label, variant, seed, output_dir, rates[label],
-                  settings.heatmap_pairs if (variant, seed) == (settings.variants[0], settings.seeds[0]) else 0)
+def benchmark_tasks(settings: BenchSettings, bases: list[dict], output_dir: Path,
+                    rates: dict[str, float]) -> list[dict]:
+    """Every run of the benchmark: each row on each variant it runs on (:func:`runs_on_variant`), each base model,
+    each seed; the first base model's first seed on the first variant keeps its heatmap pairs."""
+    first = (settings.variants[0], bases[0]["seed"], settings.seeds[0])
+    return [_task(settings, base, label, variant, seed, output_dir, rates[label],
+                  settings.heatmap_pairs if (variant, base["seed"], seed) == first else 0)
             for variant in settings.variants for label in settings.rows
             if runs_on_variant(settings, label, variant)
-            for seed in settings.seeds]
+            for base in bases for seed in settings.seeds]
+
+
+def expected_runs(settings: BenchSettings) -> int:
+    """How many runs :func:`run_benchmark` makes (without ``--tune``'s): rows × the variants each runs on ×
+    base models × seeds."""
+    cells = sum(runs_on_variant(settings, label, variant) for variant in settings.variants for label in settings.rows)
+    return cells * len(settings.base_seeds) * len(settings.seeds)
+
+
+def base_model_record(seed: int, path: Path) -> dict:
+    """One base model: its base seed, folder, build name, ``fingerprint`` (the build name and the first 12 hex
+    digits of the SHA-256 of its weights: two builds of one name on two CPUs differ here) and judge record."""
+    from tokenweight.keyfact.base_model import SETTINGS_FILE
+    from tokenweight.keyfact.build import JUDGE_CHECK_PAIRS
+
+    digest = hashlib.sha256((path / "model.safetensors").read_bytes()).hexdigest()[:12]
+    build = json.loads((path / SETTINGS_FILE).read_text())
+    return {"seed": seed, "path": str(path), "name": path.name, "fingerprint": f"{path.name}@{digest}",
+            "judge": {"pairs": JUDGE_CHECK_PAIRS, **{key: build.get(key) for key in (
+                "judge_verdict_accuracy_train", "judge_round_accuracies_train")}}}
+
+
+def evaluation_items(settings: BenchSettings) -> dict[str, list]:
+    """Per evaluation item: its ``family`` and ``prompt`` (the index of its distinct prompt, in order of first
+    appearance; items of one prompt are not independent: the bootstrap resamples prompts)."""
+    from tokenweight.keyfact.bench.runs import evaluation_rows
+
+    rows = evaluation_rows(settings, "eval", settings.eval_size)
+    index: dict[str, int] = {}
+    prompts = [index.setdefault(json.dumps(prompt, sort_keys=True), len(index)) for prompt in rows["prompt"]]
+    return {"family": list(rows["family"]), "prompt": prompts}
+
+
+def machine() -> dict:
+    """The CPU model, the core count and the load averages (1, 5, 15 min) now."""
+    model = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                  if line.startswith("model name")), platform.processor()) if Path("/proc/cpuinfo").exists() \
+        else platform.processor()
+    return {"cpu": model, "cores": os.cpu_count(), "load": [round(x, 2) for x in os.getloadavg()]}
 
 
 def run_benchmark(settings: BenchSettings, output_dir: str | Path, command: str) -> dict:
-    """Run everything, write ``results.json``, ``items.npz`` (every per-item metric, keyed
-    ``variant|row|seed|metric`` and ``reference|metric``), ``report.md`` and the plots; return the results."""
+    """Run everything and write the report folder: ``items.npz`` (every per-item metric, keyed
+    ``variant|row|base seed|seed|metric`` and ``reference|base seed|metric``) and ``results.json`` (settings, base
+    models, every run's means and curve) first, the heatmaps, then the analysis (:func:`write_report`, which
+    ``--report_from`` repeats on a finished folder); return the results."""
     from tokenweight.keyfact import keyfact_base_model
-    from tokenweight.keyfact.base_model import SETTINGS_FILE
-    from tokenweight.keyfact.build import JUDGE_CHECK_PAIRS
 
     if baseline_label() not in settings.rows:
         raise UserError(f"--schemes must include {baseline_label()!r}: every row is reported against it")
@@ -83,27 +127,20 @@ def run_benchmark(settings: BenchSettings, output_dir: str | Path, command: str)
                 run_config(settings, row, variant, 0, Path("unused"), settings.learning_rate)
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
-    base_path = str(keyfact_base_model(seed=settings.base_seed, size=settings.model_size, facts_path=settings.facts))
-    reference = reference_items(settings, base_path)
-    tuning = tune_learning_rates(settings, base_path, output_dir) if settings.tune else {}
+    start, started = time.perf_counter(), machine()
+    bases = [base_model_record(seed, keyfact_base_model(seed=seed, size=settings.model_size,
+                                                        facts_path=settings.facts))
+             for seed in settings.base_seeds]
+    references = {base["seed"]: reference_items(settings, base["path"]) for base in bases}
+    tuning = tune_learning_rates(settings, bases[0], output_dir) if settings.tune else {}
     rates = {label: tuning[label]["learning_rate"] if tuning else settings.learning_rate for label in settings.rows}
-    runs = execute(benchmark_tasks(settings, base_path, output_dir, rates), settings.jobs, "KeyFact runs")
-    np.savez_compressed(output_dir / "items.npz", **{f"reference|{name}": np.array(values)
-                                                     for name, values in reference.items()},
-                        **{f"{r['variant']}|{r['label']}|{r['seed']}|{name}": np.array(values)
-                           for r in runs for name, values in r["items"].items()})
-    build = json.loads((Path(base_path) / SETTINGS_FILE).read_text())
-    results = {"command": command, "settings": asdict(settings), "base_model": base_path,
-               "base_model_judge": {"pairs": JUDGE_CHECK_PAIRS, **{key: build.get(key) for key in (
-                   "judge_verdict_accuracy_train", "judge_round_accuracies_train")}},
-               "tuning": tuning,
-               "reference": {name: float(np.mean(values)) for name, values in reference.items()},
-               "runs": [{k: v for k, v in run.items() if k not in ("pairs", "items")} for run in runs],
-               "analysis": analyse(runs, settings)}
-    (output_dir / "results.json").write_text(json.dumps(results, indent=2))
-    (output_dir / "report.md").write_text(markdown_report(results))
-    plot_curves(results, output_dir)
-    plot_forest(results, output_dir / "forest.png")
-    plot_heatmaps(runs, base_path, output_dir / "heatmaps")
-    return results
-
+    runs = execute(benchmark_tasks(settings, bases, output_dir, rates), settings.jobs, "KeyFact runs")
+    results = {"command": command, "settings": asdict(settings), "base_models": bases,
+               "eval_items": evaluation_items(settings), "tuning": tuning,
+               "timing": {"wall_seconds": time.perf_counter() - start, "run_seconds": sum(r["seconds"] for r in runs),
+                          "run_cpu_seconds": sum(r["cpu_seconds"] for r in runs), "jobs": settings.jobs,
+                          "machine_at_start": started, "machine_at_end": machine()},
+               "runs": runs}
+    save_folder(output_dir, results, references)
+    plot_heatmaps(runs, bases[0]["path"], output_dir / "heatmaps")
+    return write_report(output_dir)

@@ -9,12 +9,15 @@ that ``uses_reference``, and a copy of it always *measures* (``pref_acc``, ``kl_
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from multiprocessing import get_context
 from pathlib import Path
 
 import datasets
+import numpy
 import torch
 from tqdm.auto import tqdm
 from transformers import TrainerCallback
@@ -90,10 +93,12 @@ def _means(items: dict[str, list], names) -> dict[str, float]:
     return {name: sum(items[name]) / len(items[name]) for name in names if name in items}
 
 
-def run_one(settings: BenchSettings, base_path: str, label: str, variant: str, seed: int, output_dir: str,
-            learning_rate: float, eval_split: str, eval_size: int, heatmap_pairs: int = 0) -> dict:
-    """Train row ``label`` on ``variant`` with ``seed``; returns its per-item metrics on the ``eval_size`` pairs
-    of held-out ``eval_split``, their means, the learning curve and ``heatmap_pairs`` pairs' weights. A scheme that
+def run_one(settings: BenchSettings, base_path: str, base_seed: int, base_model: str, label: str, variant: str,
+            seed: int, output_dir: str, learning_rate: float, eval_split: str, eval_size: int,
+            heatmap_pairs: int = 0) -> dict:
+    """Train row ``label`` on ``variant`` with ``seed`` from the base model at ``base_path`` (base seed
+    ``base_seed``, fingerprint ``base_model``, which the result names); returns its per-item metrics on the
+    ``eval_size`` pairs of held-out ``eval_split``, their means, the learning curve and ``heatmap_pairs`` pairs' weights. A scheme that
     declares ``trained_models`` first gets them trained here, under ``output_dir``
     (:func:`~tokenweight.keyfact.bench.trained_models.train_declared_models`)."""
     from transformers import PrinterCallback
@@ -103,7 +108,7 @@ def run_one(settings: BenchSettings, base_path: str, label: str, variant: str, s
     from tokenweight.models import load_causal_lm, load_tokenizer
     from tokenweight.pipeline import build_trainer, load_run_splits, prepare_split
 
-    start = time.perf_counter()  # the models the scheme needs trained first count in the row's seconds
+    start, cpu_start = time.perf_counter(), time.process_time()  # the models trained first count in the row's time
     row, trained_models = train_declared_models(settings, base_path, bench_row(label), variant, seed, Path(output_dir))
     config = run_config(settings, row, variant, seed, Path(output_dir), learning_rate)
     tokenizer = load_tokenizer(base_path)
@@ -130,9 +135,11 @@ def run_one(settings: BenchSettings, base_path: str, label: str, variant: str, s
                       "rejected_weights": weights[k][1],
                       "chosen_key": key_slot(tokenizer, raw, settings.facts, "chosen")[0],
                       "rejected_key": key_slot(tokenizer, raw, settings.facts, "rejected")[0]})
-    return {"label": label, "scheme": row.scheme, "variant": variant, "seed": seed, "learning_rate": learning_rate,
+    return {"label": label, "scheme": row.scheme, "variant": variant, "base_seed": base_seed,
+            "base_model": base_model, "seed": seed, "learning_rate": learning_rate,
             "metrics": _means(items, items), "items": items, "curve": curve.curve, "steps": trainer.state.global_step,
-            "seconds": time.perf_counter() - start, "pairs": pairs, "trained_models": trained_models}
+            "seconds": time.perf_counter() - start, "cpu_seconds": time.process_time() - cpu_start, "pairs": pairs,
+            "trained_models": trained_models}
 
 
 def reference_items(settings: BenchSettings, base_path: str) -> dict[str, list]:
@@ -153,25 +160,70 @@ def _one_thread() -> None:
     torch.set_num_threads(1)
 
 
+#: Settings that choose which runs a benchmark makes, not what one run does (a finished run is reused whatever they are).
+RUN_SELECTION = ("rows", "seeds", "variants", "base_seeds", "jobs", "bootstrap", "tune",
+                 "trained_models_all_variants", "ablation_variants")
+
+
+def run_identity(task: dict) -> dict:
+    """What decides a run's result: the task (row, variant, base model fingerprint, seed, learning rate, evaluation
+    split and size, heatmap pairs) and the settings other than :data:`RUN_SELECTION`. Not the code version: a
+    finished run is reused after a code change."""
+    settings = {k: v for k, v in dataclasses.asdict(task["settings"]).items() if k not in RUN_SELECTION}
+    return {**{k: v for k, v in task.items() if k not in ("settings", "base_path", "output_dir")},
+            "settings": settings}
+
+
+def save_run(task: dict, run: dict) -> None:
+    """Keep a finished run in its folder: ``run_items.npz`` (per-item metrics), then ``run.json`` (the rest and
+    :func:`run_identity`), written under a temporary name and renamed, so a killed benchmark leaves only whole runs."""
+    folder = Path(task["output_dir"])
+    folder.mkdir(parents=True, exist_ok=True)
+    numpy.savez_compressed(folder / "run_items.npz", **{k: numpy.asarray(v) for k, v in run["items"].items()})
+    staging = folder / "run.json.tmp"
+    staging.write_text(json.dumps({"identity": run_identity(task),
+                                   "run": {k: v for k, v in run.items() if k != "items"}}))
+    staging.rename(folder / "run.json")
+
+
+def saved_run(task: dict) -> dict | None:
+    """The run ``task`` names, finished and kept by :func:`save_run` in an earlier (killed) benchmark, or ``None``."""
+    record = Path(task["output_dir"]) / "run.json"
+    if not record.is_file():
+        return None
+    saved = json.loads(record.read_text())
+    if saved["identity"] != json.loads(json.dumps(run_identity(task))):
+        return None
+    items = numpy.load(Path(task["output_dir"]) / "run_items.npz")
+    return {**saved["run"], "items": {k: items[k].tolist() for k in items.files}}
+
+
 def _run_task(task: dict) -> dict:
-    return run_one(**task)
+    run = run_one(**task)
+    save_run(task, run)
+    return run
 
 
 def execute(tasks: list[dict], jobs: int, description: str) -> list[dict]:
     """Every ``run_one(**task)``, in ``jobs`` worker processes of one thread each (in this process for 1), in the
-    order of ``tasks``."""
-    bar = tqdm(total=len(tasks), desc=description)
+    order of ``tasks``; each finished run is kept in its folder (:func:`save_run`), and a run already kept there by
+    a benchmark that was killed is read back instead of trained again (:func:`saved_run`)."""
+    results = [saved_run(task) for task in tasks]
+    todo = [k for k, run in enumerate(results) if run is None]
+    if len(todo) < len(tasks):
+        print(f"{description}: {len(tasks) - len(todo)} of {len(tasks)} runs already finished in their folders "
+              "(kept by an earlier, interrupted call): reused")
+    bar = tqdm(total=len(todo), desc=description)
     if jobs == 1:
-        results = []
-        for task in tasks:
-            bar.set_postfix_str(f"{task['variant']} {task['label']} seed {task['seed']}")
-            results.append(_run_task(task))
+        for k in todo:
+            task = tasks[k]
+            bar.set_postfix_str(f"{task['variant']} {task['label']} base {task['base_seed']} seed {task['seed']}")
+            results[k] = _run_task(task)
             bar.update()
         bar.close()
         return results
-    results = [None] * len(tasks)
     with ProcessPoolExecutor(jobs, mp_context=get_context("spawn"), initializer=_one_thread) as pool:
-        futures = {pool.submit(_run_task, task): k for k, task in enumerate(tasks)}
+        futures = {pool.submit(_run_task, tasks[k]): k for k in todo}
         for future in as_completed(futures):
             results[futures[future]] = future.result()
             bar.update()

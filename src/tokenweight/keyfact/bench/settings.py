@@ -39,8 +39,11 @@ def budget() -> dict:
 class BenchSettings:
     """Every run shares all of this except its row, variant and seed.
 
-    ``rows``: table rows (:func:`~tokenweight.keyfact.bench.rows.bench_row`); the first variant is the one where ablation
-    rows (``scheme:ablation``) run. ``eval_seed`` (``keyfact_eval_seed``) draws the fixed evaluation set
+    ``rows``: table rows (:func:`~tokenweight.keyfact.bench.rows.bench_row`). ``base_seeds``: the base models every run is
+    repeated on (base-model replicas; default: the shipped replicas of the built-in facts,
+    :func:`~tokenweight.keyfact.shipped.replica_seeds`). Ablation rows (``scheme:ablation``) run on the first variant
+    and on those of ``ablation_variants`` that run (the label-noise end point: which part of a scheme carries its
+    noise robustness). ``eval_seed`` (``keyfact_eval_seed``) draws the fixed evaluation set
     (independent of the training seeds) and the disjoint ``validation`` split ``--tune`` selects on. ``jobs``: worker processes (one thread each).
     ``trained_models_all_variants``: a row whose scheme trains models first (``trained_models``; TIS-DPO, three
     trainings per run) runs on every variant (True) or, like the ablation rows, on the first only (False).
@@ -53,7 +56,7 @@ class BenchSettings:
     seeds: list[int]
     variants: list[str] = field(default_factory=lambda: list(VARIANTS))
     model_size: str = "default"
-    base_seed: int = 0
+    base_seeds: list[int] = field(default_factory=lambda: list(_replicas("default", None)))
     facts: str | None = None
     train_size: int = 512
     eval_size: int = 512
@@ -73,13 +76,16 @@ class BenchSettings:
     tune: bool = False
     trained_models_all_variants: bool = False
     trained_models_lr_factor: float = 0.1
+    ablation_variants: list[str] = field(default_factory=lambda: ["noise0.4"])
 
     def __post_init__(self):
         unknown = [v for v in self.variants if v not in VARIANTS]
         if unknown:
             raise UserError(f"--variants: unknown KeyFact variant(s) {unknown}; known: {list(VARIANTS)}")
-        if not self.rows or not self.seeds or not self.variants:
-            raise UserError("the benchmark needs at least one scheme, one seed and one variant")
+        if not self.rows or not self.seeds or not self.variants or not self.base_seeds:
+            raise UserError("the benchmark needs at least one scheme, one seed, one base model and one variant")
+        if len(set(self.base_seeds)) != len(self.base_seeds) or len(set(self.seeds)) != len(self.seeds):
+            raise UserError(f"--base_seeds / --seeds repeat a value: {self.base_seeds} / {self.seeds}")
         if self.jobs < 1:
             raise UserError(f"--jobs must be at least 1, got {self.jobs}")
         if self.trained_models_lr_factor <= 0:
@@ -89,12 +95,29 @@ class BenchSettings:
     def ablation_variant(self) -> str:
         return self.variants[0]
 
+    def runs_ablations(self, variant: str) -> bool:
+        """Whether the ablation rows run on ``variant``."""
+        return variant == self.ablation_variant or variant in self.ablation_variants
+
+
+def _replicas(size: str, facts: str | None) -> tuple[int, ...]:
+    from tokenweight.keyfact.shipped import replica_seeds
+    return replica_seeds(size, facts)
+
+
+def default_base_seeds(size: str, facts: str | None) -> list[int]:
+    """The shipped replicas of ``size`` on ``facts``; base seed 0 alone for a facts file that ships none (its base
+    model is built on first use; ``--base_seeds`` asks for more)."""
+    return list(_replicas(size, facts)) or [0]
+
 
 def quick_settings(settings: BenchSettings) -> BenchSettings:
-    """The ``--quick`` budget: the small base model, tiny data, one epoch, the base variant, two seeds."""
+    """The ``--quick`` budget: the small base model (its two shipped replicas), tiny data, one epoch, the base
+    variant, two seeds."""
     return replace(settings, model_size="small", train_size=32, eval_size=16, validation_size=16, epochs=1.0,
                    batch_size=8, max_new_tokens=24, curve_points=2, curve_eval_size=8, heatmap_pairs=1,
-                   bootstrap=200, seeds=settings.seeds[:2], variants=["base"])
+                   bootstrap=200, seeds=settings.seeds[:2], variants=["base"],
+                   base_seeds=default_base_seeds("small", settings.facts))
 
 
 def run_config(settings: BenchSettings, row, variant: str, seed: int, output_dir: Path,
