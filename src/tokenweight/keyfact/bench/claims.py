@@ -16,7 +16,7 @@ from scipy import stats
 
 from tokenweight.keyfact.bench.analysis import item_matrix
 from tokenweight.keyfact.bench.rows import baseline_label
-from tokenweight.keyfact.bench.settings import VARIANTS, BenchSettings
+from tokenweight.keyfact.bench.settings import VARIANTS, BenchSettings, saved_settings
 from tokenweight.keyfact.bench.stats import difference_summary
 
 #: The label-noise variants of the noise claim, by noise level (the base variant is noise 0).
@@ -106,8 +106,6 @@ def noise_slope(runs: list[dict], settings: BenchSettings, label: str, metric: s
 def paper_claims(results: dict, runs: list[dict]) -> list[dict]:
     """Every claim of :data:`CLAIMS` whose row ran: the test, the measured difference (``delta``, ``low``,
     ``high``, per base model …), the verdict and, for a noise claim, the per-level means."""
-    from tokenweight.keyfact.bench.folders import saved_settings
-
     settings = saved_settings(results)
     out = []
     for claim in CLAIMS:

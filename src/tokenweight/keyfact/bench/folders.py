@@ -19,7 +19,7 @@ from tokenweight.keyfact.bench.analysis import analyse
 from tokenweight.keyfact.bench.claims import compare_fact_sets, paper_claims
 from tokenweight.keyfact.bench.plots import plot_curves, plot_forest
 from tokenweight.keyfact.bench.report import markdown_report
-from tokenweight.keyfact.bench.settings import VARIANTS, BenchSettings
+from tokenweight.keyfact.bench.settings import VARIANTS, saved_settings
 from tokenweight.errors import UserError
 
 #: Settings that must be equal for folders to be merged: they decide the base models, the evaluation set and the
@@ -65,11 +65,6 @@ def load_runs(output_dir: Path) -> tuple[dict, list[dict], dict]:
             for run in results["runs"]]
     references = {int(head.split("|")[1]): values for head, values in grouped.items() if head.startswith("reference|")}
     return results, runs, references
-
-
-def saved_settings(results: dict) -> BenchSettings:
-    """The :class:`BenchSettings` a ``results.json`` records."""
-    return BenchSettings(**{k: v for k, v in results["settings"].items() if k in BenchSettings.__dataclass_fields__})
 
 
 def merge_folders(folders: list[Path], output_dir: Path) -> None:

@@ -111,6 +111,11 @@ def default_base_seeds(size: str, facts: str | None) -> list[int]:
     return list(_replicas(size, facts)) or [0]
 
 
+def saved_settings(results: dict) -> BenchSettings:
+    """The :class:`BenchSettings` a ``results.json`` records."""
+    return BenchSettings(**{k: v for k, v in results["settings"].items() if k in BenchSettings.__dataclass_fields__})
+
+
 def quick_settings(settings: BenchSettings) -> BenchSettings:
     """The ``--quick`` budget: the small base model (its two shipped replicas), tiny data, one epoch, the base
     variant, two seeds."""
