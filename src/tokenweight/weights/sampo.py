@@ -24,6 +24,7 @@ import torch
 
 from tokenweight.weights.base import (TokenWeights, WeightingInputs, WeightingScheme, dataset_rows, register_scheme,
                                       row_seeds)
+from tokenweight.weights.tooling import PaperClaim, SchemeTooling
 
 
 def equal_count_sample(loss_mask: torch.Tensor, seeds: list[int]) -> torch.Tensor:
@@ -55,6 +56,8 @@ def equal_count_sample(loss_mask: torch.Tensor, seeds: list[int]) -> torch.Tenso
 @register_scheme
 class SamPOScheme(WeightingScheme):
     name = "sampo"
+    tooling = SchemeTooling(claims=(PaperClaim(
+        "SamPO", "down-sampled KL removes the length bias: shorter answers than DPO", "gen_len", -1, "verbosity"),))
 
     def compute(self, inputs: WeightingInputs) -> TokenWeights:
         """Policy weights and independent reference weights, each an :func:`equal_count_sample` ``[2B, L-1]``

@@ -27,6 +27,7 @@ import torch
 from tokenweight.errors import UserError
 from tokenweight.metrics import Count
 from tokenweight.weights.base import LossContext, TokenWeights, WeightingInputs, WeightingScheme, register_scheme
+from tokenweight.weights.tooling import PaperClaim, SchemeTooling
 
 #: β of a SimPO run that sets no ``beta`` (SimPO's released Llama3-Base setting and its code default).
 SIMPO_BETA = 2.0
@@ -75,6 +76,8 @@ def margin_offsets(ctx: LossContext, gamma_over_beta: float) -> torch.Tensor:
 @register_scheme
 class SimPOScheme(WeightingScheme):
     name = "simpo"
+    tooling = SchemeTooling(claims=(PaperClaim(
+        "SimPO", "length normalisation: no longer answers than DPO when length is biased", "gen_len", -1, "verbosity"),))
     settings_class = SimPOSettings
     uses_reference = False
     loss_types = ("sigmoid", "hinge")

@@ -10,6 +10,21 @@ from typing import Any
 
 
 @dataclass(frozen=True)
+class PaperClaim:
+    """A claim of a scheme's paper, tested on KeyFact as the scheme's row (or its ``ablation`` row) minus plain DPO on
+    ``metric``, on ``variant`` or, with ``noise``, as the slope over the label-noise variants; ``direction``: +1 when
+    the paper claims the row above plain DPO, -1 below."""
+
+    paper: str
+    claim: str
+    metric: str
+    direction: int
+    variant: str = "base"
+    noise: bool = False
+    ablation: str | None = None
+
+
+@dataclass(frozen=True)
 class SchemeTooling:
     """A scheme's declaration for ``tokenweight train``'s data check, ``precompute`` and ``bench keyfact``.
 
@@ -28,9 +43,11 @@ class SchemeTooling:
         ablations: named settings overrides that isolate one part of the scheme (its weights alone, its extra loss
             terms alone), reported by ``tokenweight bench keyfact`` as rows ``<name>:<ablation>``; empty: nothing to
             separate.
+        claims: the claims of the scheme's paper that ``tokenweight bench keyfact`` tests (its "Paper claims" table).
     """
 
     needs_weight_columns: bool = False
     trained_models: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
     cache_setting: str | None = None
     ablations: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    claims: tuple[PaperClaim, ...] = ()

@@ -53,22 +53,12 @@ class Claim:
         return f"{what}, expected {'> 0' if self.direction > 0 else '< 0'} (effect of interest {self.meaningful:g})"
 
 
-CLAIMS = (
-    Claim("OTPO", "less verbosity drift than DPO (generated length)", "otpo", "gen_len", -1, "verbosity"),
-    Claim("OTPO", "less verbosity drift than DPO (format failures)", "otpo", "format_fail", -1, "verbosity"),
-    Claim("OTPO", "weights emphasise the tokens that differ (the key)", "otpo", "key_weight_rel", +1),
-    Claim("TI-DPO", "robust to label noise (key accuracy falls less than DPO's)", "tidpo", "key_acc", +1, noise=True),
-    Claim("TI-DPO", "… carried by its token weights", "tidpo:weights", "key_acc", +1, noise=True),
-    Claim("TI-DPO", "… carried by its TDPO2 KL term", "tidpo:kl", "key_acc", +1, noise=True),
-    Claim("AttentionPO", "the judge's attention puts more weight on the key than uniform", "attention",
-          "key_weight_rel", +1),
-    Claim("AttentionPO", "… and the key gets a larger share of the chosen weight", "attention", "key_share", +1),
-    Claim("AttentionPO", "the gain follows (greedy key accuracy)", "attention", "key_acc", +1),
-    Claim("SimPO", "length normalisation: no longer answers than DPO when length is biased", "simpo", "gen_len", -1,
-          "verbosity"),
-    Claim("SamPO", "down-sampled KL removes the length bias: shorter answers than DPO", "sampo", "gen_len", -1,
-          "verbosity"),
-)
+def declared_claims() -> list[Claim]:
+    """Every claim the registered schemes declare (``SchemeTooling.claims``), in registry order."""
+    from tokenweight.weights import SCHEMES
+
+    return [Claim(c.paper, c.claim, f"{name}:{c.ablation}" if c.ablation else name, c.metric, c.direction, c.variant,
+                  c.noise) for name, scheme in SCHEMES.items() for c in scheme.tooling.claims]
 
 
 def verdict(d: dict, direction: int, meaningful: float) -> str:
@@ -104,11 +94,11 @@ def noise_slope(runs: list[dict], settings: BenchSettings, label: str, metric: s
 
 
 def paper_claims(results: dict, runs: list[dict]) -> list[dict]:
-    """Every claim of :data:`CLAIMS` whose row ran: the test, the measured difference (``delta``, ``low``,
+    """Every claim of :func:`declared_claims` whose row ran: the test, the measured difference (``delta``, ``low``,
     ``high``, per base model …), the verdict and, for a noise claim, the per-level means."""
     settings = saved_settings(results)
     out = []
-    for claim in CLAIMS:
+    for claim in declared_claims():
         entry = {"paper": claim.paper, "claim": claim.claim, "test": claim.test(), "row": claim.row,
                  "metric": claim.metric, "variant": "noise" if claim.noise else claim.variant}
         if claim.noise:

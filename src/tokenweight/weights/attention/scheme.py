@@ -22,7 +22,7 @@ from tokenweight.weights.attention.normalize import WeightStats
 from tokenweight.weights.attention.rows import METHODS
 from tokenweight.weights.base import PrepareContext, register_scheme
 from tokenweight.weights.column import ColumnScheme
-from tokenweight.weights.tooling import SchemeTooling
+from tokenweight.weights.tooling import PaperClaim, SchemeTooling
 
 
 @dataclass
@@ -62,7 +62,11 @@ class AttentionScheme(ColumnScheme):
     name = "attention"
     needs_hidden_states = False
     settings_class = AttentionSettings
-    tooling = SchemeTooling(cache_setting="attention_weights")
+    tooling = SchemeTooling(cache_setting="attention_weights", claims=(
+        PaperClaim("AttentionPO", "the judge's attention puts more weight on the key than uniform", "key_weight_rel",
+                   +1),
+        PaperClaim("AttentionPO", "… and the key gets a larger share of the chosen weight", "key_share", +1),
+        PaperClaim("AttentionPO", "the gain follows (greedy key accuracy)", "key_acc", +1)))
 
     def prepare(self, raw: datasets.Dataset, split: str, context: PrepareContext) -> datasets.Dataset:
         """``raw`` with the judge's ``chosen_weights``/``rejected_weights``.

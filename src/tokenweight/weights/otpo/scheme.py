@@ -23,6 +23,7 @@ from tokenweight.metrics import Count
 from tokenweight.weights.base import TokenWeights, WeightingInputs, WeightingScheme, register_scheme
 from tokenweight.weights.otpo.cost import raise_response_problems
 from tokenweight.weights.otpo.plan import otpo_weights
+from tokenweight.weights.tooling import PaperClaim, SchemeTooling
 
 
 @dataclass
@@ -45,6 +46,10 @@ class OTPOSettings:
 @register_scheme
 class OTPOScheme(WeightingScheme):
     name = "otpo"
+    tooling = SchemeTooling(claims=(
+        PaperClaim("OTPO", "less verbosity drift than DPO (generated length)", "gen_len", -1, "verbosity"),
+        PaperClaim("OTPO", "less verbosity drift than DPO (format failures)", "format_fail", -1, "verbosity"),
+        PaperClaim("OTPO", "weights emphasise the tokens that differ (the key)", "key_weight_rel", +1)))
     needs_hidden_states = True
     settings_class = OTPOSettings
 

@@ -41,7 +41,7 @@ from tokenweight.weights.tidpo.anchor import anchor_seeds, anchor_token_logps, s
 from tokenweight.weights.tidpo.attribution import tidpo_weights
 from tokenweight.weights.tidpo.presets import TIDPOSettings, preset_beta, resolve_tidpo_settings
 from tokenweight.weights.tidpo.triplet import left_align, triplet_loss
-from tokenweight.weights.tooling import SchemeTooling
+from tokenweight.weights.tooling import PaperClaim, SchemeTooling
 
 
 def special_token_ids(model: nn.Module) -> tuple[int, int | list[int]]:
@@ -66,7 +66,13 @@ class TIDPOScheme(WeightingScheme):
     #: ``weights``: attribution × prior weights, no TDPO2 KL, no triplet; ``kl``: the TDPO2 KL alone on uniform
     #: weights (λ 0 and σ = T / 1e-9: the Gaussian prior is flat, so every weight is 1 to float precision).
     tooling = SchemeTooling(ablations={"weights": {"tidpo_kl_alpha": 0.0, "tidpo_gamma": 0.0},
-                                       "kl": {"tidpo_lambda": 0.0, "tidpo_sigma_div": 1e-9, "tidpo_gamma": 0.0}})
+                                       "kl": {"tidpo_lambda": 0.0, "tidpo_sigma_div": 1e-9, "tidpo_gamma": 0.0}},
+                            claims=(PaperClaim("TI-DPO", "robust to label noise (key accuracy falls less than DPO's)",
+                                               "key_acc", +1, noise=True),
+                                    PaperClaim("TI-DPO", "… carried by its token weights", "key_acc", +1, noise=True,
+                                               ablation="weights"),
+                                    PaperClaim("TI-DPO", "… carried by its TDPO2 KL term", "key_acc", +1, noise=True,
+                                               ablation="kl")))
 
     def __init__(self, settings: TIDPOSettings | None = None, context: SchemeContext | None = None):
         super().__init__(settings, context)
