@@ -12,7 +12,6 @@ from conftest import make_model, standard_rows
 from tokenweight.config import TokenweightConfig
 from tokenweight.data import PreferenceCollator, tokenize_preference_dataset
 from tokenweight.errors import UserError
-from tokenweight.logps import naive_token_logps
 from tokenweight.trainer import TokenweightTrainer
 from tokenweight.weights import batch_inputs, build_scheme
 from tokenweight.weights.d2po import D2POScheme, D2POSettings, temporal_decay_weights

@@ -9,7 +9,6 @@ import json
 
 import datasets
 import pytest
-import torch
 from conftest import make_model, standard_rows
 
 import tokenweight.models

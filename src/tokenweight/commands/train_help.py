@@ -12,7 +12,6 @@ already imported the schemes (a plugin scheme registered by importing its packag
 
 from __future__ import annotations
 
-import argparse
 import functools
 import sys
 from pathlib import Path
