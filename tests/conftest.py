@@ -43,6 +43,12 @@ def make_model(vocab_size: int, seed: int = 0, **overrides):
     return LlamaForCausalLM(config).eval()
 
 
+#: A scored-model scheme's pipeline through the CLI (its models, precompute, train) on the small KeyFact task ...
+TINY_KEYFACT_ARGS = ["--keyfact_model_size", "small", "--keyfact_train_size", "8", "--keyfact_eval_size", "4"]
+#: ... one logged step of one batch each.
+ONE_STEP_ARGS = ["--max_steps", "1", "--per_device_train_batch_size", "8", "--logging_steps", "1"]
+
+
 def save_tiny_models(folder, tokenizer, seeds: dict[str, int]) -> dict[str, str]:
     """``{name: path}`` of :func:`make_model` models saved with ``tokenizer`` under ``folder/name``, one per
     ``seeds[name]`` (the models a scheme needs trained first, in the scheme tests)."""

@@ -10,7 +10,7 @@ import json
 import datasets
 import pytest
 import torch
-from conftest import make_model, save_tiny_models, standard_rows
+from conftest import ONE_STEP_ARGS, TINY_KEYFACT_ARGS, make_model, save_tiny_models, standard_rows
 
 from tokenweight.cli import main
 from tokenweight.config import TokenweightConfig
@@ -203,8 +203,7 @@ def test_the_whole_pipeline_through_the_cli(tmp_path, monkeypatch):
     """π₊ = DPO, π₋ = DPO on swapped pairs, precompute, train with --weighting tisdpo (small KeyFact, 1 step each)."""
     monkeypatch.setenv("TOKENWEIGHT_CACHE", str(tmp_path.parent / "keyfact-cache"))
     monkeypatch.chdir(tmp_path)
-    tiny = ["--keyfact_model_size", "small", "--keyfact_train_size", "8", "--keyfact_eval_size", "4"]
-    steps = ["--max_steps", "1", "--per_device_train_batch_size", "8", "--logging_steps", "1"]
+    tiny, steps = TINY_KEYFACT_ARGS, ONE_STEP_ARGS
     assert main(["train", *tiny, *steps, "--output_dir", "pos"]) == 0
     assert main(["train", *tiny, *steps, "--swap_pairs", "true", "--output_dir", "neg"]) == 0
     assert json.loads((tmp_path / "neg/results.json").read_text())["data"]["train"]["swapped_pairs"] == 8
