@@ -7,7 +7,8 @@ Every scheme runs the same optimizer step (``TokenweightTrainer.compute_loss`` â
 same seeded model and the same batch, each in a fresh process (memory method: ``benchmarks/_common.py``).
 Schemes: ``uniform``; ``otpo`` (Sinkhorn on the policy's hidden states, every step); ``tidpo`` without the triplet
 term (attribution pass + TDPO2 KL, ``tidpo_gamma=0``) and ``tidpo+triplet`` (anchor sampling and scoring, preset
-``paper``); ``attention``, ``tisdpo``, ``sepo``, ``tgdpo`` and ``cdpo`` with their weights (rewards) cached (they are
+``paper``), and its two per-step costs alone: ``tidpo (attribution only)`` (``tidpo_kl_alpha=0``) and ``tidpo (KL
+only)`` (``tidpo_lambda=0``: prior weights, no attribution pass); ``attention``, ``tisdpo``, ``sepo``, ``tgdpo`` and ``cdpo`` with their weights (rewards) cached (they are
 dataset columns by then, as after ``tokenweight precompute <scheme>``); ``tdpo`` (TDPO2's full-vocabulary KL every step); ``lddpo``,
 ``sampo`` (two seeded host-side draws per step) and ``d2po``, the position baselines; ``uniform + WPO``: plain
 DPO with TRL's ``use_weighting`` pair weights; ``uniform (cached reference)``: plain DPO with no reference model
@@ -40,9 +41,12 @@ from dpo_vs_trl import make_model, make_rows, make_tokenizer, rotated  # noqa: E
 
 #: Settings of a scheme's own row besides its defaults: TI-DPO's leaves out the triplet term (``tidpo+triplet`` has it).
 SCHEME_ROW_SETTINGS = {"tidpo": {"tidpo_gamma": 0.0}}
-#: Rows besides one per scheme: TI-DPO with its triplet term, WPO's pair weights and the reference-log-prob cache.
+#: Rows besides one per scheme: TI-DPO with its triplet term and each of its two per-step costs alone (where its
+#: overhead goes), WPO's pair weights and the reference-log-prob cache.
 EXTRA_VARIANTS = {
     "tidpo+triplet": {"weighting": "tidpo"},
+    "tidpo (attribution only)": {"weighting": "tidpo", "tidpo_gamma": 0.0, "tidpo_kl_alpha": 0.0},
+    "tidpo (KL only)": {"weighting": "tidpo", "tidpo_gamma": 0.0, "tidpo_lambda": 0.0},
     "uniform + WPO": {"weighting": "uniform", "use_weighting": True},
     "uniform (cached reference)": {"weighting": "uniform", "precompute_ref_log_probs": True},
 }
