@@ -79,7 +79,7 @@ def test_tiled_stats_match_full_logits_and_leave_gradients_unchanged(tiling, sof
     stats = {}
 
     def with_stats(h, y, o):
-        logps, stats["value"] = scores_from_hidden(h, y, o, tiling, with_stats=True)
+        logps, stats["value"], _ = scores_from_hidden(h, y, o, tiling, with_stats=True)
         return logps
 
     tiled = values_and_grads(with_stats, hidden, labels, head, upstream)
@@ -104,7 +104,7 @@ def test_top1_ties_take_the_first_index_across_vocabulary_slices():
         linear.weight.copy_(torch.tensor([[0., 0.], [1., 0.], [0., 0.], [0., 0.], [1., 0.], [0., 0.]]))
     hidden = torch.tensor([[[1.0, 0.0], [1.0, 0.0]]])
     labels = torch.tensor([[1, 4]])
-    _, stats = scores_from_hidden(hidden, labels, OutputHead(linear), Tiling(1, 3), with_stats=True)
+    _, stats, _ = scores_from_hidden(hidden, labels, OutputHead(linear), Tiling(1, 3), with_stats=True)
     assert stats.is_top1.tolist() == [[True, False]]
 
 
@@ -125,7 +125,7 @@ def test_only_masked_positions_reach_the_head_and_no_tile_exceeds_its_bound(monk
     monkeypatch.setattr(OutputHead, "slice_logits", recording)
     tiling = Tiling(8, 16)
     hidden = hidden.requires_grad_()
-    masked, stats = scores_from_hidden(hidden, labels, head, tiling, with_stats=True, mask=mask)
+    masked, stats, _ = scores_from_hidden(hidden, labels, head, tiling, with_stats=True, mask=mask)
     masked.sum().backward()
     assert max(rows for rows, _ in shapes) <= 8 and max(cols for _, cols in shapes) <= 16
     assert sum(rows for rows, cols in shapes) == 2 * int(mask.sum()) * 4  # forward + backward, 4 slices of 50

@@ -1,4 +1,5 @@
-"""TDPO2 sequence KL vs a naive full-softmax computation: values, gradients, softcapping, NaN."""
+"""TDPO2 sequence KL vs a naive full-softmax computation: values, gradients, softcapping, NaN; and the KL computed in
+the policy's own log-prob tiles (the trainer's path) against the naive formulas for both, with both gradients at once."""
 
 import pytest
 import torch
@@ -7,7 +8,7 @@ from torch import nn
 from conftest import make_model
 from tidpo_oracles import UNIQUE_TOKEN, VOCAB, make_batch, naive_kl
 from tokenweight.head import OutputHead, output_head
-from tokenweight.logps import backbone
+from tokenweight.logps import backbone, scores_from_hidden
 from tokenweight.tiled_head import Tiling
 from tokenweight.weights.kl import tdpo_kl
 
@@ -37,6 +38,30 @@ def test_matches_naive_value_and_gradient(dtype, tol, softcap):
     naive_grads = torch.autograd.grad((naive * probe).sum(), [policy_hidden, policy_head.weight])
     for got, want in zip(grads, naive_grads):
         torch.testing.assert_close(got.double(), want.double(), rtol=tol, atol=tol)
+    assert ref_hidden.grad is None and ref_head.weight.grad is None  # nothing flows into the reference
+
+
+@pytest.mark.parametrize("softcap", [None, 3.0])
+def test_kl_from_the_policy_scoring_tiles_matches_naive_log_probs_and_kl_with_both_gradients(softcap):
+    policy_head, ref_head, policy_hidden, ref_hidden, mask = random_inputs(torch.float64)
+    heads = OutputHead(policy_head, softcap=softcap), OutputHead(ref_head, softcap=softcap)
+    labels = torch.randint(0, 50, (4, 9))
+    logps, stats, token_kl = scores_from_hidden(policy_hidden, labels, heads[0], Tiling(5, 7), with_stats=True,
+                                                mask=mask, kl_reference=(ref_hidden, heads[1]))
+    policy_logits = heads[0].logits(policy_hidden)
+    naive_logps = torch.log_softmax(policy_logits, -1).gather(-1, labels[..., None]).squeeze(-1) * mask
+    naive = naive_kl(policy_logits, heads[1].logits(ref_hidden).detach(), mask)
+    torch.testing.assert_close(logps, naive_logps.float(), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close((token_kl * mask).sum(1).double(), naive.detach(), rtol=1e-5, atol=1e-5)
+    assert (token_kl[~mask] == 0).all() and stats.entropy.shape == (4, 9)
+
+    probe_logps, probe_kl = torch.randn(4, 9, dtype=torch.float64), torch.randn(4, dtype=torch.float64)
+    loss = (logps.double() * probe_logps).sum() + ((token_kl * mask).sum(1).double() * probe_kl).sum()
+    naive_loss = (naive_logps * probe_logps).sum() + (naive * probe_kl).sum()
+    grads = torch.autograd.grad(loss, [policy_hidden, policy_head.weight])
+    naive_grads = torch.autograd.grad(naive_loss, [policy_hidden, policy_head.weight])
+    for got, want in zip(grads, naive_grads):
+        torch.testing.assert_close(got.double(), want.double(), rtol=1e-5, atol=1e-5)
     assert ref_hidden.grad is None and ref_head.weight.grad is None  # nothing flows into the reference
 
 

@@ -29,7 +29,7 @@ from torch import nn
 from tokenweight.errors import UserError
 from tokenweight.head import OutputHead, output_head, verify_output_head
 from tokenweight.masks import to_shifted
-from tokenweight.tiled_head import Tiling, tiled_token_scores
+from tokenweight.tiled_head import Reference, Tiling, tiled_token_scores
 
 
 @dataclass
@@ -63,29 +63,38 @@ class TokenScores:
         stats: :class:`TokenStats` ``[N, L-1]`` of the same positions; ``None`` unless ``return_stats=True``.
         aux_loss: scalar, with grad: a mixture-of-experts model's router load-balancing loss over the batch's real
             tokens (the model's own ``aux_loss``); ``None`` unless ``router_aux_loss=True``.
+        token_kl: ``[N, L-1]`` fp32, with grad: ``KL(π_ref ‖ π_θ)`` over the full vocabulary at the scored
+            positions (0 elsewhere), computed in the same head tiles as ``token_logps``; ``None`` unless the forward
+            was given ``kl_reference``.
     """
 
     token_logps: torch.Tensor
     hidden: torch.Tensor | None = None
     stats: TokenStats | None = None
     aux_loss: torch.Tensor | None = None
+    token_kl: torch.Tensor | None = None
 
 
 def scores_from_hidden(hidden: torch.Tensor, labels: torch.Tensor, head: OutputHead, tiling: Tiling = Tiling(),
-                       with_stats: bool = False,
-                       mask: torch.Tensor | None = None) -> tuple[torch.Tensor, TokenStats | None]:
-    """Per-token log-probs ``[N, T]`` (fp32) of ``labels`` ``[N, T]`` given aligned hidden states ``[N, T, d]``, and
-    their :class:`TokenStats` ``[N, T]`` when ``with_stats`` (else ``None``); only the positions where ``mask``
-    ``[N, T]`` (bool, default: all) is set reach the head, the others are 0 (False)."""
+                       with_stats: bool = False, mask: torch.Tensor | None = None,
+                       kl_reference: tuple[torch.Tensor, OutputHead] | None = None,
+                       ) -> tuple[torch.Tensor, TokenStats | None, torch.Tensor | None]:
+    """Per-token log-probs ``[N, T]`` (fp32) of ``labels`` ``[N, T]`` given aligned hidden states ``[N, T, d]``;
+    their :class:`TokenStats` ``[N, T]`` when ``with_stats`` (else ``None``); and, given ``kl_reference`` (another
+    model's aligned hidden states ``[N, T, d]`` and its head), ``KL(π_ref ‖ π_θ)`` ``[N, T]`` from the same head tiles
+    (else ``None``). Only the positions where ``mask`` ``[N, T]`` (bool, default: all) is set reach the head, the
+    others are 0 (False)."""
     if mask is None:
         mask = torch.ones(labels.shape, dtype=torch.bool, device=labels.device)
     mask = mask.bool()
-    logps, stats = tiled_token_scores(hidden[mask], labels[mask], head, tiling, with_stats)
+    reference = None if kl_reference is None else Reference(kl_reference[0][mask], kl_reference[1])
+    logps, stats, kl = tiled_token_scores(hidden[mask], labels[mask], head, tiling, with_stats, reference)
 
     def scatter(values: torch.Tensor) -> torch.Tensor:
         return torch.zeros(mask.shape, dtype=values.dtype, device=values.device).masked_scatter(mask, values)
 
-    return scatter(logps), TokenStats(*map(scatter, stats)) if with_stats else None
+    return (scatter(logps), TokenStats(*map(scatter, stats)) if with_stats else None,
+            None if kl is None else scatter(kl))
 
 
 def logps_from_hidden(hidden: torch.Tensor, labels: torch.Tensor, head: OutputHead,
@@ -191,8 +200,10 @@ def enable_token_scoring(model: nn.Module, tiling: Tiling = Tiling()) -> nn.Modu
     """Patch ``model.forward`` (this instance only) to accept ``score_tokens=True``; returns ``model``.
 
     ``model(input_ids, attention_mask, score_tokens=True, score_mask=None, return_hidden=False,
-    return_stats=False, padding_free=False)`` runs the backbone once and returns :class:`TokenScores`, scoring
-    only the positions of ``score_mask`` ``[N, L-1]`` (bool, shifted alignment; default: every position).
+    return_stats=False, padding_free=False, kl_reference=None)`` runs the backbone once and returns
+    :class:`TokenScores`, scoring only the positions of ``score_mask`` ``[N, L-1]`` (bool, shifted alignment; default:
+    every position); ``kl_reference`` (a reference's final hidden states ``[N, L-1, d]`` and its :class:`OutputHead`)
+    adds the per-token KL to the reference from the same head tiles (``TokenScores.token_kl``).
     With ``router_aux_loss=True`` (mixture-of-experts models) the model's own forward runs instead, with
     ``output_router_logits=True`` and its head on one position only, for its ``aux_loss``; the backbone's final
     hidden states are taken from it by a forward hook (not with ``padding_free``: the router loss would count the
@@ -207,7 +218,8 @@ def enable_token_scoring(model: nn.Module, tiling: Tiling = Tiling()) -> nn.Modu
     @functools.wraps(type(model).forward)
     def forward(*args, score_tokens: bool = False, score_mask: torch.Tensor | None = None,
                 return_hidden: bool = False, return_stats: bool = False, padding_free: bool = False,
-                router_aux_loss: bool = False, **kwargs):
+                router_aux_loss: bool = False, kl_reference: tuple[torch.Tensor, OutputHead] | None = None,
+                **kwargs):
         if not score_tokens:
             return original_forward(*args, **kwargs)
         input_ids = kwargs.pop("input_ids") if "input_ids" in kwargs else args[0]
@@ -231,10 +243,11 @@ def enable_token_scoring(model: nn.Module, tiling: Tiling = Tiling()) -> nn.Modu
             kwargs["use_cache"] = False
             hidden = backbone(model)(input_ids, *args[1:], **kwargs).last_hidden_state
         hidden = hidden[:, :-1]
-        token_logps, stats = scores_from_hidden(hidden, to_shifted(input_ids), output_head(model), tiling,
-                                                with_stats=return_stats, mask=score_mask)
+        token_logps, stats, token_kl = scores_from_hidden(hidden, to_shifted(input_ids), output_head(model), tiling,
+                                                          with_stats=return_stats, mask=score_mask,
+                                                          kl_reference=kl_reference)
         return TokenScores(token_logps=token_logps, hidden=hidden if return_hidden else None, stats=stats,
-                           aux_loss=aux_loss)
+                           aux_loss=aux_loss, token_kl=token_kl)
 
     model.forward = forward
     model._tokenweight_scoring = True

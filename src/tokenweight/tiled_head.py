@@ -9,6 +9,11 @@ recomputes each tile's logits and adds ``dz = g · (onehot(label) − softmax(z)
 states, the output weight and its bias (vocabulary-outer, so each weight slice's gradient is summed over every token
 in fp32 before it is written once). At most one ``[tokens, vocab]`` fp32 tile (and a few temporaries of its size)
 exists at a time, whatever the batch, the sequence length or the vocabulary.
+
+Given a second model's hidden states at the same positions (the reference's), the same tiles also give the
+full-vocabulary ``KL(π_ref ‖ π_θ)`` per position (TDPO's and TI-DPO's): the reference's logits are computed beside the
+policy's in each tile (forward and backward), so the KL shares the policy's logits and their backward recompute
+instead of a pass of its own, and its gradient ``p_θ − p_ref`` is added to the same tile's ``dz``.
 """
 
 from __future__ import annotations
@@ -79,15 +84,57 @@ class _OnlineSoftmax:
         return self.max + self.sum_exp.log()
 
 
-def _score_tiles(hidden, weight, bias, labels, head: OutputHead, tiling: Tiling, with_stats: bool):
-    """``(logps [K], log_normaliser [K], stats)`` with ``stats`` ``[entropy, mean_logit, is_top1,
-    log_sum_sq_probs]`` (each ``[K]``) or ``[]``; no graph."""
+@dataclass(frozen=True)
+class Reference:
+    """A second model's view of the positions being scored: its hidden states ``[K, d]`` (no grad) and its head."""
+
+    hidden: torch.Tensor
+    head: OutputHead
+
+
+class _OnlineKL:
+    """Running sums of ``KL(π_ref ‖ π_θ)`` of ``k`` positions over vocabulary slices, all ``[k]`` fp32: the
+    reference's running max ``m``, ``Σ e`` and ``Σ e·(z_ref − z_θ)`` with ``e = exp(z_ref − m)``."""
+
+    def __init__(self, k: int, device: torch.device):
+        self.max = torch.full((k,), -torch.inf, device=device)
+        self.sum_exp = torch.zeros(k, device=device)
+        self.cross = torch.zeros(k, device=device)
+
+    def add(self, ref_logits: torch.Tensor, policy_logits: torch.Tensor) -> None:
+        """Fold in both models' logits ``[k, S]`` of the same vocabulary slice."""
+        new_max = torch.maximum(self.max, ref_logits.max(dim=-1).values)
+        rescale = torch.exp(self.max - new_max)
+        exp = torch.exp(ref_logits - new_max[:, None])
+        self.sum_exp = self.sum_exp * rescale + exp.sum(dim=-1)
+        self.cross = self.cross * rescale + (exp * (ref_logits - policy_logits)).sum(dim=-1)
+        self.max = new_max
+
+    def log_normaliser(self) -> torch.Tensor:
+        return self.max + self.sum_exp.log()
+
+    def kl(self, policy_log_normaliser: torch.Tensor) -> torch.Tensor:
+        return self.cross / self.sum_exp - self.log_normaliser() + policy_log_normaliser
+
+
+def _score_tiles(hidden, weight, bias, labels, head: OutputHead, tiling: Tiling, with_stats: bool,
+                 reference: Reference | None = None):
+    """``(logps [K], log_normaliser [K], stats, kl, ref_log_normaliser)`` with ``stats`` ``[entropy, mean_logit,
+    is_top1, log_sum_sq_probs]`` (each ``[K]``) or ``[]``, and ``kl``, ``ref_log_normaliser`` ``[K]`` with a
+    ``reference`` (else ``None``); no graph."""
     count, vocab = hidden.shape[0], weight.shape[0]
-    columns = {name: [] for name in ("logps", "lse", "entropy", "mean", "top1", "sumsq")}
+    columns = {name: [] for name in ("logps", "lse", "entropy", "mean", "top1", "sumsq", "kl", "ref_lse")}
+    if reference is not None:
+        ref_weight, ref_bias = reference.head.weight, reference.head.bias  # read (gathered) once
     for t0, t1 in _spans(count, tiling.tokens):
         online = _OnlineSoftmax(labels[t0:t1], with_stats)
+        online_kl = None if reference is None else _OnlineKL(t1 - t0, hidden.device)
         for v0, v1 in _spans(vocab, tiling.vocab):
-            online.add(head.slice_logits(hidden[t0:t1], v0, v1, weight, bias), v0)
+            logits = head.slice_logits(hidden[t0:t1], v0, v1, weight, bias)
+            if online_kl is not None:
+                online_kl.add(reference.head.slice_logits(reference.hidden[t0:t1], v0, v1, ref_weight, ref_bias),
+                              logits)
+            online.add(logits, v0)
         lse = online.log_normaliser()
         columns["logps"].append(online.picked - lse)
         columns["lse"].append(lse)
@@ -96,12 +143,20 @@ def _score_tiles(hidden, weight, bias, labels, head: OutputHead, tiling: Tiling,
             columns["mean"].append(online.sum_logit / vocab)
             columns["top1"].append(online.argmax == online.labels)
             columns["sumsq"].append(online.sum_exp_sq.log() - 2 * online.sum_exp.log())  # Σp² ≥ 1/V: no underflow
-    if count == 0:
-        empty = hidden.new_zeros(0, dtype=torch.float32)
-        stats = [empty, empty, torch.zeros(0, dtype=torch.bool, device=hidden.device), empty] if with_stats else []
-        return empty, empty, stats
+        if online_kl is not None:
+            columns["kl"].append(online_kl.kl(lse))
+            columns["ref_lse"].append(online_kl.log_normaliser())
+    empty = hidden.new_zeros(0, dtype=torch.float32)
+
+    def joined(name: str) -> torch.Tensor:
+        return torch.cat(columns[name]) if count else empty
+
     names = ("entropy", "mean", "top1", "sumsq") if with_stats else ()
-    return torch.cat(columns["logps"]), torch.cat(columns["lse"]), [torch.cat(columns[name]) for name in names]
+    stats = [torch.cat(columns[name]) if count else
+             torch.zeros(0, dtype=torch.bool if name == "top1" else torch.float32, device=hidden.device)
+             for name in names]
+    kl, ref_lse = (None, None) if reference is None else (joined("kl"), joined("ref_lse"))
+    return joined("logps"), joined("lse"), stats, kl, ref_lse
 
 
 def _head_backward(hidden, weight, bias, head: OutputHead, tiling: Tiling, logit_grad,
@@ -130,98 +185,64 @@ def _head_backward(hidden, weight, bias, head: OutputHead, tiling: Tiling, logit
 
 
 class _TiledTokenScores(torch.autograd.Function):
-    """``(logps [K], *stats)`` of ``labels`` ``[K]`` given ``hidden`` ``[K, d]``; differentiable in ``logps`` only
-    (w.r.t. ``hidden``, the head's weight and bias)."""
+    """``(logps [K], *stats[, kl [K]])`` of ``labels`` ``[K]`` given ``hidden`` ``[K, d]`` (and, with a reference's
+    hidden states ``ref_hidden`` ``[K, d]``, ``KL(π_ref ‖ π_θ)`` per position); differentiable in ``logps`` and
+    ``kl`` (w.r.t. ``hidden``, the head's weight and bias; the reference is a constant)."""
 
     @staticmethod
-    def forward(ctx, hidden, weight, bias, labels, head, tiling, with_stats):
-        logps, lse, stats = _score_tiles(hidden, weight, bias, labels, head, tiling, with_stats)
-        ctx.save_for_backward(hidden, weight, bias, labels, lse)
-        ctx.head, ctx.tiling = head, tiling
+    def forward(ctx, hidden, weight, bias, labels, head, tiling, with_stats, ref_hidden, ref_head):
+        reference = None if ref_hidden is None else Reference(ref_hidden, ref_head)
+        logps, lse, stats, kl, ref_lse = _score_tiles(hidden, weight, bias, labels, head, tiling, with_stats,
+                                                      reference)
+        ctx.save_for_backward(hidden, weight, bias, labels, lse, ref_hidden, ref_lse)
+        ctx.head, ctx.ref_head, ctx.tiling = head, ref_head, tiling
         ctx.mark_non_differentiable(*stats)
-        return (logps, *stats)
+        return (logps, *stats) if kl is None else (logps, *stats, kl)
 
     @staticmethod
-    def backward(ctx, grad_logps, *unused):
+    def backward(ctx, grad_logps, *grads):
         ctx.head.gather()
-        hidden, weight, bias, labels, lse = ctx.saved_tensors
+        hidden, weight, bias, labels, lse, ref_hidden, ref_lse = ctx.saved_tensors
+        grad_kl = None
+        if ref_hidden is not None:
+            ctx.ref_head.gather()
+            ref_weight, ref_bias = ctx.ref_head.weight, ctx.ref_head.bias  # read (gathered) once
+            grad_kl = grads[-1]
 
-        def logit_grad(t0, t1, v0, v1, logits):
-            grad = -grad_logps[t0:t1, None] * torch.exp(logits - lse[t0:t1, None])
+        def logit_grad(t0, t1, v0, v1, logits):  # d logp / dz = onehot − p_θ; d KL / dz = p_θ − p_ref
+            probs = torch.exp(logits - lse[t0:t1, None])
+            if grad_kl is None:
+                grad = -grad_logps[t0:t1, None] * probs
+            else:
+                ref_logits = ctx.ref_head.slice_logits(ref_hidden[t0:t1], v0, v1, ref_weight, ref_bias)
+                ref_probs = torch.exp(ref_logits - ref_lse[t0:t1, None])
+                grad = (grad_kl[t0:t1] - grad_logps[t0:t1])[:, None] * probs - grad_kl[t0:t1, None] * ref_probs
             local = labels[t0:t1] - v0
             inside = ((local >= 0) & (local < v1 - v0)).nonzero().squeeze(1)
             grad[inside, local[inside]] += grad_logps[t0:t1][inside]
             return grad
 
         grads = _head_backward(hidden, weight, bias, ctx.head, ctx.tiling, logit_grad, ctx.needs_input_grad[:3])
-        return (*grads, None, None, None, None)
+        return (*grads, None, None, None, None, None, None)
 
 
 def tiled_token_scores(hidden: torch.Tensor, labels: torch.Tensor, head: OutputHead, tiling: Tiling = Tiling(),
-                       with_stats: bool = False) -> tuple[torch.Tensor, list[torch.Tensor]]:
-    """Per-token ``log p(label)`` ``[K]`` fp32 of the positions ``hidden`` ``[K, d]``, ``labels`` ``[K]``, and, when
-    ``with_stats``, ``[entropy, mean_logit, is_top1, log_sum_sq_probs]`` ``[K]`` each (detached), else ``[]``."""
-    logps, *stats = _TiledTokenScores.apply(hidden, head.weight, head.bias, labels, head, tiling, with_stats)
-    return logps, stats
-
-
-class _TiledKL(torch.autograd.Function):
-    """``KL(π_ref ‖ π_θ)`` ``[K]`` per position from both models' hidden states ``[K, d]``; differentiable w.r.t. the
-    policy side (its hidden states, weight and bias)."""
-
-    @staticmethod
-    def forward(ctx, policy_hidden, weight, bias, ref_hidden, policy_head, ref_head, tiling):
-        kl, policy_lse, ref_lse = [], [], []
-        ref_weight, ref_bias = ref_head.weight, ref_head.bias
-        vocab = weight.shape[0]
-        for t0, t1 in _spans(policy_hidden.shape[0], tiling.tokens):
-            k = t1 - t0
-            ref_max = torch.full((k,), -torch.inf, device=policy_hidden.device)
-            policy_max = ref_max.clone()
-            ref_sum, policy_sum, cross = (torch.zeros(k, device=policy_hidden.device) for _ in range(3))
-            for v0, v1 in _spans(vocab, tiling.vocab):
-                policy_logits = policy_head.slice_logits(policy_hidden[t0:t1], v0, v1, weight, bias)
-                ref_logits = ref_head.slice_logits(ref_hidden[t0:t1], v0, v1, ref_weight, ref_bias)
-                new_ref_max = torch.maximum(ref_max, ref_logits.max(dim=-1).values)
-                new_policy_max = torch.maximum(policy_max, policy_logits.max(dim=-1).values)
-                ref_rescale = torch.exp(ref_max - new_ref_max)
-                ref_exp = torch.exp(ref_logits - new_ref_max[:, None])
-                ref_sum = ref_sum * ref_rescale + ref_exp.sum(dim=-1)
-                cross = cross * ref_rescale + (ref_exp * (ref_logits - policy_logits)).sum(dim=-1)
-                policy_sum = policy_sum * torch.exp(policy_max - new_policy_max) + torch.exp(
-                    policy_logits - new_policy_max[:, None]).sum(dim=-1)
-                ref_max, policy_max = new_ref_max, new_policy_max
-            ref_lse.append(ref_max + ref_sum.log())
-            policy_lse.append(policy_max + policy_sum.log())
-            kl.append(cross / ref_sum - ref_lse[-1] + policy_lse[-1])
-        empty = policy_hidden.new_zeros(0, dtype=torch.float32)
-        policy_lse, ref_lse = (torch.cat(x) if x else empty for x in (policy_lse, ref_lse))
-        ctx.save_for_backward(policy_hidden, weight, bias, ref_hidden, policy_lse, ref_lse)
-        ctx.heads, ctx.tiling = (policy_head, ref_head), tiling
-        return torch.cat(kl) if kl else empty
-
-    @staticmethod
-    def backward(ctx, grad_kl):
-        policy_head, ref_head = ctx.heads
-        policy_head.gather()
-        ref_head.gather()
-        policy_hidden, weight, bias, ref_hidden, policy_lse, ref_lse = ctx.saved_tensors
-
-        ref_weight, ref_bias = ref_head.weight, ref_head.bias  # read (gathered) once
-
-        def logit_grad(t0, t1, v0, v1, logits):  # d KL / d z_θ = p_θ − p_ref
-            ref_logits = ref_head.slice_logits(ref_hidden[t0:t1], v0, v1, ref_weight, ref_bias)
-            ref_probs = torch.exp(ref_logits - ref_lse[t0:t1, None])
-            return grad_kl[t0:t1, None] * (torch.exp(logits - policy_lse[t0:t1, None]) - ref_probs)
-
-        grads = _head_backward(policy_hidden, weight, bias, policy_head, ctx.tiling, logit_grad,
-                               ctx.needs_input_grad[:3])
-        return (*grads, None, None, None, None)
+                       with_stats: bool = False, reference: Reference | None = None,
+                       ) -> tuple[torch.Tensor, list[torch.Tensor], torch.Tensor | None]:
+    """Per-token ``log p(label)`` ``[K]`` fp32 of the positions ``hidden`` ``[K, d]``, ``labels`` ``[K]``;
+    ``[entropy, mean_logit, is_top1, log_sum_sq_probs]`` ``[K]`` each (detached) when ``with_stats``, else ``[]``;
+    and with a ``reference`` (its hidden states at the same positions, same vocabulary) ``KL(π_ref ‖ π_θ)`` ``[K]``
+    fp32 with its gradient into the policy side, else ``None``."""
+    ref_hidden, ref_head = (None, None) if reference is None else (reference.hidden.detach(), reference.head)
+    logps, *rest = _TiledTokenScores.apply(hidden, head.weight, head.bias, labels, head, tiling, with_stats,
+                                           ref_hidden, ref_head)
+    return (logps, rest, None) if reference is None else (logps, rest[:-1], rest[-1])
 
 
 def tiled_kl(policy_hidden: torch.Tensor, ref_hidden: torch.Tensor, policy_head: OutputHead, ref_head: OutputHead,
              tiling: Tiling = Tiling()) -> torch.Tensor:
     """``[K]`` fp32 ``Σ_v p_ref(v) (log p_ref(v) − log p_θ(v))`` of the positions ``[K, d]`` of both models (same
-    vocabulary); gradient into the policy side only."""
-    return _TiledKL.apply(policy_hidden, policy_head.weight, policy_head.bias, ref_hidden.detach(), policy_head,
-                          ref_head, tiling)
+    vocabulary); gradient into the policy side only. (The trainer gets it from the policy's own scoring pass,
+    :func:`tiled_token_scores` with a ``reference``; this is the same pass for callers that hold hidden states.)"""
+    labels = torch.zeros(policy_hidden.shape[0], dtype=torch.long, device=policy_hidden.device)
+    return tiled_token_scores(policy_hidden, labels, policy_head, tiling, reference=Reference(ref_hidden, ref_head))[2]

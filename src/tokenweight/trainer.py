@@ -14,6 +14,7 @@ from pathlib import Path
 
 import torch
 from torch import nn
+from accelerate.utils import extract_model_from_parallel
 from transformers import Trainer
 from transformers.trainer import rotate_checkpoints
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
@@ -23,6 +24,7 @@ from tokenweight.config import TokenweightConfig, check_scheme_objective
 from tokenweight.data import PreferenceCollator, with_pair_lengths
 from tokenweight.errors import UserError
 from tokenweight.fsdp import enable_fsdp_on_cpu, end_reference_step, init_root, shard_reference
+from tokenweight.head import output_head
 from tokenweight.logps import TokenScores, enable_token_scoring, verify_padding_free
 from tokenweight.metrics import Count, MetricValue, record_metrics, reduce_metrics
 from tokenweight.models import disable_dropout, freeze, router_aux_loss_coef
@@ -137,20 +139,25 @@ class TokenweightTrainer(Trainer):
         weighting_inputs = batch_inputs(inputs, model, step=step)
         loss_mask = weighting_inputs.loss_mask
 
-        def forward(return_hidden: bool):
-            return model(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"], score_tokens=True,
-                         score_mask=loss_mask, return_hidden=return_hidden, return_stats=True,
-                         padding_free=self.args.padding_free, router_aux_loss=self.router_aux_loss_coef != 0)
-
-        token_weights, policy = weigh_batch(scheme, weighting_inputs, forward)
-        weights = token_weights.weights
-        ref_logps = ref_hidden = None  # a reference-free scheme has no reference scores at all
+        ref_logps = ref_hidden = kl_reference = None  # a reference-free scheme has no reference scores at all
         if scheme.uses_reference:
             ref = self._reference_scores(inputs, loss_mask, scheme.needs_hidden_for_loss)
             ref_logps, ref_hidden = ref.token_logps, ref.hidden
+        if ref_hidden is not None:  # the KL to the reference (TDPO, TI-DPO) shares the policy's head tiles
+            kl_reference = (ref_hidden, output_head(extract_model_from_parallel(self.ref_model)))
+
+        def forward(return_hidden: bool):
+            return model(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"], score_tokens=True,
+                         score_mask=loss_mask, return_hidden=return_hidden, return_stats=True,
+                         padding_free=self.args.padding_free, router_aux_loss=self.router_aux_loss_coef != 0,
+                         kl_reference=kl_reference)
+
+        token_weights, policy = weigh_batch(scheme, weighting_inputs, forward)
+        weights = token_weights.weights
         context = LossContext(model=model, ref_model=self.ref_model, inputs=weighting_inputs,
                               policy_logps=policy.token_logps, ref_logps=ref_logps, weights=weights,
-                              policy_hidden=policy.hidden, ref_hidden=ref_hidden, step=step)
+                              policy_hidden=policy.hidden, ref_hidden=ref_hidden, step=step,
+                              policy_kl=policy.token_kl)
         metrics = dict(token_weights.metrics)
         offset = scheme.margin_offset(context)
         if offset is not None:

@@ -146,6 +146,9 @@ class LossContext:
             scheme (``uses_reference = False``).
         policy_hidden / ref_hidden: ``[2B, L-1, d]`` final hidden states (policy with grad), only when the scheme
             sets ``needs_hidden_states``; ``None`` otherwise.
+        policy_kl: ``[2B, L-1]`` fp32 per-token ``KL(π_ref ‖ π_θ)`` over the full vocabulary at the response
+            positions (0 elsewhere), with grad, from the policy's own scoring pass; set by the trainer when the
+            scheme sets ``needs_hidden_for_loss`` and a reference model is in memory, else ``None``.
         weights: ``[2B, L-1]`` the scheme's token weights for this batch.
         step: the trainer's global step of a training batch; ``None`` in evaluation (TI-DPO seeds anchors with it).
     """
@@ -159,6 +162,7 @@ class LossContext:
     policy_hidden: torch.Tensor | None = None
     ref_hidden: torch.Tensor | None = None
     step: int | None = None
+    policy_kl: torch.Tensor | None = None
 
 
 @dataclass(frozen=True)

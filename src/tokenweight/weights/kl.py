@@ -4,9 +4,10 @@
 
 over the full vocabulary, unweighted; the margin offsets of TDPO1 (``K(y_l) − K(y_w)``) and TDPO2
 (``α · (K(y_l) − sg K(y_w))``) are subtracted from Δ inside the pair loss. Both distributions use ``log_softmax`` in fp32 (softmax-then-log is
-fp16-unsafe). Only response positions are evaluated: their hidden states are gathered into ``[K, d]`` and both heads
-run token-tiled (:func:`tokenweight.tiled_head.tiled_kl`), so at most one ``[tokens, vocab]`` tile of logits per model
-exists at any time, forward or backward.
+fp16-unsafe). Only response positions are evaluated, token-tiled, so at most one ``[tokens, vocab]`` tile of logits
+per model exists at any time, forward or backward. In training the per-token KL comes from the policy's own scoring
+pass (``LossContext.policy_kl``: the trainer hands the reference's hidden states to the policy forward, and the KL
+shares the policy's head tiles); from hidden states alone, :func:`tdpo_kl` runs the same tiles.
 """
 
 from __future__ import annotations
@@ -36,8 +37,13 @@ def tdpo_kl(policy_hidden: torch.Tensor, ref_hidden: torch.Tensor, policy_head: 
         raise ValueError(f"tdpo_kl: hidden states {tuple(policy_hidden.shape)} / {tuple(ref_hidden.shape)} do not "
                          f"match loss_mask {tuple(loss_mask.shape)}")
     mask = loss_mask.bool()
+    return _summed_over_rows(tiled_kl(policy_hidden[mask], ref_hidden[mask], policy_head, ref_head, tiling), mask)
+
+
+def _summed_over_rows(token_kl: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """``[N]`` sums of the per-token KLs ``[K]`` of the positions where ``mask`` ``[N, T]`` (bool) is set, in
+    row-major order; raises :class:`FloatingPointError` naming the rows whose sum is not finite."""
     row_of_token = mask.nonzero()[:, 0]
-    token_kl = tiled_kl(policy_hidden[mask], ref_hidden[mask], policy_head, ref_head, tiling)
     kl = torch.zeros(mask.shape[0], dtype=torch.float32, device=mask.device).index_add(0, row_of_token, token_kl)
     bad_rows = (~torch.isfinite(kl)).nonzero().flatten().tolist()
     if bad_rows:
@@ -46,15 +52,19 @@ def tdpo_kl(policy_hidden: torch.Tensor, ref_hidden: torch.Tensor, policy_head: 
 
 
 def sequence_kl(ctx, setting: str) -> torch.Tensor:
-    """``K`` ``[2B]`` of a batch's chosen then rejected rows from a :class:`~tokenweight.weights.base.LossContext`
-    (both models' final hidden states and output heads); ``setting`` names the flag that asked for the term in the
-    error raised when the context lacks the reference model or hidden states."""
+    """``K`` ``[2B]`` of a batch's chosen then rejected rows from a :class:`~tokenweight.weights.base.LossContext`:
+    the per-token KL of the policy's scoring pass (``policy_kl``) summed over the response, or, without it, computed
+    from both models' final hidden states and output heads; ``setting`` names the flag that asked for the term in
+    the error raised when the context has neither."""
+    mask = ctx.inputs.loss_mask.bool()
+    if ctx.policy_kl is not None:
+        return _summed_over_rows(ctx.policy_kl[mask], mask)
     if ctx.policy_hidden is None or ctx.ref_hidden is None or ctx.ref_model is None:
         raise ValueError(f"the TDPO KL term ({setting}) needs a reference model and the final hidden states of both "
                          "models in the LossContext")
     heads = (output_head(extract_model_from_parallel(ctx.model)),
              output_head(extract_model_from_parallel(ctx.ref_model)))
-    return tdpo_kl(ctx.policy_hidden, ctx.ref_hidden, *heads, ctx.inputs.loss_mask)
+    return tdpo_kl(ctx.policy_hidden, ctx.ref_hidden, *heads, mask)
 
 
 def tdpo1_offset(kl: torch.Tensor) -> torch.Tensor:
