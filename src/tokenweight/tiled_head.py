@@ -146,15 +146,13 @@ def _score_tiles(hidden, weight, bias, labels, head: OutputHead, tiling: Tiling,
         if online_kl is not None:
             columns["kl"].append(online_kl.kl(lse))
             columns["ref_lse"].append(online_kl.log_normaliser())
-    empty = hidden.new_zeros(0, dtype=torch.float32)
 
     def joined(name: str) -> torch.Tensor:
-        return torch.cat(columns[name]) if count else empty
+        if count:
+            return torch.cat(columns[name])
+        return torch.zeros(0, dtype=torch.bool if name == "top1" else torch.float32, device=hidden.device)
 
-    names = ("entropy", "mean", "top1", "sumsq") if with_stats else ()
-    stats = [torch.cat(columns[name]) if count else
-             torch.zeros(0, dtype=torch.bool if name == "top1" else torch.float32, device=hidden.device)
-             for name in names]
+    stats = [joined(name) for name in (("entropy", "mean", "top1", "sumsq") if with_stats else ())]
     kl, ref_lse = (None, None) if reference is None else (joined("kl"), joined("ref_lse"))
     return joined("logps"), joined("lse"), stats, kl, ref_lse
 
